@@ -1,0 +1,75 @@
+"""The composition root: reads settings once and wires storage, the model client and the core."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.errors import SchemaOutOfDate
+from core.llm import OpenAIChat
+from core.service import ConversationService
+from core.settings import Settings
+from core.store import schema
+from core.store.sql import SqlStore, make_engine
+
+log = logging.getLogger("parley")
+
+
+@dataclass
+class Parley:
+    """Everything an adapter needs, built from one Settings."""
+
+    settings: Settings
+    store: SqlStore
+    llm: OpenAIChat
+    service: ConversationService
+    offline_server: Any = None
+    _closers: list[Any] = field(default_factory=list)
+
+    @property
+    def offline(self) -> bool:
+        return self.offline_server is not None
+
+    async def close(self) -> None:
+        await self.llm.close()
+        await self.store.close()
+        if self.offline_server is not None:
+            await self.offline_server.stop()
+
+
+def _is_default_sqlite(url: str) -> bool:
+    return url.startswith("sqlite")
+
+
+async def prepare_schema(store: SqlStore, settings: Settings, *, auto_upgrade: bool) -> None:
+    """Refuse to run on an out-of-date schema; SQLite databases are upgraded automatically."""
+    if await schema.is_up_to_date(store.engine):
+        return
+    if auto_upgrade and _is_default_sqlite(settings.database_url):
+        log.info("upgrading the SQLite schema to %s", schema.head_revision())
+        await schema.upgrade(store.engine)
+        return
+    raise SchemaOutOfDate(
+        "The database schema is out of date. Run `parley db upgrade` (with the same DATABASE_URL)."
+    )
+
+
+async def build(settings: Settings, *, auto_upgrade: bool = True) -> Parley:
+    """Build Parley's core from ``settings``; start the offline stand-in model if no key is set."""
+    store = SqlStore(make_engine(settings.database_url))
+    try:
+        await prepare_schema(store, settings, auto_upgrade=auto_upgrade)
+    except BaseException:
+        await store.close()
+        raise
+    offline_server = None
+    base_url = settings.openai_base_url
+    if settings.offline:
+        from adapters.standin.server import StandinServer
+
+        offline_server = StandinServer()
+        base_url = await offline_server.start()
+    llm = OpenAIChat.from_settings(settings, base_url=base_url)
+    service = ConversationService(store, llm, settings)
+    return Parley(settings, store, llm, service, offline_server)

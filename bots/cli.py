@@ -1,0 +1,142 @@
+"""The `parley` command: chat in a terminal, run the platform workers, manage the database."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from core.errors import ConfigError, ParleyError
+from core.settings import Settings, load_settings
+
+log = logging.getLogger("parley")
+
+OFFLINE_BANNER = (
+    "No OPENAI_API_KEY or OPENAI_BASE_URL set: talking to Parley's offline stand-in model "
+    "(canned answers, not GPT-4o). Set OPENAI_API_KEY to use GPT-4o."
+)
+NOTHING_TO_RUN = (
+    "Nothing to run: no platform is configured. Set SLACK_BOT_TOKEN and SLACK_APP_TOKEN "
+    "(Socket Mode; or SLACK_SIGNING_SECRET with SLACK_MODE=http) for Slack, and/or DISCORD_TOKEN "
+    "for Discord. `parley chat` works without either."
+)
+
+
+def _logging(settings: Settings, level: str | None = None) -> None:
+    logging.basicConfig(
+        level=(level or settings.parley_log_level).upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # Request logs of HTTP clients can carry tokens in URLs; keep them quiet.
+    for noisy in ("httpx", "httpcore", "openai", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+async def _chat(settings: Settings, session: str) -> int:
+    from adapters.console.chat import ConsoleChat
+    from bots.bootstrap import build
+
+    parley = await build(settings)
+    try:
+        if parley.offline:
+            print(OFFLINE_BANNER, flush=True)
+        else:
+            print(f"Parley on {settings.parley_model}. /help for commands, /quit to leave.")
+        await ConsoleChat(parley.service, session=session).run()
+    finally:
+        await parley.close()
+    return 0
+
+
+async def _run(settings: Settings) -> int:
+    from bots.bootstrap import build
+
+    if not (settings.slack_configured or settings.discord_configured):
+        print(f"parley: {NOTHING_TO_RUN}", file=sys.stderr)
+        return 2
+    parley = await build(settings, auto_upgrade=True)
+    adapters: list[Any] = []
+    try:
+        if parley.offline:
+            log.warning(OFFLINE_BANNER)
+        if settings.slack_configured:
+            from adapters.slack import SlackAdapter
+
+            adapters.append(SlackAdapter(settings, parley.service))
+        if settings.discord_configured:
+            from adapters.discord import DiscordAdapter
+
+            adapters.append(DiscordAdapter(settings, parley.service))
+        for adapter in adapters:
+            await adapter.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        log.info("parley is running (%s)", ", ".join(type(a).__name__ for a in adapters))
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        for adapter in reversed(adapters):
+            try:
+                await adapter.stop()
+            except Exception:
+                log.exception("stopping %s failed", type(adapter).__name__)
+        await parley.close()
+    return 0
+
+
+async def _db(settings: Settings, action: str) -> int:
+    from core.store import schema
+    from core.store.sql import make_engine
+
+    engine = make_engine(settings.database_url)
+    try:
+        if action == "upgrade":
+            await schema.upgrade(engine)
+            print(f"database at revision {schema.head_revision()}")
+        else:
+            current = await schema.current_revision(engine)
+            head = schema.head_revision()
+            state = "up to date" if current == head else "out of date: run `parley db upgrade`"
+            print(f"database at revision {current or 'none'} (newest {head}): {state}")
+    finally:
+        await engine.dispose()
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="parley", description="Parley, a GPT-4o chat bot.")
+    sub = p.add_subparsers(dest="command", required=True)
+    chat = sub.add_parser("chat", help="chat with Parley in this terminal")
+    chat.add_argument("--session", default="terminal", help="conversation name (default terminal)")
+    sub.add_parser("run", help="run the Slack and Discord workers that are configured")
+    db = sub.add_parser("db", help="database schema")
+    db.add_argument("action", choices=["upgrade", "current"])
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        _logging(settings, "WARNING" if args.command == "chat" else None)
+        if args.command == "chat":
+            return asyncio.run(_chat(settings, args.session))
+        if args.command == "run":
+            return asyncio.run(_run(settings))
+        return asyncio.run(_db(settings, args.action))
+    except (ConfigError, ParleyError) as exc:
+        print(f"parley: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

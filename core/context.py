@@ -1,0 +1,95 @@
+"""Context assembly: the newest turns that fit the token budget, read newest first.
+
+Each stored turn carries the token count computed when it was stored, so building a context
+never re-tokenises history, and it reads only as many rows as fit: the cost depends on the
+budget, not on how long the conversation has grown.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.errors import InputTooLong
+from core.ports import ConversationState, Store, StoredMessage
+from core.tokens import TOKENS_REPLY_PRIMER, count_message
+
+PAGE = 64
+
+
+def token_budget(input_budget: int, window: int, max_output_tokens: int) -> int:
+    """Tokens a request may spend on input: the configured budget, within the model's window."""
+    return max(0, min(input_budget, window - max_output_tokens))
+
+
+def summary_message(summary: str) -> str:
+    return f"Summary of the earlier conversation:\n{summary}"
+
+
+@dataclass(slots=True)
+class Context:
+    """The messages to send, their token count, and where older turns were cut off."""
+
+    messages: list[dict[str, Any]]
+    tokens: int
+    # id of the newest turn that did not fit; turns up to it are out of the context
+    cut_at: int | None = None
+    history: list[StoredMessage] = field(default_factory=list)
+
+
+def input_limit(system_prompt: str, user_tokens: int, budget: int) -> int:
+    """Tokens left for the user turn and history; raises InputTooLong if the turn cannot fit."""
+    limit = budget - count_message(system_prompt) - TOKENS_REPLY_PRIMER
+    if user_tokens > limit:
+        raise InputTooLong(
+            f"Your message is {user_tokens:,} tokens; the limit here is {max(limit, 0):,}. "
+            "Please shorten it or split it into parts."
+        )
+    return limit
+
+
+async def build_context(
+    store: Store,
+    state: ConversationState,
+    *,
+    system_prompt: str,
+    user_content: str | list[dict[str, Any]],
+    user_tokens: int,
+    user_turn_id: int,
+    budget: int,
+) -> Context:
+    """Assemble system prompt, rolling summary, the history that fits, and the new user turn.
+
+    Raises InputTooLong when the new turn alone (with the system prompt) exceeds the budget.
+    """
+    limit = input_limit(system_prompt, user_tokens, budget)
+    summary = ""
+    summary_tokens = 0
+    if state.summary:
+        summary = summary_message(state.summary)
+        summary_tokens = count_message(summary)
+        if summary_tokens > limit - user_tokens:
+            summary, summary_tokens = "", 0
+    remaining = limit - user_tokens - summary_tokens
+    history: list[StoredMessage] = []
+    cut_at: int | None = None
+    before = user_turn_id
+    while cut_at is None:
+        page = await store.recent_messages(state.id, state.context_start, before, PAGE)
+        for message in page:
+            if message.token_count > remaining:
+                cut_at = message.id
+                break
+            remaining -= message.token_count
+            history.append(message)
+        if cut_at is not None or len(page) < PAGE:
+            break
+        before = page[-1].id
+    history.reverse()
+    messages: list[dict[str, Any]] = [{"role": "system", "content": system_prompt}]
+    if summary:
+        messages.append({"role": "system", "content": summary})
+    messages.extend({"role": m.role, "content": m.content} for m in history)
+    messages.append({"role": "user", "content": user_content})
+    tokens = budget - remaining
+    return Context(messages, tokens, cut_at, history)

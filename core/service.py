@@ -1,0 +1,485 @@
+"""The conversation service: one inbound message in, a stream of reply events out.
+
+It serialises work per conversation, stores the user turn before calling the model, streams the
+answer, and stores the assistant turn with its usage only once it is complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from typing import Any
+
+from core import commands
+from core.context import build_context, input_limit, summary_message, token_budget
+from core.errors import BadCommand, InvalidJSONReply, OverBudget, UserFacingError
+from core.llm import ChatModel, ChatRequest, Completion
+from core.messages import (
+    Author,
+    ChannelKey,
+    CommandReply,
+    ConversationKey,
+    FinalText,
+    Inbound,
+    Notice,
+    ReplyEvent,
+    TextDelta,
+    UsageReport,
+    UserError,
+)
+from core.ports import ChannelOverrides, ConversationState, Store, UsageTotals
+from core.pricing import cost_usd, price_for
+from core.settings import Settings
+from core.tokens import count_message, count_text
+
+log = logging.getLogger("parley.core")
+
+GENERIC_ERROR = "Sorry, something went wrong on my side while answering. Please try again."
+JSON_INSTRUCTION = "Respond with a single valid JSON object and nothing else."
+SUMMARY_PROMPT = (
+    "Summarise the conversation below for someone who will continue it: keep names, decisions, "
+    "open questions, facts and code identifiers; be concise; use Markdown bullet points."
+)
+VISION_MODELS = ("gpt-4o", "gpt-4.1", "gpt-4-turbo", "gpt-4-vision", "gpt-5", "o1", "o3", "o4")
+# Turns folded into the summary at once are capped so the summary request stays cheap.
+SUMMARY_INPUT_TOKENS = 12000
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelConfig:
+    """A channel's effective settings: its overrides on top of the configured defaults."""
+
+    system_prompt: str
+    model: str
+    temperature: float
+    max_output_tokens: int
+    json_mode: bool
+
+
+class ConversationLocks:
+    """One asyncio lock per conversation, dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[ConversationKey, tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, key: ConversationKey) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users <= 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+
+class ConversationService:
+    """Answers messages and runs commands for every adapter."""
+
+    def __init__(self, store: Store, llm: ChatModel, settings: Settings) -> None:
+        self.store = store
+        self.llm = llm
+        self.settings = settings
+        self.locks = ConversationLocks()
+
+    # --- settings -----------------------------------------------------------------------
+
+    async def channel_config(self, channel: ChannelKey) -> ChannelConfig:
+        o = await self.store.channel_overrides(channel)
+        s = self.settings
+        return ChannelConfig(
+            system_prompt=o.system_prompt
+            if o.system_prompt is not None
+            else s.parley_system_prompt,
+            model=o.model or s.parley_model,
+            temperature=o.temperature if o.temperature is not None else s.parley_temperature,
+            max_output_tokens=o.max_output_tokens or s.parley_max_output_tokens,
+            json_mode=bool(o.json_mode) if o.json_mode is not None else False,
+        )
+
+    def _budget(self, config: ChannelConfig) -> int:
+        s = self.settings
+        return token_budget(s.parley_input_budget, s.parley_model_window, config.max_output_tokens)
+
+    @property
+    def prices(self) -> Mapping[str, tuple[float, float]]:
+        return self.settings.parley_prices
+
+    # --- answering ----------------------------------------------------------------------
+
+    async def claim_event(self, platform: str, event_id: str) -> bool:
+        """True the first time ``event_id`` is seen on ``platform`` (persisted)."""
+        return await self.store.claim_event(platform, event_id)
+
+    async def answer(self, inbound: Inbound) -> AsyncIterator[ReplyEvent]:
+        """Answer ``inbound``: deltas, then FinalText and UsageReport, or one UserError.
+
+        A redelivered event (same ``event_id``) yields nothing.
+        """
+        if inbound.event_id and not await self.claim_event(inbound.key.platform, inbound.event_id):
+            log.info("dropping redelivered event %s on %s", inbound.event_id, inbound.key.platform)
+            return
+        async with self.locks.hold(inbound.key):
+            try:
+                async for event in self._answer(inbound):
+                    yield event
+            except UserFacingError as exc:
+                log.info("answer in %s ended: %s (%s)", inbound.key, exc.code, exc.detail or "")
+                yield UserError(exc.user_message, exc.code)
+            except Exception:
+                log.exception("answer in %s failed", inbound.key)
+                yield UserError(GENERIC_ERROR, "internal")
+
+    def _user_content(
+        self, inbound: Inbound, model: str
+    ) -> tuple[str, list[dict[str, Any]], list[str]]:
+        """The text to store, image parts for this turn, and notes for the user."""
+        text = inbound.text
+        images: list[dict[str, Any]] = []
+        notes = list(inbound.notes)
+        for attachment in inbound.attachments:
+            if attachment.kind == "text":
+                body = attachment.data.decode("utf-8", errors="replace")
+                text += f"\n\n--- file: {attachment.name} ---\n{body}\n--- end of file ---"
+            elif attachment.kind == "image":
+                if not model.startswith(VISION_MODELS):
+                    notes.append(f"{attachment.name} was not read: {model} does not accept images.")
+                    continue
+                data = base64.b64encode(attachment.data).decode("ascii")
+                url = f"data:{attachment.mime_type};base64,{data}"
+                images.append({"type": "image_url", "image_url": {"url": url}})
+                text += f"\n[image: {attachment.name}]"
+            else:
+                notes.append(
+                    f"{attachment.name} was not read: only images and text files are supported."
+                )
+        return text.strip(), images, notes
+
+    async def _check_budget(self, inbound: Inbound) -> None:
+        limit = self.settings.parley_user_budget_usd
+        if limit is None:
+            return
+        spent = await self.store.user_usage(inbound.key.platform, inbound.author.id)
+        if spent.cost_usd >= limit:
+            raise OverBudget(
+                f"You have used ${spent.cost_usd:.2f} of your ${limit:.2f} budget, so I can't "
+                "answer more requests for you. Ask an admin to raise PARLEY_USER_BUDGET_USD."
+            )
+
+    async def _answer(self, inbound: Inbound) -> AsyncIterator[ReplyEvent]:
+        key = inbound.key
+        config = await self.channel_config(key.channel_key)
+        await self._check_budget(inbound)
+        text, images, notes = self._user_content(inbound, config.model)
+        for note in notes:
+            yield Notice(note)
+        if not text and not images:
+            raise BadCommand("I got an empty message. Ask me something, or say 'help'.")
+        system_prompt = config.system_prompt
+        if config.json_mode and "json" not in system_prompt.lower():
+            system_prompt = f"{system_prompt}\n\n{JSON_INSTRUCTION}"
+        user_tokens = count_message(text, images=len(images))
+        user_content: str | list[dict[str, Any]] = (
+            [{"type": "text", "text": text}, *images] if images else text
+        )
+        budget = self._budget(config)
+        state = await self.store.conversation(key)
+        # Over-long input is rejected before it is stored, so it cannot crowd out the history.
+        input_limit(system_prompt, user_tokens, budget)
+        turn_id = await self.store.add_message(
+            state.id,
+            "user",
+            text,
+            user_tokens,
+            author_id=inbound.author.id,
+            author_name=inbound.author.name,
+        )
+        if self.settings.parley_log_content:
+            log.info("user turn in %s: %s", key, text)
+
+        async def assemble(current: ConversationState) -> Any:
+            return await build_context(
+                self.store,
+                current,
+                system_prompt=system_prompt,
+                user_content=user_content,
+                user_tokens=user_tokens,
+                user_turn_id=turn_id,
+                budget=budget,
+            )
+
+        context = await assemble(state)
+        if context.cut_at is not None:
+            state = await self._fold(key, inbound.author, state, context.cut_at, config)
+            context = await assemble(state)
+
+        request = ChatRequest(
+            model=config.model,
+            messages=context.messages,
+            temperature=config.temperature,
+            max_output_tokens=config.max_output_tokens,
+            json_mode=config.json_mode,
+        )
+        completion: Completion | None = None
+        async for item in self.llm.stream(request):
+            if isinstance(item, Completion):
+                completion = item
+            elif not config.json_mode:
+                yield TextDelta(item)
+        assert completion is not None, "ChatModel.stream ended without a Completion"
+        usage = [completion]
+        shown = completion.text
+        if config.json_mode:
+            completion, shown, retry = await self._valid_json(request, completion)
+            usage += retry
+        if completion.finish_reason == "length":
+            shown += "\n\n_(answer cut off at the output token limit)_"
+        await self.store.add_message(
+            state.id,
+            "assistant",
+            completion.text,
+            completion.output_tokens or count_message(completion.text),
+            model=completion.model,
+        )
+        report = await self._charge(key.channel_key, inbound.author.id, usage)
+        yield FinalText(shown, completion.model)
+        yield report
+
+    async def _valid_json(
+        self, request: ChatRequest, completion: Completion
+    ) -> tuple[Completion, str, list[Completion]]:
+        """Check a JSON-mode reply parses; ask once more with the parse error if not."""
+        try:
+            parsed = json.loads(completion.text)
+        except json.JSONDecodeError as first:
+            retry_request = replace(
+                request,
+                messages=[
+                    *request.messages,
+                    {"role": "assistant", "content": completion.text},
+                    {
+                        "role": "user",
+                        "content": f"That was not valid JSON ({first.msg} at position "
+                        f"{first.pos}). Reply again with only one valid JSON object.",
+                    },
+                ],
+            )
+            retried = await self._complete(retry_request)
+            try:
+                parsed = json.loads(retried.text)
+            except json.JSONDecodeError as second:
+                raise InvalidJSONReply(
+                    "The model did not return valid JSON, even after a second try "
+                    f"({second.msg}). Try rephrasing, or switch JSON mode off with 'json off'."
+                ) from None
+            pretty = json.dumps(parsed, indent=2, ensure_ascii=False)
+            return retried, f"```json\n{pretty}\n```", [retried]
+        pretty = json.dumps(parsed, indent=2, ensure_ascii=False)
+        return completion, f"```json\n{pretty}\n```", []
+
+    async def _complete(self, request: ChatRequest) -> Completion:
+        async for item in self.llm.stream(request):
+            if isinstance(item, Completion):
+                return item
+        raise RuntimeError("ChatModel.stream ended without a Completion")
+
+    async def _charge(
+        self, channel: ChannelKey, user_id: str, completions: list[Completion]
+    ) -> UsageReport:
+        total_in = total_out = 0
+        total_cost = 0.0
+        for c in completions:
+            cost = cost_usd(c.model, c.input_tokens, c.output_tokens, self.prices)
+            await self.store.record_usage(
+                channel, user_id, c.model, c.input_tokens, c.output_tokens, cost
+            )
+            total_in += c.input_tokens
+            total_out += c.output_tokens
+            total_cost += cost
+        return UsageReport(completions[-1].model, total_in, total_out, total_cost)
+
+    # --- summaries ----------------------------------------------------------------------
+
+    async def _summarize_text(
+        self, transcript: str, previous: str, config: ChannelConfig, max_tokens: int
+    ) -> Completion:
+        content = transcript
+        if previous:
+            content = f"Earlier summary:\n{previous}\n\nConversation since:\n{transcript}"
+        request = ChatRequest(
+            model=config.model,
+            messages=[
+                {"role": "system", "content": SUMMARY_PROMPT},
+                {"role": "user", "content": content},
+            ],
+            temperature=0.2,
+            max_output_tokens=max_tokens,
+        )
+        return await self._complete(request)
+
+    async def _fold(
+        self,
+        key: ConversationKey,
+        author: Author,
+        state: ConversationState,
+        cut_at: int,
+        config: ChannelConfig,
+    ) -> ConversationState:
+        """Fold turns up to ``cut_at`` into the rolling summary, or drop them."""
+        summary, summary_tokens = state.summary, state.summary_tokens
+        if self.settings.parley_summarize_overflow:
+            older = await self.store.recent_messages(
+                state.id, state.context_start, cut_at + 1, 10_000
+            )
+            picked, spent = [], 0
+            for message in older:  # newest first: keep the most recent of the overflow
+                if spent + message.token_count > SUMMARY_INPUT_TOKENS:
+                    break
+                picked.append(message)
+                spent += message.token_count
+            picked.reverse()
+            transcript = "\n".join(f"{m.role}: {m.content}" for m in picked)
+            max_tokens = max(128, min(1000, self._budget(config) // 8))
+            try:
+                done = await self._summarize_text(transcript, summary, config, max_tokens)
+            except UserFacingError as exc:
+                log.warning("summary for %s failed (%s); dropping old turns", key, exc.code)
+            else:
+                summary = done.text
+                summary_tokens = count_message(summary_message(summary))
+                await self._charge(key.channel_key, author.id, [done])
+        await self.store.set_summary(state.id, summary, summary_tokens, cut_at)
+        return ConversationState(state.id, summary, summary_tokens, cut_at)
+
+    # --- commands -----------------------------------------------------------------------
+
+    def parse_command(self, text: str) -> tuple[str, str] | None:
+        return commands.parse_command(text)
+
+    async def command(
+        self,
+        key: ConversationKey,
+        author: Author,
+        name: str,
+        args: str = "",
+        transcript: str | None = None,
+    ) -> CommandReply:
+        """Run a core command; bad values come back as a clear reply, never an exception."""
+        name = name.lower().lstrip("/")
+        spec = commands.BY_NAME.get(name)
+        if spec is None:
+            return CommandReply(
+                f"Unknown command '{name}'. Try 'help'.\n\n{commands.help_text()}",
+                private=True,
+                ok=False,
+            )
+        try:
+            text = await self._run_command(key, author, name, args.strip(), transcript)
+        except UserFacingError as exc:
+            return CommandReply(exc.user_message, private=True, ok=False)
+        except Exception:
+            log.exception("command %s in %s failed", name, key)
+            return CommandReply(GENERIC_ERROR, private=True, ok=False)
+        return CommandReply(text, private=spec.private)
+
+    async def _set(self, channel: ChannelKey, **changes: Any) -> None:
+        current = await self.store.channel_overrides(channel)
+        await self.store.save_channel_overrides(channel, replace(current, **changes))
+
+    async def _run_command(
+        self, key: ConversationKey, author: Author, name: str, args: str, transcript: str | None
+    ) -> str:
+        channel = key.channel_key
+        config = await self.channel_config(channel)
+        if name == "help":
+            return commands.help_text()
+        if name == "reset":
+            async with self.locks.hold(key):
+                removed = await self.store.reset_conversation(key)
+            return f"Done: I forgot this conversation ({removed} messages)."
+        if name == "system":
+            if not args:
+                return f"System prompt for this channel:\n> {config.system_prompt}"
+            if args.lower() in {"default", "reset"}:
+                await self._set(channel, system_prompt=None)
+                return "System prompt restored to the default."
+            await self._set(channel, system_prompt=commands.parse_system_prompt(args))
+            return "System prompt updated for this channel."
+        if name == "model":
+            if not args:
+                return f"This channel uses {config.model}."
+            if args.lower() in {"default", "reset"}:
+                await self._set(channel, model=None)
+                return f"Model restored to the default, {self.settings.parley_model}."
+            model = commands.parse_model(args)
+            await self._set(channel, model=model)
+            note = (
+                "" if price_for(model, self.prices) else " (no price known for it: cost shows $0)"
+            )
+            return f"This channel now uses {model}{note}."
+        if name == "temperature":
+            if not args:
+                return f"Temperature here is {config.temperature:g}."
+            value = commands.parse_temperature(args)
+            await self._set(channel, temperature=value)
+            return f"Temperature set to {value:g}."
+        if name == "json":
+            if not args:
+                return f"JSON mode is {'on' if config.json_mode else 'off'}."
+            on = commands.parse_switch(args)
+            await self._set(channel, json_mode=on)
+            return f"JSON mode is now {'on' if on else 'off'}."
+        if name == "usage":
+            here = await self.store.channel_usage(channel)
+            mine = await self.store.user_usage(key.platform, author.id)
+            return f"This channel: {_usage_line(here)}\nYou: {_usage_line(mine)}"
+        if name == "summarize":
+            return await self._summary_command(key, author, config, transcript)
+        raise BadCommand(f"Unknown command '{name}'.")
+
+    async def _summary_command(
+        self, key: ConversationKey, author: Author, config: ChannelConfig, transcript: str | None
+    ) -> str:
+        budget = self._budget(config)
+        previous = ""
+        if transcript is None:
+            state = await self.store.conversation(key)
+            previous = state.summary
+            recent = await self.store.recent_messages(state.id, state.context_start, 2**62, 10_000)
+            picked, spent = [], 0
+            for message in recent:
+                if spent + message.token_count > budget - 512:
+                    break
+                picked.append(message)
+                spent += message.token_count
+            picked.reverse()
+            transcript = "\n".join(f"{m.author_name or m.role}: {m.content}" for m in picked)
+        elif count_text(transcript) > budget - 512:
+            raise BadCommand("Those messages are too long to summarise at once; ask for fewer.")
+        if not transcript.strip() and not previous:
+            return "There is nothing to summarise yet."
+        done = await self._summarize_text(transcript, previous, config, min(1000, budget // 4))
+        await self._charge(key.channel_key, author.id, [done])
+        return f"*Summary*\n{done.text}"
+
+
+def _usage_line(totals: UsageTotals) -> str:
+    return (
+        f"{totals.turns} model calls, {totals.input_tokens:,} input + "
+        f"{totals.output_tokens:,} output tokens, ${totals.cost_usd:.4f}"
+    )
+
+
+__all__ = ["ConversationService", "ChannelConfig", "ChannelOverrides"]

@@ -1,0 +1,151 @@
+"""Parley's settings: one pydantic-settings class, read from the environment and ``.env``.
+
+Only the composition root (``bots/``) instantiates it. Field names are the environment variable
+names (case-insensitive); secrets are ``SecretStr`` so they never show in logs or reprs.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from core.errors import ConfigError
+
+DEFAULT_PRICES: dict[str, tuple[float, float]] = {
+    # USD per 1M tokens (input, output)
+    "gpt-4o": (5.0, 15.0),
+    "gpt-4o-mini": (0.15, 0.6),
+    "gpt-4-turbo": (10.0, 30.0),
+    "gpt-4": (30.0, 60.0),
+}
+
+
+def _csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every knob Parley has. ``.env.example`` documents each with its default."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        env_ignore_empty=True,
+    )
+
+    # --- OpenAI ---------------------------------------------------------------------------
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str | None = None
+    openai_organization: str | None = None
+    openai_timeout: float = Field(60.0, gt=0)
+    openai_max_retries: int = Field(2, ge=0, le=10)
+
+    # --- model and conversation defaults --------------------------------------------------
+    parley_model: str = "gpt-4o"
+    parley_fallback_models: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["gpt-4o-mini"]
+    )
+    parley_system_prompt: str = (
+        "You are Parley, a helpful assistant in a team chat. Answer concisely and use Markdown."
+    )
+    parley_temperature: float = Field(0.7, ge=0.0, le=2.0)
+    parley_max_output_tokens: int = Field(1024, ge=16, le=16384)
+    parley_input_budget: int = Field(16000, ge=256, le=128000)
+    parley_model_window: int = Field(128000, ge=1024)
+    parley_summarize_overflow: bool = True
+    parley_prices: Annotated[dict[str, tuple[float, float]], NoDecode] = Field(
+        default_factory=lambda: dict(DEFAULT_PRICES)
+    )
+    parley_max_image_bytes: int = Field(5_000_000, ge=1)
+    parley_max_text_file_bytes: int = Field(100_000, ge=1)
+    parley_user_budget_usd: float | None = Field(None, ge=0)
+    parley_log_content: bool = False
+    parley_log_level: str = "INFO"
+
+    # --- storage --------------------------------------------------------------------------
+    database_url: str = "sqlite+aiosqlite:///parley.db"
+
+    # --- Slack ----------------------------------------------------------------------------
+    slack_bot_token: SecretStr | None = None
+    slack_app_token: SecretStr | None = None
+    slack_signing_secret: SecretStr | None = None
+    slack_mode: Literal["socket", "http"] = "socket"
+    slack_port: int = Field(3000, ge=1, le=65535)
+    slack_api_url: str = "https://slack.com/api/"
+    slack_command: str = "/parley"
+    slack_follow_threads: bool = False
+    slack_update_interval: float = Field(1.0, ge=0.0)
+
+    # --- Discord --------------------------------------------------------------------------
+    discord_token: SecretStr | None = None
+    discord_guild_ids: Annotated[list[int], NoDecode] = Field(default_factory=list)
+    discord_allowed_guilds: Annotated[list[int], NoDecode] = Field(default_factory=list)
+    discord_blocked_guilds: Annotated[list[int], NoDecode] = Field(default_factory=list)
+    discord_allowed_channels: Annotated[list[int], NoDecode] = Field(default_factory=list)
+    discord_blocked_channels: Annotated[list[int], NoDecode] = Field(default_factory=list)
+    discord_allowed_roles: Annotated[list[int], NoDecode] = Field(default_factory=list)
+    discord_blocked_users: Annotated[list[int], NoDecode] = Field(default_factory=list)
+    discord_settings_permission: str = "manage_messages"
+    discord_api_url: str | None = None
+    discord_gateway_url: str | None = None
+    discord_edit_interval: float = Field(1.0, ge=0.0)
+
+    @field_validator(
+        "parley_fallback_models",
+        "discord_guild_ids",
+        "discord_allowed_guilds",
+        "discord_blocked_guilds",
+        "discord_allowed_channels",
+        "discord_blocked_channels",
+        "discord_allowed_roles",
+        "discord_blocked_users",
+        mode="before",
+    )
+    @classmethod
+    def _split_csv(cls, value: Any) -> Any:
+        return _csv(value)
+
+    @field_validator("parley_prices", mode="before")
+    @classmethod
+    def _merge_prices(cls, value: Any) -> Any:
+        """PARLEY_PRICES is JSON like {"gpt-4o": [5, 15]}; it overrides entries of the defaults."""
+        if isinstance(value, str):
+            try:
+                value = json.loads(value) if value.strip() else {}
+            except json.JSONDecodeError as exc:
+                raise ValueError(f'must be JSON like {{"gpt-4o": [5, 15]}} ({exc.msg})') from exc
+        if not isinstance(value, dict):
+            raise ValueError('must be a JSON object like {"gpt-4o": [5, 15]}')
+        return {**DEFAULT_PRICES, **value}
+
+    @property
+    def offline(self) -> bool:
+        """No key and no endpoint: Parley runs against its built-in offline stand-in model."""
+        return self.openai_api_key is None and not self.openai_base_url
+
+    @property
+    def slack_configured(self) -> bool:
+        return self.slack_bot_token is not None
+
+    @property
+    def discord_configured(self) -> bool:
+        return self.discord_token is not None
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build Settings, turning a validation failure into a ConfigError naming the variables."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = str(err["loc"][0]).upper() if err["loc"] else "settings"
+            problems.append(f"{name}: {err['msg']}")
+        raise ConfigError("invalid settings: " + "; ".join(problems)) from None

@@ -1,0 +1,255 @@
+"""The Store port on SQLAlchemy 2 async: SQLite (aiosqlite) by default, PostgreSQL (asyncpg)."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, delete, event, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+
+from core.messages import ChannelKey, ConversationKey
+from core.ports import ChannelOverrides, ConversationState, StoredMessage, UsageTotals
+from core.store.models import (
+    ChannelSettingsRow,
+    ConversationRow,
+    MessageRow,
+    ProcessedEventRow,
+    UsageRow,
+)
+
+
+def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
+    """An async engine for ``url``; SQLite gets WAL and a busy timeout for concurrent writers."""
+    if url.startswith("sqlite"):
+        engine = create_async_engine(url, connect_args={"timeout": 30}, **kwargs)
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        return engine
+    kwargs.setdefault("pool_size", 20)
+    kwargs.setdefault("max_overflow", 20)
+    return create_async_engine(url, pool_pre_ping=True, **kwargs)
+
+
+def _insert(dialect: str, table: Any) -> Any:
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+
+
+class SqlStore:
+    """Implements ``core.ports.Store``; each method is one short transaction."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._dialect = engine.dialect.name
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def claim_event(self, platform: str, event_id: str) -> bool:
+        stmt = (
+            _insert(self._dialect, ProcessedEventRow)
+            .values(platform=platform, event_id=event_id)
+            .on_conflict_do_nothing(index_elements=["platform", "event_id"])
+        )
+        async with self._sessions.begin() as session:
+            result = await session.execute(stmt)
+        return bool(cast(CursorResult[Any], result).rowcount)
+
+    async def conversation(self, key: ConversationKey) -> ConversationState:
+        where = (
+            ConversationRow.platform == key.platform,
+            ConversationRow.workspace == key.workspace,
+            ConversationRow.channel == key.channel,
+            ConversationRow.thread == key.thread,
+        )
+        async with self._sessions.begin() as session:
+            row = (
+                await session.execute(select(ConversationRow).where(*where))
+            ).scalar_one_or_none()
+            if row is None:
+                await session.execute(
+                    _insert(self._dialect, ConversationRow)
+                    .values(
+                        platform=key.platform,
+                        workspace=key.workspace,
+                        channel=key.channel,
+                        thread=key.thread,
+                        summary="",
+                        summary_tokens=0,
+                        context_start=0,
+                    )
+                    .on_conflict_do_nothing(
+                        index_elements=["platform", "workspace", "channel", "thread"]
+                    )
+                )
+                row = (await session.execute(select(ConversationRow).where(*where))).scalar_one()
+            return ConversationState(row.id, row.summary, row.summary_tokens, row.context_start)
+
+    async def add_message(
+        self,
+        conversation_id: int,
+        role: str,
+        content: str,
+        token_count: int,
+        *,
+        author_id: str = "",
+        author_name: str = "",
+        status: str = "complete",
+        model: str | None = None,
+    ) -> int:
+        row = MessageRow(
+            conversation_id=conversation_id,
+            role=role,
+            content=content,
+            token_count=token_count,
+            author_id=author_id,
+            author_name=author_name[:100],
+            status=status,
+            model=model,
+        )
+        async with self._sessions.begin() as session:
+            session.add(row)
+            await session.flush()
+            return row.id
+
+    async def recent_messages(
+        self, conversation_id: int, after_id: int, before_id: int, limit: int
+    ) -> list[StoredMessage]:
+        stmt = (
+            select(
+                MessageRow.id,
+                MessageRow.role,
+                MessageRow.content,
+                MessageRow.token_count,
+                MessageRow.author_name,
+            )
+            .where(
+                MessageRow.conversation_id == conversation_id,
+                MessageRow.id > after_id,
+                MessageRow.id < before_id,
+                MessageRow.status == "complete",
+            )
+            .order_by(MessageRow.id.desc())
+            .limit(limit)
+        )
+        async with self._sessions() as session:
+            rows = (await session.execute(stmt)).all()
+        return [StoredMessage(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+
+    async def set_summary(
+        self, conversation_id: int, summary: str, summary_tokens: int, context_start: int
+    ) -> None:
+        async with self._sessions.begin() as session:
+            await session.execute(
+                update(ConversationRow)
+                .where(ConversationRow.id == conversation_id)
+                .values(summary=summary, summary_tokens=summary_tokens, context_start=context_start)
+            )
+
+    async def reset_conversation(self, key: ConversationKey) -> int:
+        state = await self.conversation(key)
+        async with self._sessions.begin() as session:
+            result = await session.execute(
+                delete(MessageRow).where(MessageRow.conversation_id == state.id)
+            )
+            await session.execute(
+                update(ConversationRow)
+                .where(ConversationRow.id == state.id)
+                .values(summary="", summary_tokens=0, context_start=0)
+            )
+        return int(cast(CursorResult[Any], result).rowcount or 0)
+
+    def _channel_where(self, channel: ChannelKey) -> tuple[Any, ...]:
+        return (
+            ChannelSettingsRow.platform == channel.platform,
+            ChannelSettingsRow.workspace == channel.workspace,
+            ChannelSettingsRow.channel == channel.channel,
+        )
+
+    async def channel_overrides(self, channel: ChannelKey) -> ChannelOverrides:
+        async with self._sessions() as session:
+            row = (
+                await session.execute(
+                    select(ChannelSettingsRow).where(*self._channel_where(channel))
+                )
+            ).scalar_one_or_none()
+        if row is None:
+            return ChannelOverrides()
+        return ChannelOverrides(
+            row.system_prompt, row.model, row.temperature, row.max_output_tokens, row.json_mode
+        )
+
+    async def save_channel_overrides(
+        self, channel: ChannelKey, overrides: ChannelOverrides
+    ) -> None:
+        values = {
+            "system_prompt": overrides.system_prompt,
+            "model": overrides.model,
+            "temperature": overrides.temperature,
+            "max_output_tokens": overrides.max_output_tokens,
+            "json_mode": overrides.json_mode,
+        }
+        stmt = (
+            _insert(self._dialect, ChannelSettingsRow)
+            .values(
+                platform=channel.platform,
+                workspace=channel.workspace,
+                channel=channel.channel,
+                **values,
+            )
+            .on_conflict_do_update(index_elements=["platform", "workspace", "channel"], set_=values)
+        )
+        async with self._sessions.begin() as session:
+            await session.execute(stmt)
+
+    async def record_usage(
+        self,
+        channel: ChannelKey,
+        user_id: str,
+        model: str,
+        input_tokens: int,
+        output_tokens: int,
+        cost_usd: float,
+    ) -> None:
+        async with self._sessions.begin() as session:
+            session.add(
+                UsageRow(
+                    platform=channel.platform,
+                    workspace=channel.workspace,
+                    channel=channel.channel,
+                    user_id=user_id,
+                    model=model,
+                    input_tokens=input_tokens,
+                    output_tokens=output_tokens,
+                    cost_usd=cost_usd,
+                )
+            )
+
+    async def _totals(self, *where: Any) -> UsageTotals:
+        stmt = select(
+            func.coalesce(func.sum(UsageRow.input_tokens), 0),
+            func.coalesce(func.sum(UsageRow.output_tokens), 0),
+            func.coalesce(func.sum(UsageRow.cost_usd), 0.0),
+            func.count(UsageRow.id),
+        ).where(*where)
+        async with self._sessions() as session:
+            row = (await session.execute(stmt)).one()
+        return UsageTotals(int(row[0]), int(row[1]), float(row[2]), int(row[3]))
+
+    async def channel_usage(self, channel: ChannelKey) -> UsageTotals:
+        return await self._totals(
+            UsageRow.platform == channel.platform,
+            UsageRow.workspace == channel.workspace,
+            UsageRow.channel == channel.channel,
+        )
+
+    async def user_usage(self, platform: str, user_id: str) -> UsageTotals:
+        return await self._totals(UsageRow.platform == platform, UsageRow.user_id == user_id)

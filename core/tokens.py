@@ -1,0 +1,59 @@
+"""Exact token counts for GPT-4o with tiktoken's ``o200k_base``, loaded from package data.
+
+The encoding ships inside Parley (``core/data/o200k_base.tiktoken``) and is checked against its
+sha256, so nothing is downloaded at run time.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib import resources
+
+import tiktoken
+from tiktoken.load import load_tiktoken_bpe
+
+O200K_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
+
+_O200K_PATTERN = "|".join(
+    [
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""\p{N}{1,3}""",
+        r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
+        r"""\s*[\r\n]+""",
+        r"""\s+(?!\S)""",
+        r"""\s+""",
+    ]
+)
+
+# Per-message overhead of the chat format (role and separators), as OpenAI documents for the
+# gpt-4o family; a reply is primed with 3 more tokens.
+TOKENS_PER_MESSAGE = 3
+TOKENS_REPLY_PRIMER = 3
+# A 512px "low detail" image costs 85 tokens; high detail tiles cost more. Parley sends images at
+# "auto" detail and budgets a conservative fixed amount per image.
+TOKENS_PER_IMAGE = 765
+
+
+@lru_cache(maxsize=1)
+def encoding() -> tiktoken.Encoding:
+    """The o200k_base encoding, built from the bundled ranks (verified by sha256)."""
+    path = resources.files("core") / "data" / "o200k_base.tiktoken"
+    with resources.as_file(path) as real_path:
+        ranks = load_tiktoken_bpe(str(real_path), expected_hash=O200K_SHA256)
+    return tiktoken.Encoding(
+        name="o200k_base",
+        pat_str=_O200K_PATTERN,
+        mergeable_ranks=ranks,
+        special_tokens={"<|endoftext|>": 199999, "<|endofprompt|>": 200018},
+    )
+
+
+def count_text(text: str) -> int:
+    """Number of o200k_base tokens in ``text`` (special-token strings count as plain text)."""
+    return len(encoding().encode_ordinary(text))
+
+
+def count_message(text: str, images: int = 0) -> int:
+    """Tokens one chat message costs in a request: its text, its images and the format overhead."""
+    return count_text(text) + TOKENS_PER_MESSAGE + images * TOKENS_PER_IMAGE

@@ -1,0 +1,105 @@
+"""`parley chat` as a user runs it: a real process, typed into through a pseudo-terminal."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+
+import pexpect
+import pytest
+
+from adapters.standin.server import StandinServer
+
+PARLEY = shutil.which("parley") or f"{sys.executable} -m bots.cli"
+
+
+def spawn(tmp_path, **env):
+    full_env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "DATABASE_URL"))
+    }
+    full_env.update(env)
+    child = pexpect.spawn(
+        f"{PARLEY} chat", cwd=str(tmp_path), env=full_env, encoding="utf-8", timeout=30
+    )
+    return child
+
+
+def test_offline_chat_streams_answers_runs_commands_and_remembers(tmp_path):
+    child = spawn(tmp_path)
+    child.expect("offline stand-in model")
+    child.expect_exact("you> ")
+    child.sendline("my favourite fruit is the mango")
+    child.expect_exact("parley> ")
+    child.expect("You said: my favourite fruit is the mango")
+    child.expect(r"\[gpt-4o: \d+ in / \d+ out tokens")
+    child.expect_exact("you> ")
+    child.sendline("/temperature lots")
+    child.expect("not a number")
+    child.expect_exact("you> ")
+    child.sendline("/usage")
+    child.expect(r"This channel: 1 model calls")
+    child.expect_exact("you> ")
+    child.sendline("/quit")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    assert (tmp_path / "parley.db").exists()
+
+    again = spawn(tmp_path)
+    again.expect_exact("you> ")
+    again.sendline("/summarize")
+    again.expect("Summary")
+    again.expect("mango")
+    again.expect_exact("you> ")
+    again.sendeof()
+    again.expect(pexpect.EOF)
+    again.close()
+    assert again.exitstatus == 0
+
+
+@pytest.mark.asyncio
+async def test_chat_against_a_server_given_as_openai_base_url(tmp_path):
+    async with StandinServer() as server:
+        child = spawn(
+            tmp_path,
+            OPENAI_BASE_URL=server.base_url,
+            OPENAI_API_KEY="sk-test",
+            OPENAI_MAX_RETRIES="0",
+        )
+        await _expect(child, "Parley on gpt-4o")
+        await _expect(child, "you> ")
+        child.sendline("hello over http")
+        await _expect(child, "You said: hello over http")
+        await _expect(child, "you> ")
+        child.sendline("this one fails [[fault:server_error]]")
+        await _expect(child, "! ")
+        await _expect(child, "try again")
+        child.sendline("/quit")
+        await _expect(child, pexpect.EOF)
+        assert "Traceback" not in child.before
+        assert any("hello over http" in str(r["messages"]) for r in server.requests)
+
+
+async def _expect(child, pattern):
+    if pattern is pexpect.EOF:
+        return await child.expect(pexpect.EOF, async_=True)
+    return await child.expect_exact(pattern, async_=True)
+
+
+def test_bad_setting_stops_start_with_the_variable_name(tmp_path):
+    child = spawn(tmp_path, PARLEY_TEMPERATURE="hot")
+    child.expect("PARLEY_TEMPERATURE")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 2
+    assert "Traceback" not in child.before
+
+
+def test_run_without_platforms_names_the_variables(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "DISCORD_"))}
+    child = pexpect.spawn(f"{PARLEY} run", cwd=str(tmp_path), env=env, encoding="utf-8")
+    child.expect("SLACK_BOT_TOKEN")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 2

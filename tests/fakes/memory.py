@@ -1,0 +1,177 @@
+"""In-memory fakes of the core's ports, for unit tests that run in milliseconds."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from core.errors import LLMError
+from core.llm import ChatRequest, Completion
+from core.messages import ChannelKey, ConversationKey
+from core.ports import ChannelOverrides, ConversationState, StoredMessage, UsageTotals
+from core.tokens import count_text
+
+
+@dataclass
+class _Message:
+    id: int
+    conversation_id: int
+    role: str
+    content: str
+    token_count: int
+    author_name: str
+    status: str
+
+
+@dataclass
+class _Usage:
+    channel: ChannelKey
+    user_id: str
+    model: str
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+
+
+class MemoryStore:
+    """The Store port on dicts and lists."""
+
+    def __init__(self) -> None:
+        self.events: set[tuple[str, str]] = set()
+        self.conversations: dict[ConversationKey, ConversationState] = {}
+        self.messages: list[_Message] = []
+        self.overrides: dict[ChannelKey, ChannelOverrides] = {}
+        self.usage: list[_Usage] = []
+        self.recent_calls = 0
+        self._ids = itertools.count(1)
+
+    async def claim_event(self, platform: str, event_id: str) -> bool:
+        if (platform, event_id) in self.events:
+            return False
+        self.events.add((platform, event_id))
+        return True
+
+    async def conversation(self, key: ConversationKey) -> ConversationState:
+        if key not in self.conversations:
+            self.conversations[key] = ConversationState(next(self._ids), "", 0, 0)
+        return self.conversations[key]
+
+    async def add_message(
+        self,
+        conversation_id: int,
+        role: str,
+        content: str,
+        token_count: int,
+        *,
+        author_id: str = "",
+        author_name: str = "",
+        status: str = "complete",
+        model: str | None = None,
+    ) -> int:
+        mid = next(self._ids)
+        self.messages.append(
+            _Message(mid, conversation_id, role, content, token_count, author_name, status)
+        )
+        return mid
+
+    async def recent_messages(
+        self, conversation_id: int, after_id: int, before_id: int, limit: int
+    ) -> list[StoredMessage]:
+        self.recent_calls += 1
+        rows = [
+            m
+            for m in reversed(self.messages)
+            if m.conversation_id == conversation_id
+            and after_id < m.id < before_id
+            and m.status == "complete"
+        ]
+        return [
+            StoredMessage(m.id, m.role, m.content, m.token_count, m.author_name)
+            for m in rows[:limit]
+        ]
+
+    async def set_summary(
+        self, conversation_id: int, summary: str, summary_tokens: int, context_start: int
+    ) -> None:
+        for key, state in self.conversations.items():
+            if state.id == conversation_id:
+                self.conversations[key] = ConversationState(
+                    state.id, summary, summary_tokens, context_start
+                )
+
+    async def reset_conversation(self, key: ConversationKey) -> int:
+        state = await self.conversation(key)
+        before = len(self.messages)
+        self.messages = [m for m in self.messages if m.conversation_id != state.id]
+        self.conversations[key] = ConversationState(state.id, "", 0, 0)
+        return before - len(self.messages)
+
+    async def channel_overrides(self, channel: ChannelKey) -> ChannelOverrides:
+        return self.overrides.get(channel, ChannelOverrides())
+
+    async def save_channel_overrides(
+        self, channel: ChannelKey, overrides: ChannelOverrides
+    ) -> None:
+        self.overrides[channel] = overrides
+
+    async def record_usage(
+        self,
+        channel: ChannelKey,
+        user_id: str,
+        model: str,
+        input_tokens: int,
+        output_tokens: int,
+        cost_usd: float,
+    ) -> None:
+        self.usage.append(_Usage(channel, user_id, model, input_tokens, output_tokens, cost_usd))
+
+    def _totals(self, rows: list[_Usage]) -> UsageTotals:
+        return UsageTotals(
+            sum(r.input_tokens for r in rows),
+            sum(r.output_tokens for r in rows),
+            sum(r.cost_usd for r in rows),
+            len(rows),
+        )
+
+    async def channel_usage(self, channel: ChannelKey) -> UsageTotals:
+        return self._totals([r for r in self.usage if r.channel == channel])
+
+    async def user_usage(self, platform: str, user_id: str) -> UsageTotals:
+        return self._totals(
+            [r for r in self.usage if r.channel.platform == platform and r.user_id == user_id]
+        )
+
+    async def close(self) -> None:
+        return None
+
+
+@dataclass
+class ScriptedModel:
+    """A ChatModel whose answers come from ``reply(request)``; records every request.
+
+    ``failures`` is a list of errors raised by the next calls, in order.
+    """
+
+    reply: Callable[[ChatRequest], str] = lambda request: "ok"
+    requests: list[ChatRequest] = field(default_factory=list)
+    failures: list[LLMError] = field(default_factory=list)
+    fail_after_deltas: int | None = None
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[str | Completion]:
+        self.requests.append(request)
+        if self.failures:
+            raise self.failures.pop(0)
+        text = self.reply(request)
+        words = text.split(" ")
+        for i, word in enumerate(words):
+            if self.fail_after_deltas is not None and i >= self.fail_after_deltas:
+                from core.errors import BrokenStream
+
+                raise BrokenStream("The answer was cut off.")
+            yield word if i == 0 else " " + word
+        prompt = sum(count_text(str(m["content"])) for m in request.messages)
+        yield Completion(text, request.model, prompt, count_text(text), "stop")
+
+    async def close(self) -> None:
+        return None

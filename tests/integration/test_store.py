@@ -1,0 +1,97 @@
+"""The SQL store and its migrations on SQLite and on the PostgreSQL server."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from bots.bootstrap import prepare_schema
+from core.errors import SchemaOutOfDate
+from core.messages import ChannelKey, ConversationKey
+from core.ports import ChannelOverrides
+from core.settings import Settings
+from core.store import schema
+from core.store.sql import SqlStore, make_engine
+
+KEY = ConversationKey("slack", "T1", "C1", "1700000000.000100")
+
+
+@pytest.fixture
+async def store(database_url):
+    store = SqlStore(make_engine(database_url))
+    await schema.upgrade(store.engine)
+    yield store
+    await store.close()
+
+
+async def test_migrations_reach_head_and_check_detects_old_schema(database_url):
+    store = SqlStore(make_engine(database_url))
+    try:
+        assert await schema.current_revision(store.engine) is None
+        assert not await schema.is_up_to_date(store.engine)
+        settings = Settings(_env_file=None, database_url=database_url)
+        if database_url.startswith("postgresql"):
+            with pytest.raises(SchemaOutOfDate, match="parley db upgrade"):
+                await prepare_schema(store, settings, auto_upgrade=True)
+            await schema.upgrade(store.engine)
+        else:
+            await prepare_schema(store, settings, auto_upgrade=True)
+        assert await schema.current_revision(store.engine) == schema.head_revision()
+    finally:
+        await store.close()
+
+
+async def test_event_ids_are_claimed_once_even_concurrently(store):
+    results = await asyncio.gather(*(store.claim_event("slack", "Ev1") for _ in range(10)))
+    assert results.count(True) == 1
+    assert await store.claim_event("discord", "Ev1")
+
+
+async def test_messages_round_trip_newest_first_and_skip_failed(store):
+    state = await store.conversation(KEY)
+    assert (await store.conversation(KEY)).id == state.id
+    ids = [
+        await store.add_message(state.id, "user", f"m{i}", i + 1, author_name="alice")
+        for i in range(5)
+    ]
+    await store.add_message(state.id, "assistant", "partial", 3, status="failed")
+    recent = await store.recent_messages(state.id, ids[0], 10**12, 3)
+    assert [m.content for m in recent] == ["m4", "m3", "m2"]
+    assert recent[0].token_count == 5 and recent[0].author_name == "alice"
+    other = await store.conversation(ConversationKey("slack", "T1", "C1"))
+    assert await store.recent_messages(other.id, 0, 10**12, 10) == []
+    await store.set_summary(state.id, "short summary", 7, ids[2])
+    state = await store.conversation(KEY)
+    assert (state.summary, state.summary_tokens, state.context_start) == (
+        "short summary",
+        7,
+        ids[2],
+    )
+    assert await store.reset_conversation(KEY) == 6
+    state = await store.conversation(KEY)
+    assert state.summary == "" and await store.recent_messages(state.id, 0, 10**12, 10) == []
+
+
+async def test_channel_overrides_and_usage(store):
+    channel = ChannelKey("discord", "G1", "C9")
+    assert await store.channel_overrides(channel) == ChannelOverrides()
+    await store.save_channel_overrides(channel, ChannelOverrides(model="gpt-4o-mini"))
+    await store.save_channel_overrides(
+        channel, ChannelOverrides(model="gpt-4o-mini", temperature=0.2, json_mode=True)
+    )
+    got = await store.channel_overrides(channel)
+    assert (got.model, got.temperature, got.json_mode, got.system_prompt) == (
+        "gpt-4o-mini",
+        0.2,
+        True,
+        None,
+    )
+    await store.record_usage(channel, "u1", "gpt-4o", 100, 50, 0.00125)
+    await store.record_usage(channel, "u2", "gpt-4o", 10, 5, 0.000125)
+    await store.record_usage(ChannelKey("discord", "G1", "C2"), "u1", "gpt-4o", 1, 1, 0.00002)
+    here = await store.channel_usage(channel)
+    assert (here.turns, here.input_tokens, here.output_tokens) == (2, 110, 55)
+    assert here.cost_usd == pytest.approx(0.001375)
+    mine = await store.user_usage("discord", "u1")
+    assert (mine.turns, mine.input_tokens) == (2, 101)

@@ -1,0 +1,272 @@
+"""The conversation service on in-memory fakes of its ports."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from core.errors import BrokenStream, RateLimited
+from core.messages import (
+    Attachment,
+    Author,
+    ConversationKey,
+    FinalText,
+    Inbound,
+    Notice,
+    TextDelta,
+    UsageReport,
+    UserError,
+)
+from core.service import ConversationService
+from core.settings import Settings
+from tests.fakes.memory import MemoryStore, ScriptedModel
+
+KEY = ConversationKey("test", "w1", "c1")
+ALICE = Author("u1", "alice")
+
+
+def make(reply=None, **settings):
+    store = MemoryStore()
+    model = (
+        ScriptedModel(reply=reply)
+        if reply
+        else ScriptedModel(reply=lambda r: f"echo {r.messages[-1]['content']}")
+    )
+    service = ConversationService(store, model, Settings(_env_file=None, **settings))
+    return service, store, model
+
+
+async def collect(service, text, key=KEY, author=ALICE, **kw):
+    return [e async for e in service.answer(Inbound(key, author, text, **kw))]
+
+
+async def test_answer_streams_then_stores_both_turns():
+    service, store, _ = make()
+    events = await collect(service, "hello there")
+    deltas = "".join(e.text for e in events if isinstance(e, TextDelta))
+    final = [e for e in events if isinstance(e, FinalText)]
+    assert deltas == "echo hello there" == final[0].text
+    assert isinstance(events[-1], UsageReport)
+    assert [(m.role, m.content) for m in store.messages] == [
+        ("user", "hello there"),
+        ("assistant", "echo hello there"),
+    ]
+
+
+async def test_history_is_sent_in_order():
+    service, _, model = make()
+    for text in ("one", "two", "three"):
+        await collect(service, text)
+    sent = [m["content"] for m in model.requests[-1].messages[1:]]
+    assert sent == ["one", "echo one", "two", "echo two", "three"]
+
+
+async def test_failed_answer_is_not_stored_but_user_turn_is():
+    service, store, model = make()
+    model.fail_after_deltas = 1
+    events = await collect(service, "tell me more")
+    assert isinstance(events[-1], UserError) and events[-1].code == "broken_stream"
+    assert [m.role for m in store.messages] == ["user"]
+    model.fail_after_deltas = None
+    model.failures.append(RateLimited("The model is rate limited right now."))
+    events = await collect(service, "again")
+    assert events == [UserError("The model is rate limited right now.", "rate_limited")]
+    assert not store.usage
+
+
+async def test_redelivered_event_is_answered_once():
+    service, store, _ = make()
+    first = await collect(service, "hi", event_id="Ev1")
+    second = await collect(service, "hi", event_id="Ev1")
+    assert any(isinstance(e, FinalText) for e in first)
+    assert second == []
+    assert len(store.messages) == 2
+
+
+async def test_too_long_message_gets_token_counts_and_is_not_stored():
+    service, store, model = make(parley_input_budget=300, parley_max_output_tokens=64)
+    events = await collect(service, "word " * 1000)
+    assert len(events) == 1 and isinstance(events[0], UserError)
+    assert events[0].code == "too_long"
+    assert "1,00" in events[0].text and "limit" in events[0].text
+    assert store.messages == [] and model.requests == []
+
+
+async def test_overflow_is_folded_into_summary():
+    def reply(request):
+        if "Summarise" in request.messages[0]["content"]:
+            return "SUMMARY of old turns"
+        return "fine " * 20
+
+    service, store, model = make(reply=reply, parley_input_budget=400)
+    for i in range(12):
+        events = await collect(service, f"message number {i} " + "pad " * 20)
+        assert isinstance(events[-1], UsageReport)
+    last = model.requests[-1]
+    assert any("SUMMARY of old turns" in str(m["content"]) for m in last.messages)
+    assert "message number 0" not in json.dumps(last.messages)
+    state = store.conversations[KEY]
+    assert state.summary == "SUMMARY of old turns" and state.context_start > 0
+    summaries = [r for r in model.requests if "Summarise" in r.messages[0]["content"]]
+    # summarised in batches, not once per turn
+    assert 1 <= len(summaries) < 12
+
+
+async def test_overflow_dropped_when_summaries_off():
+    service, store, model = make(parley_input_budget=400, parley_summarize_overflow=False)
+    for i in range(12):
+        await collect(service, f"message number {i} " + "pad " * 20)
+    assert all("Summarise" not in r.messages[0]["content"] for r in model.requests)
+    assert "message number 0" not in json.dumps(model.requests[-1].messages)
+    assert store.conversations[KEY].summary == ""
+
+
+async def test_context_reads_only_what_fits():
+    service, store, _ = make(parley_input_budget=600, parley_summarize_overflow=False)
+    state = await store.conversation(KEY)
+    for i in range(3000):
+        await store.add_message(state.id, "user", f"old {i}", 10)
+    store.recent_calls = 0
+    await collect(service, "new question")
+    assert store.recent_calls <= 2
+
+
+async def test_json_mode_adds_instruction_and_retries_once():
+    answers = iter(["not json {", '{"a": 1}'])
+    service, store, model = make(reply=lambda r: next(answers))
+    await service.command(KEY, ALICE, "json", "on")
+    events = await collect(service, "give me data")
+    assert not any(isinstance(e, TextDelta) for e in events)
+    final = next(e for e in events if isinstance(e, FinalText))
+    assert '"a": 1' in final.text
+    assert "JSON" in model.requests[0].messages[0]["content"]
+    assert model.requests[0].json_mode
+    assert "not valid JSON" in model.requests[1].messages[-1]["content"]
+    assert len(store.usage) == 2
+
+
+async def test_json_mode_reports_after_second_failure():
+    service, _, _ = make(reply=lambda r: "still not json")
+    await service.command(KEY, ALICE, "json", "on")
+    events = await collect(service, "give me data")
+    assert isinstance(events[-1], UserError) and events[-1].code == "invalid_json"
+
+
+async def test_images_become_image_parts_and_others_get_a_note():
+    service, store, model = make()
+    attachments = (
+        Attachment("cat.png", "image/png", b"\x89PNG", "image"),
+        Attachment("notes.txt", "text/plain", b"file body", "text"),
+        Attachment("a.zip", "application/zip", b"PK", "other"),
+    )
+    events = await collect(service, "look", attachments=attachments)
+    assert any(isinstance(e, Notice) and "a.zip" in e.text for e in events)
+    content = model.requests[0].messages[-1]["content"]
+    assert content[0]["type"] == "text" and "file body" in content[0]["text"]
+    assert content[1]["image_url"]["url"].startswith("data:image/png;base64,")
+    await service.command(KEY, ALICE, "model", "gpt-3.5-turbo")
+    events = await collect(service, "again", attachments=attachments[:1])
+    assert any(isinstance(e, Notice) and "does not accept images" in e.text for e in events)
+
+
+async def test_user_budget_stops_answers():
+    service, store, model = make(parley_user_budget_usd=0.0)
+    events = await collect(service, "hi")
+    assert isinstance(events[-1], UserError) and events[-1].code == "over_budget"
+    assert model.requests == []
+
+
+async def test_same_conversation_is_serialised_and_others_run_concurrently():
+    active: dict[str, int] = {}
+    peak = {"same": 0, "all": 0}
+
+    class SlowModel(ScriptedModel):
+        async def stream(self, request):
+            tag = request.messages[-1]["content"].split()[0]
+            active[tag] = active.get(tag, 0) + 1
+            peak["same"] = max(peak["same"], max(active.values()))
+            peak["all"] = max(peak["all"], sum(active.values()))
+            await asyncio.sleep(0.01)
+            active[tag] -= 1
+            async for item in super().stream(request):
+                yield item
+
+    store = MemoryStore()
+    service = ConversationService(store, SlowModel(), Settings(_env_file=None))
+    keys = [ConversationKey("test", "w", f"c{i}") for i in range(5)]
+    await asyncio.gather(
+        *(collect(service, f"{k.channel} msg {j}", key=k) for k in keys for j in range(4))
+    )
+    assert peak["same"] == 1 and peak["all"] > 1
+    assert len(store.messages) == 40
+    assert len(service.locks) == 0
+
+
+async def test_commands_validate_and_persist():
+    service, store, model = make()
+    bad = await service.command(KEY, ALICE, "temperature", "hot")
+    assert not bad.ok and "not a number" in bad.text
+    bad = await service.command(KEY, ALICE, "temperature", "3")
+    assert not bad.ok and "between 0 and 2" in bad.text
+    bad = await service.command(KEY, ALICE, "json", "maybe")
+    assert not bad.ok and "'on' or 'off'" in bad.text
+    bad = await service.command(KEY, ALICE, "model", "bad model!")
+    assert not bad.ok
+    unknown = await service.command(KEY, ALICE, "frobnicate")
+    assert not unknown.ok and "help" in unknown.text
+    assert (await service.command(KEY, ALICE, "temperature", "0.3")).ok
+    assert (await service.command(KEY, ALICE, "system", "Be terse.")).ok
+    thread = ConversationKey("test", "w1", "c1", "t9")
+    await collect(service, "hi", key=thread)
+    request = model.requests[-1]
+    assert request.temperature == 0.3 and request.messages[0]["content"] == "Be terse."
+    shown = await service.command(thread, ALICE, "system")
+    assert "Be terse." in shown.text
+
+
+async def test_reset_usage_and_summarize():
+    service, store, model = make()
+    await collect(service, "first")
+    usage = await service.command(KEY, ALICE, "usage")
+    assert "1 model calls" in usage.text and usage.private
+    reply = await service.command(KEY, ALICE, "summarize")
+    assert reply.ok and "Summary" in reply.text
+    assert "first" in model.requests[-1].messages[-1]["content"]
+    reply = await service.command(KEY, ALICE, "summarize", transcript="bob: ship it\namy: ok")
+    assert "ship it" in model.requests[-1].messages[-1]["content"]
+    reset = await service.command(KEY, ALICE, "reset")
+    assert reset.ok and "2 messages" in reset.text
+    await collect(service, "after reset")
+    assert [m["content"] for m in model.requests[-1].messages[1:]] == ["after reset"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("reset", ("reset", "")),
+        ("/model gpt-4o", ("model", "gpt-4o")),
+        ("System be brief", ("system", "be brief")),
+        ("help me with my code", None),
+        ("what is up", None),
+    ],
+)
+def test_parse_command(text, expected):
+    service, _, _ = make()
+    assert service.parse_command(text) == expected
+
+
+async def test_unexpected_failure_is_a_generic_sentence():
+    service, _, model = make()
+    model.failures.append(BrokenStream("The answer was cut off; please ask again."))
+    events = await collect(service, "x")
+    assert events[-1] == UserError("The answer was cut off; please ask again.", "broken_stream")
+
+    def boom(request):
+        raise ZeroDivisionError
+
+    model.reply = boom
+    events = await collect(service, "y")
+    assert isinstance(events[-1], UserError) and events[-1].code == "internal"
+    assert "ZeroDivision" not in events[-1].text

@@ -1,0 +1,71 @@
+"""Tokens, prices, message splitting and paced streaming."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from core.messages import FinalText, TextDelta
+from core.pricing import cost_usd, price_for
+from core.settings import DEFAULT_PRICES
+from core.splitting import split_message
+from core.streaming import Snapshot, paced
+from core.tokens import count_message, count_text, encoding
+
+
+def test_bundled_encoding_matches_known_token_ids():
+    # "hello world" is [24912, 2375] in o200k_base
+    assert encoding().encode("hello world") == [24912, 2375]
+    assert count_text("") == 0
+    assert count_message("hello world") == 2 + 3
+    assert count_message("hi", images=1) > count_message("hi")
+
+
+def test_prices_match_longest_prefix():
+    assert price_for("gpt-4o-2024-08-06", DEFAULT_PRICES) == (5.0, 15.0)
+    assert price_for("gpt-4o-mini", DEFAULT_PRICES) == (0.15, 0.6)
+    assert price_for("llama3", DEFAULT_PRICES) is None
+    assert cost_usd("gpt-4o", 1_000_000, 1_000_000, DEFAULT_PRICES) == pytest.approx(20.0)
+    assert cost_usd("gpt-4", 1000, 500, DEFAULT_PRICES) == pytest.approx(0.06)
+
+
+def test_short_text_is_one_piece():
+    assert split_message("hello", 2000) == ["hello"]
+
+
+def test_split_prefers_paragraphs_and_keeps_all_text():
+    paragraphs = [f"Paragraph {i} " + "word " * 60 for i in range(20)]
+    text = "\n\n".join(paragraphs)
+    pieces = split_message(text, 2000)
+    assert all(len(p) <= 2000 for p in pieces)
+    assert all(p.startswith("Paragraph") for p in pieces)
+    assert "".join(pieces).replace("\n", "").replace(" ", "") == text.replace("\n", "").replace(
+        " ", ""
+    )
+
+
+def test_split_keeps_code_fences_balanced():
+    code = "\n".join(f"    value_{i} = compute({i})" for i in range(400))
+    text = f"Here is the code:\n\n```python\n{code}\n```\n\nThat is all."
+    pieces = split_message(text, 2000)
+    assert len(pieces) > 2
+    for piece in pieces:
+        assert len(piece) <= 2000
+        assert piece.count("```") % 2 == 0
+    assert pieces[1].startswith("```python\n")
+    assert pieces[-1].rstrip().endswith("That is all.")
+
+
+async def test_paced_coalesces_deltas():
+    async def events():
+        for i in range(50):
+            yield TextDelta(f"{i} ")
+            await asyncio.sleep(0.002)
+        yield FinalText("all", "m")
+
+    out = [e async for e in paced(events(), interval=0.05)]
+    snapshots = [e for e in out if isinstance(e, Snapshot)]
+    assert 1 <= len(snapshots) < 50
+    assert all(a.text in b.text for a, b in zip(snapshots, snapshots[1:], strict=False))
+    assert out[-1] == FinalText("all", "m")
