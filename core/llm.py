@@ -12,7 +12,7 @@ import logging
 import math
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol
 
 import openai
 
@@ -30,7 +30,7 @@ from core.errors import (
 from core.tokens import TOKENS_REPLY_PRIMER, count_message, count_text
 
 if TYPE_CHECKING:
-    from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
+    from openai.types.chat import ChatCompletionChunk
 
     from core.settings import Settings
 
@@ -176,24 +176,20 @@ class OpenAIChat:
     async def _open(
         self, request: ChatRequest, model: str
     ) -> openai.AsyncStream[ChatCompletionChunk]:
-        messages = cast("list[ChatCompletionMessageParam]", request.messages)
+        # The messages are plain JSON already. Sent through ``extra_body`` they skip the
+        # client's per-field type transform, whose CPU cost grows with every message in the
+        # context (it dominated Parley's per-turn overhead in bench/core_overhead.py).
+        body: dict[str, Any] = {"messages": request.messages}
         if request.json_mode:
-            return await self._client.chat.completions.create(
-                model=model,
-                messages=messages,
-                temperature=request.temperature,
-                max_tokens=request.max_output_tokens,
-                response_format={"type": "json_object"},
-                stream=True,
-                stream_options={"include_usage": True},
-            )
+            body["response_format"] = {"type": "json_object"}
         return await self._client.chat.completions.create(
             model=model,
-            messages=messages,
+            messages=[],
             temperature=request.temperature,
             max_tokens=request.max_output_tokens,
             stream=True,
             stream_options={"include_usage": True},
+            extra_body=body,
         )
 
     async def _read(
@@ -231,6 +227,13 @@ class OpenAIChat:
             if exc.code == "content_filter":
                 raise _refused() from exc
             raise _broken(f"stream failed: {type(exc).__name__}") from exc
+        except ValueError as exc:  # a chunk that is not JSON: the server broke the protocol
+            log.warning(
+                "model call failed: unreadable stream chunk model=%s request_id=%s",
+                model,
+                _request_id(chunks),
+            )
+            raise _broken("unreadable stream chunk") from exc
         finally:
             await chunks.close()
 

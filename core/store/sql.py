@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, delete, event, func, select, update
+from sqlalchemy import CursorResult, delete, event, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
@@ -22,6 +22,10 @@ from core.store.models import (
 def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
     """An async engine for ``url``; SQLite gets WAL and a busy timeout for concurrent writers."""
     if url.startswith("sqlite"):
+        # SQLite has one writer at a time: one shared connection queues writers in asyncio
+        # instead of letting them spin on the file lock.
+        kwargs.setdefault("pool_size", 1)
+        kwargs.setdefault("max_overflow", 0)
         engine = create_async_engine(url, connect_args={"timeout": 30}, **kwargs)
 
         @event.listens_for(engine.sync_engine, "connect")
@@ -35,7 +39,9 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
         return engine
     kwargs.setdefault("pool_size", 20)
     kwargs.setdefault("max_overflow", 20)
-    return create_async_engine(url, pool_pre_ping=True, **kwargs)
+    # Connections are recycled rather than pinged: a ping is one more round trip per query.
+    kwargs.setdefault("pool_recycle", 1800)
+    return create_async_engine(url, **kwargs)
 
 
 def _insert(dialect: str, table: Any) -> Any:
@@ -105,20 +111,22 @@ class SqlStore:
         status: str = "complete",
         model: str | None = None,
     ) -> int:
-        row = MessageRow(
-            conversation_id=conversation_id,
-            role=role,
-            content=content,
-            token_count=token_count,
-            author_id=author_id,
-            author_name=author_name[:100],
-            status=status,
-            model=model,
+        stmt = (
+            insert(MessageRow)
+            .values(
+                conversation_id=conversation_id,
+                role=role,
+                content=content,
+                token_count=token_count,
+                author_id=author_id,
+                author_name=author_name[:100],
+                status=status,
+                model=model,
+            )
+            .returning(MessageRow.id)
         )
         async with self._sessions.begin() as session:
-            session.add(row)
-            await session.flush()
-            return row.id
+            return int((await session.execute(stmt)).scalar_one())
 
     async def recent_messages(
         self, conversation_id: int, after_id: int, before_id: int, limit: int
@@ -219,19 +227,18 @@ class SqlStore:
         output_tokens: int,
         cost_usd: float,
     ) -> None:
+        stmt = insert(UsageRow).values(
+            platform=channel.platform,
+            workspace=channel.workspace,
+            channel=channel.channel,
+            user_id=user_id,
+            model=model,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cost_usd=cost_usd,
+        )
         async with self._sessions.begin() as session:
-            session.add(
-                UsageRow(
-                    platform=channel.platform,
-                    workspace=channel.workspace,
-                    channel=channel.channel,
-                    user_id=user_id,
-                    model=model,
-                    input_tokens=input_tokens,
-                    output_tokens=output_tokens,
-                    cost_usd=cost_usd,
-                )
-            )
+            await session.execute(stmt)
 
     async def _totals(self, *where: Any) -> UsageTotals:
         stmt = select(

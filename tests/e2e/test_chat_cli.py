@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import os
-import shutil
 import sys
+from pathlib import Path
 
 import pexpect
 import pytest
 
 from adapters.standin.server import StandinServer
 
-PARLEY = shutil.which("parley") or f"{sys.executable} -m bots.cli"
+# The `parley` script installed next to this interpreter (the project's venv).
+_SCRIPT = Path(sys.executable).with_name("parley")
+PARLEY = str(_SCRIPT) if _SCRIPT.exists() else f"{sys.executable} -m bots.cli"
 
 
 def spawn(tmp_path, **env):
