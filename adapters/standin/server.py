@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import math
 import re
 import time
 from collections import deque
@@ -393,7 +394,7 @@ def _fault_response(
             code="rate_limit_exceeded",
             headers={
                 # Whole seconds per HTTP; the openai client prefers the precise -ms header.
-                "Retry-After": str(int(-(-seconds // 1))),
+                "Retry-After": str(math.ceil(seconds)),
                 "retry-after-ms": str(int(seconds * 1000)),
             },
         )

@@ -1,0 +1,184 @@
+"""``DiscordAdapter``: connects discord.py to the core and keeps it connected.
+
+It requests the Message Content intent and, when the gateway refuses it (close code 4014),
+reconnects without it so slash commands and mentions keep working, with one log line saying
+what is missing and where to enable it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import aiohttp
+import discord
+from discord import app_commands
+
+from adapters.discord.endpoints import use_endpoints
+from adapters.discord.inbound import MessageHandler
+from adapters.discord.interactions import SlashCommands
+from adapters.discord.render import NO_MENTIONS
+from adapters.discord.tasks import InFlight
+from adapters.discord.translate import AccessPolicy
+from core.errors import ConfigError, ParleyError
+from core.service import ConversationService
+from core.settings import Settings
+
+log = logging.getLogger("parley.discord")
+
+STOP_GRACE_SECONDS = 10.0
+MISSING_CONTENT_INTENT = (
+    "Discord refused the Message Content intent, so Parley connected without it: slash commands "
+    "and mentions work, but plain messages in /chat threads and replies without a mention are "
+    "not read. Enable it in the Discord Developer Portal → your application → Bot → Privileged "
+    "Gateway Intents → Message Content Intent, then restart."
+)
+
+
+class ParleyClient(discord.Client):
+    """A discord.py client wired to Parley's slash commands and message handler."""
+
+    def __init__(self, adapter: DiscordAdapter, *, message_content: bool) -> None:
+        intents = discord.Intents.default()
+        intents.message_content = message_content
+        # Parley has no voice features; don't warn at start-up that voice libraries are missing.
+        discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
+        super().__init__(intents=intents, allowed_mentions=NO_MENTIONS)
+        self.adapter = adapter
+        self.tree: app_commands.CommandTree[ParleyClient] = app_commands.CommandTree(self)
+        args = (adapter.service, adapter.settings, adapter.policy, adapter.inflight)
+        SlashCommands(self, *args).install(self.tree)
+        self.messages = MessageHandler(self, *args)
+
+    async def setup_hook(self) -> None:
+        await self.adapter.sync_commands(self.tree)
+
+    async def on_ready(self) -> None:
+        log.info(
+            "connected to Discord as %s (id %s) in %d servers",
+            self.user,
+            self.application_id,
+            len(self.guilds),
+        )
+        self.adapter.ready.set()
+
+    async def on_message(self, message: discord.Message) -> None:
+        await self.messages.handle(message)
+
+
+class DiscordAdapter:
+    """Runs Parley on Discord: ``await start()`` logs in and connects in the background,
+    ``await stop()`` lets answers in progress finish and disconnects."""
+
+    def __init__(self, settings: Settings, service: ConversationService) -> None:
+        if settings.discord_token is None:
+            raise ConfigError(
+                "DISCORD_TOKEN: not set; copy the bot token from the Developer Portal."
+            )
+        self.settings = settings
+        self.service = service
+        self.policy = AccessPolicy.from_settings(settings)
+        self.inflight = InFlight()
+        self.ready = asyncio.Event()
+        self.message_content = True
+        self.client: ParleyClient | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._synced = False
+        # Process-wide: discord.py keeps its REST base and gateway URL as class attributes.
+        use_endpoints(settings.discord_api_url, settings.discord_gateway_url)
+        discord_log = logging.getLogger("discord")
+        if not settings.parley_log_content and discord_log.getEffectiveLevel() < logging.INFO:
+            # discord.py's debug logs carry request bodies and gateway events: message content.
+            discord_log.setLevel(logging.INFO)
+
+    async def start(self) -> None:
+        """Log in (a rejected token raises ConfigError here) and connect in a background task."""
+        self.client = await self._login(message_content=True)
+        self._task = asyncio.create_task(self._connect(), name="parley-discord-gateway")
+        self._task.add_done_callback(_report_end)
+
+    async def stop(self) -> None:
+        """Wait briefly for answers in progress, then close the connection."""
+        await self.inflight.wait(STOP_GRACE_SECONDS)
+        if self.client is not None:
+            await self.client.close()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        self.ready.clear()
+
+    async def _login(self, *, message_content: bool) -> ParleyClient:
+        client = ParleyClient(self, message_content=message_content)
+        token = self.settings.discord_token
+        assert token is not None
+        try:
+            await client.login(token.get_secret_value())
+        except discord.LoginFailure:
+            await client.close()
+            raise ConfigError(
+                "DISCORD_TOKEN: Discord rejected the bot token; copy a fresh one from the "
+                "Developer Portal (Bot → Reset Token)."
+            ) from None
+        except (OSError, aiohttp.ClientError, discord.HTTPException) as exc:
+            await client.close()
+            raise ParleyError(
+                f"could not log in to Discord at {discord.http.Route.BASE} "
+                f"({type(exc).__name__}); check the network, or DISCORD_API_URL if it is set."
+            ) from exc
+        except BaseException:
+            await client.close()
+            raise
+        return client
+
+    async def _connect(self) -> None:
+        while True:
+            assert self.client is not None
+            try:
+                await self.client.connect(reconnect=True)
+                return
+            except discord.PrivilegedIntentsRequired:
+                if not self.message_content:
+                    raise
+                log.warning(MISSING_CONTENT_INTENT)
+                self.message_content = False
+                await self.client.close()
+                self.client = await self._login(message_content=False)
+
+    async def sync_commands(self, tree: app_commands.CommandTree[Any]) -> None:
+        """Register the slash commands once: in DISCORD_GUILD_IDS (instant) or globally."""
+        if self._synced:
+            return
+        guild_ids = self.settings.discord_guild_ids
+        try:
+            if guild_ids:
+                for guild_id in guild_ids:
+                    synced = await tree.sync(guild=discord.Object(guild_id))
+                    log.info("registered %d slash commands in server %s", len(synced), guild_id)
+            else:
+                synced = await tree.sync()
+                log.info(
+                    "registered %d slash commands globally (Discord may take up to an hour to "
+                    "show changes; set DISCORD_GUILD_IDS for instant updates)",
+                    len(synced),
+                )
+        except discord.Forbidden:
+            log.error(
+                "Discord refused to register slash commands: invite the bot with the "
+                "applications.commands scope (see docs/discord.md)"
+            )
+            return
+        except discord.HTTPException as exc:
+            log.error("registering slash commands failed: HTTP %s (code %s)", exc.status, exc.code)
+            return
+        self._synced = True
+
+
+def _report_end(task: asyncio.Task[None]) -> None:
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        log.error("the Discord connection ended: %s", exc, exc_info=exc)

@@ -1,0 +1,34 @@
+"""Handlers still running, so stopping the adapter lets answers in progress finish."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+class InFlight:
+    """The set of handler tasks currently answering someone."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[object]] = set()
+
+    @contextmanager
+    def track(self) -> Iterator[None]:
+        """Count the current task as in flight for the duration of the block."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            yield
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
+
+    async def wait(self, seconds: float) -> None:
+        """Wait up to ``seconds`` for the handlers in flight to finish."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=seconds)
+
+    def __len__(self) -> int:
+        return len(self._tasks)

@@ -1,0 +1,824 @@
+"""A fake Discord on 127.0.0.1: the gateway websocket and the REST routes discord.py calls.
+
+One aiohttp server speaks Discord's wire protocol well enough for the real discord.py client to
+log in, connect, sync application commands and receive interactions and messages. Every REST
+call is recorded (``calls``) so tests check what a user would see; faults (429 with Discord's
+rate-limit headers, 403 Missing Permissions) can be injected per route.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+API_PREFIX = "/api/v10"
+MESSAGE_CONTENT_INTENT = 1 << 15
+ALL_PERMISSIONS = str((1 << 50) - 1)
+MEMBER_PERMISSIONS = str((1 << 0) | (1 << 6) | (1 << 10) | (1 << 11) | (1 << 16) | (1 << 31))
+EPHEMERAL = 1 << 6
+WAIT_SECONDS = 30.0
+
+
+@dataclass
+class Call:
+    """One REST request the client made, and the status the fake answered."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    body: Any
+    status: int = 200
+
+    @property
+    def content(self) -> str | None:
+        """The message text a request carried (``data.content`` for interaction callbacks)."""
+        if not isinstance(self.body, dict):
+            return None
+        data = self.body if "content" in self.body else self.body.get("data")
+        content = data.get("content") if isinstance(data, dict) else None
+        return content if isinstance(content, str) else None
+
+
+@dataclass
+class _Fault:
+    method: str
+    pattern: re.Pattern[str]
+    status: int
+    times: int
+    retry_after: float
+
+
+@dataclass
+class FakeUser:
+    """A Discord user known to the fake guild."""
+
+    id: str
+    name: str
+    bot: bool = False
+    roles: list[str] = field(default_factory=list)
+    permissions: str = MEMBER_PERMISSIONS
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "username": self.name,
+            "discriminator": "0",
+            "global_name": None,
+            "avatar": None,
+            "bot": self.bot,
+            "public_flags": 0,
+        }
+
+    def member(self, *, with_user: bool = True) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "roles": list(self.roles),
+            "joined_at": _now(),
+            "deaf": False,
+            "mute": False,
+            "flags": 0,
+            "nick": None,
+            "avatar": None,
+            "pending": False,
+        }
+        if with_user:
+            data["user"] = self.payload()
+        return data
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+class FakeDiscord:
+    """Gateway + REST fake. Use ``async with FakeDiscord() as discord:``.
+
+    ``api_url`` and ``gateway_url`` go to ``DISCORD_API_URL`` / ``DISCORD_GATEWAY_URL``.
+    ``refuse_intents`` is a bitmask of intents the gateway rejects with close code 4014.
+    """
+
+    def __init__(self, *, refuse_intents: int = 0) -> None:
+        self._ids = itertools.count(1_300_000_000_000_000_000)
+        self.refuse_intents = refuse_intents
+        self.app_id = self.new_id()
+        self.guild_id = self.new_id()
+        self.channel_id = self.new_id()
+        self.other_channel_id = self.new_id()
+        self.moderator_role_id = self.new_id()
+        self.bot = FakeUser(self.app_id, "parley", bot=True, permissions=ALL_PERMISSIONS)
+        self.user = FakeUser(self.new_id(), "alice")
+        self.moderator = FakeUser(
+            self.new_id(), "mod", roles=[self.moderator_role_id], permissions=ALL_PERMISSIONS
+        )
+        self.users = {u.id: u for u in (self.bot, self.user, self.moderator)}
+        self.channels: dict[str, dict[str, Any]] = {
+            self.channel_id: self._text_channel(self.channel_id, "general"),
+            self.other_channel_id: self._text_channel(self.other_channel_id, "random"),
+        }
+        self.messages: dict[str, list[dict[str, Any]]] = {}
+        self.webhook_messages: dict[str, dict[str, Any]] = {}
+        self.commands: dict[str, list[dict[str, Any]]] = {}
+        self.calls: list[Call] = []
+        self.identifies: list[dict[str, Any]] = []
+        self.resumes: list[dict[str, Any]] = []
+        self.close_codes: list[int] = []
+        self.connected = asyncio.Event()
+        self._faults: list[_Fault] = []
+        self._files: dict[str, bytes] = {}
+        self._interaction_channels: dict[str, str] = {}
+        self._sockets: list[web.WebSocketResponse] = []
+        self._seq = 0
+        self._replay: list[tuple[str, dict[str, Any]]] = []
+        self._changed = asyncio.Condition()
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def __aenter__(self) -> FakeDiscord:
+        app = web.Application()
+        app.router.add_get("/gateway", self._gateway)
+        app.router.add_get("/attachments/{name}", self._attachment)
+        app.router.add_route("*", API_PREFIX + "/{tail:.*}", self._rest)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for ws in list(self._sockets):
+            await ws.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        return self.base_url + API_PREFIX
+
+    @property
+    def gateway_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/gateway"
+
+    def new_id(self) -> str:
+        return str(next(self._ids))
+
+    # --- fault injection ------------------------------------------------------------------
+
+    def fail(
+        self,
+        method: str,
+        path: str,
+        *,
+        status: int = 429,
+        times: int = 1,
+        retry_after: float = 0.05,
+    ) -> None:
+        """Answer the next ``times`` requests matching ``method`` and the ``path`` regex with
+        ``status`` (429: Discord's rate-limit headers and body; 403: Missing Permissions)."""
+        self._faults.append(_Fault(method, re.compile(path), status, times, retry_after))
+
+    def _fault_for(self, method: str, path: str) -> _Fault | None:
+        for fault in self._faults:
+            if fault.times > 0 and fault.method == method and fault.pattern.search(path):
+                fault.times -= 1
+                return fault
+        return None
+
+    # --- what the client did --------------------------------------------------------------
+
+    def calls_to(self, method: str, path: str) -> list[Call]:
+        """Recorded calls with ``method`` whose path matches the ``path`` regex."""
+        pattern = re.compile(path)
+        return [c for c in self.calls if c.method == method and pattern.search(c.path)]
+
+    async def wait_for(self, check: Callable[[], Any]) -> Any:
+        """Wait until ``check()`` is truthy (re-checked after every request and gateway step);
+        return its value. Gives up after ``WAIT_SECONDS`` so a broken test fails, not hangs."""
+
+        async def until() -> Any:
+            async with self._changed:
+                while not (value := check()):
+                    await self._changed.wait()
+                return value
+
+        return await asyncio.wait_for(until(), WAIT_SECONDS)
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    def interaction_messages(self, token: str) -> list[str]:
+        """What the user sees for an interaction: the original response, then follow-ups."""
+        out = []
+        original = self.webhook_messages.get(f"{token}:@original")
+        if original is not None:
+            out.append(original["content"])
+        out += [
+            m["content"]
+            for k, m in self.webhook_messages.items()
+            if k.startswith(f"{token}:") and not k.endswith("@original")
+        ]
+        return out
+
+    def channel_messages(self, channel_id: str, *, author_id: str | None = None) -> list[str]:
+        """Current text of the messages in a channel, oldest first."""
+        return [
+            m["content"]
+            for m in self.messages.get(channel_id, [])
+            if author_id is None or m["author"]["id"] == author_id
+        ]
+
+    def threads(self) -> list[dict[str, Any]]:
+        return [c for c in self.channels.values() if c["type"] == 11]
+
+    def dm_messages(self, user: FakeUser) -> list[str]:
+        """What the bot sent to ``user`` in direct messages."""
+        return [
+            text
+            for c in self.channels.values()
+            if c["type"] == 1 and c["recipients"][0]["id"] == user.id
+            for text in self.channel_messages(c["id"])
+        ]
+
+    # --- gateway --------------------------------------------------------------------------
+
+    async def _gateway(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.send_json({"op": 10, "d": {"heartbeat_interval": 41250}, "s": None, "t": None})
+        async for msg in ws:
+            if msg.type != WSMsgType.TEXT:
+                break
+            payload = json.loads(msg.data)
+            op = payload.get("op")
+            if op == 1:
+                await ws.send_json({"op": 11, "d": None, "s": None, "t": None})
+            elif op == 2:
+                self.identifies.append(payload["d"])
+                if payload["d"].get("intents", 0) & self.refuse_intents:
+                    self.close_codes.append(4014)
+                    await ws.close(code=4014, message=b"Disallowed intent(s).")
+                    break
+                self._sockets.append(ws)
+                await self._send(ws, "READY", self._ready_payload())
+                await self._send(ws, "GUILD_CREATE", self._guild_payload())
+                self.connected.set()
+                await self._notify()
+            elif op == 6:
+                self.resumes.append(payload["d"])
+                self._sockets.append(ws)
+                for event, data in self._replay:
+                    await self._send(ws, event, data)
+                self._replay = []
+                await self._send(ws, "RESUMED", {})
+                self.connected.set()
+                await self._notify()
+        if ws in self._sockets:
+            self._sockets.remove(ws)
+        return ws
+
+    async def _send(self, ws: web.WebSocketResponse, event: str, data: dict[str, Any]) -> None:
+        self._seq += 1
+        await ws.send_json({"op": 0, "t": event, "s": self._seq, "d": data})
+
+    async def dispatch(self, event: str, data: dict[str, Any]) -> None:
+        """Send a gateway event to every connected client."""
+        for ws in list(self._sockets):
+            await self._send(ws, event, data)
+
+    async def drop_connection(self, *, replay: Sequence[tuple[str, dict[str, Any]]] = ()) -> None:
+        """Close the socket as Discord does before a resume; on RESUME, redeliver ``replay``."""
+        self._replay = list(replay)
+        self.connected.clear()
+        for ws in list(self._sockets):
+            self._sockets.remove(ws)
+            await ws.close(code=4000, message=b"Unknown error")
+
+    def _ready_payload(self) -> dict[str, Any]:
+        return {
+            "v": 10,
+            "user": {**self.bot.payload(), "verified": True, "mfa_enabled": False, "flags": 0},
+            "guilds": [{"id": self.guild_id, "unavailable": True}],
+            "session_id": "fake-session",
+            "resume_gateway_url": self.gateway_url,
+            "application": {"id": self.app_id, "flags": 1 << 19},
+            "private_channels": [],
+            "relationships": [],
+            "presences": [],
+            "shard": [0, 1],
+        }
+
+    def _guild_payload(self) -> dict[str, Any]:
+        everyone = {
+            "id": self.guild_id,
+            "name": "@everyone",
+            "permissions": MEMBER_PERMISSIONS,
+            "position": 0,
+            "color": 0,
+            "hoist": False,
+            "managed": False,
+            "mentionable": False,
+            "flags": 0,
+        }
+        moderators = {**everyone, "id": self.moderator_role_id, "name": "moderators", "position": 1}
+        channels = []
+        for c in self.channels.values():
+            if c["type"] != 11:
+                channels.append({k: v for k, v in c.items() if k != "guild_id"})
+        return {
+            "id": self.guild_id,
+            "name": "Fake Guild",
+            "icon": None,
+            "owner_id": self.moderator.id,
+            "roles": [everyone, moderators],
+            "channels": channels,
+            "threads": [c for c in self.channels.values() if c["type"] == 11],
+            "members": [u.member() for u in self.users.values()],
+            "member_count": len(self.users),
+            "large": False,
+            "features": [],
+            "emojis": [],
+            "stickers": [],
+            "voice_states": [],
+            "presences": [],
+            "stage_instances": [],
+            "guild_scheduled_events": [],
+            "soundboard_sounds": [],
+            "premium_tier": 0,
+            "preferred_locale": "en-US",
+            "joined_at": _now(),
+            "unavailable": False,
+            "verification_level": 0,
+            "default_message_notifications": 0,
+            "explicit_content_filter": 0,
+            "mfa_level": 0,
+            "nsfw_level": 0,
+            "system_channel_id": None,
+            "afk_channel_id": None,
+            "afk_timeout": 300,
+        }
+
+    def _text_channel(self, channel_id: str, name: str) -> dict[str, Any]:
+        return {
+            "id": channel_id,
+            "type": 0,
+            "guild_id": self.guild_id,
+            "name": name,
+            "position": 0,
+            "permission_overwrites": [],
+            "parent_id": None,
+            "nsfw": False,
+            "topic": None,
+            "rate_limit_per_user": 0,
+            "last_message_id": None,
+            "flags": 0,
+        }
+
+    # --- events a test sends --------------------------------------------------------------
+
+    def message_payload(
+        self,
+        content: str,
+        *,
+        channel_id: str | None = None,
+        author: FakeUser | None = None,
+        mention_bot: bool = False,
+        reply_to: dict[str, Any] | None = None,
+        attachments: list[dict[str, Any]] | None = None,
+        message_id: str | None = None,
+    ) -> dict[str, Any]:
+        """A MESSAGE_CREATE payload (also stored, so history and fetches find it)."""
+        author = author or self.user
+        channel_id = channel_id or self.channel_id
+        if mention_bot:
+            content = f"<@{self.bot.id}> {content}"
+        data: dict[str, Any] = {
+            "id": message_id or self.new_id(),
+            "channel_id": channel_id,
+            "guild_id": self.guild_id,
+            "author": author.payload(),
+            "member": author.member(with_user=False),
+            "content": content,
+            "timestamp": _now(),
+            "edited_timestamp": None,
+            "tts": False,
+            "mention_everyone": False,
+            "mentions": [{**self.bot.payload(), "member": self.bot.member(with_user=False)}]
+            if mention_bot
+            else [],
+            "mention_roles": [],
+            "attachments": attachments or [],
+            "embeds": [],
+            "pinned": False,
+            "type": 19 if reply_to else 0,
+            "flags": 0,
+            "components": [],
+        }
+        if reply_to is not None:
+            data["message_reference"] = {
+                "type": 0,
+                "message_id": reply_to["id"],
+                "channel_id": reply_to["channel_id"],
+                "guild_id": self.guild_id,
+            }
+            # like Discord, only one level: the referenced message's own reference is unresolved
+            data["referenced_message"] = {
+                k: v for k, v in reply_to.items() if k != "referenced_message"
+            }
+        self._store(channel_id, data)
+        return data
+
+    def _store(self, channel_id: str, message: dict[str, Any]) -> None:
+        stored = self.messages.setdefault(channel_id, [])
+        if not any(m["id"] == message["id"] for m in stored):
+            stored.append(message)
+
+    def attachment(self, name: str, content_type: str, data: bytes) -> dict[str, Any]:
+        """An attachment payload whose URL this server serves."""
+        att_id = self.new_id()
+        self._files[f"{att_id}-{name}"] = data
+        url = f"{self.base_url}/attachments/{att_id}-{name}"
+        return {
+            "id": att_id,
+            "filename": name,
+            "size": len(data),
+            "url": url,
+            "proxy_url": url,
+            "content_type": content_type,
+        }
+
+    async def _attachment(self, request: web.Request) -> web.Response:
+        data = self._files.get(request.match_info["name"])
+        if data is None:
+            return web.Response(status=404)
+        return web.Response(body=data, content_type="application/octet-stream")
+
+    async def send_message(self, content: str, **kwargs: Any) -> dict[str, Any]:
+        """Dispatch MESSAGE_CREATE for a new message; returns its payload."""
+        data = self.message_payload(content, **kwargs)
+        await self.dispatch("MESSAGE_CREATE", data)
+        return data
+
+    async def send_command(
+        self,
+        name: str,
+        options: dict[str, Any] | None = None,
+        *,
+        user: FakeUser | None = None,
+        channel_id: str | None = None,
+        resolved_attachments: dict[str, dict[str, Any]] | None = None,
+        interaction_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Dispatch INTERACTION_CREATE for a slash command; returns the payload (id, token)."""
+        user = user or self.user
+        channel = self.channels[channel_id or self.channel_id]
+        command = next(
+            (c for cmds in self.commands.values() for c in cmds if c["name"] == name), None
+        )
+        opt_types = {o["name"]: o["type"] for o in (command or {}).get("options", [])}
+        interaction_id = interaction_id or self.new_id()
+        data: dict[str, Any] = {
+            "id": (command or {}).get("id", self.new_id()),
+            "name": name,
+            "type": 1,
+            "options": [
+                {"name": k, "type": opt_types.get(k, 3), "value": v}
+                for k, v in (options or {}).items()
+            ],
+        }
+        if self.guild_id:
+            data["guild_id"] = self.guild_id
+        if resolved_attachments:
+            data["resolved"] = {"attachments": resolved_attachments}
+        payload = {
+            "id": interaction_id,
+            "application_id": self.app_id,
+            "type": 2,
+            "data": data,
+            "guild_id": self.guild_id,
+            "channel_id": channel["id"],
+            "channel": channel,
+            "member": {**user.member(), "permissions": user.permissions},
+            "token": f"tok-{interaction_id}",
+            "version": 1,
+            "app_permissions": ALL_PERMISSIONS,
+            "locale": "en-US",
+            "guild_locale": "en-US",
+            "entitlements": [],
+            "authorizing_integration_owners": {"0": self.guild_id},
+            "context": 0,
+            "attachment_size_limit": 10 * 1024 * 1024,
+        }
+        self._interaction_channels[payload["token"]] = channel["id"]
+        await self.dispatch("INTERACTION_CREATE", payload)
+        return payload
+
+    # --- REST -----------------------------------------------------------------------------
+
+    async def _rest(self, request: web.Request) -> web.StreamResponse:
+        path = "/" + request.match_info["tail"]
+        body: Any = None
+        if request.can_read_body:
+            if request.content_type.startswith("multipart/"):
+                body = {}
+                async for part in await request.multipart():
+                    if getattr(part, "name", None) == "payload_json":
+                        body = json.loads(await part.text())  # type: ignore[union-attr]
+            else:
+                raw = await request.read()
+                body = json.loads(raw) if raw else None
+        call = Call(request.method, path, dict(request.query), body)
+        self.calls.append(call)
+        try:
+            fault = self._fault_for(request.method, path)
+            if fault is not None:
+                call.status = fault.status
+                return _fault_response(fault)
+            status, payload = self._route(request.method, path, dict(request.query), body)
+            call.status = status
+            if status == 204:
+                return web.Response(status=204, headers=_bucket_headers(path))
+            return _json(payload, status, headers=_bucket_headers(path))
+        finally:
+            await self._notify()
+
+    def _route(self, method: str, path: str, query: dict[str, str], body: Any) -> tuple[int, Any]:
+        app = self.app_id
+        m = re.fullmatch
+        if method == "GET" and path == "/users/@me":
+            return 200, {**self.bot.payload(), "verified": True, "mfa_enabled": False, "flags": 0}
+        if method == "GET" and path == "/oauth2/applications/@me":
+            return 200, self._application()
+        if method == "GET" and path in ("/gateway", "/gateway/bot"):
+            return 200, {
+                "url": self.gateway_url,
+                "shards": 1,
+                "session_start_limit": {
+                    "total": 1000,
+                    "remaining": 999,
+                    "reset_after": 0,
+                    "max_concurrency": 1,
+                },
+            }
+        if method == "PUT" and (
+            (g := m(rf"/applications/{app}/guilds/(\d+)/commands", path))
+            or m(rf"/applications/{app}/commands", path)
+        ):
+            scope = g.group(1) if g else "global"
+            cmds = [
+                {
+                    **c,
+                    "id": self.new_id(),
+                    "application_id": app,
+                    "version": self.new_id(),
+                    "type": c.get("type", 1),
+                    "guild_id": g.group(1) if g else None,
+                    "default_member_permissions": c.get("default_member_permissions"),
+                    "dm_permission": True,
+                    "nsfw": False,
+                }
+                for c in body or []
+            ]
+            self.commands[scope] = cmds
+            return 200, cmds
+        if method == "POST" and path == "/users/@me/channels":
+            recipient = self.users.get(str((body or {}).get("recipient_id")))
+            if recipient is None:
+                return 400, {"message": "Invalid Recipient(s)", "code": 50033}
+            dm_id = self.new_id()
+            dm = {"id": dm_id, "type": 1, "recipients": [recipient.payload()]}
+            dm["last_message_id"] = None
+            self.channels[dm_id] = dm
+            return 200, dm
+        if method == "GET" and (m(rf"/applications/{app}/(guilds/\d+/)?commands", path)):
+            return 200, [c for cmds in self.commands.values() for c in cmds]
+        if method == "POST" and (r := m(r"/interactions/(\d+)/([^/]+)/callback", path)):
+            return self._interaction_callback(r.group(1), r.group(2), query, body)
+        if r := m(rf"/webhooks/{app}/([^/]+)/messages/([^/]+)", path):
+            key = f"{r.group(1)}:{r.group(2)}"
+            msg = self.webhook_messages.get(key)
+            if msg is None:
+                return 404, {"message": "Unknown Message", "code": 10008}
+            if method == "PATCH":
+                msg.update({k: v for k, v in (body or {}).items() if k in ("content", "flags")})
+                msg["edited_timestamp"] = _now()
+                return 200, msg
+            if method == "GET":
+                return 200, msg
+            if method == "DELETE":
+                del self.webhook_messages[key]
+                return 204, None
+        if method == "POST" and (r := m(rf"/webhooks/{app}/([^/]+)", path)):
+            msg = self._bot_message(
+                self._interaction_channels.get(r.group(1), self.channel_id),
+                (body or {}).get("content", ""),
+                flags=(body or {}).get("flags", 0),
+                webhook=True,
+            )
+            self.webhook_messages[f"{r.group(1)}:{msg['id']}"] = msg
+            return 200, msg
+        if r := m(r"/channels/(\d+)", path):
+            channel = self.channels.get(r.group(1))
+            if channel is None:
+                return 404, {"message": "Unknown Channel", "code": 10003}
+            return 200, channel
+        if r := m(r"/channels/(\d+)/messages", path):
+            channel_id = r.group(1)
+            if method == "POST":
+                msg = self._bot_message(channel_id, (body or {}).get("content", ""))
+                ref = (body or {}).get("message_reference")
+                if ref:
+                    msg["message_reference"] = ref
+                    msg["type"] = 19
+                self._store(channel_id, msg)
+                return 200, msg
+            if method == "GET":
+                limit = int(query.get("limit", 50))
+                stored = list(self.messages.get(channel_id, []))
+                if "before" in query:
+                    stored = [x for x in stored if int(x["id"]) < int(query["before"])]
+                return 200, list(reversed(stored))[:limit]
+        if r := m(r"/channels/(\d+)/messages/(\d+)", path):
+            msg = next(
+                (x for x in self.messages.get(r.group(1), []) if x["id"] == r.group(2)), None
+            )
+            if msg is None:
+                return 404, {"message": "Unknown Message", "code": 10008}
+            if method == "PATCH":
+                msg.update({k: v for k, v in (body or {}).items() if k == "content"})
+                msg["edited_timestamp"] = _now()
+            return 200, msg
+        if method == "POST" and (r := m(r"/channels/(\d+)/(messages/(\d+)/)?threads", path)):
+            return 201, self._create_thread(r.group(1), body or {})
+        if method == "POST" and (r := m(r"/channels/(\d+)/typing", path)):
+            return 204, None
+        return 404, {"message": f"fake Discord has no route {method} {path}", "code": 0}
+
+    def _application(self) -> dict[str, Any]:
+        return {
+            "id": self.app_id,
+            "name": "parley",
+            "description": "",
+            "icon": None,
+            "bot_public": True,
+            "bot_require_code_grant": False,
+            "owner": self.moderator.payload(),
+            "verify_key": "0" * 64,
+            "flags": 1 << 19,
+            "team": None,
+            "summary": "",
+            "interactions_endpoint_url": None,
+        }
+
+    def _bot_message(
+        self, channel_id: str, content: str, *, flags: int = 0, webhook: bool = False
+    ) -> dict[str, Any]:
+        channel = self.channels.get(channel_id, {})
+        msg: dict[str, Any] = {
+            "id": self.new_id(),
+            "channel_id": channel_id,
+            "author": self.bot.payload(),
+            "content": content,
+            "timestamp": _now(),
+            "edited_timestamp": None,
+            "tts": False,
+            "mention_everyone": False,
+            "mentions": [],
+            "mention_roles": [],
+            "attachments": [],
+            "embeds": [],
+            "pinned": False,
+            "type": 20 if webhook else 0,
+            "flags": flags,
+            "components": [],
+        }
+        if channel.get("guild_id"):
+            msg["guild_id"] = channel["guild_id"]
+        if webhook:
+            msg["webhook_id"] = self.app_id
+            msg["application_id"] = self.app_id
+        return msg
+
+    def _interaction_callback(
+        self, interaction_id: str, token: str, query: dict[str, str], body: dict[str, Any]
+    ) -> tuple[int, Any]:
+        kind = body.get("type")
+        data = body.get("data") or {}
+        flags = data.get("flags", 0)
+        channel_id = self._interaction_channels.get(token, self.channel_id)
+        msg = None
+        if kind in (4, 5):
+            content = data.get("content", "") if kind == 4 else ""
+            msg = self._bot_message(channel_id, content, flags=flags, webhook=True)
+            if kind == 5:
+                msg["flags"] = flags | (1 << 7)  # LOADING
+            self.webhook_messages[f"{token}:@original"] = msg
+        if query.get("with_response") not in ("1", "true", "True"):
+            return 204, None
+        return 200, {
+            "interaction": {
+                "id": interaction_id,
+                "type": 2,
+                "activity_instance_id": None,
+                "response_message_id": msg["id"] if msg else None,
+                "response_message_loading": kind == 5,
+                "response_message_ephemeral": bool(flags & EPHEMERAL),
+            },
+            "resource": {"type": kind, "message": msg} if msg and kind == 4 else None,
+        }
+
+    def _create_thread(self, parent_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        thread_id = self.new_id()
+        thread = {
+            "id": thread_id,
+            "type": body.get("type", 11),
+            "guild_id": self.guild_id,
+            "parent_id": parent_id,
+            "owner_id": self.bot.id,
+            "name": body.get("name", ""),
+            "last_message_id": None,
+            "rate_limit_per_user": 0,
+            "message_count": 0,
+            "member_count": 1,
+            "flags": 0,
+            "thread_metadata": {
+                "archived": False,
+                "auto_archive_duration": body.get("auto_archive_duration", 1440),
+                "archive_timestamp": _now(),
+                "locked": False,
+                "invitable": True,
+            },
+            "member": {
+                "id": thread_id,
+                "user_id": self.bot.id,
+                "join_timestamp": _now(),
+                "flags": 0,
+            },
+        }
+        self.channels[thread_id] = thread
+        asyncio.get_running_loop().create_task(
+            self.dispatch("THREAD_CREATE", {**thread, "newly_created": True})
+        )
+        return thread
+
+
+def _json(
+    payload: Any, status: int = 200, *, headers: dict[str, str] | None = None
+) -> web.Response:
+    # discord.py needs exactly "application/json", without a charset parameter
+    return web.Response(
+        status=status,
+        body=json.dumps(payload).encode(),
+        headers={**(headers or {}), "Content-Type": "application/json"},
+    )
+
+
+def _bucket_headers(path: str) -> dict[str, str]:
+    return {
+        "X-RateLimit-Limit": "50",
+        "X-RateLimit-Remaining": "49",
+        "X-RateLimit-Reset-After": "1.000",
+        "X-RateLimit-Reset": f"{datetime.now(UTC).timestamp() + 1:.3f}",
+        "X-RateLimit-Bucket": f"bucket-{abs(hash(re.sub(r'/[0-9]+', '/#', path))) % 10**8}",
+    }
+
+
+def _fault_response(fault: _Fault) -> web.Response:
+    if fault.status == 429:
+        return _json(
+            {
+                "message": "You are being rate limited.",
+                "retry_after": fault.retry_after,
+                "global": False,
+                "code": 0,
+            },
+            429,
+            headers={
+                "X-RateLimit-Limit": "5",
+                "X-RateLimit-Remaining": "0",
+                "X-RateLimit-Reset-After": f"{fault.retry_after:.3f}",
+                "X-RateLimit-Reset": f"{datetime.now(UTC).timestamp() + fault.retry_after:.3f}",
+                "X-RateLimit-Bucket": "fault-bucket",
+                "X-RateLimit-Scope": "user",
+                "Retry-After": str(max(1, round(fault.retry_after))),
+                "Via": "1.1 google",
+            },
+        )
+    if fault.status == 401:
+        return _json({"message": "401: Unauthorized", "code": 0}, 401)
+    if fault.status == 403:
+        return _json({"message": "Missing Permissions", "code": 50013}, 403)
+    return _json({"message": "Internal Server Error", "code": 0}, fault.status)

@@ -1,0 +1,404 @@
+"""The Discord adapter end to end: the real discord.py client against the fake Discord, the real
+core on SQLite, and the real openai client against the stand-in model server.
+
+Every check is on what reached the fake Discord REST API, i.e. what a user would see.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from adapters.discord import DiscordAdapter
+from adapters.discord.interactions import NO_THREAD_PERMISSION
+from adapters.standin.server import PREFIX, StandinServer, _long_text
+from bots.bootstrap import Parley, build
+from core.errors import ConfigError
+from core.settings import Settings
+from tests.fakes.discord_server import EPHEMERAL, MESSAGE_CONTENT_INTENT, FakeDiscord
+
+FENCE = re.compile(r"^\s*(```|~~~)")
+
+
+@dataclass
+class Stack:
+    discord: FakeDiscord
+    openai: StandinServer
+    adapter: DiscordAdapter
+    parley: Parley
+
+    def said(self, text: str) -> str:
+        """The stand-in model's answer to ``text``."""
+        return f"{PREFIX} You said: {text}"
+
+    def visible(self, interaction: dict[str, Any]) -> list[str]:
+        return self.discord.interaction_messages(interaction["token"])
+
+
+StackFactory = Callable[..., AbstractAsyncContextManager[Stack]]
+
+
+@pytest.fixture
+def make_stack(tmp_path: Any) -> StackFactory:
+    @asynccontextmanager
+    async def make(
+        *,
+        refuse_intents: int = 0,
+        latency: float = 0.002,
+        settings_for: Callable[[FakeDiscord], dict[str, Any]] = lambda fake: {},
+    ) -> AsyncIterator[Stack]:
+        async with (
+            FakeDiscord(refuse_intents=refuse_intents) as fake,
+            StandinServer(latency=latency) as model,
+        ):
+            values: dict[str, Any] = {
+                "openai_base_url": model.base_url,
+                "openai_api_key": "test",
+                "openai_max_retries": 0,
+                "database_url": f"sqlite+aiosqlite:///{tmp_path}/p.db",
+                "discord_token": "x",
+                "discord_api_url": fake.api_url,
+                "discord_gateway_url": fake.gateway_url,
+                "discord_guild_ids": [int(fake.guild_id)],
+                "discord_edit_interval": 0.01,
+                "parley_max_output_tokens": 4096,
+            }
+            settings = Settings(_env_file=None, **{**values, **settings_for(fake)})  # type: ignore[call-arg]
+            parley = await build(settings)
+            adapter = DiscordAdapter(settings, parley.service)
+            try:
+                await adapter.start()
+                await fake.wait_for(lambda: fake.commands and fake.connected.is_set())
+                yield Stack(fake, model, adapter, parley)
+            finally:
+                await adapter.stop()
+                await parley.close()
+
+    return make
+
+
+@pytest.fixture
+async def stack(make_stack: StackFactory) -> AsyncIterator[Stack]:
+    async with make_stack() as s:
+        yield s
+
+
+def unsplit(pieces: list[str]) -> str:
+    """Undo the fence closing/reopening added at cuts; whitespace at cuts is not kept."""
+    out = list(pieces)
+    for i in range(1, len(pieces)):
+        head, _, last_line = pieces[i - 1].rpartition("\n")
+        first_line, _, rest = pieces[i].partition("\n")
+        if FENCE.match(first_line) and FENCE.match(last_line) and _open_fence(head):
+            out[i - 1] = out[i - 1].rpartition("\n")[0]
+            out[i] = rest
+    return " ".join(" ".join(out).split())
+
+
+def _open_fence(text: str) -> bool:
+    return sum(1 for line in text.splitlines() if FENCE.match(line)) % 2 == 1
+
+
+# --- slash commands -----------------------------------------------------------------------
+
+
+async def test_commands_are_registered_in_the_configured_guild(stack: Stack) -> None:
+    names = {c["name"] for c in stack.discord.commands[stack.discord.guild_id]}
+    assert {"ask", "chat", "reset", "system", "model", "temperature", "json", "usage"} <= names
+    assert {"summarize", "help"} <= names
+    ask = next(c for c in stack.discord.commands[stack.discord.guild_id] if c["name"] == "ask")
+    assert [o["name"] for o in ask["options"]] == ["prompt", "image", "private"]
+    assert "global" not in stack.discord.commands
+
+
+async def test_ask_defers_then_streams_by_editing_the_original_response(stack: Stack) -> None:
+    prompt = "tell me, in a few words, how streaming answers on Discord works please"
+    interaction = await stack.discord.send_command("ask", {"prompt": prompt})
+    answer = stack.said(prompt)
+    await stack.discord.wait_for(lambda: stack.visible(interaction) == [answer])
+
+    callbacks = stack.discord.calls_to("POST", rf"/interactions/{interaction['id']}/")
+    assert [c.body["type"] for c in callbacks] == [5]  # deferred, "Parley is thinking…"
+    assert callbacks[0].query.get("with_response") == "1"
+    edits = [c.content for c in stack.discord.calls_to("PATCH", r"/messages/@original$")]
+    assert len(edits) >= 2, "the answer should grow by edits before the final text"
+    assert edits[-1] == answer
+    assert all(answer.startswith(e) for e in edits)
+    assert not stack.discord.calls_to("POST", r"/webhooks/"), "no follow-up for a short answer"
+
+
+async def test_private_ask_is_ephemeral(stack: Stack) -> None:
+    interaction = await stack.discord.send_command("ask", {"prompt": "secret", "private": True})
+    await stack.discord.wait_for(lambda: stack.visible(interaction) == [stack.said("secret")])
+    defer = stack.discord.calls_to("POST", r"/callback$")[0]
+    assert defer.body["data"]["flags"] & EPHEMERAL
+
+
+async def test_long_answer_is_split_into_messages_within_the_limit(stack: Stack) -> None:
+    expected = _long_text(1400)
+    assert len(expected) >= 5000 and "```" in expected
+    interaction = await stack.discord.send_command(
+        "ask", {"prompt": "[[fault:long_answer:1400]] write an essay"}
+    )
+    want = " ".join(expected.split())
+    pieces = await stack.discord.wait_for(
+        lambda: (p := stack.visible(interaction)) and unsplit(p) == want and p
+    )
+    assert len(pieces) >= 3
+    assert all(len(p) <= 2000 for p in pieces)
+    assert all(not _open_fence(p) for p in pieces), "every message renders on its own"
+    followups = stack.discord.calls_to("POST", rf"/webhooks/{stack.discord.app_id}/")
+    assert len(followups) == len(pieces) - 1
+
+
+async def test_rate_limited_edit_still_ends_with_the_complete_answer(stack: Stack) -> None:
+    stack.discord.fail("PATCH", r"/messages/@original$", status=429, times=2, retry_after=0.05)
+    prompt = "an answer despite rate limits"
+    interaction = await stack.discord.send_command("ask", {"prompt": prompt})
+    await stack.discord.wait_for(lambda: stack.visible(interaction) == [stack.said(prompt)])
+    statuses = [c.status for c in stack.discord.calls_to("PATCH", r"/messages/@original$")]
+    assert statuses[:2] == [429, 429] and statuses[-1] == 200
+
+
+async def test_model_failure_ends_in_a_clear_message(stack: Stack) -> None:
+    interaction = await stack.discord.send_command(
+        "ask", {"prompt": "[[fault:server_error]] hello"}
+    )
+    await stack.discord.wait_for(
+        lambda: (shown := stack.visible(interaction)) and shown[0].startswith("⚠️")
+    )
+    shown = stack.visible(interaction)
+    assert len(shown) == 1 and len(shown[0]) > 20
+    assert "Traceback" not in shown[0]
+
+
+async def test_ask_with_an_image_sends_it_to_the_model(stack: Stack) -> None:
+    image = stack.discord.attachment("cat.png", "image/png", b"\x89PNG fake image bytes")
+    interaction = await stack.discord.send_command(
+        "ask",
+        {"prompt": "what is this?", "image": image["id"]},
+        resolved_attachments={image["id"]: image},
+    )
+    await stack.discord.wait_for(lambda: "1 image" in "".join(stack.visible(interaction)))
+    user = stack.openai.requests[-1]["messages"][-1]
+    assert any(part.get("type") == "image_url" for part in user["content"])
+
+
+# --- /chat --------------------------------------------------------------------------------
+
+
+async def test_chat_opens_a_thread_and_follow_ups_continue_without_a_command(
+    stack: Stack,
+) -> None:
+    fake = stack.discord
+    prompt = "Plan the team offsite in Lisbon for October " + "with lots of detail " * 8
+    interaction = await fake.send_command("chat", {"prompt": prompt})
+    thread = await fake.wait_for(lambda: fake.threads() and fake.threads()[0])
+    assert thread["parent_id"] == fake.channel_id
+    assert len(thread["name"]) <= 100 and thread["name"].startswith("Plan the team offsite")
+    await fake.wait_for(lambda: stack.said(prompt.strip()) in fake.channel_messages(thread["id"]))
+    assert f"<#{thread['id']}>" in stack.visible(interaction)[0]
+
+    await fake.send_message("and what about the budget?", channel_id=thread["id"])
+    await fake.wait_for(
+        lambda: stack.said("and what about the budget?") in fake.channel_messages(thread["id"])
+    )
+    history = [m["content"] for m in stack.openai.requests[-1]["messages"]]
+    assert any("Plan the team offsite" in str(c) for c in history), "the thread continues"
+
+
+async def test_chat_without_thread_permission_says_so(stack: Stack) -> None:
+    stack.discord.fail("POST", r"/threads$", status=403)
+    interaction = await stack.discord.send_command("chat", {"prompt": "hello"})
+    await stack.discord.wait_for(lambda: stack.visible(interaction) == [NO_THREAD_PERMISSION])
+
+
+# --- mentions -----------------------------------------------------------------------------
+
+
+async def test_mention_answers_as_a_reply_with_the_reply_chain_as_context(stack: Stack) -> None:
+    fake = stack.discord
+    first = fake.message_payload("the build fails with error E42 on main")
+    second = fake.message_payload("same here on CI", author=fake.moderator, reply_to=first)
+    mention = await fake.send_message("what does it mean?", mention_bot=True, reply_to=second)
+
+    replies = await fake.wait_for(
+        lambda: [
+            c
+            for c in fake.calls_to("POST", rf"/channels/{fake.channel_id}/messages$")
+            if (c.body.get("message_reference") or {}).get("message_id") == int(mention["id"])
+        ]
+    )
+    assert len(replies) == 1
+    await fake.wait_for(
+        lambda: any(
+            "what does it mean?" in t
+            for t in fake.channel_messages(fake.channel_id, author_id=fake.bot.id)
+        )
+    )
+    sent = stack.openai.requests[-1]["messages"][-1]["content"]
+    assert "E42" in sent and "same here on CI" in sent
+    assert sent.index("E42") < sent.index("same here on CI") < sent.index("what does it mean?")
+    assert fake.calls_to("GET", rf"/messages/{first['id']}$"), "the deeper link is fetched"
+
+
+async def test_mention_where_the_bot_may_not_post_is_explained_in_a_dm(stack: Stack) -> None:
+    fake = stack.discord
+    fake.fail("POST", rf"/channels/{fake.channel_id}/messages$", status=403, times=100)
+    await fake.send_message("are you there?", mention_bot=True)
+    shown = await fake.wait_for(lambda: fake.dm_messages(fake.user))
+    assert "missing permission" in shown[0] and f"<#{fake.channel_id}>" in shown[0]
+    assert len(stack.openai.requests) == 1, "the answer was still completed and recorded"
+
+
+async def test_message_not_addressed_to_the_bot_is_ignored(stack: Stack) -> None:
+    fake = stack.discord
+    await fake.send_message("just chatting among humans")
+    sentinel = await fake.send_message("ping", mention_bot=True)
+    await fake.wait_for(
+        lambda: stack.said("ping") in fake.channel_messages(fake.channel_id, author_id=fake.bot.id)
+    )
+    assert len(stack.openai.requests) == 1
+    assert sentinel["id"]
+
+
+async def test_duplicate_message_create_is_answered_once(stack: Stack) -> None:
+    fake = stack.discord
+    message = fake.message_payload("answer me once", mention_bot=True)
+    await fake.dispatch("MESSAGE_CREATE", message)
+    await fake.dispatch("MESSAGE_CREATE", message)
+    # A redelivery after a resume, as Discord does when it isn't sure the client saw it.
+    await fake.wait_for(lambda: fake.calls_to("POST", r"/messages$"))
+    await fake.drop_connection(replay=[("MESSAGE_CREATE", message)])
+    await fake.wait_for(lambda: fake.resumes)
+    await fake.send_message("sentinel", mention_bot=True)
+    await fake.wait_for(
+        lambda: (
+            stack.said("sentinel") in fake.channel_messages(fake.channel_id, author_id=fake.bot.id)
+        )
+    )
+    await _until_idle(stack)
+    replies = [
+        c
+        for c in fake.calls_to("POST", r"/messages$")
+        if (c.body.get("message_reference") or {}).get("message_id") == int(message["id"])
+    ]
+    assert len(replies) == 1
+    assert len(stack.openai.requests) == 2
+
+
+async def test_redelivered_interaction_is_answered_once(stack: Stack) -> None:
+    fake = stack.discord
+    interaction = await fake.send_command("ask", {"prompt": "once"})
+    await fake.wait_for(lambda: stack.visible(interaction) == [stack.said("once")])
+    await fake.dispatch("INTERACTION_CREATE", interaction)
+    sentinel = await fake.send_command("ask", {"prompt": "sentinel"})
+    await fake.wait_for(lambda: stack.visible(sentinel) == [stack.said("sentinel")])
+    await _until_idle(stack)
+    assert len(fake.calls_to("POST", rf"/interactions/{interaction['id']}/")) == 1
+    assert len(stack.openai.requests) == 2
+
+
+async def _until_idle(stack: Stack) -> None:
+    """Every handler the client started has finished (the sentinel proves they all started)."""
+    await stack.adapter.inflight.wait(30)
+    assert not len(stack.adapter.inflight)
+
+
+# --- channel commands ---------------------------------------------------------------------
+
+
+async def test_command_with_a_bad_value_gets_a_clear_private_message(stack: Stack) -> None:
+    fake = stack.discord
+    interaction = await fake.send_command("temperature", {"value": "5"}, user=fake.moderator)
+    shown = await fake.wait_for(lambda: stack.visible(interaction))
+    assert "between 0 and 2" in shown[0]
+    token = interaction["token"]
+    assert all(
+        m["flags"] & EPHEMERAL for k, m in fake.webhook_messages.items() if k.startswith(token)
+    )
+
+
+async def test_settings_commands_need_the_permission(stack: Stack) -> None:
+    fake = stack.discord
+    interaction = await fake.send_command("model", {"name": "gpt-4"}, user=fake.user)
+    shown = await fake.wait_for(lambda: stack.visible(interaction))
+    assert shown == ["Only members with the Manage Messages permission can change `/model` here."]
+    allowed = await fake.send_command("model", {"name": "gpt-4o-mini"}, user=fake.moderator)
+    await fake.wait_for(lambda: "gpt-4o-mini" in "".join(stack.visible(allowed)))
+    shown_to_all = await fake.send_command("model", user=fake.user)
+    await fake.wait_for(lambda: "gpt-4o-mini" in "".join(stack.visible(shown_to_all)))
+
+
+async def test_summarize_reads_the_last_messages_of_the_channel(stack: Stack) -> None:
+    fake = stack.discord
+    fake.message_payload("old message that must not be included")
+    for text in ("we ship on friday", "QA signs off thursday", "docs are late"):
+        fake.message_payload(text)
+    interaction = await fake.send_command("summarize", {"messages": 3})
+    await fake.wait_for(lambda: "Summary" in "".join(stack.visible(interaction)))
+    assert fake.calls_to("GET", rf"/channels/{fake.channel_id}/messages$")[0].query["limit"] == "3"
+    sent = stack.openai.requests[-1]["messages"][-1]["content"]
+    assert "we ship on friday" in sent and "docs are late" in sent
+    assert "old message" not in sent
+
+
+async def test_help_lists_the_slash_commands(stack: Stack) -> None:
+    interaction = await stack.discord.send_command("help")
+    shown = await stack.discord.wait_for(lambda: stack.visible(interaction))
+    assert "/ask" in shown[0] and "/summarize" in shown[0]
+
+
+async def test_blocked_channel_gets_an_ephemeral_refusal(make_stack: StackFactory) -> None:
+    blocked = {"discord_blocked_channels": lambda fake: [int(fake.other_channel_id)]}
+    async with make_stack(
+        settings_for=lambda fake: {k: f(fake) for k, f in blocked.items()}
+    ) as stack:
+        fake = stack.discord
+        interaction = await fake.send_command(
+            "ask", {"prompt": "hi"}, channel_id=fake.other_channel_id
+        )
+        shown = await fake.wait_for(lambda: stack.visible(interaction))
+        assert shown == ["Parley is not enabled in this channel."]
+        callback = fake.calls_to("POST", r"/callback$")[0]
+        assert callback.body["type"] == 4 and callback.body["data"]["flags"] & EPHEMERAL
+        assert not stack.openai.requests
+
+
+# --- start-up -----------------------------------------------------------------------------
+
+
+async def test_rejected_token_stops_start_up_naming_the_variable(tmp_path: Any) -> None:
+    async with FakeDiscord() as fake:
+        fake.fail("GET", r"^/users/@me$", status=401)
+        settings = Settings(
+            _env_file=None,  # type: ignore[call-arg]
+            database_url=f"sqlite+aiosqlite:///{tmp_path}/p.db",
+            discord_token="wrong",
+            discord_api_url=fake.api_url,
+            discord_gateway_url=fake.gateway_url,
+        )
+        adapter = DiscordAdapter(settings, service=None)  # type: ignore[arg-type]
+        with pytest.raises(ConfigError, match="DISCORD_TOKEN"):
+            await adapter.start()
+        assert not fake.identifies
+
+
+async def test_refused_message_content_intent_reconnects_without_it(
+    make_stack: StackFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="parley.discord")
+    async with make_stack(refuse_intents=MESSAGE_CONTENT_INTENT) as stack:
+        fake = stack.discord
+        assert fake.identifies[0]["intents"] & MESSAGE_CONTENT_INTENT
+        assert not fake.identifies[-1]["intents"] & MESSAGE_CONTENT_INTENT
+        lines = [r.getMessage() for r in caplog.records if "Message Content" in r.getMessage()]
+        assert len(lines) == 1 and "Privileged Gateway Intents" in lines[0]
+        interaction = await fake.send_command("ask", {"prompt": "still works"})
+        await fake.wait_for(lambda: stack.visible(interaction) == [stack.said("still works")])
