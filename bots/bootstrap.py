@@ -6,7 +6,10 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.errors import SchemaOutOfDate
+from sqlalchemy import make_url
+from sqlalchemy.exc import DBAPIError
+
+from core.errors import ConfigError, SchemaOutOfDate
 from core.llm import OpenAIChat
 from core.service import ConversationService
 from core.settings import Settings
@@ -60,6 +63,12 @@ async def build(settings: Settings, *, auto_upgrade: bool = True) -> Parley:
     store = SqlStore(make_engine(settings.database_url))
     try:
         await prepare_schema(store, settings, auto_upgrade=auto_upgrade)
+    except (OSError, DBAPIError) as exc:
+        await store.close()
+        where = make_url(settings.database_url).render_as_string(hide_password=True)
+        raise ConfigError(
+            f"cannot open the database at DATABASE_URL={where}: {type(exc).__name__}"
+        ) from None
     except BaseException:
         await store.close()
         raise

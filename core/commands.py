@@ -95,8 +95,8 @@ def parse_command(text: str) -> tuple[str, str] | None:
 
 
 def help_text() -> str:
-    lines = ["*Parley commands*"]
-    lines += [f"• `{spec.usage}`: {spec.summary}" for spec in COMMANDS]
+    lines = ["**Parley commands**"]
+    lines += [f"- `{spec.usage}`: {spec.summary}" for spec in COMMANDS]
     return "\n".join(lines)
 
 

@@ -472,7 +472,7 @@ class ConversationService:
             return "There is nothing to summarise yet."
         done = await self._summarize_text(transcript, previous, config, min(1000, budget // 4))
         await self._charge(key.channel_key, author.id, [done])
-        return f"*Summary*\n{done.text}"
+        return f"**Summary**\n{done.text}"
 
 
 def _usage_line(totals: UsageTotals) -> str:

@@ -112,6 +112,22 @@ class Settings(BaseSettings):
     def _split_csv(cls, value: Any) -> Any:
         return _csv(value)
 
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, value: str) -> str:
+        """Accept the usual URL spellings and pick Parley's async drivers."""
+        for prefix in ("postgres://", "postgresql://", "postgresql+psycopg2://"):
+            if value.startswith(prefix):
+                return "postgresql+asyncpg://" + value[len(prefix) :]
+        if value.startswith("sqlite://"):
+            return "sqlite+aiosqlite://" + value[len("sqlite://") :]
+        if value.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
+            return value
+        raise ValueError(
+            "must be a SQLite URL (sqlite+aiosqlite:///parley.db) or a PostgreSQL URL "
+            "(postgresql+asyncpg://user:password@host:5432/db)"
+        )
+
     @field_validator("parley_prices", mode="before")
     @classmethod
     def _merge_prices(cls, value: Any) -> Any:

@@ -89,13 +89,23 @@ async def _expect(child, pattern):
     return await child.expect_exact(pattern, async_=True)
 
 
-def test_bad_setting_stops_start_with_the_variable_name(tmp_path):
-    child = spawn(tmp_path, PARLEY_TEMPERATURE="hot")
-    child.expect("PARLEY_TEMPERATURE")
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"PARLEY_TEMPERATURE": "hot"}, "PARLEY_TEMPERATURE"),
+        ({"PARLEY_PRICES": "{not json"}, "PARLEY_PRICES"),
+        ({"DATABASE_URL": "mysql://db/parley"}, "DATABASE_URL"),
+        ({"DATABASE_URL": "postgresql://bob:hunter2@127.0.0.1:9/x"}, "cannot open the database"),
+    ],
+)
+def test_bad_setting_stops_start_with_the_variable_name(tmp_path, env, named):
+    child = spawn(tmp_path, **env)
+    child.expect_exact(named)
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 2
     assert "Traceback" not in child.before
+    assert "hunter2" not in child.before
 
 
 def test_run_without_platforms_names_the_variables(tmp_path):
@@ -105,3 +115,32 @@ def test_run_without_platforms_names_the_variables(tmp_path):
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 2
+
+
+def test_postgres_schema_must_be_upgraded_first(tmp_path, postgres_url):
+    child = spawn(tmp_path, DATABASE_URL=postgres_url)
+    child.expect("parley db upgrade")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 2
+
+    upgrade = pexpect.spawn(
+        f"{PARLEY} db upgrade",
+        cwd=str(tmp_path),
+        env={**os.environ, "DATABASE_URL": postgres_url},
+        encoding="utf-8",
+    )
+    upgrade.expect("database at revision")
+    upgrade.expect(pexpect.EOF)
+    upgrade.close()
+    assert upgrade.exitstatus == 0
+
+    chat = spawn(tmp_path, DATABASE_URL=postgres_url)
+    chat.expect_exact("you> ")
+    chat.sendline("stored in postgres")
+    chat.expect("You said: stored in postgres")
+    chat.expect_exact("you> ")
+    chat.sendline("/quit")
+    chat.expect(pexpect.EOF)
+    chat.close()
+    assert chat.exitstatus == 0
