@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from core.context import build_context  # noqa: E402
-from core.llm import ChatModel, ChatRequest, Completion  # noqa: E402
+from core.llm import ChatModel, ChatRequest  # noqa: E402
 from core.messages import Author, ConversationKey, FinalText, Inbound  # noqa: E402
 from core.service import ConversationService  # noqa: E402
 from core.settings import Settings  # noqa: E402
@@ -190,7 +190,7 @@ async def context_build(url: str, history: int, repeats: int = 30) -> float:
     return statistics.median(times)
 
 
-async def main() -> None:
+async def main() -> tuple[dict[str, Any], Path]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--turns", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=100)
@@ -239,11 +239,14 @@ async def main() -> None:
             f"{r['context_ratio']:>7.2f}"
         )
     print(f"peak RSS: {results['peak_rss_mb']} MB")
-    out = Path(args.out)
+    return results, Path(args.out)
+
+
+def write_report(results: dict[str, Any], out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     print(f"wrote {out}")
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    write_report(*asyncio.run(main()))

@@ -1,0 +1,153 @@
+"""Translate in: Slack event payloads to the core's types.
+
+Where a Slack message lives in the core:
+
+- channel mention: ``ConversationKey("slack", team, channel, thread_ts or ts)``; the answer
+  goes in the thread under the message, so the thread is the conversation;
+- direct message at the top level: ``thread=""``, the whole DM is one conversation and the
+  answer is posted in the DM itself;
+- direct message inside a thread (including assistant threads): ``thread=thread_ts``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from adapters.slack.mrkdwn import to_plain
+from core.messages import Author, ConversationKey
+
+PLATFORM = "slack"
+# Message subtypes that are still a person talking; every other subtype is ignored.
+ANSWERABLE_SUBTYPES = frozenset({None, "file_share", "thread_broadcast"})
+DIRECT = "im"
+
+
+@dataclass(frozen=True, slots=True)
+class SlackMessage:
+    """A message event in the shape the adapter works with."""
+
+    team: str
+    channel: str
+    channel_type: str
+    user: str
+    user_name: str
+    ts: str
+    thread_ts: str | None
+    text: str
+    files: tuple[Mapping[str, Any], ...]
+
+    @property
+    def direct(self) -> bool:
+        return self.channel_type == DIRECT
+
+    @property
+    def thread_reply(self) -> bool:
+        """A reply inside a thread (not the thread's parent)."""
+        return self.thread_ts is not None and self.thread_ts != self.ts
+
+    @property
+    def key(self) -> ConversationKey:
+        if self.direct:
+            return ConversationKey(PLATFORM, self.team, self.channel, self.thread_ts or "")
+        return ConversationKey(PLATFORM, self.team, self.channel, self.thread_ts or self.ts)
+
+    @property
+    def reply_thread(self) -> str | None:
+        """Where the answer goes: a thread ts, or None for the top level of a DM."""
+        if self.direct:
+            return self.thread_ts
+        return self.thread_ts or self.ts
+
+    @property
+    def author(self) -> Author:
+        return Author(self.user, self.user_name)
+
+    @property
+    def dedupe_id(self) -> str:
+        """One id per Slack message, shared by its retries and by its app_mention/message pair."""
+        return f"msg:{self.team}:{self.channel}:{self.ts}"
+
+    def mentions(self, user_id: str | None) -> bool:
+        return bool(user_id) and f"<@{user_id}" in self.text
+
+
+def ignore_reason(
+    event: Mapping[str, Any], bot_user_id: str | None, bot_id: str | None
+) -> str | None:
+    """Why a message-like event must not be answered, or None when it should be."""
+    if event.get("subtype") not in ANSWERABLE_SUBTYPES:
+        return "subtype"
+    if event.get("hidden"):
+        return "hidden"
+    if bot_id and event.get("bot_id") == bot_id:
+        return "own message"
+    if event.get("bot_id") or event.get("bot_profile"):
+        return "bot message"
+    user = event.get("user")
+    if not user:
+        return "no user"
+    if bot_user_id and user == bot_user_id:
+        return "own message"
+    if not event.get("channel") or not event.get("ts"):
+        return "incomplete event"
+    return None
+
+
+def _user_name(event: Mapping[str, Any]) -> str:
+    profile = event.get("user_profile")
+    if isinstance(profile, Mapping):
+        for field in ("display_name", "real_name", "name"):
+            if profile.get(field):
+                return str(profile[field])
+    return ""
+
+
+def channel_type(event: Mapping[str, Any]) -> str:
+    """``channel_type`` of the event; app_mention events lack it, so it is guessed from the id."""
+    kind = event.get("channel_type")
+    if kind:
+        return str(kind)
+    channel = str(event.get("channel") or "")
+    if channel.startswith("D"):
+        return DIRECT
+    return "group" if channel.startswith("G") else "channel"
+
+
+def parse_message(body: Mapping[str, Any], event: Mapping[str, Any]) -> SlackMessage:
+    """Read a (checked) message or app_mention event."""
+    team = str(body.get("team_id") or event.get("team") or "")
+    files = event.get("files") or ()
+    return SlackMessage(
+        team=team,
+        channel=str(event["channel"]),
+        channel_type=channel_type(event),
+        user=str(event["user"]),
+        user_name=_user_name(event),
+        ts=str(event["ts"]),
+        thread_ts=str(event["thread_ts"]) if event.get("thread_ts") else None,
+        text=str(event.get("text") or ""),
+        files=tuple(f for f in files if isinstance(f, Mapping)),
+    )
+
+
+def transcript(messages: list[Mapping[str, Any]], bot_user_id: str | None, skip_ts: str) -> str:
+    """Slack messages (oldest first) as "name: text" lines for a summary."""
+    lines = []
+    for message in messages:
+        if message.get("ts") == skip_ts or message.get("subtype") not in ANSWERABLE_SUBTYPES | {
+            "bot_message"
+        }:
+            continue
+        text = to_plain(str(message.get("text") or ""))
+        if not text:
+            continue
+        if bot_user_id and message.get("user") == bot_user_id:
+            name = "Parley"
+        else:
+            name = _user_name(message) or str(
+                message.get("user") or message.get("username") or "bot"
+            )
+        lines.append(f"{name}: {text}")
+    return "\n".join(lines)

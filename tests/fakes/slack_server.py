@@ -1,0 +1,616 @@
+"""A fake Slack on 127.0.0.1: the Web API methods Parley calls, file downloads, response URLs
+and a Socket Mode websocket, plus helpers that deliver events like Slack does.
+
+Every Web API call is recorded (``calls``) with its method and parameters, whether sent as a
+form or as JSON, so tests check what a user would see. Messages the bot posts, streams or edits
+are kept per channel (``thread()``), so tests read the final state of a thread. Faults are
+injected per method: ``rate_limit()`` answers HTTP 429 with Retry-After, ``fail()`` answers
+``{"ok": false, "error": ...}``; ``streaming=False`` makes the chat streaming methods unknown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import itertools
+import json
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp
+from aiohttp import WSMsgType, web
+
+STREAM_METHODS = frozenset({"chat.startStream", "chat.appendStream", "chat.stopStream"})
+
+
+@dataclass
+class Call:
+    """One Web API request (or response_url post) and what the fake answered."""
+
+    method: str
+    params: dict[str, Any]
+    status: int = 200
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200 and self.error is None
+
+    @property
+    def text(self) -> str:
+        """The text a message call carried: ``text``, ``markdown_text`` or markdown chunks."""
+        parts = [str(self.params.get("text") or ""), str(self.params.get("markdown_text") or "")]
+        chunks = self.params.get("chunks")
+        if isinstance(chunks, str):
+            chunks = json.loads(chunks)
+        for chunk in chunks or []:
+            if isinstance(chunk, Mapping) and chunk.get("type") == "markdown_text":
+                parts.append(str(chunk.get("text") or ""))
+        return "".join(parts)
+
+
+@dataclass
+class Message:
+    """A message in a channel of the fake workspace."""
+
+    channel: str
+    ts: str
+    text: str
+    user: str | None = None
+    bot_id: str | None = None
+    thread_ts: str | None = None
+    markdown: bool = False
+    streaming: bool = False
+
+    def as_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"type": "message", "ts": self.ts, "text": self.text}
+        if self.user:
+            data["user"] = self.user
+        if self.bot_id:
+            data["bot_id"] = self.bot_id
+        if self.thread_ts:
+            data["thread_ts"] = self.thread_ts
+        return data
+
+
+@dataclass
+class _Fault:
+    status: int
+    error: str | None
+    times: int
+    retry_after: int = 0
+
+
+@dataclass
+class _File:
+    content: bytes
+    mimetype: str
+    downloads: int = 0
+
+
+@dataclass
+class SocketClient:
+    """A Socket Mode connection and the acks it sent back."""
+
+    ws: web.WebSocketResponse
+    acks: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class FakeSlack:
+    """Slack's Web API, files, response URLs and Socket Mode for one workspace and one bot."""
+
+    def __init__(
+        self,
+        *,
+        team_id: str = "T0PARLEY",
+        bot_user_id: str = "UPARLEYBOT",
+        bot_id: str = "BPARLEYBOT",
+        bot_token: str = "xoxb-fake-bot-token",
+        app_token: str = "xapp-fake-app-token",
+        signing_secret: str = "fake-signing-secret",
+        streaming: bool = True,
+    ) -> None:
+        self.team_id = team_id
+        self.bot_user_id = bot_user_id
+        self.bot_id = bot_id
+        self.bot_token = bot_token
+        self.app_token = app_token
+        self.signing_secret = signing_secret
+        self.streaming = streaming
+        self.calls: list[Call] = []
+        self.messages: dict[str, list[Message]] = {}
+        self.sockets: list[SocketClient] = []
+        self._faults: dict[str, list[_Fault]] = {}
+        self._files: dict[str, _File] = {}
+        self._ts = itertools.count(1)
+        self._ids = itertools.count(1)
+        self._changed = asyncio.Condition()
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self.port = 0
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> FakeSlack:
+        app = web.Application()
+        app.router.add_post("/api/{method}", self._api)
+        app.router.add_get("/api/{method}", self._api)
+        app.router.add_get("/files/{file_id}/{name}", self._file)
+        app.router.add_post("/response/{token}", self._response_url)
+        app.router.add_get("/socket", self._socket)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+        self._session = aiohttp.ClientSession()
+        return self
+
+    async def stop(self) -> None:
+        for client in self.sockets:
+            await client.ws.close()
+        if self._session is not None:
+            await self._session.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def __aenter__(self) -> FakeSlack:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        """What ``SLACK_API_URL`` should be."""
+        return f"{self.url}/api/"
+
+    # --- faults and fixtures --------------------------------------------------------------
+
+    def rate_limit(self, method: str, *, times: int = 1, retry_after: int = 0) -> None:
+        """Answer the next ``times`` calls of ``method`` with HTTP 429 and Retry-After."""
+        self._faults.setdefault(method, []).append(_Fault(429, "ratelimited", times, retry_after))
+
+    def fail(self, method: str, error: str, *, times: int = 1) -> None:
+        """Answer the next ``times`` calls of ``method`` with ``{"ok": false, "error": error}``."""
+        self._faults.setdefault(method, []).append(_Fault(200, error, times))
+
+    def next_ts(self) -> str:
+        return f"1700000000.{next(self._ts):06d}"
+
+    def add_message(
+        self,
+        channel: str,
+        text: str,
+        *,
+        user: str = "UALICE",
+        ts: str | None = None,
+        thread_ts: str | None = None,
+        bot_id: str | None = None,
+    ) -> Message:
+        """Put a message in the workspace (for conversations.history/replies)."""
+        message = Message(channel, ts or self.next_ts(), text, user, bot_id, thread_ts)
+        self.messages.setdefault(channel, []).append(message)
+        return message
+
+    def add_file(
+        self, name: str, content: bytes, mimetype: str, *, filetype: str = ""
+    ) -> dict[str, Any]:
+        """A file object as Slack puts it in ``files``; its ``url_private`` is served here."""
+        file_id = f"F{next(self._ids):08d}"
+        self._files[file_id] = _File(content, mimetype)
+        url = f"{self.url}/files/{file_id}/{name}"
+        return {
+            "id": file_id,
+            "name": name,
+            "title": name,
+            "mimetype": mimetype,
+            "filetype": filetype or name.rsplit(".", 1)[-1],
+            "size": len(content),
+            "url_private": url,
+            "url_private_download": url + "?download=1",
+            "mode": "hosted",
+        }
+
+    def downloads(self, file: Mapping[str, Any]) -> int:
+        return self._files[str(file["id"])].downloads
+
+    # --- what tests read ------------------------------------------------------------------
+
+    def called(self, method: str) -> list[Call]:
+        return [c for c in self.calls if c.method == method]
+
+    def thread(self, channel: str, thread_ts: str) -> list[Message]:
+        """The replies in a thread (not its parent), oldest first."""
+        return sorted(
+            (
+                m
+                for m in self.messages.get(channel, [])
+                if m.thread_ts == thread_ts and m.ts != thread_ts
+            ),
+            key=lambda m: m.ts,
+        )
+
+    def bot_messages(self, channel: str, thread_ts: str | None = None) -> list[Message]:
+        """Messages the bot posted in ``channel`` (in a thread, or at the top level)."""
+        return sorted(
+            (
+                m
+                for m in self.messages.get(channel, [])
+                if m.bot_id == self.bot_id and m.thread_ts == thread_ts
+            ),
+            key=lambda m: m.ts,
+        )
+
+    async def wait_for(self, check: Callable[[], Any], guard: float = 15.0) -> Any:
+        """Wait until ``check()`` is truthy (re-checked after every call); a hang guard only."""
+        async with asyncio.timeout(guard):
+            async with self._changed:
+                while not (result := check()):
+                    await self._changed.wait()
+                return result
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    # --- Events API delivery ----------------------------------------------------------------
+
+    def event_body(
+        self, event: Mapping[str, Any], *, event_id: str | None = None
+    ) -> dict[str, Any]:
+        """The Events API envelope Slack wraps an event in."""
+        return {
+            "token": "legacy-verification-token",
+            "team_id": self.team_id,
+            "api_app_id": "A0PARLEY",
+            "event": dict(event),
+            "type": "event_callback",
+            "event_id": event_id or f"Ev{uuid.uuid4().hex[:10].upper()}",
+            "event_time": int(time.time()),
+            "authorizations": [
+                {
+                    "enterprise_id": None,
+                    "team_id": self.team_id,
+                    "user_id": self.bot_user_id,
+                    "is_bot": True,
+                    "is_enterprise_install": False,
+                }
+            ],
+            "is_ext_shared_channel": False,
+        }
+
+    def signed_headers(
+        self, body: str, *, timestamp: int | None = None, secret: str | None = None
+    ) -> dict[str, str]:
+        """Headers of a request signed the way Slack signs (v0, HMAC-SHA256)."""
+        stamp = str(int(time.time()) if timestamp is None else timestamp)
+        key = (self.signing_secret if secret is None else secret).encode()
+        digest = hmac.new(key, f"v0:{stamp}:{body}".encode(), hashlib.sha256).hexdigest()
+        return {"X-Slack-Request-Timestamp": stamp, "X-Slack-Signature": f"v0={digest}"}
+
+    async def post_event(
+        self,
+        url: str,
+        body: Mapping[str, Any],
+        *,
+        retry_num: int | None = None,
+        timestamp: int | None = None,
+        secret: str | None = None,
+    ) -> int:
+        """POST an Events API body to the app at ``url`` like Slack does; returns the status."""
+        raw = json.dumps(body)
+        headers = {
+            "Content-Type": "application/json",
+            **self.signed_headers(raw, timestamp=timestamp, secret=secret),
+        }
+        if retry_num:
+            headers["X-Slack-Retry-Num"] = str(retry_num)
+            headers["X-Slack-Retry-Reason"] = "http_timeout"
+        assert self._session is not None
+        async with self._session.post(url, data=raw, headers=headers) as response:
+            await response.read()
+            return response.status
+
+    async def post_command(
+        self,
+        url: str,
+        command: str,
+        text: str,
+        *,
+        channel: str = "C0GENERAL",
+        user: str = "UALICE",
+    ) -> int:
+        """POST a slash command form like Slack does; its response_url points at this fake."""
+        form = {
+            "token": "legacy-verification-token",
+            "team_id": self.team_id,
+            "team_domain": "parley-test",
+            "channel_id": channel,
+            "channel_name": "general",
+            "user_id": user,
+            "user_name": "alice",
+            "command": command,
+            "text": text,
+            "api_app_id": "A0PARLEY",
+            "is_enterprise_install": "false",
+            "response_url": f"{self.url}/response/{uuid.uuid4().hex}",
+            "trigger_id": f"{next(self._ids)}.trigger",
+        }
+        raw = urlencode(form)
+        headers = {
+            "Content-Type": "application/x-www-form-urlencoded",
+            **self.signed_headers(raw),
+        }
+        assert self._session is not None
+        async with self._session.post(url, data=raw, headers=headers) as response:
+            await response.read()
+            return response.status
+
+    # --- Socket Mode ------------------------------------------------------------------------
+
+    async def push(self, payload: Mapping[str, Any], *, kind: str = "events_api") -> str:
+        """Send an envelope to the connected Socket Mode client; returns its envelope_id."""
+        await self.wait_for(lambda: self.sockets)
+        envelope_id = str(uuid.uuid4())
+        envelope = {
+            "envelope_id": envelope_id,
+            "type": kind,
+            "accepts_response_payload": kind != "events_api",
+            "retry_attempt": 0,
+            "retry_reason": "",
+            "payload": dict(payload),
+        }
+        await self.sockets[-1].ws.send_str(json.dumps(envelope))
+        return envelope_id
+
+    async def wait_ack(self, envelope_id: str) -> dict[str, Any]:
+        """The client's ack of an envelope."""
+        return await self.wait_for(
+            lambda: next((c.acks[envelope_id] for c in self.sockets if envelope_id in c.acks), None)
+        )
+
+    async def _socket(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(autoping=True)
+        await ws.prepare(request)
+        client = SocketClient(ws)
+        self.sockets.append(client)
+        await ws.send_str(
+            json.dumps(
+                {
+                    "type": "hello",
+                    "num_connections": len(self.sockets),
+                    "debug_info": {"host": "fake-slack", "approximate_connection_time": 18060},
+                    "connection_info": {"app_id": "A0PARLEY"},
+                }
+            )
+        )
+        await self._notify()
+        async for message in ws:
+            if message.type == WSMsgType.TEXT:
+                data = json.loads(message.data)
+                if "envelope_id" in data:
+                    client.acks[data["envelope_id"]] = data
+                    await self._notify()
+        self.sockets.remove(client)
+        await self._notify()
+        return ws
+
+    # --- Web API ------------------------------------------------------------------------------
+
+    async def _params(self, request: web.Request) -> dict[str, Any]:
+        params: dict[str, Any] = dict(request.query)
+        if request.method == "POST":
+            if request.content_type == "application/json":
+                params.update(await request.json())
+            else:
+                params.update(dict(await request.post()))
+        return params
+
+    def _token(self, request: web.Request, params: Mapping[str, Any]) -> str:
+        header = request.headers.get("Authorization", "")
+        if header.startswith("Bearer "):
+            return header[len("Bearer ") :]
+        return str(params.get("token") or "")
+
+    async def _api(self, request: web.Request) -> web.Response:
+        method = request.match_info["method"]
+        params = await self._params(request)
+        token = self._token(request, params)
+        call = Call(method, params)
+        self.calls.append(call)
+        try:
+            fault = self._take_fault(method)
+            if fault is not None:
+                call.status, call.error = fault.status, fault.error
+                headers = {"Retry-After": str(fault.retry_after)} if fault.status == 429 else {}
+                return web.json_response(
+                    {"ok": False, "error": fault.error}, status=fault.status, headers=headers
+                )
+            expected = self.app_token if method == "apps.connections.open" else self.bot_token
+            if token != expected:
+                call.error = "invalid_auth"
+                return web.json_response({"ok": False, "error": "invalid_auth"})
+            if method in STREAM_METHODS and not self.streaming:
+                call.error = "unknown_method"
+                return web.json_response({"ok": False, "error": "unknown_method"})
+            handler = getattr(self, "_m_" + method.replace(".", "_"), None)
+            if handler is None:
+                call.error = "unknown_method"
+                return web.json_response({"ok": False, "error": "unknown_method"})
+            result = handler(params)
+            if not result.get("ok", True):
+                call.error = result["error"]
+                return web.json_response(result)
+            return web.json_response({"ok": True, **result})
+        finally:
+            await self._notify()
+
+    def _take_fault(self, method: str) -> _Fault | None:
+        queue = self._faults.get(method)
+        if not queue:
+            return None
+        fault = queue[0]
+        fault.times -= 1
+        if fault.times <= 0:
+            queue.pop(0)
+        return fault
+
+    def _find(self, channel: str, ts: str) -> Message | None:
+        return next((m for m in self.messages.get(channel, []) if m.ts == ts), None)
+
+    def _post(self, channel: str, text: str, thread_ts: str | None, **flags: bool) -> Message:
+        message = Message(
+            channel, self.next_ts(), text, self.bot_user_id, self.bot_id, thread_ts or None, **flags
+        )
+        self.messages.setdefault(channel, []).append(message)
+        return message
+
+    def _m_auth_test(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            "url": "https://parley-test.slack.com/",
+            "team": "Parley Test",
+            "user": "parley",
+            "team_id": self.team_id,
+            "user_id": self.bot_user_id,
+            "bot_id": self.bot_id,
+            "is_enterprise_install": False,
+        }
+
+    def _m_apps_connections_open(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        return {"url": f"ws://127.0.0.1:{self.port}/socket?ticket={uuid.uuid4().hex}"}
+
+    def _m_chat_postMessage(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        channel = str(params.get("channel") or "")
+        text = str(params.get("text") or params.get("markdown_text") or "")
+        if not channel:
+            return {"ok": False, "error": "channel_not_found"}
+        if not text and not params.get("blocks"):
+            return {"ok": False, "error": "no_text"}
+        if len(text) > 40_000:
+            return {"ok": False, "error": "msg_too_long"}
+        message = self._post(channel, text, params.get("thread_ts"))
+        return {"channel": channel, "ts": message.ts, "message": message.as_json()}
+
+    def _m_chat_update(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        channel, ts = str(params.get("channel") or ""), str(params.get("ts") or "")
+        message = self._find(channel, ts)
+        if message is None:
+            return {"ok": False, "error": "message_not_found"}
+        if message.user != self.bot_user_id:
+            return {"ok": False, "error": "cant_update_message"}
+        if params.get("markdown_text"):
+            message.text, message.markdown = str(params["markdown_text"]), True
+        else:
+            message.text, message.markdown = str(params.get("text") or ""), False
+        message.streaming = False
+        return {"channel": channel, "ts": ts, "text": message.text}
+
+    def _m_chat_delete(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        channel, ts = str(params.get("channel") or ""), str(params.get("ts") or "")
+        message = self._find(channel, ts)
+        if message is None:
+            return {"ok": False, "error": "message_not_found"}
+        self.messages[channel].remove(message)
+        return {"channel": channel, "ts": ts}
+
+    def _m_chat_postEphemeral(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        if not params.get("channel") or not params.get("user"):
+            return {"ok": False, "error": "invalid_arguments"}
+        return {"message_ts": self.next_ts()}
+
+    def _m_chat_startStream(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        channel, thread_ts = str(params.get("channel") or ""), params.get("thread_ts")
+        if not channel or not thread_ts:
+            return {"ok": False, "error": "invalid_arguments"}
+        if not channel.startswith("D") and not (
+            params.get("recipient_user_id") and params.get("recipient_team_id")
+        ):
+            # Slack needs the recipient when streaming outside a DM.
+            return {"ok": False, "error": "invalid_arguments"}
+        text = Call("chat.startStream", dict(params)).text
+        message = self._post(channel, text, str(thread_ts), markdown=True, streaming=True)
+        return {"channel": channel, "ts": message.ts}
+
+    def _m_chat_appendStream(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        return self._stream_to(params, stop=False)
+
+    def _m_chat_stopStream(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        return self._stream_to(params, stop=True)
+
+    def _stream_to(self, params: Mapping[str, Any], *, stop: bool) -> dict[str, Any]:
+        channel, ts = str(params.get("channel") or ""), str(params.get("ts") or "")
+        message = self._find(channel, ts)
+        if message is None:
+            return {"ok": False, "error": "message_not_found"}
+        if not message.streaming:
+            return {"ok": False, "error": "message_not_in_streaming_state"}
+        text = Call("chat.appendStream", dict(params)).text
+        if not stop and not text:
+            return {"ok": False, "error": "invalid_arguments"}
+        message.text += text
+        if stop:
+            message.streaming = False
+        return {"channel": channel, "ts": ts}
+
+    def _m_conversations_replies(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        channel, ts = str(params.get("channel") or ""), str(params.get("ts") or "")
+        found = [m for m in self.messages.get(channel, []) if m.ts == ts or m.thread_ts == ts]
+        if not found:
+            return {"ok": False, "error": "thread_not_found"}
+        found.sort(key=lambda m: m.ts)
+        limit = int(params.get("limit") or 1000)
+        return {"messages": [m.as_json() for m in found[:limit]], "has_more": len(found) > limit}
+
+    def _m_conversations_history(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        channel = str(params.get("channel") or "")
+        top = [m for m in self.messages.get(channel, []) if not m.thread_ts or m.thread_ts == m.ts]
+        top.sort(key=lambda m: m.ts, reverse=True)
+        limit = int(params.get("limit") or 100)
+        return {"messages": [m.as_json() for m in top[:limit]], "has_more": len(top) > limit}
+
+    def _m_assistant_threads_setStatus(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        return self._assistant(params)
+
+    def _m_assistant_threads_setSuggestedPrompts(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        prompts = params.get("prompts")
+        if isinstance(prompts, str):
+            prompts = json.loads(prompts)
+        if not prompts:
+            return {"ok": False, "error": "invalid_arguments"}
+        return self._assistant(params)
+
+    def _m_assistant_threads_setTitle(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        return self._assistant(params)
+
+    def _assistant(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        if not params.get("channel_id") or not params.get("thread_ts"):
+            return {"ok": False, "error": "invalid_arguments"}
+        return {}
+
+    # --- files and response URLs ----------------------------------------------------------------
+
+    async def _file(self, request: web.Request) -> web.Response:
+        file = self._files.get(request.match_info["file_id"])
+        if file is None:
+            return web.Response(status=404, text="not found")
+        if request.headers.get("Authorization") != f"Bearer {self.bot_token}":
+            # Slack answers a sign-in page, not an error, when the token is missing or wrong.
+            return web.Response(text="<html>Sign in to Slack</html>", content_type="text/html")
+        file.downloads += 1
+        return web.Response(body=file.content, content_type=file.mimetype)
+
+    async def _response_url(self, request: web.Request) -> web.Response:
+        params = await self._params(request)
+        self.calls.append(Call("response_url", params))
+        await self._notify()
+        return web.Response(text="ok")

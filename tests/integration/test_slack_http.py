@@ -1,0 +1,555 @@
+"""The Slack adapter in HTTP mode: real slack_bolt/slack_sdk, the real core on SQLite, a fake
+Slack and the stand-in OpenAI server, all on 127.0.0.1.
+
+Events are posted signed, as Slack posts them; ``adapter.drain()`` waits until the handlers
+bolt scheduled for them are done, so no test depends on timing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from adapters.slack import SlackAdapter
+from adapters.slack.render import THINKING
+from adapters.standin.server import StandinServer
+from bots.bootstrap import Parley, build
+from core.settings import Settings
+from tests.fakes.slack_server import FakeSlack, Message
+
+CHANNEL = "C0GENERAL"
+DM = "D0ALICE"
+ALICE = "UALICE"
+
+
+@dataclass
+class Stack:
+    slack: FakeSlack
+    standin: StandinServer
+    parley: Parley
+    adapter: SlackAdapter
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.adapter.port}/slack/events"
+
+    async def deliver(self, event: dict[str, Any], **kwargs: Any) -> int:
+        """Post ``event`` like Slack, then wait until the adapter has handled it."""
+        body = self.slack.event_body(event, event_id=kwargs.pop("event_id", None))
+        status = await self.slack.post_event(self.url, body, **kwargs)
+        await self.adapter.drain()
+        return status
+
+    def mention(
+        self,
+        text: str,
+        *,
+        channel: str = CHANNEL,
+        thread_ts: str | None = None,
+        files: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        """An app_mention event for a new message (also stored in the fake workspace)."""
+        message = self.slack.add_message(
+            channel, f"<@{self.slack.bot_user_id}> {text}", user=ALICE, thread_ts=thread_ts
+        )
+        event = {
+            "type": "app_mention",
+            "user": ALICE,
+            "text": message.text,
+            "ts": message.ts,
+            "channel": channel,
+            "team": self.slack.team_id,
+            "event_ts": message.ts,
+        }
+        if thread_ts:
+            event["thread_ts"] = thread_ts
+        if files:
+            event["files"] = files
+        return event
+
+    def message(
+        self,
+        text: str,
+        *,
+        channel: str = CHANNEL,
+        channel_type: str = "channel",
+        thread_ts: str | None = None,
+        user: str = ALICE,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        """A message event for a new message (also stored in the fake workspace)."""
+        message = self.slack.add_message(channel, text, user=user, thread_ts=thread_ts)
+        event = {
+            "type": "message",
+            "channel_type": channel_type,
+            "user": user,
+            "text": text,
+            "ts": message.ts,
+            "channel": channel,
+            "team": self.slack.team_id,
+            "event_ts": message.ts,
+            **extra,
+        }
+        if thread_ts:
+            event["thread_ts"] = thread_ts
+        return event
+
+
+def answer_text(messages: list[Message]) -> str:
+    return "\n".join(m.text for m in messages)
+
+
+@contextlib.asynccontextmanager
+async def make_stack(tmp_path: Any, slack: FakeSlack, **overrides: Any) -> AsyncIterator[Stack]:
+    async with StandinServer() as standin:
+        values: dict[str, Any] = {
+            "openai_base_url": standin.base_url,
+            "openai_api_key": "test",
+            "openai_max_retries": 0,
+            "database_url": f"sqlite+aiosqlite:///{tmp_path}/p.db",
+            "slack_bot_token": slack.bot_token,
+            "slack_signing_secret": slack.signing_secret,
+            "slack_mode": "http",
+            "slack_api_url": slack.base_url,
+            "slack_update_interval": 0.01,
+        }
+        values.update(overrides)
+        settings = Settings(_env_file=None, **values)
+        parley = await build(settings)
+        adapter = SlackAdapter(settings, parley.service, host="127.0.0.1", port=0)
+        await adapter.start()
+        try:
+            yield Stack(slack, standin, parley, adapter)
+        finally:
+            await adapter.stop()
+            await parley.close()
+
+
+@pytest.fixture
+async def slack() -> AsyncIterator[FakeSlack]:
+    async with FakeSlack() as fake:
+        yield fake
+
+
+@pytest.fixture
+async def stack(tmp_path: Any, slack: FakeSlack) -> AsyncIterator[Stack]:
+    async with make_stack(tmp_path, slack) as s:
+        yield s
+
+
+@pytest.fixture
+async def edit_stack(tmp_path: Any) -> AsyncIterator[Stack]:
+    """A workspace where the chat streaming methods are unknown: answers use chat.update."""
+    async with FakeSlack(streaming=False) as fake:
+        async with make_stack(tmp_path, fake) as s:
+            yield s
+
+
+# --- mentions --------------------------------------------------------------------------------
+
+
+async def test_mention_streams_the_answer_into_the_thread(stack: Stack) -> None:
+    event = stack.mention("what does **this** mean?")
+    assert await stack.deliver(event) == 200
+
+    start = stack.slack.called("chat.startStream")
+    assert len(start) == 1 and start[0].ok
+    assert start[0].params["thread_ts"] == event["ts"]
+    assert start[0].params["recipient_user_id"] == ALICE
+    assert start[0].params["recipient_team_id"] == stack.slack.team_id
+    assert stack.slack.called("chat.stopStream")
+    replies = stack.slack.thread(CHANNEL, event["ts"])
+    assert len(replies) == 1
+    assert not replies[0].streaming
+    assert "You said: what does **this** mean?" in replies[0].text
+    assert not stack.slack.called("chat.postMessage")
+
+
+async def test_mention_in_the_thread_continues_the_conversation(stack: Stack) -> None:
+    first = stack.mention("my name is Ada")
+    await stack.deliver(first)
+    second = stack.mention("what is my name?", thread_ts=first["ts"])
+    await stack.deliver(second)
+
+    starts = stack.slack.called("chat.startStream")
+    assert [c.params["thread_ts"] for c in starts] == [first["ts"], first["ts"]]
+    request = stack.standin.requests[-1]
+    contents = [m["content"] for m in request["messages"] if m["role"] == "user"]
+    assert contents[-2:] == ["my name is Ada", "what is my name?"]
+
+
+async def test_answers_fall_back_to_chat_update_without_streaming(edit_stack: Stack) -> None:
+    slack = edit_stack.slack
+    first = edit_stack.mention("hello **there**")
+    await edit_stack.deliver(first)
+
+    assert slack.called("chat.startStream")[0].error == "unknown_method"
+    replies = slack.thread(CHANNEL, first["ts"])
+    assert len(replies) == 1
+    # Converted to mrkdwn: bold is *x*.
+    assert "You said: hello *there*" in replies[0].text
+
+    # The adapter remembers: the next answer does not try streaming, it shows a placeholder
+    # and edits it.
+    second = edit_stack.mention("again")
+    await edit_stack.deliver(second)
+    assert len(slack.called("chat.startStream")) == 1
+    post = slack.called("chat.postMessage")[-1]
+    assert post.params["text"] == THINKING and post.params["thread_ts"] == second["ts"]
+    replies = slack.thread(CHANNEL, second["ts"])
+    assert len(replies) == 1 and "You said: again" in replies[0].text
+    assert slack.called("chat.update")[-1].params["ts"] == replies[0].ts
+
+
+async def test_long_answer_is_split_into_thread_replies(stack: Stack) -> None:
+    event = stack.mention("tell me a lot [[fault:long_answer:2500]]")
+    await stack.deliver(event)
+
+    replies = stack.slack.thread(CHANNEL, event["ts"])
+    assert len(replies) >= 2
+    assert all(len(m.text) <= 3900 for m in replies)
+    assert not any(m.streaming for m in replies)
+    final = stack.standin.requests[-1]
+    assert final["stream"] is True
+    # Every piece's code fences are balanced.
+    assert all(m.text.count("```") % 2 == 0 for m in replies)
+    # The final text wins over any later snapshot (the model hit max_output_tokens).
+    assert replies[-1].text.endswith("_(answer cut off at the output token limit)_")
+
+
+async def test_long_answer_is_split_when_editing(edit_stack: Stack) -> None:
+    event = edit_stack.mention("tell me a lot [[fault:long_answer:2500]]")
+    await edit_stack.deliver(event)
+
+    replies = edit_stack.slack.thread(CHANNEL, event["ts"])
+    assert len(replies) >= 2
+    assert all(len(m.text) <= 4000 for m in replies)
+    assert all(THINKING not in m.text for m in replies)
+    assert replies[-1].text.endswith("_(answer cut off at the output token limit)_")
+
+
+async def test_commands_typed_in_a_mention(stack: Stack) -> None:
+    first = stack.mention("remember the word banana")
+    await stack.deliver(first)
+    reset = stack.mention("reset", thread_ts=first["ts"])
+    await stack.deliver(reset)
+
+    posted = stack.slack.called("chat.postMessage")
+    assert len(posted) == 1 and "forgot this conversation" in posted[0].params["text"]
+    assert posted[0].params["thread_ts"] == first["ts"]
+    usage = stack.mention("usage", thread_ts=first["ts"])
+    await stack.deliver(usage)
+    ephemeral = stack.slack.called("chat.postEphemeral")
+    assert len(ephemeral) == 1 and ephemeral[0].params["user"] == ALICE
+    # Commands never reach the model.
+    assert len(stack.standin.requests) == 1
+
+
+# --- direct messages and threads ------------------------------------------------------------
+
+
+async def test_direct_message_is_its_own_conversation(stack: Stack) -> None:
+    await stack.deliver(stack.message("hi in private", channel=DM, channel_type="im"))
+    await stack.deliver(stack.message("second", channel=DM, channel_type="im"))
+
+    answers = stack.slack.bot_messages(DM)
+    assert len(answers) == 2
+    assert "You said: hi in private" in answers[0].text
+    assert "You said: second" in answers[1].text
+    # Top-level DM answers cannot be streamed (no thread): placeholder, then chat.update.
+    assert all(c.params.get("thread_ts") is None for c in stack.slack.called("chat.postMessage"))
+    contents = [m["content"] for m in stack.standin.requests[-1]["messages"] if m["role"] == "user"]
+    assert contents == ["hi in private", "second"]
+
+
+async def test_channel_mention_also_delivered_as_message_gets_one_answer(stack: Stack) -> None:
+    mention = stack.mention("only once please")
+    as_message = dict(mention, type="message", channel_type="channel")
+    await stack.deliver(as_message)
+    await stack.deliver(mention)
+
+    assert len(stack.slack.thread(CHANNEL, mention["ts"])) == 1
+    assert len(stack.standin.requests) == 1
+
+
+async def test_thread_replies_are_followed_only_when_enabled(
+    tmp_path: Any, slack: FakeSlack
+) -> None:
+    async with make_stack(tmp_path, slack, slack_follow_threads=False) as stack:
+        first = stack.mention("start")
+        await stack.deliver(first)
+        await stack.deliver(stack.message("no mention here", thread_ts=first["ts"]))
+        assert len(stack.standin.requests) == 1
+
+
+async def test_thread_replies_are_followed_when_enabled(tmp_path: Any, slack: FakeSlack) -> None:
+    async with make_stack(tmp_path, slack, slack_follow_threads=True) as stack:
+        first = stack.mention("start")
+        await stack.deliver(first)
+        await stack.deliver(stack.message("and a follow-up", thread_ts=first["ts"]))
+        answers = slack.bot_messages(CHANNEL, first["ts"])
+        assert len(answers) == 2
+        assert "You said: and a follow-up" in answers[-1].text
+
+        # A thread the bot never answered is left alone (checked with conversations.replies).
+        parent = slack.add_message(CHANNEL, "people talking")
+        await stack.deliver(stack.message("just chatting", thread_ts=parent.ts))
+        assert slack.called("conversations.replies")
+        assert slack.thread(CHANNEL, parent.ts)[-1].bot_id is None
+        assert len(stack.standin.requests) == 2
+        # Top-level channel messages without a mention are never answered.
+        await stack.deliver(stack.message("top level chatter"))
+        assert len(stack.standin.requests) == 2
+
+
+async def test_followed_thread_found_through_conversations_replies(
+    tmp_path: Any, slack: FakeSlack
+) -> None:
+    """After a restart the adapter no longer remembers; Slack's thread history tells it."""
+    parent = slack.add_message(CHANNEL, f"<@{slack.bot_user_id}> earlier question")
+    slack.add_message(
+        CHANNEL, "earlier answer", user=slack.bot_user_id, bot_id=slack.bot_id, thread_ts=parent.ts
+    )
+    async with make_stack(tmp_path, slack, slack_follow_threads=True) as stack:
+        await stack.deliver(stack.message("a follow-up", thread_ts=parent.ts))
+        assert "You said: a follow-up" in slack.thread(CHANNEL, parent.ts)[-1].text
+
+
+# --- what must not be answered ---------------------------------------------------------------
+
+
+async def test_own_and_other_bot_messages_and_edits_are_ignored(stack: Stack) -> None:
+    slack = stack.slack
+    own = stack.message(
+        "my own words", channel=DM, channel_type="im", user=slack.bot_user_id, bot_id=slack.bot_id
+    )
+    other_bot = stack.message(
+        "beep", channel=DM, channel_type="im", user="UOTHERBOT", bot_id="BOTHER"
+    )
+    edited = stack.message("changed", channel=DM, channel_type="im", subtype="message_changed")
+    deleted = stack.message("", channel=DM, channel_type="im", subtype="message_deleted")
+    joined = stack.message("joined", subtype="channel_join")
+    for event in (own, other_bot, edited, deleted, joined):
+        assert await stack.deliver(event) == 200
+    assert stack.standin.requests == []
+    assert not slack.called("chat.postMessage") and not slack.called("chat.startStream")
+
+
+async def test_redeliveries_get_one_answer(stack: Stack) -> None:
+    event = stack.mention("answer me once")
+    event_id = "Ev0RETRIED"
+    for retry in (None, 1, 2, 3):
+        assert await stack.deliver(event, event_id=event_id, retry_num=retry) == 200
+    assert len(stack.slack.thread(CHANNEL, event["ts"])) == 1
+    assert len(stack.standin.requests) == 1
+
+
+async def test_forged_or_stale_signatures_are_rejected(stack: Stack) -> None:
+    body = stack.slack.event_body(stack.mention("let me in"))
+    assert await stack.slack.post_event(stack.url, body, secret="not-the-secret") == 401
+    stale = int(time.time()) - 60 * 10
+    assert await stack.slack.post_event(stack.url, body, timestamp=stale) == 401
+    await stack.adapter.drain()
+    assert stack.standin.requests == []
+
+
+# --- files ------------------------------------------------------------------------------------
+
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+
+
+async def test_image_and_text_files_reach_the_model(stack: Stack) -> None:
+    slack = stack.slack
+    image = slack.add_file("chart.png", PNG, "image/png")
+    notes = slack.add_file("notes.txt", b"line one\nline two", "text/plain")
+    archive = slack.add_file("data.zip", b"PK..", "application/zip")
+    event = stack.message(
+        "what is in these?",
+        channel=DM,
+        channel_type="im",
+        subtype="file_share",
+        files=[image, notes, archive],
+    )
+    await stack.deliver(event)
+
+    assert slack.downloads(image) == 1 and slack.downloads(notes) == 1
+    assert slack.downloads(archive) == 0
+    request = stack.standin.requests[-1]
+    user = request["messages"][-1]
+    parts = user["content"]
+    assert any(
+        p["type"] == "image_url" and p["image_url"]["url"].startswith("data:image/png;base64,")
+        for p in parts
+    )
+    text = next(p["text"] for p in parts if p["type"] == "text")
+    assert "line one\nline two" in text
+    answer = slack.bot_messages(DM)[-1].text
+    assert "data.zip was not read" in answer
+    assert "(I received 1 image.)" in answer
+
+
+async def test_oversized_image_is_not_downloaded(tmp_path: Any, slack: FakeSlack) -> None:
+    async with make_stack(tmp_path, slack, parley_max_image_bytes=10) as stack:
+        image = slack.add_file("big.png", PNG, "image/png")
+        event = stack.mention("look", files=[image])
+        await stack.deliver(event)
+        assert slack.downloads(image) == 0
+        assert "big.png was not read" in answer_text(slack.thread(CHANNEL, event["ts"]))
+
+
+async def test_long_text_file_is_cut_to_the_limit(tmp_path: Any, slack: FakeSlack) -> None:
+    async with make_stack(tmp_path, slack, parley_max_text_file_bytes=8) as stack:
+        notes = slack.add_file("notes.txt", b"line one\nline two", "text/plain")
+        event = stack.mention("read this", files=[notes])
+        await stack.deliver(event)
+        sent = stack.standin.requests[-1]["messages"][-1]["content"]
+        assert "line one" in sent and "line two" not in sent
+        assert "notes.txt is long" in answer_text(slack.bot_messages(CHANNEL, event["ts"]))
+
+
+# --- assistant threads and slash commands -------------------------------------------------------
+
+
+async def test_assistant_thread_gets_prompts_status_and_answer(stack: Stack) -> None:
+    slack = stack.slack
+    thread_ts = slack.next_ts()
+    started = {
+        "type": "assistant_thread_started",
+        "assistant_thread": {
+            "user_id": ALICE,
+            "context": {"channel_id": CHANNEL, "team_id": slack.team_id},
+            "channel_id": DM,
+            "thread_ts": thread_ts,
+        },
+        "event_ts": thread_ts,
+    }
+    await stack.deliver(started)
+    prompts = slack.called("assistant.threads.setSuggestedPrompts")
+    assert len(prompts) == 1 and prompts[0].params["thread_ts"] == thread_ts
+    assert len(prompts[0].params["prompts"]) >= 2
+
+    await stack.deliver(
+        stack.message("help me out", channel=DM, channel_type="im", thread_ts=thread_ts)
+    )
+    statuses = [c.params["status"] for c in slack.called("assistant.threads.setStatus")]
+    assert statuses == ["is thinking…", ""]
+    assert "You said: help me out" in slack.thread(DM, thread_ts)[-1].text
+    assert slack.called("chat.startStream")[0].params["thread_ts"] == thread_ts
+
+
+async def test_slash_commands_answer_through_the_response_url(stack: Stack) -> None:
+    slack = stack.slack
+    assert await slack.post_command(stack.url, "/parley", "help") == 200
+    await stack.adapter.drain()
+    assert await slack.post_command(stack.url, "/parley", "temperature 0.3") == 200
+    await stack.adapter.drain()
+    assert await slack.post_command(stack.url, "/parley", "temperature hot") == 200
+    await stack.adapter.drain()
+
+    responses = slack.called("response_url")
+    assert [r.params["response_type"] for r in responses] == [
+        "ephemeral",
+        "in_channel",
+        "ephemeral",
+    ]
+    assert "Parley commands" in responses[0].params["text"]
+    assert "Temperature set to 0.3" in responses[1].params["text"]
+    assert "not a number" in responses[2].params["text"]
+
+    # The setting applies to the channel's conversations.
+    await stack.deliver(stack.mention("hello"))
+    assert stack.standin.requests[-1]["temperature"] == pytest.approx(0.3)
+
+
+async def test_slash_summarize_reads_the_channel(stack: Stack) -> None:
+    slack = stack.slack
+    slack.add_message(CHANNEL, "we decided to ship on friday", user="UBOB")
+    slack.add_message(CHANNEL, "ok, I will write the notes", user=ALICE)
+    await slack.post_command(stack.url, "/parley", "summarize 10")
+    await stack.adapter.drain()
+    responses = slack.called("response_url")
+    assert len(responses) == 1 and responses[0].params["response_type"] == "in_channel"
+    sent = stack.standin.requests[-1]["messages"][-1]["content"]
+    assert "UBOB: we decided to ship on friday" in sent
+
+
+# --- failures -------------------------------------------------------------------------------------
+
+
+async def test_model_failure_is_a_clear_message_in_the_thread(stack: Stack) -> None:
+    event = stack.mention("break please [[fault:server_error]]")
+    await stack.deliver(event)
+    replies = stack.slack.thread(CHANNEL, event["ts"])
+    assert len(replies) == 1
+    assert replies[0].text.startswith(":warning:")
+    assert not any(m.streaming for m in replies)
+
+
+async def test_model_failure_replaces_the_placeholder(edit_stack: Stack) -> None:
+    edit_stack.standin.inject("server_error")
+    event = edit_stack.mention("break please")
+    await edit_stack.deliver(event)
+    replies = edit_stack.slack.thread(CHANNEL, event["ts"])
+    assert len(replies) == 1
+    assert replies[0].text.startswith(":warning:")
+    assert THINKING not in replies[0].text
+
+
+async def test_assistant_status_is_cleared_when_the_answer_fails(stack: Stack) -> None:
+    thread_ts = stack.slack.next_ts()
+    event = stack.message(
+        "fail [[fault:server_error]]", channel=DM, channel_type="im", thread_ts=thread_ts
+    )
+    await stack.deliver(event)
+    statuses = [c.params["status"] for c in stack.slack.called("assistant.threads.setStatus")]
+    assert statuses == ["is thinking…", ""]
+    assert stack.slack.bot_messages(DM, thread_ts)[-1].text.startswith(":warning:")
+
+
+async def test_broken_model_stream_leaves_no_open_stream(stack: Stack) -> None:
+    event = stack.mention("a long one [[fault:cut_stream:5]] " + "word " * 40)
+    await stack.deliver(event)
+    replies = stack.slack.thread(CHANNEL, event["ts"])
+    assert replies and not any(m.streaming for m in replies)
+    assert replies[-1].text.startswith(":warning:")
+
+
+async def test_rate_limited_update_is_retried_after_retry_after(edit_stack: Stack) -> None:
+    slack = edit_stack.slack
+    slack.rate_limit("chat.update", times=2, retry_after=0)
+    slack.rate_limit("chat.postMessage", times=1, retry_after=0)
+    event = edit_stack.mention("still complete?")
+    await edit_stack.deliver(event)
+    updates = slack.called("chat.update")
+    assert [c.status for c in updates[:2]] == [429, 429]
+    assert updates[-1].ok
+    assert [c.status for c in slack.called("chat.postMessage")[:2]] == [429, 200]
+    assert len(slack.bot_messages(CHANNEL, event["ts"])) == 1
+    assert "You said: still complete?" in slack.thread(CHANNEL, event["ts"])[-1].text
+
+
+async def test_rate_limited_stream_start_is_retried(stack: Stack) -> None:
+    slack = stack.slack
+    slack.rate_limit("chat.startStream", times=1, retry_after=0)
+    event = stack.mention("hurry")
+    await stack.deliver(event)
+    starts = slack.called("chat.startStream")
+    assert [c.status for c in starts] == [429, 200]
+    replies = slack.thread(CHANNEL, event["ts"])
+    assert len(replies) == 1 and "You said: hurry" in replies[0].text
+
+
+async def test_slack_error_while_answering_ends_with_an_apology(edit_stack: Stack) -> None:
+    slack = edit_stack.slack
+    slack.fail("chat.update", "internal_error", times=1)
+    event = edit_stack.mention("anything")
+    await edit_stack.deliver(event)
+    replies = slack.thread(CHANNEL, event["ts"])
+    assert "Sorry, something went wrong" in replies[-1].text
+    assert not any(THINKING in m.text for m in replies)

@@ -1,0 +1,114 @@
+"""Slack events to core types: where a message's conversation lives, and what is ignored."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from adapters.slack.files import FileFetcher, _kind
+from adapters.slack.translate import ignore_reason, parse_message, transcript
+from core.messages import ConversationKey
+
+BODY = {"team_id": "T1"}
+
+
+def event(**fields: Any) -> dict[str, Any]:
+    return {
+        "type": "message",
+        "user": "UALICE",
+        "text": "hi",
+        "ts": "10.0",
+        "channel": "C1",
+        **fields,
+    }
+
+
+def test_channel_mention_is_a_thread_conversation_answered_under_the_message() -> None:
+    m = parse_message(BODY, event(type="app_mention"))
+    assert m.key == ConversationKey("slack", "T1", "C1", "10.0")
+    assert m.reply_thread == "10.0"
+
+
+def test_mention_inside_a_thread_joins_that_thread() -> None:
+    m = parse_message(BODY, event(type="app_mention", thread_ts="5.0"))
+    assert m.key == ConversationKey("slack", "T1", "C1", "5.0")
+    assert m.reply_thread == "5.0" and m.thread_reply
+
+
+def test_direct_messages_share_one_conversation_at_the_top_level() -> None:
+    m = parse_message(BODY, event(channel="D1", channel_type="im"))
+    assert m.key == ConversationKey("slack", "T1", "D1", "")
+    assert m.reply_thread is None and m.direct
+
+
+def test_direct_message_threads_are_their_own_conversation() -> None:
+    m = parse_message(BODY, event(channel="D1", channel_type="im", thread_ts="7.0", ts="8.0"))
+    assert m.key == ConversationKey("slack", "T1", "D1", "7.0")
+    assert m.reply_thread == "7.0"
+
+
+def test_a_mention_and_its_message_event_share_one_dedupe_id() -> None:
+    mention = parse_message(BODY, event(type="app_mention"))
+    message = parse_message(BODY, event(channel_type="channel"))
+    assert mention.dedupe_id == message.dedupe_id
+    assert parse_message(BODY, event(ts="11.0")).dedupe_id != message.dedupe_id
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({}, None),
+        ({"subtype": "file_share"}, None),
+        ({"subtype": "thread_broadcast"}, None),
+        ({"subtype": "message_changed"}, "subtype"),
+        ({"subtype": "message_deleted"}, "subtype"),
+        ({"subtype": "channel_join"}, "subtype"),
+        ({"subtype": "bot_message", "bot_id": "BX"}, "subtype"),
+        ({"bot_id": "BBOT"}, "own message"),
+        ({"bot_id": "BOTHER"}, "bot message"),
+        ({"user": "UBOT"}, "own message"),
+        ({"user": None}, "no user"),
+    ],
+)
+def test_what_is_ignored(fields: dict[str, Any], reason: str | None) -> None:
+    assert ignore_reason(event(**fields), "UBOT", "BBOT") == reason
+
+
+def test_transcript_for_summaries() -> None:
+    messages = [
+        {"ts": "1", "user": "U1", "text": "hello <@U2|bob>"},
+        {"ts": "2", "user": "UBOT", "bot_id": "B", "text": "an answer"},
+        {"ts": "3", "user": "U2", "subtype": "channel_join", "text": "joined"},
+        {"ts": "4", "user": "U1", "text": "@parley summarize"},
+    ]
+    assert transcript(messages, "UBOT", skip_ts="4") == "U1: hello @bob\nParley: an answer"
+
+
+def test_the_token_only_goes_to_slack_hosts() -> None:
+    fetcher = FileFetcher("xoxb-t", "https://slack.com/api/", max_image_bytes=1, max_text_bytes=1)
+    assert fetcher.trusted("https://files.slack.com/files-pri/T1-F1/a.png")
+    assert fetcher.trusted("https://slack.com/x")
+    assert not fetcher.trusted("http://files.slack.com/files-pri/a.png")
+    assert not fetcher.trusted("https://files.slack.com.evil.example/a.png")
+    assert not fetcher.trusted("https://example.com/a.png")
+    assert not fetcher.trusted("file:///etc/passwd")
+    gov = FileFetcher("xoxb-t", "https://slack-gov.com/api/", max_image_bytes=1, max_text_bytes=1)
+    assert gov.trusted("https://files.slack-gov.com/files-pri/a.png")
+    local = FileFetcher("xoxb-t", "http://127.0.0.1:9/api/", max_image_bytes=1, max_text_bytes=1)
+    assert local.trusted("http://127.0.0.1:9/files/F1/a.png")
+
+
+@pytest.mark.parametrize(
+    ("file", "kind"),
+    [
+        ({"mimetype": "image/png"}, "image"),
+        ({"mimetype": "image/heic"}, "other"),
+        ({"mimetype": "text/plain"}, "text"),
+        ({"mimetype": "application/json"}, "text"),
+        ({"mimetype": "application/octet-stream", "filetype": "python"}, "text"),
+        ({"mimetype": "application/pdf", "filetype": "pdf"}, "other"),
+    ],
+)
+def test_file_kinds(file: dict[str, str], kind: str) -> None:
+    assert _kind(file) == kind
