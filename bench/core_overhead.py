@@ -109,7 +109,15 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def turns(url: str, base_url: str, n: int, concurrency: int) -> dict[str, Any]:
+async def turns(
+    url: str, base_url: str, n: int, concurrency: int, rate: float = 0.0
+) -> dict[str, Any]:
+    """Run ``n`` turns over ``concurrency`` conversations.
+
+    With ``rate`` 0 every conversation sends its next turn as soon as the last is answered
+    (closed loop: the figure is throughput, and overhead includes queueing for the CPU). With a
+    rate, turns arrive on a schedule of ``rate`` turns/s in all, as chat traffic does.
+    """
     from core.llm import OpenAIChat
 
     settings = Settings(
@@ -127,7 +135,12 @@ async def turns(url: str, base_url: str, n: int, concurrency: int) -> dict[str, 
         # one unmeasured turn opens connections and warms caches
         async for _ in service.answer(Inbound(key, Author("u"), "warm-up")):
             pass
+        period = concurrency / rate if rate else 0.0
+        offset = period * keys.index(key) / concurrency
+        began = time.perf_counter() + offset
         for i in range(per_worker):
+            if period:
+                await asyncio.sleep(max(0.0, began + i * period - time.perf_counter()))
             start = time.perf_counter()
             task = id(asyncio.current_task())
             model.spent[task] = 0.0
@@ -144,6 +157,7 @@ async def turns(url: str, base_url: str, n: int, concurrency: int) -> dict[str, 
     await model.inner.close()  # type: ignore[attr-defined]
     await store.close()
     return {
+        "mode": f"{rate:g}/s" if rate else "closed",
         "turns": len(overheads),
         "concurrency": concurrency,
         "p50_ms": round(statistics.median(overheads), 3),
@@ -194,6 +208,9 @@ async def main() -> tuple[dict[str, Any], Path]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--turns", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=100)
+    parser.add_argument(
+        "--rate", type=float, default=50.0, help="turns/s of the paced run (0: skip it)"
+    )
     parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "core_overhead.json"))
     args = parser.parse_args()
@@ -207,18 +224,20 @@ async def main() -> tuple[dict[str, Any], Path]:
     created = await pg_database(args.pg)
     if created:
         backends.append(("postgresql", f"{created[1]}/{created[0]}", created[0]))
-    results: dict[str, Any] = {"backends": {}}
+    results: dict[str, Any] = {"runs": [], "context": {}}
     try:
         for name, url, _ in backends:
-            row = await turns(url, base_url, args.turns, args.concurrency)
+            rates = [0.0] + ([args.rate] if args.rate else [])
+            for rate in rates:
+                row = await turns(url, base_url, args.turns, args.concurrency, rate)
+                results["runs"].append({"backend": name, **row})
             small = await context_build(url, 100)
             large = await context_build(url, 100_000)
-            row.update(
-                context_100_ms=round(small, 3),
-                context_100k_ms=round(large, 3),
-                context_ratio=round(large / small, 2),
-            )
-            results["backends"][name] = row
+            results["context"][name] = {
+                "history_100_ms": round(small, 3),
+                "history_100k_ms": round(large, 3),
+                "ratio": round(large / small, 2),
+            }
     finally:
         proc.terminate()
         for _, _, db in backends:
@@ -227,16 +246,21 @@ async def main() -> tuple[dict[str, Any], Path]:
     results["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
     header = (
-        f"{'backend':<11}{'turns':>7}{'conc':>6}{'p50 ms':>9}{'p99 ms':>9}{'turns/s':>9}"
-        f"{'ctx 100':>9}{'ctx 100k':>10}{'ratio':>7}"
+        f"{'backend':<11}{'mode':>8}{'turns':>7}{'conc':>6}{'p50 ms':>9}{'p99 ms':>9}{'turns/s':>9}"
     )
+    print("core overhead per turn (wall time minus time inside the model call)")
     print(header)
     print("-" * len(header))
-    for name, r in results["backends"].items():
+    for r in results["runs"]:
         print(
-            f"{name:<11}{r['turns']:>7}{r['concurrency']:>6}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}"
-            f"{r['turns_per_s']:>9.1f}{r['context_100_ms']:>9.2f}{r['context_100k_ms']:>10.2f}"
-            f"{r['context_ratio']:>7.2f}"
+            f"{r['backend']:<11}{r['mode']:>8}{r['turns']:>7}{r['concurrency']:>6}"
+            f"{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['turns_per_s']:>9.1f}"
+        )
+    print("\ncontext build, median ms (budget 16,000 tokens)")
+    print(f"{'backend':<11}{'100 msgs':>10}{'100k msgs':>11}{'ratio':>7}")
+    for name, c in results["context"].items():
+        print(
+            f"{name:<11}{c['history_100_ms']:>10.2f}{c['history_100k_ms']:>11.2f}{c['ratio']:>7.2f}"
         )
     print(f"peak RSS: {results['peak_rss_mb']} MB")
     return results, Path(args.out)

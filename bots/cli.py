@@ -32,9 +32,13 @@ def _logging(settings: Settings, level: str | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    # Request logs of HTTP clients can carry tokens in URLs; keep them quiet.
-    for noisy in ("httpx", "httpcore", "openai", "aiohttp.access"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Request logs of HTTP clients can carry tokens in URLs, and database drivers log query
+    # parameters (message text) at DEBUG: keep them quiet unless content logging is on.
+    quiet = ["httpx", "httpcore", "openai", "aiohttp.access"]
+    if not settings.parley_log_content:
+        quiet += ["aiosqlite", "asyncpg", "sqlalchemy.engine"]
+    for name in quiet:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 async def _chat(settings: Settings, session: str) -> int:

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -44,6 +45,16 @@ class ConversationState:
 
 
 @dataclass(frozen=True, slots=True)
+class UsageEntry:
+    """Tokens and cost of one model call."""
+
+    model: str
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+
+
+@dataclass(frozen=True, slots=True)
 class UsageTotals:
     input_tokens: int = 0
     output_tokens: int = 0
@@ -60,6 +71,23 @@ class Store(Protocol):
 
     async def conversation(self, key: ConversationKey) -> ConversationState:
         """The conversation at ``key``, created if it does not exist."""
+        ...
+
+    async def open_turn(self, key: ConversationKey) -> tuple[ConversationState, ChannelOverrides]:
+        """The conversation (created if needed) and its channel's settings, in one round trip."""
+        ...
+
+    async def finish_turn(
+        self,
+        conversation_id: int,
+        content: str,
+        token_count: int,
+        model: str,
+        channel: ChannelKey,
+        user_id: str,
+        usage: Sequence[UsageEntry],
+    ) -> int:
+        """Store a complete assistant turn and charge its usage, atomically; returns its id."""
         ...
 
     async def add_message(
@@ -98,13 +126,7 @@ class Store(Protocol):
     ) -> None: ...
 
     async def record_usage(
-        self,
-        channel: ChannelKey,
-        user_id: str,
-        model: str,
-        input_tokens: int,
-        output_tokens: int,
-        cost_usd: float,
+        self, channel: ChannelKey, user_id: str, usage: Sequence[UsageEntry]
     ) -> None: ...
 
     async def channel_usage(self, channel: ChannelKey) -> UsageTotals: ...

@@ -32,7 +32,7 @@ from core.messages import (
     UsageReport,
     UserError,
 )
-from core.ports import ChannelOverrides, ConversationState, Store, UsageTotals
+from core.ports import ChannelOverrides, ConversationState, Store, UsageEntry, UsageTotals
 from core.pricing import cost_usd, price_for
 from core.settings import Settings
 from core.tokens import count_message, count_text
@@ -97,7 +97,10 @@ class ConversationService:
     # --- settings -----------------------------------------------------------------------
 
     async def channel_config(self, channel: ChannelKey) -> ChannelConfig:
-        o = await self.store.channel_overrides(channel)
+        return self._config(await self.store.channel_overrides(channel))
+
+    def _config(self, o: ChannelOverrides) -> ChannelConfig:
+        """A channel's overrides on top of the configured defaults."""
         s = self.settings
         return ChannelConfig(
             system_prompt=o.system_prompt
@@ -180,7 +183,8 @@ class ConversationService:
 
     async def _answer(self, inbound: Inbound) -> AsyncIterator[ReplyEvent]:
         key = inbound.key
-        config = await self.channel_config(key.channel_key)
+        state, overrides = await self.store.open_turn(key)
+        config = self._config(overrides)
         await self._check_budget(inbound)
         text, images, notes = self._user_content(inbound, config.model)
         for note in notes:
@@ -195,7 +199,6 @@ class ConversationService:
             [{"type": "text", "text": text}, *images] if images else text
         )
         budget = self._budget(config)
-        state = await self.store.conversation(key)
         # Over-long input is rejected before it is stored, so it cannot crowd out the history.
         input_limit(system_prompt, user_tokens, budget)
         turn_id = await self.store.add_message(
@@ -246,16 +249,23 @@ class ConversationService:
             usage += retry
         if completion.finish_reason == "length":
             shown += "\n\n_(answer cut off at the output token limit)_"
-        await self.store.add_message(
+        entries = self._priced(usage)
+        await self.store.finish_turn(
             state.id,
-            "assistant",
             completion.text,
-            completion.output_tokens or count_message(completion.text),
-            model=completion.model,
+            count_message(completion.text),
+            completion.model,
+            key.channel_key,
+            inbound.author.id,
+            entries,
         )
-        report = await self._charge(key.channel_key, inbound.author.id, usage)
         yield FinalText(shown, completion.model)
-        yield report
+        yield UsageReport(
+            completion.model,
+            sum(e.input_tokens for e in entries),
+            sum(e.output_tokens for e in entries),
+            sum(e.cost_usd for e in entries),
+        )
 
     async def _valid_json(
         self, request: ChatRequest, completion: Completion
@@ -295,20 +305,19 @@ class ConversationService:
                 return item
         raise RuntimeError("ChatModel.stream ended without a Completion")
 
-    async def _charge(
-        self, channel: ChannelKey, user_id: str, completions: list[Completion]
-    ) -> UsageReport:
-        total_in = total_out = 0
-        total_cost = 0.0
-        for c in completions:
-            cost = cost_usd(c.model, c.input_tokens, c.output_tokens, self.prices)
-            await self.store.record_usage(
-                channel, user_id, c.model, c.input_tokens, c.output_tokens, cost
+    def _priced(self, completions: list[Completion]) -> list[UsageEntry]:
+        return [
+            UsageEntry(
+                c.model,
+                c.input_tokens,
+                c.output_tokens,
+                cost_usd(c.model, c.input_tokens, c.output_tokens, self.prices),
             )
-            total_in += c.input_tokens
-            total_out += c.output_tokens
-            total_cost += cost
-        return UsageReport(completions[-1].model, total_in, total_out, total_cost)
+            for c in completions
+        ]
+
+    async def _charge(self, channel: ChannelKey, user_id: str, completion: Completion) -> None:
+        await self.store.record_usage(channel, user_id, self._priced([completion]))
 
     # --- summaries ----------------------------------------------------------------------
 
@@ -359,7 +368,7 @@ class ConversationService:
             else:
                 summary = done.text
                 summary_tokens = count_message(summary_message(summary))
-                await self._charge(key.channel_key, author.id, [done])
+                await self._charge(key.channel_key, author.id, done)
         await self.store.set_summary(state.id, summary, summary_tokens, cut_at)
         return ConversationState(state.id, summary, summary_tokens, cut_at)
 
@@ -471,7 +480,7 @@ class ConversationService:
         if not transcript.strip() and not previous:
             return "There is nothing to summarise yet."
         done = await self._summarize_text(transcript, previous, config, min(1000, budget // 4))
-        await self._charge(key.channel_key, author.id, [done])
+        await self._charge(key.channel_key, author.id, done)
         return f"**Summary**\n{done.text}"
 
 

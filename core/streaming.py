@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from core.messages import ReplyEvent, TextDelta
+from core.messages import FinalText, ReplyEvent, TextDelta, UserError
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +62,9 @@ async def paced(
                     shown, last = text, time.monotonic()
                     yield Snapshot(text)
                 continue
+            if isinstance(event, FinalText | UserError):
+                # The answer is settled; a late snapshot would overwrite it.
+                shown = text
             yield event
         await task
     finally:

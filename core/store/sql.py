@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, delete, event, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 from core.messages import ChannelKey, ConversationKey
-from core.ports import ChannelOverrides, ConversationState, StoredMessage, UsageTotals
+from core.ports import (
+    ChannelOverrides,
+    ConversationState,
+    StoredMessage,
+    UsageEntry,
+    UsageTotals,
+)
 from core.store.models import (
     ChannelSettingsRow,
     ConversationRow,
@@ -69,38 +81,65 @@ class SqlStore:
             result = await session.execute(stmt)
         return bool(cast(CursorResult[Any], result).rowcount)
 
-    async def conversation(self, key: ConversationKey) -> ConversationState:
+    async def _conversation(self, session: AsyncSession, key: ConversationKey) -> ConversationRow:
         where = (
             ConversationRow.platform == key.platform,
             ConversationRow.workspace == key.workspace,
             ConversationRow.channel == key.channel,
             ConversationRow.thread == key.thread,
         )
-        async with self._sessions.begin() as session:
-            row = (
-                await session.execute(select(ConversationRow).where(*where))
-            ).scalar_one_or_none()
-            if row is None:
-                await session.execute(
-                    _insert(self._dialect, ConversationRow)
-                    .values(
-                        platform=key.platform,
-                        workspace=key.workspace,
-                        channel=key.channel,
-                        thread=key.thread,
-                        summary="",
-                        summary_tokens=0,
-                        context_start=0,
-                    )
-                    .on_conflict_do_nothing(
-                        index_elements=["platform", "workspace", "channel", "thread"]
-                    )
+        row = (await session.execute(select(ConversationRow).where(*where))).scalar_one_or_none()
+        if row is None:
+            await session.execute(
+                _insert(self._dialect, ConversationRow)
+                .values(
+                    platform=key.platform,
+                    workspace=key.workspace,
+                    channel=key.channel,
+                    thread=key.thread,
+                    summary="",
+                    summary_tokens=0,
+                    context_start=0,
                 )
-                row = (await session.execute(select(ConversationRow).where(*where))).scalar_one()
+                .on_conflict_do_nothing(
+                    index_elements=["platform", "workspace", "channel", "thread"]
+                )
+            )
+            row = (await session.execute(select(ConversationRow).where(*where))).scalar_one()
+        return row
+
+    async def conversation(self, key: ConversationKey) -> ConversationState:
+        async with self._sessions.begin() as session:
+            row = await self._conversation(session, key)
             return ConversationState(row.id, row.summary, row.summary_tokens, row.context_start)
 
-    async def add_message(
+    async def open_turn(self, key: ConversationKey) -> tuple[ConversationState, ChannelOverrides]:
+        async with self._sessions.begin() as session:
+            row = await self._conversation(session, key)
+            state = ConversationState(row.id, row.summary, row.summary_tokens, row.context_start)
+            overrides = await self._overrides(session, key.channel_key)
+        return state, overrides
+
+    async def finish_turn(
         self,
+        conversation_id: int,
+        content: str,
+        token_count: int,
+        model: str,
+        channel: ChannelKey,
+        user_id: str,
+        usage: Sequence[UsageEntry],
+    ) -> int:
+        async with self._sessions.begin() as session:
+            message_id = await self._add_message(
+                session, conversation_id, "assistant", content, token_count, model=model
+            )
+            await self._record_usage(session, channel, user_id, usage)
+        return message_id
+
+    async def _add_message(
+        self,
+        session: AsyncSession,
         conversation_id: int,
         role: str,
         content: str,
@@ -125,8 +164,32 @@ class SqlStore:
             )
             .returning(MessageRow.id)
         )
+        return int((await session.execute(stmt)).scalar_one())
+
+    async def add_message(
+        self,
+        conversation_id: int,
+        role: str,
+        content: str,
+        token_count: int,
+        *,
+        author_id: str = "",
+        author_name: str = "",
+        status: str = "complete",
+        model: str | None = None,
+    ) -> int:
         async with self._sessions.begin() as session:
-            return int((await session.execute(stmt)).scalar_one())
+            return await self._add_message(
+                session,
+                conversation_id,
+                role,
+                content,
+                token_count,
+                author_id=author_id,
+                author_name=author_name,
+                status=status,
+                model=model,
+            )
 
     async def recent_messages(
         self, conversation_id: int, after_id: int, before_id: int, limit: int
@@ -182,18 +245,19 @@ class SqlStore:
             ChannelSettingsRow.channel == channel.channel,
         )
 
-    async def channel_overrides(self, channel: ChannelKey) -> ChannelOverrides:
-        async with self._sessions() as session:
-            row = (
-                await session.execute(
-                    select(ChannelSettingsRow).where(*self._channel_where(channel))
-                )
-            ).scalar_one_or_none()
+    async def _overrides(self, session: AsyncSession, channel: ChannelKey) -> ChannelOverrides:
+        row = (
+            await session.execute(select(ChannelSettingsRow).where(*self._channel_where(channel)))
+        ).scalar_one_or_none()
         if row is None:
             return ChannelOverrides()
         return ChannelOverrides(
             row.system_prompt, row.model, row.temperature, row.max_output_tokens, row.json_mode
         )
+
+    async def channel_overrides(self, channel: ChannelKey) -> ChannelOverrides:
+        async with self._sessions() as session:
+            return await self._overrides(session, channel)
 
     async def save_channel_overrides(
         self, channel: ChannelKey, overrides: ChannelOverrides
@@ -218,27 +282,35 @@ class SqlStore:
         async with self._sessions.begin() as session:
             await session.execute(stmt)
 
-    async def record_usage(
+    async def _record_usage(
         self,
+        session: AsyncSession,
         channel: ChannelKey,
         user_id: str,
-        model: str,
-        input_tokens: int,
-        output_tokens: int,
-        cost_usd: float,
+        usage: Sequence[UsageEntry],
     ) -> None:
-        stmt = insert(UsageRow).values(
-            platform=channel.platform,
-            workspace=channel.workspace,
-            channel=channel.channel,
-            user_id=user_id,
-            model=model,
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            cost_usd=cost_usd,
-        )
+        if not usage:
+            return
+        rows = [
+            {
+                "platform": channel.platform,
+                "workspace": channel.workspace,
+                "channel": channel.channel,
+                "user_id": user_id,
+                "model": entry.model,
+                "input_tokens": entry.input_tokens,
+                "output_tokens": entry.output_tokens,
+                "cost_usd": entry.cost_usd,
+            }
+            for entry in usage
+        ]
+        await session.execute(insert(UsageRow), rows)
+
+    async def record_usage(
+        self, channel: ChannelKey, user_id: str, usage: Sequence[UsageEntry]
+    ) -> None:
         async with self._sessions.begin() as session:
-            await session.execute(stmt)
+            await self._record_usage(session, channel, user_id, usage)
 
     async def _totals(self, *where: Any) -> UsageTotals:
         stmt = select(

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from core.errors import LLMError
 from core.llm import ChatRequest, Completion
 from core.messages import ChannelKey, ConversationKey
-from core.ports import ChannelOverrides, ConversationState, StoredMessage, UsageTotals
+from core.ports import (
+    ChannelOverrides,
+    ConversationState,
+    StoredMessage,
+    UsageEntry,
+    UsageTotals,
+)
 from core.tokens import count_text
 
 
@@ -56,6 +62,24 @@ class MemoryStore:
         if key not in self.conversations:
             self.conversations[key] = ConversationState(next(self._ids), "", 0, 0)
         return self.conversations[key]
+
+    async def open_turn(self, key: ConversationKey) -> tuple[ConversationState, ChannelOverrides]:
+        return await self.conversation(key), await self.channel_overrides(key.channel_key)
+
+    async def finish_turn(
+        self,
+        conversation_id: int,
+        content: str,
+        token_count: int,
+        model: str,
+        channel: ChannelKey,
+        user_id: str,
+        usage: Sequence[UsageEntry],
+    ) -> int:
+        await self.record_usage(channel, user_id, usage)
+        return await self.add_message(
+            conversation_id, "assistant", content, token_count, model=model
+        )
 
     async def add_message(
         self,
@@ -116,15 +140,12 @@ class MemoryStore:
         self.overrides[channel] = overrides
 
     async def record_usage(
-        self,
-        channel: ChannelKey,
-        user_id: str,
-        model: str,
-        input_tokens: int,
-        output_tokens: int,
-        cost_usd: float,
+        self, channel: ChannelKey, user_id: str, usage: Sequence[UsageEntry]
     ) -> None:
-        self.usage.append(_Usage(channel, user_id, model, input_tokens, output_tokens, cost_usd))
+        for e in usage:
+            self.usage.append(
+                _Usage(channel, user_id, e.model, e.input_tokens, e.output_tokens, e.cost_usd)
+            )
 
     def _totals(self, rows: list[_Usage]) -> UsageTotals:
         return UsageTotals(

@@ -9,7 +9,7 @@ import pytest
 from bots.bootstrap import prepare_schema
 from core.errors import SchemaOutOfDate
 from core.messages import ChannelKey, ConversationKey
-from core.ports import ChannelOverrides
+from core.ports import ChannelOverrides, UsageEntry
 from core.settings import Settings
 from core.store import schema
 from core.store.sql import SqlStore, make_engine
@@ -87,11 +87,35 @@ async def test_channel_overrides_and_usage(store):
         True,
         None,
     )
-    await store.record_usage(channel, "u1", "gpt-4o", 100, 50, 0.00125)
-    await store.record_usage(channel, "u2", "gpt-4o", 10, 5, 0.000125)
-    await store.record_usage(ChannelKey("discord", "G1", "C2"), "u1", "gpt-4o", 1, 1, 0.00002)
+    await store.record_usage(channel, "u1", [UsageEntry("gpt-4o", 100, 50, 0.00125)])
+    await store.record_usage(channel, "u2", [UsageEntry("gpt-4o", 10, 5, 0.000125)])
+    await store.record_usage(
+        ChannelKey("discord", "G1", "C2"), "u1", [UsageEntry("gpt-4o", 1, 1, 0.00002)]
+    )
     here = await store.channel_usage(channel)
     assert (here.turns, here.input_tokens, here.output_tokens) == (2, 110, 55)
     assert here.cost_usd == pytest.approx(0.001375)
     mine = await store.user_usage("discord", "u1")
     assert (mine.turns, mine.input_tokens) == (2, 101)
+
+
+async def test_a_turn_opens_and_finishes_in_single_transactions(store):
+    channel = ChannelKey("slack", "T1", "C1")
+    await store.save_channel_overrides(channel, ChannelOverrides(temperature=1.5))
+    state, overrides = await store.open_turn(KEY)
+    assert overrides.temperature == 1.5 and state.id == (await store.conversation(KEY)).id
+    user_id = await store.add_message(state.id, "user", "q", 4)
+    answer_id = await store.finish_turn(
+        state.id,
+        "a",
+        4,
+        "gpt-4o",
+        channel,
+        "u1",
+        [UsageEntry("gpt-4o", 10, 2, 0.1), UsageEntry("gpt-4o-mini", 5, 1, 0.01)],
+    )
+    assert answer_id > user_id
+    turns = await store.recent_messages(state.id, 0, 10**12, 10)
+    assert [t.role for t in turns] == ["assistant", "user"]
+    totals = await store.channel_usage(channel)
+    assert (totals.turns, totals.input_tokens) == (2, 15)

@@ -69,3 +69,15 @@ async def test_paced_coalesces_deltas():
     assert 1 <= len(snapshots) < 50
     assert all(a.text in b.text for a, b in zip(snapshots, snapshots[1:], strict=False))
     assert out[-1] == FinalText("all", "m")
+
+
+async def test_paced_sends_no_snapshot_after_the_final_text():
+    async def events():
+        yield TextDelta("first ")
+        yield TextDelta("second")
+        yield FinalText("first second (cut off)", "m")
+        await asyncio.sleep(0.1)
+
+    out = [e async for e in paced(events(), interval=0.02)]
+    final_at = out.index(FinalText("first second (cut off)", "m"))
+    assert not any(isinstance(e, Snapshot) for e in out[final_at:])
