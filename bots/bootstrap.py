@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,7 @@ from core.service import ConversationService
 from core.settings import Settings
 from core.store import schema
 from core.store.sql import SqlStore, make_engine
+from core.tokens import encoding
 
 log = logging.getLogger("parley")
 
@@ -60,7 +62,7 @@ async def prepare_schema(store: SqlStore, settings: Settings, *, auto_upgrade: b
 
 async def build(settings: Settings, *, auto_upgrade: bool = True) -> Parley:
     """Build Parley's core from ``settings``; start the offline stand-in model if no key is set."""
-    store = SqlStore(make_engine(settings.database_url))
+    store = SqlStore(make_engine(settings.database_url, log_parameters=settings.parley_log_content))
     try:
         await prepare_schema(store, settings, auto_upgrade=auto_upgrade)
     except (OSError, DBAPIError) as exc:
@@ -77,8 +79,10 @@ async def build(settings: Settings, *, auto_upgrade: bool = True) -> Parley:
     if settings.offline:
         from adapters.standin.server import StandinServer
 
-        offline_server = StandinServer()
+        offline_server = StandinServer(record=False)
         base_url = await offline_server.start()
+    # Load the tokenizer now, off the event loop, rather than on the first message.
+    await asyncio.to_thread(encoding)
     llm = OpenAIChat.from_settings(settings, base_url=base_url)
     service = ConversationService(store, llm, settings)
     return Parley(settings, store, llm, service, offline_server)

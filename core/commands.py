@@ -79,17 +79,18 @@ MAX_SYSTEM_PROMPT_CHARS = 8000
 
 
 def parse_command(text: str) -> tuple[str, str] | None:
-    """Recognise a command typed as text ("reset", "/model gpt-4o", "!system be terse")."""
+    """Recognise a command typed as text: "/model gpt-4o", "!system be terse", or a bare
+    command word alone ("reset"). Anything else is a question, even when it starts with a
+    command word ("system design question: ...", "clear explanation of monads")."""
     stripped = text.strip()
     if not stripped:
         return None
     word, _, rest = stripped.partition(" ")
-    word = word.lstrip("/!").lower()
-    word = _ALIASES.get(word, word)
+    marked = word[0] in "/!"
+    word = _ALIASES.get(word.lstrip("/!").lower(), word.lstrip("/!").lower())
     if word not in BY_NAME:
         return None
-    # Bare words that merely start a sentence ("help me with X") are questions, not commands.
-    if word == "help" and rest.strip():
+    if not marked and rest.strip():
         return None
     return word, rest.strip()
 

@@ -93,3 +93,17 @@ async def build_context(
     messages.append({"role": "user", "content": user_content})
     tokens = budget - remaining
     return Context(messages, tokens, cut_at, history)
+
+
+def fold_point(context: Context) -> int:
+    """Where to cut when history overflows: past ``cut_at``, and far enough that half of the
+    history now sent is folded too, so the next turns fit without folding again at once."""
+    assert context.cut_at is not None
+    total = sum(m.token_count for m in context.history)
+    cut, kept = context.cut_at, total
+    for message in context.history:  # oldest first
+        if kept <= total // 2:
+            break
+        kept -= message.token_count
+        cut = message.id
+    return cut

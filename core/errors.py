@@ -7,6 +7,9 @@ user gets a generic sentence.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 
 class ParleyError(Exception):
     """Base of every error Parley raises on purpose."""
@@ -81,3 +84,12 @@ class BrokenStream(LLMError):
 
 class InvalidJSONReply(LLMError):
     code = "invalid_json"
+
+    def __init__(self, user_message: str, *, completions: Sequence[Any] = ()) -> None:
+        super().__init__(user_message)
+        # the model calls spent on the attempt, so they are still charged
+        self.completions = list(completions)
+
+
+class EmptyAnswer(LLMError):
+    code = "empty_answer"

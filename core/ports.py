@@ -105,6 +105,10 @@ class Store(Protocol):
         """Store one turn and return its id."""
         ...
 
+    async def set_message_status(self, message_id: int, status: str) -> None:
+        """Mark a turn (e.g. "failed": kept on record, left out of the context)."""
+        ...
+
     async def recent_messages(
         self, conversation_id: int, after_id: int, before_id: int, limit: int
     ) -> list[StoredMessage]:

@@ -10,14 +10,21 @@ import asyncio
 import base64
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
 from core import commands
-from core.context import build_context, input_limit, summary_message, token_budget
-from core.errors import BadCommand, InvalidJSONReply, OverBudget, UserFacingError
+from core.context import (
+    Context,
+    build_context,
+    fold_point,
+    input_limit,
+    summary_message,
+    token_budget,
+)
+from core.errors import BadCommand, EmptyAnswer, InvalidJSONReply, OverBudget, UserFacingError
 from core.llm import ChatModel, ChatRequest, Completion
 from core.messages import (
     Author,
@@ -33,7 +40,7 @@ from core.messages import (
     UserError,
 )
 from core.ports import ChannelOverrides, ConversationState, Store, UsageEntry, UsageTotals
-from core.pricing import cost_usd, price_for
+from core.pricing import cost_usd, price_for, window_for
 from core.settings import Settings
 from core.tokens import count_message, count_text
 
@@ -114,7 +121,8 @@ class ConversationService:
 
     def _budget(self, config: ChannelConfig) -> int:
         s = self.settings
-        return token_budget(s.parley_input_budget, s.parley_model_window, config.max_output_tokens)
+        window = window_for(config.model, s.parley_model_window)
+        return token_budget(s.parley_input_budget, window, config.max_output_tokens)
 
     @property
     def prices(self) -> Mapping[str, tuple[float, float]]:
@@ -131,8 +139,15 @@ class ConversationService:
 
         A redelivered event (same ``event_id``) yields nothing.
         """
-        if inbound.event_id and not await self.claim_event(inbound.key.platform, inbound.event_id):
-            log.info("dropping redelivered event %s on %s", inbound.event_id, inbound.key.platform)
+        try:
+            if inbound.event_id and not await self.claim_event(
+                inbound.key.platform, inbound.event_id
+            ):
+                log.info("dropping redelivered event %s on %s", inbound.event_id, inbound.key)
+                return
+        except Exception:
+            log.exception("checking event %s in %s failed", inbound.event_id, inbound.key)
+            yield UserError(GENERIC_ERROR, "internal")
             return
         async with self.locks.hold(inbound.key):
             try:
@@ -212,7 +227,7 @@ class ConversationService:
         if self.settings.parley_log_content:
             log.info("user turn in %s: %s", key, text)
 
-        async def assemble(current: ConversationState) -> Any:
+        async def assemble(current: ConversationState) -> Context:
             return await build_context(
                 self.store,
                 current,
@@ -223,11 +238,26 @@ class ConversationService:
                 budget=budget,
             )
 
+        try:
+            async for event in self._reply(inbound, state, config, assemble):
+                yield event
+        except Exception:
+            # The question stays on record, but out of the context: the user will ask again.
+            await self.store.set_message_status(turn_id, "failed")
+            raise
+
+    async def _reply(
+        self,
+        inbound: Inbound,
+        state: ConversationState,
+        config: ChannelConfig,
+        assemble: Callable[[ConversationState], Awaitable[Context]],
+    ) -> AsyncIterator[ReplyEvent]:
+        key = inbound.key
         context = await assemble(state)
         if context.cut_at is not None:
-            state = await self._fold(key, inbound.author, state, context.cut_at, config)
+            state = await self._fold(key, inbound.author, state, fold_point(context), config)
             context = await assemble(state)
-
         request = ChatRequest(
             model=config.model,
             messages=context.messages,
@@ -242,10 +272,20 @@ class ConversationService:
             elif not config.json_mode:
                 yield TextDelta(item)
         assert completion is not None, "ChatModel.stream ended without a Completion"
+        if not completion.text.strip():
+            await self._charge(key.channel_key, inbound.author.id, completion)
+            raise EmptyAnswer(
+                "The model returned an empty answer. Please try again or rephrase the question."
+            )
         usage = [completion]
         shown = completion.text
         if config.json_mode:
-            completion, shown, retry = await self._valid_json(request, completion)
+            try:
+                completion, shown, retry = await self._valid_json(request, completion)
+            except InvalidJSONReply as exc:
+                entries = self._priced([completion, *exc.completions])
+                await self.store.record_usage(key.channel_key, inbound.author.id, entries)
+                raise
             usage += retry
         if completion.finish_reason == "length":
             shown += "\n\n_(answer cut off at the output token limit)_"
@@ -292,7 +332,8 @@ class ConversationService:
             except json.JSONDecodeError as second:
                 raise InvalidJSONReply(
                     "The model did not return valid JSON, even after a second try "
-                    f"({second.msg}). Try rephrasing, or switch JSON mode off with 'json off'."
+                    f"({second.msg}). Try rephrasing, or switch JSON mode off with 'json off'.",
+                    completions=[retried],
                 ) from None
             pretty = json.dumps(parsed, indent=2, ensure_ascii=False)
             return retried, f"```json\n{pretty}\n```", [retried]

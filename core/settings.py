@@ -70,7 +70,8 @@ class Settings(BaseSettings):
     parley_log_level: str = "INFO"
 
     # --- storage --------------------------------------------------------------------------
-    database_url: str = "sqlite+aiosqlite:///parley.db"
+    # Left out of reprs: a PostgreSQL URL may carry a password.
+    database_url: str = Field("sqlite+aiosqlite:///parley.db", repr=False)
 
     # --- Slack ----------------------------------------------------------------------------
     slack_bot_token: SecretStr | None = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 _FENCE = re.compile(r"^\s*(```+|~~~+)\s*([\w+#.-]*)")
+_FENCE_ANYWHERE = re.compile(r"^\s*(```+|~~~+)", re.MULTILINE)
 
 
 def _fence_state(lines: list[str], opened: str | None) -> str | None:
@@ -41,13 +42,15 @@ def split_message(text: str, limit: int) -> list[str]:
         raise ValueError("limit too small to split with code fences")
     if len(text) <= limit:
         return [text]
+    # room kept for a closing fence: the longest fence marker in the text, and its newline
+    closing = 1 + max((len(m.group(1)) for m in _FENCE_ANYWHERE.finditer(text)), default=3)
     pieces: list[str] = []
     rest = text
     reopen: str | None = None  # fence line to reopen at the start of the next piece
     while rest:
         prefix = f"{reopen}\n" if reopen else ""
         # leave room for a closing fence that may be needed
-        room = limit - len(prefix) - 4
+        room = limit - len(prefix) - closing
         if len(prefix) + len(rest) <= limit:
             pieces.append(prefix + rest)
             break

@@ -30,9 +30,9 @@ _O200K_PATTERN = "|".join(
 # gpt-4o family; a reply is primed with 3 more tokens.
 TOKENS_PER_MESSAGE = 3
 TOKENS_REPLY_PRIMER = 3
-# A 512px "low detail" image costs 85 tokens; high detail tiles cost more. Parley sends images at
-# "auto" detail and budgets a conservative fixed amount per image.
-TOKENS_PER_IMAGE = 765
+# An image at "auto" detail costs 85 tokens plus 170 per 512px tile after scaling to fit 2048px
+# with the short side at most 768px: at most 8 tiles, 1,445 tokens. Parley budgets that bound.
+TOKENS_PER_IMAGE = 1445
 
 
 @lru_cache(maxsize=1)

@@ -31,8 +31,12 @@ from core.store.models import (
 )
 
 
-def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
-    """An async engine for ``url``; SQLite gets WAL and a busy timeout for concurrent writers."""
+def make_engine(url: str, *, log_parameters: bool = False, **kwargs: Any) -> AsyncEngine:
+    """An async engine for ``url``; SQLite gets WAL and a busy timeout for concurrent writers.
+
+    Query parameters (message text) stay out of error messages unless ``log_parameters``.
+    """
+    kwargs.setdefault("hide_parameters", not log_parameters)
     if url.startswith("sqlite"):
         # SQLite has one writer at a time: one shared connection queues writers in asyncio
         # instead of letting them spin on the file lock.
@@ -189,6 +193,12 @@ class SqlStore:
                 author_name=author_name,
                 status=status,
                 model=model,
+            )
+
+    async def set_message_status(self, message_id: int, status: str) -> None:
+        async with self._sessions.begin() as session:
+            await session.execute(
+                update(MessageRow).where(MessageRow.id == message_id).values(status=status)
             )
 
     async def recent_messages(

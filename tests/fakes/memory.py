@@ -99,6 +99,11 @@ class MemoryStore:
         )
         return mid
 
+    async def set_message_status(self, message_id: int, status: str) -> None:
+        for message in self.messages:
+            if message.id == message_id:
+                message.status = status
+
     async def recent_messages(
         self, conversation_id: int, after_id: int, before_id: int, limit: int
     ) -> list[StoredMessage]:

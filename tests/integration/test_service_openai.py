@@ -6,6 +6,7 @@ import asyncio
 import json
 
 import pytest
+from sqlalchemy import select
 
 from bots.bootstrap import build
 from core.messages import (
@@ -20,6 +21,7 @@ from core.messages import (
 from core.pricing import cost_usd
 from core.settings import DEFAULT_PRICES, Settings
 from core.store import schema
+from core.store.models import MessageRow
 from core.store.sql import make_engine
 
 
@@ -98,8 +100,17 @@ async def test_faults_become_clear_messages_and_nothing_partial_is_stored(
     assert events[-1].code == code and len(events[-1].text) > 20
     assert "Traceback" not in events[-1].text
     state = await parley.store.conversation(key)
-    turns = await parley.store.recent_messages(state.id, 0, 10**12, 10)
-    assert [t.role for t in turns] == ["user"]
+    assert await parley.store.recent_messages(state.id, 0, 10**12, 10) == []
+    async with parley.store.engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                select(MessageRow.role, MessageRow.status).where(
+                    MessageRow.conversation_id == state.id
+                )
+            )
+        ).all()
+    # the question stays on record, out of the context; no answer is stored
+    assert [tuple(r) for r in rows] == [("user", "failed")]
 
 
 async def test_json_mode_round_trip_and_repair(parley, standin):

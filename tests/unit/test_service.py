@@ -68,12 +68,15 @@ async def test_failed_answer_is_not_stored_but_user_turn_is():
     model.fail_after_deltas = 1
     events = await collect(service, "tell me more")
     assert isinstance(events[-1], UserError) and events[-1].code == "broken_stream"
-    assert [m.role for m in store.messages] == ["user"]
+    assert [(m.role, m.status) for m in store.messages] == [("user", "failed")]
     model.fail_after_deltas = None
     model.failures.append(RateLimited("The model is rate limited right now."))
     events = await collect(service, "again")
     assert events == [UserError("The model is rate limited right now.", "rate_limited")]
     assert not store.usage
+    await collect(service, "third time lucky")
+    sent = [m["content"] for m in model.requests[-1].messages[1:]]
+    assert sent == ["third time lucky"]
 
 
 async def test_redelivered_event_is_answered_once():
@@ -111,7 +114,11 @@ async def test_overflow_is_folded_into_summary():
     assert state.summary == "SUMMARY of old turns" and state.context_start > 0
     summaries = [r for r in model.requests if "Summarise" in r.messages[0]["content"]]
     # summarised in batches, not once per turn
-    assert 1 <= len(summaries) < 12
+    assert 1 <= len(summaries) <= 3
+    for i in range(12, 40):
+        await collect(service, f"message number {i} " + "pad " * 20)
+    summaries = [r for r in model.requests if "Summarise" in r.messages[0]["content"]]
+    assert len(summaries) <= 40 // 3
 
 
 async def test_overflow_dropped_when_summaries_off():
@@ -246,10 +253,15 @@ async def test_reset_usage_and_summarize():
     ("text", "expected"),
     [
         ("reset", ("reset", "")),
+        ("  Usage ", ("usage", "")),
         ("/model gpt-4o", ("model", "gpt-4o")),
-        ("System be brief", ("system", "be brief")),
+        ("!System be brief", ("system", "be brief")),
+        ("!summarise", ("summarize", "")),
+        ("system design question: how do I shard?", None),
+        ("clear explanation of monads please", None),
         ("help me with my code", None),
         ("what is up", None),
+        ("/unknown thing", None),
     ],
 )
 def test_parse_command(text, expected):
@@ -270,3 +282,41 @@ async def test_unexpected_failure_is_a_generic_sentence():
     events = await collect(service, "y")
     assert isinstance(events[-1], UserError) and events[-1].code == "internal"
     assert "ZeroDivision" not in events[-1].text
+
+
+async def test_whitespace_answer_is_an_error_not_a_stored_turn():
+    service, store, _ = make(reply=lambda r: "   \n ")
+    events = await collect(service, "say nothing")
+    assert isinstance(events[-1], UserError) and events[-1].code == "empty_answer"
+    assert [m.role for m in store.messages] == ["user"]
+    assert len(store.usage) == 1
+
+
+async def test_budget_follows_the_models_own_window():
+    service, _, _ = make(parley_input_budget=100_000)
+    await service.command(KEY, ALICE, "model", "gpt-4")
+    events = await collect(service, "word " * 9000)
+    assert events[-1].code == "too_long"
+    assert "the limit here is 7,1" in events[-1].text
+    await service.command(KEY, ALICE, "model", "gpt-4o")
+    events = await collect(service, "word " * 9000)
+    assert isinstance(events[-1], UsageReport)
+
+
+async def test_failed_json_attempts_are_still_charged():
+    service, store, _ = make(reply=lambda r: "never json")
+    await service.command(KEY, ALICE, "json", "on")
+    events = await collect(service, "data please")
+    assert events[-1].code == "invalid_json"
+    assert len(store.usage) == 2
+
+
+async def test_a_failing_event_check_is_a_message_not_an_exception():
+    service, store, _ = make()
+
+    async def broken(platform, event_id):
+        raise OSError("database went away")
+
+    store.claim_event = broken
+    events = await collect(service, "hi", event_id="Ev9")
+    assert len(events) == 1 and events[0].code == "internal"

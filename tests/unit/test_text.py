@@ -81,3 +81,12 @@ async def test_paced_sends_no_snapshot_after_the_final_text():
     out = [e async for e in paced(events(), interval=0.02)]
     final_at = out.index(FinalText("first second (cut off)", "m"))
     assert not any(isinstance(e, Snapshot) for e in out[final_at:])
+
+
+def test_split_with_long_fences_stays_within_the_limit():
+    body = "\n".join(f"line {i} " + "x" * 30 for i in range(300))
+    for fence in ("`````", "~~~~~~~~"):
+        text = f"intro\n\n{fence}text\n{body}\n{fence}\n\nend"
+        pieces = split_message(text, 2000)
+        assert all(len(p) <= 2000 for p in pieces), [len(p) for p in pieces]
+        assert all(p.count(fence) % 2 == 0 for p in pieces)
