@@ -119,6 +119,13 @@ class Store(Protocol):
         self, conversation_id: int, summary: str, summary_tokens: int, context_start: int
     ) -> None: ...
 
+    async def take_lease(self, name: str, owner: str, now: float, until: float) -> bool:
+        """Take the lease ``name`` for ``owner`` until ``until`` (epoch seconds) if it is free
+        or expired at ``now``; False if another owner holds it."""
+        ...
+
+    async def release_lease(self, name: str, owner: str) -> None: ...
+
     async def reset_conversation(self, key: ConversationKey) -> int:
         """Forget a conversation's turns and summary; returns how many turns were removed."""
         ...

@@ -10,6 +10,8 @@ import asyncio
 import base64
 import json
 import logging
+import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -95,11 +97,36 @@ class ConversationLocks:
 class ConversationService:
     """Answers messages and runs commands for every adapter."""
 
-    def __init__(self, store: Store, llm: ChatModel, settings: Settings) -> None:
+    def __init__(
+        self, store: Store, llm: ChatModel, settings: Settings, *, shared_database: bool = False
+    ) -> None:
         self.store = store
         self.llm = llm
         self.settings = settings
         self.locks = ConversationLocks()
+        # With several workers on one database, a conversation is also leased in the database.
+        self.shared_database = shared_database
+        attempts = settings.openai_max_retries + 1
+        # long enough for an answer and a summary, each with all their retries
+        self.lease_seconds = 2 * settings.openai_timeout * attempts + 30
+
+    @asynccontextmanager
+    async def exclusive(self, key: ConversationKey) -> AsyncIterator[None]:
+        """Hold ``key``'s conversation: one turn at a time, in this process and across workers."""
+        async with self.locks.hold(key):
+            if not self.shared_database:
+                yield
+                return
+            name, owner, delay = str(key), uuid.uuid4().hex, 0.02
+            while not await self.store.take_lease(
+                name, owner, time.time(), time.time() + self.lease_seconds
+            ):
+                await asyncio.sleep(delay)  # another worker is answering this conversation
+                delay = min(delay * 2, 0.5)
+            try:
+                yield
+            finally:
+                await self.store.release_lease(name, owner)
 
     # --- settings -----------------------------------------------------------------------
 
@@ -149,16 +176,16 @@ class ConversationService:
             log.exception("checking event %s in %s failed", inbound.event_id, inbound.key)
             yield UserError(GENERIC_ERROR, "internal")
             return
-        async with self.locks.hold(inbound.key):
-            try:
+        try:
+            async with self.exclusive(inbound.key):
                 async for event in self._answer(inbound):
                     yield event
-            except UserFacingError as exc:
-                log.info("answer in %s ended: %s (%s)", inbound.key, exc.code, exc.detail or "")
-                yield UserError(exc.user_message, exc.code)
-            except Exception:
-                log.exception("answer in %s failed", inbound.key)
-                yield UserError(GENERIC_ERROR, "internal")
+        except UserFacingError as exc:
+            log.info("answer in %s ended: %s (%s)", inbound.key, exc.code, exc.detail or "")
+            yield UserError(exc.user_message, exc.code)
+        except Exception:
+            log.exception("answer in %s failed", inbound.key)
+            yield UserError(GENERIC_ERROR, "internal")
 
     def _user_content(
         self, inbound: Inbound, model: str
@@ -456,7 +483,7 @@ class ConversationService:
         if name == "help":
             return commands.help_text()
         if name == "reset":
-            async with self.locks.hold(key):
+            async with self.exclusive(key):
                 removed = await self.store.reset_conversation(key)
             return f"Done: I forgot this conversation ({removed} messages)."
         if name == "system":

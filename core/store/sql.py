@@ -24,6 +24,7 @@ from core.ports import (
 )
 from core.store.models import (
     ChannelSettingsRow,
+    ConversationLeaseRow,
     ConversationRow,
     MessageRow,
     ProcessedEventRow,
@@ -233,6 +234,28 @@ class SqlStore:
                 update(ConversationRow)
                 .where(ConversationRow.id == conversation_id)
                 .values(summary=summary, summary_tokens=summary_tokens, context_start=context_start)
+            )
+
+    async def take_lease(self, name: str, owner: str, now: float, until: float) -> bool:
+        stmt = (
+            _insert(self._dialect, ConversationLeaseRow)
+            .values(key=name, owner=owner, until=until)
+            .on_conflict_do_update(
+                index_elements=["key"],
+                set_={"owner": owner, "until": until},
+                where=ConversationLeaseRow.until < now,
+            )
+        )
+        async with self._sessions.begin() as session:
+            result = await session.execute(stmt)
+        return bool(cast(CursorResult[Any], result).rowcount)
+
+    async def release_lease(self, name: str, owner: str) -> None:
+        async with self._sessions.begin() as session:
+            await session.execute(
+                delete(ConversationLeaseRow).where(
+                    ConversationLeaseRow.key == name, ConversationLeaseRow.owner == owner
+                )
             )
 
     async def reset_conversation(self, key: ConversationKey) -> int:

@@ -50,6 +50,7 @@ class MemoryStore:
         self.overrides: dict[ChannelKey, ChannelOverrides] = {}
         self.usage: list[_Usage] = []
         self.recent_calls = 0
+        self.leases: dict[str, tuple[str, float]] = {}
         self._ids = itertools.count(1)
 
     async def claim_event(self, platform: str, event_id: str) -> bool:
@@ -128,6 +129,17 @@ class MemoryStore:
                 self.conversations[key] = ConversationState(
                     state.id, summary, summary_tokens, context_start
                 )
+
+    async def take_lease(self, name: str, owner: str, now: float, until: float) -> bool:
+        held = self.leases.get(name)
+        if held is not None and held[0] != owner and held[1] >= now:
+            return False
+        self.leases[name] = (owner, until)
+        return True
+
+    async def release_lease(self, name: str, owner: str) -> None:
+        if self.leases.get(name, ("", 0.0))[0] == owner:
+            del self.leases[name]
 
     async def reset_conversation(self, key: ConversationKey) -> int:
         state = await self.conversation(key)
