@@ -43,6 +43,13 @@ class Parley:
             await self.offline_server.stop()
 
 
+def database_error(url: str, exc: BaseException) -> ConfigError:
+    """One line saying which database could not be opened and why (password hidden)."""
+    where = make_url(url).render_as_string(hide_password=True)
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:200]
+    return ConfigError(f"cannot open the database at DATABASE_URL={where}: {reason}")
+
+
 def _is_default_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
@@ -67,10 +74,7 @@ async def build(settings: Settings, *, auto_upgrade: bool = True) -> Parley:
         await prepare_schema(store, settings, auto_upgrade=auto_upgrade)
     except (OSError, DBAPIError) as exc:
         await store.close()
-        where = make_url(settings.database_url).render_as_string(hide_password=True)
-        raise ConfigError(
-            f"cannot open the database at DATABASE_URL={where}: {type(exc).__name__}"
-        ) from None
+        raise database_error(settings.database_url, exc) from None
     except BaseException:
         await store.close()
         raise

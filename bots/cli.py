@@ -19,6 +19,12 @@ OFFLINE_BANNER = (
     "No OPENAI_API_KEY or OPENAI_BASE_URL set: talking to Parley's offline stand-in model "
     "(canned answers, not GPT-4o). Set OPENAI_API_KEY to use GPT-4o."
 )
+CHAT_HINT = "/help for commands, /quit to leave."
+NO_MODEL = (
+    "No OPENAI_API_KEY or OPENAI_BASE_URL set, so Parley would answer your users with its offline "
+    "stand-in model. Set OPENAI_API_KEY (or OPENAI_BASE_URL), or PARLEY_ALLOW_OFFLINE=true to "
+    "run against the stand-in on purpose."
+)
 NOTHING_TO_RUN = (
     "Nothing to run: no platform is configured. Set SLACK_BOT_TOKEN and SLACK_APP_TOKEN "
     "(Socket Mode; or SLACK_SIGNING_SECRET with SLACK_MODE=http) for Slack, and/or DISCORD_TOKEN "
@@ -28,15 +34,15 @@ NOTHING_TO_RUN = (
 
 def _logging(settings: Settings, level: str | None = None) -> None:
     logging.basicConfig(
-        level=(level or settings.parley_log_level).upper(),
+        level=level or settings.parley_log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     # Request logs of HTTP clients can carry tokens in URLs, and database drivers log query
     # parameters (message text) at DEBUG: keep them quiet unless content logging is on.
-    quiet = ["httpx", "httpcore", "openai", "aiohttp.access"]
+    quiet = ["httpx", "httpcore", "openai", "aiohttp.access", "alembic"]
     if not settings.parley_log_content:
-        quiet += ["aiosqlite", "asyncpg", "sqlalchemy.engine"]
+        quiet += ["aiosqlite", "asyncpg", "sqlalchemy.engine", "slack_bolt", "slack_sdk"]
     for name in quiet:
         logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -48,9 +54,9 @@ async def _chat(settings: Settings, session: str) -> int:
     parley = await build(settings)
     try:
         if parley.offline:
-            print(OFFLINE_BANNER, flush=True)
+            print(f"{OFFLINE_BANNER} {CHAT_HINT}", flush=True)
         else:
-            print(f"Parley on {settings.parley_model}. /help for commands, /quit to leave.")
+            print(f"Parley on {settings.parley_model}. {CHAT_HINT}", flush=True)
         await ConsoleChat(parley.service, session=session).run()
     finally:
         await parley.close()
@@ -62,6 +68,9 @@ async def _run(settings: Settings) -> int:
 
     if not (settings.slack_configured or settings.discord_configured):
         print(f"parley: {NOTHING_TO_RUN}", file=sys.stderr)
+        return 2
+    if settings.offline and not settings.parley_allow_offline:
+        print(f"parley: {NO_MODEL}", file=sys.stderr)
         return 2
     parley = await build(settings, auto_upgrade=True)
     adapters: list[Any] = []
@@ -77,7 +86,14 @@ async def _run(settings: Settings) -> int:
 
             adapters.append(DiscordAdapter(settings, parley.service))
         for adapter in adapters:
-            await adapter.start()
+            try:
+                await adapter.start()
+            except ParleyError:
+                raise
+            except Exception as exc:  # network down, port taken, ...
+                raise ParleyError(
+                    f"{type(adapter).__name__} could not start: {type(exc).__name__}: {exc}"
+                ) from None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -96,6 +112,9 @@ async def _run(settings: Settings) -> int:
 
 
 async def _db(settings: Settings, action: str) -> int:
+    from sqlalchemy.exc import DBAPIError
+
+    from bots.bootstrap import database_error
     from core.store import schema
     from core.store.sql import make_engine
 
@@ -109,6 +128,8 @@ async def _db(settings: Settings, action: str) -> int:
             head = schema.head_revision()
             state = "up to date" if current == head else "out of date: run `parley db upgrade`"
             print(f"database at revision {current or 'none'} (newest {head}): {state}")
+    except (OSError, DBAPIError) as exc:
+        raise database_error(settings.database_url, exc) from None
     finally:
         await engine.dispose()
     return 0
@@ -129,7 +150,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         settings = load_settings()
-        _logging(settings, "WARNING" if args.command == "chat" else None)
+        # In the terminal chat, operator warnings would land in the transcript; the user sees
+        # each problem as a sentence anyway.
+        _logging(settings, "ERROR" if args.command == "chat" else None)
         if args.command == "chat":
             return asyncio.run(_chat(settings, args.session))
         if args.command == "run":

@@ -523,6 +523,8 @@ class ConversationService:
             mine = await self.store.user_usage(key.platform, author.id)
             return f"This channel: {_usage_line(here)}\nYou: {_usage_line(mine)}"
         if name == "summarize":
+            if args:
+                commands.parse_count(args)  # the count applies where the adapter reads history
             return await self._summary_command(key, author, config, transcript)
         raise BadCommand(f"Unknown command '{name}'.")
 
@@ -553,8 +555,9 @@ class ConversationService:
 
 
 def _usage_line(totals: UsageTotals) -> str:
+    calls = "model call" if totals.turns == 1 else "model calls"
     return (
-        f"{totals.turns} model calls, {totals.input_tokens:,} input + "
+        f"{totals.turns} {calls}, {totals.input_tokens:,} input + "
         f"{totals.output_tokens:,} output tokens, ${totals.cost_usd:.4f}"
     )
 

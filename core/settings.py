@@ -67,7 +67,10 @@ class Settings(BaseSettings):
     parley_max_text_file_bytes: int = Field(100_000, ge=1)
     parley_user_budget_usd: float | None = Field(None, ge=0)
     parley_log_content: bool = False
-    parley_log_level: str = "INFO"
+    parley_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    # `parley run` with no OpenAI key refuses to answer real users with the offline stand-in
+    # unless this is set.
+    parley_allow_offline: bool = False
 
     # --- storage --------------------------------------------------------------------------
     # Left out of reprs: a PostgreSQL URL may carry a password.
@@ -111,7 +114,21 @@ class Settings(BaseSettings):
     )
     @classmethod
     def _split_csv(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() == "none":
+            return []
         return _csv(value)
+
+    @field_validator("parley_log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("openai_base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL, e.g. http://localhost:11434/v1")
+        return value
 
     @field_validator("database_url")
     @classmethod

@@ -6,11 +6,12 @@ sha256, so nothing is downloaded at run time.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from functools import lru_cache
 from importlib import resources
 
 import tiktoken
-from tiktoken.load import load_tiktoken_bpe
 
 O200K_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
 
@@ -38,9 +39,15 @@ TOKENS_PER_IMAGE = 1445
 @lru_cache(maxsize=1)
 def encoding() -> tiktoken.Encoding:
     """The o200k_base encoding, built from the bundled ranks (verified by sha256)."""
-    path = resources.files("core") / "data" / "o200k_base.tiktoken"
-    with resources.as_file(path) as real_path:
-        ranks = load_tiktoken_bpe(str(real_path), expected_hash=O200K_SHA256)
+    data = (resources.files("core") / "data" / "o200k_base.tiktoken").read_bytes()
+    # Parsed here rather than by tiktoken's loader, which would copy the file into a cache
+    # directory under /tmp on every new install path.
+    if hashlib.sha256(data).hexdigest() != O200K_SHA256:
+        raise RuntimeError("the bundled o200k_base.tiktoken is corrupt (sha256 mismatch)")
+    ranks = {
+        base64.b64decode(token): int(rank)
+        for token, rank in (line.split() for line in data.splitlines() if line)
+    }
     return tiktoken.Encoding(
         name="o200k_base",
         pat_str=_O200K_PATTERN,

@@ -75,20 +75,21 @@ class ConsoleChat:
 
     async def handle(self, line: str) -> None:
         if line.startswith("/"):
-            name, _, args = line[1:].partition(" ")
+            name, _, args = line[1:].strip().partition(" ")
             reply = await self.service.command(self.key, self.author, name, args)
             self._write(f"{reply.text}\n")
             return
         inbound = Inbound(self.key, self.author, line)
         self._write(ANSWER)
-        streamed = False
+        streamed = ""
         async for event in self.service.answer(inbound):
             if isinstance(event, TextDelta):
-                streamed = True
+                streamed += event.text
                 self._write(event.text)
             elif isinstance(event, FinalText):
-                if not streamed:
-                    self._write(event.text)
+                # the final text may add to what streamed (e.g. a note that it was cut off)
+                rest = event.text[len(streamed) :] if event.text.startswith(streamed) else ""
+                self._write(rest if streamed else event.text)
                 self._write("\n")
             elif isinstance(event, UsageReport):
                 self._write(

@@ -40,7 +40,7 @@ def test_offline_chat_streams_answers_runs_commands_and_remembers(tmp_path):
     child.expect("not a number")
     child.expect_exact("you> ")
     child.sendline("/usage")
-    child.expect(r"This channel: 1 model calls")
+    child.expect(r"This channel: 1 model call,")
     child.expect_exact("you> ")
     child.sendline("/quit")
     child.expect(pexpect.EOF)
@@ -77,6 +77,9 @@ async def test_chat_against_a_server_given_as_openai_base_url(tmp_path):
         child.sendline("this one fails [[fault:server_error]]")
         await _expect(child, "! ")
         await _expect(child, "try again")
+        await _expect(child, "you> ")
+        child.sendline("a long one [[fault:long_answer:3000]]")
+        await _expect(child, "cut off at the output token limit")
         child.sendline("/quit")
         await _expect(child, pexpect.EOF)
         assert "Traceback" not in child.before
@@ -106,6 +109,16 @@ def test_bad_setting_stops_start_with_the_variable_name(tmp_path, env, named):
     assert child.exitstatus == 2
     assert "Traceback" not in child.before
     assert "hunter2" not in child.before
+
+
+def test_run_refuses_to_serve_users_with_the_offline_stand_in(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    env["DISCORD_TOKEN"] = "x"
+    child = pexpect.spawn(f"{PARLEY} run", cwd=str(tmp_path), env=env, encoding="utf-8")
+    child.expect("PARLEY_ALLOW_OFFLINE")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 2
 
 
 def test_run_without_platforms_names_the_variables(tmp_path):

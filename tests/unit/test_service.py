@@ -237,7 +237,7 @@ async def test_reset_usage_and_summarize():
     service, store, model = make()
     await collect(service, "first")
     usage = await service.command(KEY, ALICE, "usage")
-    assert "1 model calls" in usage.text and usage.private
+    assert "1 model call," in usage.text and usage.private
     reply = await service.command(KEY, ALICE, "summarize")
     assert reply.ok and "Summary" in reply.text
     assert "first" in model.requests[-1].messages[-1]["content"]
