@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Iterator, Mapping
 from typing import Any, cast
 
 import aiohttp
@@ -20,6 +20,7 @@ from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp, AsyncBoltContext
+from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
@@ -32,9 +33,9 @@ from slack_sdk.webhook.async_client import AsyncWebhookClient
 from adapters.slack import translate
 from adapters.slack.files import FileFetcher
 from adapters.slack.mrkdwn import to_mrkdwn, to_plain
-from adapters.slack.render import LIMIT, ReplyTarget, SlackReply, error_code
+from adapters.slack.render import LIMIT, ReplyTarget, SlackReply, describe, error_code
 from core.commands import parse_count
-from core.errors import ConfigError, UserFacingError
+from core.errors import BadCommand, ConfigError, UserFacingError
 from core.messages import (
     Author,
     CommandReply,
@@ -61,7 +62,14 @@ SUGGESTED_PROMPTS = (
 SUMMARY_MESSAGES = 50
 FOLLOW_CACHE_SIZE = 10_000
 NOT_OURS_TTL = 60.0
-STOP_GRACE = 10.0
+STOP_GRACE = 10.0  # how long stop() lets answers in progress finish
+CUT_GRACE = 5.0  # then how long answers cut by shutdown get to say so
+RESTARTED = "Parley was restarted while answering; please ask again."
+RESET_SCOPE = (
+    "`{command} reset` resets the top-level conversation here (in a DM with me: the messages "
+    "outside threads). Every thread, assistant threads included, is a conversation of its "
+    "own: to reset one, write `@parley reset` in that thread."
+)
 
 
 class SlackAdapter:
@@ -128,8 +136,11 @@ class SlackAdapter:
             max_text_bytes=settings.parley_max_text_file_bytes,
         )
         self.streaming = True
+        self.stop_grace = STOP_GRACE
+        self._closing = False
         self._threads: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._inflight: set[asyncio.Future[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._web_app: web.Application | None = None
         self._runner: web.AppRunner | None = None
         self._socket: AsyncSocketModeHandler | None = None
@@ -141,6 +152,7 @@ class SlackAdapter:
 
     async def start(self) -> None:
         """Check the token, then connect over Socket Mode or listen for HTTP requests."""
+        self._closing = False
         self._session = aiohttp.ClientSession()
         self.client.session = self._session
         self.files.session = self._session
@@ -187,23 +199,45 @@ class SlackAdapter:
             log.info("slack: Socket Mode connected")
 
     async def stop(self) -> None:
-        """Stop taking events, let answers in progress finish (briefly), then disconnect."""
+        """Stop taking events, let answers in progress finish (``stop_grace`` s), then disconnect.
+
+        Events that still arrive are refused without an ack, so Slack delivers them again. An
+        answer still running after the grace period is cut: it ends with ``RESTARTED`` instead
+        of a "Thinking…" placeholder or an open stream.
+        """
+        self._closing = True
         if self._socket is not None:
             await self._socket.close_async()  # type: ignore[no-untyped-call]
             self._socket = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        await self.drain(STOP_GRACE)
+        if not await self.drain(self.stop_grace):
+            await self._cut_unfinished()
         await self._close_session()
 
-    async def drain(self, grace: float | None = None) -> None:
-        """Wait until every event handler that has been scheduled is done (at most ``grace`` s)."""
+    async def drain(self, grace: float | None = None) -> bool:
+        """Wait until every event handler that has been scheduled is done (at most ``grace`` s
+        in all); False when some are still running."""
+        loop = asyncio.get_running_loop()
+        deadline = None if grace is None else loop.time() + grace
         while self._inflight:
-            _, pending = await asyncio.wait(set(self._inflight), timeout=grace)
+            timeout = None if deadline is None else max(0.0, deadline - loop.time())
+            _, pending = await asyncio.wait(set(self._inflight), timeout=timeout)
+            if pending and deadline is not None and loop.time() >= deadline:
+                return False
+        return True
+
+    async def _cut_unfinished(self) -> None:
+        """Cancel the handlers still running; each ends its answer with ``RESTARTED``."""
+        tasks = {task for task in self._tasks if not task.done()}
+        log.warning("slack: %d answers still running at shutdown; cutting them", len(tasks))
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=CUT_GRACE)
             if pending:
-                log.warning("slack: %d answers still running at shutdown", len(pending))
-                return
+                log.error("slack: %d cut answers did not end in time", len(pending))
 
     async def _close_session(self) -> None:
         if self._session is not None:
@@ -242,23 +276,36 @@ class SlackAdapter:
         self.app.event("assistant_thread_context_changed")(self._on_ignored)
         self.app.command(self.settings.slack_command, middleware=track)(self._on_command)
 
-    async def _track(self, context: AsyncBoltContext, next: Any) -> None:
+    async def _track(self, context: AsyncBoltContext, next: Any) -> BoltResponse | None:
         """Listener middleware: count the request as in flight before bolt acks it.
 
         It runs before the ack, so ``drain()`` (and ``stop()``) also wait for handlers that
-        bolt has scheduled but not yet started.
+        bolt has scheduled but not yet started. While stopping, requests are refused (503, and
+        no Socket Mode ack), so Slack delivers them again later.
         """
+        if self._closing:
+            return BoltResponse(status=503, body="Parley is shutting down")
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._inflight.add(done)
         done.add_done_callback(self._inflight.discard)
         context["parley_done"] = done
         await next()
+        return None
 
-    @staticmethod
-    def _done(context: AsyncBoltContext) -> None:
-        done = context.get("parley_done")
-        if done is not None and not done.done():
-            done.set_result(None)
+    @contextlib.contextmanager
+    def _handling(self, context: AsyncBoltContext) -> Iterator[None]:
+        """Around a listener: its task can be cut by ``stop()``; marks the request done."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            yield
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
+            done = context.get("parley_done")
+            if done is not None and not done.done():
+                done.set_result(None)
 
     async def _on_ignored(self) -> None:
         return None
@@ -266,18 +313,14 @@ class SlackAdapter:
     async def _on_mention(
         self, body: dict[str, Any], event: dict[str, Any], context: AsyncBoltContext
     ) -> None:
-        try:
+        with self._handling(context):
             await self._on_message_like(body, event, context, mention=True)
-        finally:
-            self._done(context)
 
     async def _on_message(
         self, body: dict[str, Any], event: dict[str, Any], context: AsyncBoltContext
     ) -> None:
-        try:
+        with self._handling(context):
             await self._on_message_like(body, event, context, mention=False)
-        finally:
-            self._done(context)
 
     async def _on_message_like(
         self,
@@ -301,10 +344,20 @@ class SlackAdapter:
                 return
             if not await self._bot_in_thread(message, bot_user, bot_id):
                 return
-        if not await self.service.claim_event(translate.PLATFORM, message.dedupe_id):
+        target = ReplyTarget(message.channel, message.reply_thread, message.team, message.user)
+        try:
+            claimed = await self.service.claim_event(translate.PLATFORM, message.dedupe_id)
+        except asyncio.CancelledError:
+            await self._apologise(target, RESTARTED)
+            raise
+        except Exception as exc:
+            # The database is unavailable: say sorry rather than answer twice or stay silent.
+            log.error("slack: claiming a message in %s failed (%s)", message.key, describe(exc))
+            await self._apologise(target)
+            return
+        if not claimed:
             log.info("slack: dropping a redelivered message in %s", message.channel)
             return
-        target = ReplyTarget(message.channel, message.reply_thread, message.team, message.user)
         try:
             text = to_plain(message.text, bot_user)
             command = None if message.files else self.service.parse_command(text)
@@ -319,6 +372,9 @@ class SlackAdapter:
                 attachments=fetched.attachments,
                 notes=fetched.notes,
             )
+        except asyncio.CancelledError:
+            await self._apologise(target, RESTARTED)
+            raise
         except Exception as exc:
             self._log_failure("reading a message", message.key, exc)
             await self._apologise(target)
@@ -352,6 +408,13 @@ class SlackAdapter:
                         log.info("slack: answer in %s ended with %s", inbound.key, event.code)
                         await reply.fail(event.text)
             await reply.close(GENERIC_ERROR)
+        except asyncio.CancelledError:
+            log.warning("slack: answer in %s cut by shutdown", inbound.key)
+            try:
+                await reply.close(RESTARTED)
+            except Exception as again:
+                self._log_failure("ending a cut answer", inbound.key, again)
+            raise
         except Exception as exc:
             self._log_failure("answering", inbound.key, exc)
             try:
@@ -379,12 +442,12 @@ class SlackAdapter:
         except Exception as exc:
             log.debug("slack: assistant.threads.setStatus failed (%s)", type(exc).__name__)
 
-    async def _apologise(self, target: ReplyTarget) -> None:
+    async def _apologise(self, target: ReplyTarget, sentence: str = GENERIC_ERROR) -> None:
         reply = SlackReply(self.client, target, stream=False)
         try:
-            await reply.fail(GENERIC_ERROR)
+            await reply.fail(sentence)
         except Exception as exc:
-            log.error("slack: could not post an apology: %s", _describe(exc))
+            log.error("slack: could not post an apology: %s", describe(exc))
 
     def _log_failure(self, doing: str, key: ConversationKey, exc: BaseException) -> None:
         if isinstance(exc, SlackApiError):
@@ -436,10 +499,8 @@ class SlackAdapter:
     async def _on_assistant_thread_started(
         self, body: dict[str, Any], event: dict[str, Any], context: AsyncBoltContext
     ) -> None:
-        try:
+        with self._handling(context):
             await self._suggest_prompts(body, event)
-        finally:
-            self._done(context)
 
     async def _suggest_prompts(self, body: Mapping[str, Any], event: Mapping[str, Any]) -> None:
         """A new assistant thread: offer a few starting prompts."""
@@ -448,8 +509,15 @@ class SlackAdapter:
         if not channel or not thread_ts:
             return
         event_id = body.get("event_id")
-        if event_id and not await self.service.claim_event(translate.PLATFORM, str(event_id)):
-            return
+        if event_id:
+            try:
+                claimed = await self.service.claim_event(translate.PLATFORM, str(event_id))
+            except Exception as exc:
+                # Suggesting the prompts twice is harmless; not suggesting them is not.
+                log.error("slack: claiming an assistant thread event failed (%s)", describe(exc))
+                claimed = True
+            if not claimed:
+                return
         try:
             await self.client.assistant_threads_setSuggestedPrompts(
                 channel_id=channel,
@@ -464,14 +532,16 @@ class SlackAdapter:
 
     async def _on_command(self, ack: Any, body: dict[str, Any], context: AsyncBoltContext) -> None:
         await ack()
-        try:
+        with self._handling(context):
             await self._slash_command(body, context)
-        finally:
-            self._done(context)
 
     async def _slash_command(self, body: Mapping[str, Any], context: AsyncBoltContext) -> None:
+        """``/parley <command>``. Slack does not say in which thread a slash command was typed
+        (no ``thread_ts``), so it acts on the channel: ``reset`` on its top-level conversation
+        (and says how to reset a thread), ``summarize [n]`` on its last n messages."""
         text = str(body.get("text") or "").strip()
-        parsed = self.service.parse_command(text)
+        # Everything after /parley is a command: marked, so aliases and arguments are read.
+        parsed = self.service.parse_command("/" + text) if text else None
         if parsed is None:
             name, _, args = text.partition(" ")
             parsed = (name.lower() or "help", args.strip())
@@ -480,19 +550,30 @@ class SlackAdapter:
         channel = str(body.get("channel_id") or "")
         key = ConversationKey(translate.PLATFORM, team, channel)
         author = Author(str(body.get("user_id") or ""), str(body.get("user_name") or ""))
+        response_url = str(body.get("response_url") or "")
         try:
             transcript = None
             if name == "summarize":
                 count = parse_count(args) if args else SUMMARY_MESSAGES
                 transcript = await self._channel_transcript(channel, count, context.bot_user_id)
             reply = await self.service.command(key, author, name, args, transcript)
+            if name == "reset" and reply.ok:
+                direct = channel.startswith("D")
+                reply = CommandReply(
+                    f"{reply.text}\n{RESET_SCOPE.format(command=self.settings.slack_command)}",
+                    private=reply.private or not direct,
+                )
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await self._respond(response_url, CommandReply(RESTARTED, private=True, ok=False))
+            raise
         except UserFacingError as exc:
             reply = CommandReply(exc.user_message, private=True, ok=False)
         except Exception as exc:
             self._log_failure("running a slash command", key, exc)
             reply = CommandReply(GENERIC_ERROR, private=True, ok=False)
         try:
-            await self._respond(str(body.get("response_url") or ""), reply)
+            await self._respond(response_url, reply)
         except Exception as exc:
             self._log_failure("responding to a slash command", key, exc)
 
@@ -558,12 +639,21 @@ class SlackAdapter:
 
     async def _channel_transcript(
         self, channel: str, count: int, bot_user: str | None, *, skip_ts: str = ""
-    ) -> str | None:
+    ) -> str:
+        """The channel's last ``count`` messages; a clear ``BadCommand`` when Slack refuses."""
         try:
             response = await self.client.conversations_history(channel=channel, limit=count)
         except SlackApiError as exc:
-            log.info("slack: conversations.history failed (%s)", error_code(exc))
-            return None
+            code = error_code(exc)
+            log.info("slack: conversations.history failed (%s)", code)
+            hint = (
+                " Invite me first with `/invite @parley`."
+                if code in {"not_in_channel", "channel_not_found"}
+                else ""
+            )
+            raise BadCommand(
+                f"I can't read this channel's messages (Slack answered {code}).{hint}"
+            ) from None
         messages = list(reversed(response.get("messages") or []))
         return translate.transcript(messages, bot_user, skip_ts)
 
@@ -579,7 +669,3 @@ class SlackAdapter:
             return None
         messages = list(response.get("messages") or [])[-(count + 1) :]
         return translate.transcript(messages, bot_user, message.ts)
-
-
-def _describe(exc: BaseException) -> str:
-    return error_code(exc) if isinstance(exc, SlackApiError) else type(exc).__name__

@@ -10,6 +10,10 @@ Two ways to show an answer growing:
 Either way the answer is cut into pieces of at most ``LIMIT`` characters with
 ``core.splitting.split_message``; each piece is its own message, so a long answer continues in
 further thread replies. Pieces before the last never change once a later one exists.
+
+Writes while the answer grows are best effort: a failed one is logged and skipped, and the next
+snapshot (or the final write) shows the text. A failed final write is posted as a new message
+instead, so an answer never stays "Thinking…" or half written while Slack still accepts posts.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ log = logging.getLogger("parley.slack")
 
 LIMIT = 3900
 THINKING = "_Thinking…_"
+EMPTY_ANSWER = "_(empty answer)_"
 # Answers from chat.startStream meaning "this workspace/app/channel cannot stream": fall back.
 STREAMING_UNSUPPORTED = frozenset(
     {
@@ -52,6 +57,11 @@ def error_code(exc: SlackApiError) -> str:
         return str(exc.response.get("error") or "unknown")
     except Exception:
         return "unknown"
+
+
+def describe(exc: BaseException) -> str:
+    """A failure in a word or two, never message content: Slack's error code, or the type."""
+    return error_code(exc) if isinstance(exc, SlackApiError) else type(exc).__name__
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,14 +119,38 @@ class SlackReply:
         self._notes.append(text)
 
     async def show(self, text: str) -> None:
-        """Show the answer so far (a snapshot); ignored once the answer is final."""
+        """Show the answer so far (a snapshot); ignored once the answer is final.
+
+        Best effort: a failed write is logged and skipped (the next snapshot or the final write
+        shows the text), so one failed ``chat.update`` or ``appendStream`` never ends the answer.
+        """
         if self.finished:
             return
-        await self._render(self._compose(text), final=False)
+        try:
+            await self._render(self._compose(text))
+        except Exception as exc:
+            log.warning("slack: showing part of an answer failed (%s); skipped", describe(exc))
 
     async def finish(self, text: str) -> None:
-        """Show the complete answer and close every stream."""
-        await self._render(self._compose(text or "_(empty answer)_"), final=True)
+        """Show the complete answer and close every stream.
+
+        A piece whose message cannot be written is posted as a new message instead (and the
+        stale one deleted); when even that fails it is logged.
+        """
+        answer = text if text.strip() else EMPTY_ANSWER
+        pieces = split_message(self._compose(answer), self._limit)
+        for index, piece in enumerate(pieces):
+            try:
+                await self._put(index, piece, done=True)
+            except Exception as exc:
+                log.warning(
+                    "slack: writing the final answer failed (%s); posting it anew", describe(exc)
+                )
+                if not await self._repost(index, piece):
+                    break
+        for posted in self._posted[len(pieces) :]:
+            if posted.streaming:
+                await self._stop(posted)
         self.finished = True
 
     async def fail(self, sentence: str) -> None:
@@ -129,14 +163,23 @@ class SlackReply:
         for posted in self._posted:
             if posted.streaming:
                 await self._stop(posted)
+        stale: str | None = None
         if self._placeholder is not None and (not self._posted or not self._posted[0].shown):
-            await self._client.chat_update(
-                channel=self._target.channel, ts=self._placeholder, text=to_mrkdwn(warning)
-            )
-            self._posted[:1] = [_Posted(self._placeholder, warning, False, False)]
-        else:
-            for piece in split_message(warning, self._limit):
-                await self._client.chat_postMessage(**self._where(), text=to_mrkdwn(piece))
+            try:
+                await self._client.chat_update(
+                    channel=self._target.channel, ts=self._placeholder, text=to_mrkdwn(warning)
+                )
+            except Exception as exc:
+                log.warning("slack: replacing the placeholder failed (%s)", describe(exc))
+                stale = self._placeholder
+            else:
+                self._posted[:1] = [_Posted(self._placeholder, warning, False, False)]
+                self.finished = True
+                return
+        for piece in split_message(warning, self._limit):
+            await self._client.chat_postMessage(**self._where(), text=to_mrkdwn(piece))
+        if stale is not None:
+            await self._delete(stale)
         self.finished = True
 
     async def close(self, fallback_sentence: str) -> None:
@@ -158,10 +201,11 @@ class SlackReply:
             where["thread_ts"] = self._target.thread_ts
         return where
 
-    async def _render(self, text: str, *, final: bool) -> None:
+    async def _render(self, text: str) -> None:
+        """Show a snapshot; stops at the first failed write so pieces stay in order."""
         pieces = split_message(text, self._limit) if text.strip() else []
         for index, piece in enumerate(pieces):
-            await self._put(index, piece, done=final or index < len(pieces) - 1)
+            await self._put(index, piece, done=index < len(pieces) - 1)
 
     async def _put(self, index: int, piece: str, *, done: bool) -> None:
         if index < len(self._posted):
@@ -193,9 +237,9 @@ class SlackReply:
                 posted.shown = piece
                 return
             except SlackApiError as exc:
-                # e.g. the stream expired: show the text by editing the message instead.
+                # e.g. the stream expired: close it if it is still open, then edit the message.
                 log.warning("chat stream failed (%s); editing the message instead", error_code(exc))
-                posted.streaming = False
+                await self._stop(posted)
         elif posted.streaming:
             await self._stop(posted)
         if posted.shown != piece:
@@ -225,11 +269,36 @@ class SlackReply:
         return True
 
     async def _stop(self, posted: _Posted) -> None:
+        """Close a stream, best effort."""
         posted.streaming = False
         try:
             await self._client.chat_stopStream(channel=self._target.channel, ts=posted.ts)
-        except SlackApiError as exc:
-            log.warning("chat.stopStream failed (%s)", error_code(exc))
+        except Exception as exc:
+            log.warning("chat.stopStream failed (%s)", describe(exc))
+
+    async def _delete(self, ts: str) -> None:
+        """Delete a message the answer no longer lives in, best effort."""
+        try:
+            await self._client.chat_delete(channel=self._target.channel, ts=ts)
+        except Exception as exc:
+            log.warning("slack: deleting a stale message failed (%s)", describe(exc))
+
+    async def _repost(self, index: int, piece: str) -> bool:
+        """Post piece ``index`` as a new message in place of one that could not be written."""
+        try:
+            response = await self._client.chat_postMessage(**self._where(), text=to_mrkdwn(piece))
+        except Exception as exc:
+            log.error("slack: posting the final answer failed too (%s)", describe(exc))
+            return False
+        posted = _Posted(str(response["ts"]), piece, markdown=False, streaming=False)
+        if index < len(self._posted):
+            stale, self._posted[index] = self._posted[index], posted
+            if stale.streaming:
+                await self._stop(stale)
+            await self._delete(stale.ts)
+        else:
+            self._posted.append(posted)
+        return True
 
     async def _update(self, posted: _Posted, piece: str) -> None:
         if posted.markdown:
@@ -243,4 +312,12 @@ class SlackReply:
         posted.shown = piece
 
 
-__all__ = ["LIMIT", "ReplyTarget", "SlackReply", "THINKING", "error_code"]
+__all__ = [
+    "EMPTY_ANSWER",
+    "LIMIT",
+    "ReplyTarget",
+    "SlackReply",
+    "THINKING",
+    "describe",
+    "error_code",
+]

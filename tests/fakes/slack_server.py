@@ -84,6 +84,7 @@ class _Fault:
     error: str | None
     times: int
     retry_after: int = 0
+    after: int = 0  # calls still answered normally before the fault starts
 
 
 @dataclass
@@ -180,9 +181,10 @@ class FakeSlack:
         """Answer the next ``times`` calls of ``method`` with HTTP 429 and Retry-After."""
         self._faults.setdefault(method, []).append(_Fault(429, "ratelimited", times, retry_after))
 
-    def fail(self, method: str, error: str, *, times: int = 1) -> None:
-        """Answer the next ``times`` calls of ``method`` with ``{"ok": false, "error": error}``."""
-        self._faults.setdefault(method, []).append(_Fault(200, error, times))
+    def fail(self, method: str, error: str, *, times: int = 1, after: int = 0) -> None:
+        """Answer ``times`` calls of ``method`` with ``{"ok": false, "error": error}``: the next
+        ones, or those following the next ``after`` calls, which succeed."""
+        self._faults.setdefault(method, []).append(_Fault(200, error, times, after=after))
 
     def next_ts(self) -> str:
         return f"1700000000.{next(self._ts):06d}"
@@ -460,6 +462,9 @@ class FakeSlack:
         if not queue:
             return None
         fault = queue[0]
+        if fault.after > 0:
+            fault.after -= 1
+            return None
         fault.times -= 1
         if fault.times <= 0:
             queue.pop(0)

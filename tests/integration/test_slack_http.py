@@ -7,24 +7,30 @@ bolt scheduled for them are done, so no test depends on timing.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from slack_bolt.request.async_request import AsyncBoltRequest
 
 from adapters.slack import SlackAdapter
 from adapters.slack.render import THINKING
 from adapters.standin.server import StandinServer
 from bots.bootstrap import Parley, build
+from core.service import GENERIC_ERROR
 from core.settings import Settings
 from tests.fakes.slack_server import FakeSlack, Message
 
 CHANNEL = "C0GENERAL"
 DM = "D0ALICE"
 ALICE = "UALICE"
+RESTARTED = "Parley was restarted while answering; please ask again."
 
 
 @dataclass
@@ -40,10 +46,14 @@ class Stack:
 
     async def deliver(self, event: dict[str, Any], **kwargs: Any) -> int:
         """Post ``event`` like Slack, then wait until the adapter has handled it."""
-        body = self.slack.event_body(event, event_id=kwargs.pop("event_id", None))
-        status = await self.slack.post_event(self.url, body, **kwargs)
+        status = await self.post(event, **kwargs)
         await self.adapter.drain()
         return status
+
+    async def post(self, event: dict[str, Any], **kwargs: Any) -> int:
+        """Post ``event`` like Slack; returns once the adapter acked it (still answering)."""
+        body = self.slack.event_body(event, event_id=kwargs.pop("event_id", None))
+        return await self.slack.post_event(self.url, body, **kwargs)
 
     def mention(
         self,
@@ -246,8 +256,18 @@ async def test_commands_typed_in_a_mention(stack: Stack) -> None:
     await stack.deliver(usage)
     ephemeral = stack.slack.called("chat.postEphemeral")
     assert len(ephemeral) == 1 and ephemeral[0].params["user"] == ALICE
+    # A command with an argument is marked with "!" (or "/").
+    await stack.deliver(stack.mention("!system be terse", thread_ts=first["ts"]))
+    assert "System prompt updated" in stack.slack.called("chat.postMessage")[-1].params["text"]
     # Commands never reach the model.
     assert len(stack.standin.requests) == 1
+
+
+async def test_a_question_starting_with_a_command_word_is_a_question(stack: Stack) -> None:
+    event = stack.mention("system design question: what is a queue?")
+    await stack.deliver(event)
+    assert len(stack.standin.requests) == 1
+    assert "You said: system design question" in stack.slack.thread(CHANNEL, event["ts"])[-1].text
 
 
 # --- direct messages and threads ------------------------------------------------------------
@@ -479,6 +499,58 @@ async def test_slash_summarize_reads_the_channel(stack: Stack) -> None:
     assert "UBOB: we decided to ship on friday" in sent
 
 
+async def test_slash_summarize_reads_the_last_n_messages(stack: Stack) -> None:
+    slack = stack.slack
+    slack.add_message(CHANNEL, "an old remark", user="UBOB")
+    slack.add_message(CHANNEL, "we decided to ship on friday", user="UBOB")
+    slack.add_message(CHANNEL, "ok, I will write the notes", user=ALICE)
+    # "summarise" (an alias) with a count, as typed after /parley.
+    await slack.post_command(stack.url, "/parley", "summarise 2")
+    await stack.adapter.drain()
+    assert int(slack.called("conversations.history")[-1].params["limit"]) == 2
+    assert slack.called("response_url")[-1].params["response_type"] == "in_channel"
+    sent = stack.standin.requests[-1]["messages"][-1]["content"]
+    assert "UBOB: we decided to ship on friday" in sent and "ALICE: ok" in sent
+    assert "an old remark" not in sent
+    # Without a count: the last 50.
+    await slack.post_command(stack.url, "/parley", "summarize")
+    await stack.adapter.drain()
+    assert int(slack.called("conversations.history")[-1].params["limit"]) == 50
+    assert "an old remark" in stack.standin.requests[-1]["messages"][-1]["content"]
+
+
+async def test_slash_summarize_says_when_the_channel_cannot_be_read(stack: Stack) -> None:
+    slack = stack.slack
+    slack.fail("conversations.history", "not_in_channel")
+    await slack.post_command(stack.url, "/parley", "summarize")
+    await stack.adapter.drain()
+    response = slack.called("response_url")[-1].params
+    assert response["response_type"] == "ephemeral"
+    assert "not_in_channel" in response["text"] and "/invite @parley" in response["text"]
+    assert stack.standin.requests == []
+
+
+async def test_slash_reset_in_a_channel_says_how_to_reset_a_thread(stack: Stack) -> None:
+    await stack.slack.post_command(stack.url, "/parley", "reset")
+    await stack.adapter.drain()
+    response = stack.slack.called("response_url")[-1].params
+    assert response["response_type"] == "ephemeral"
+    assert "top-level conversation" in response["text"]
+    assert "`@parley reset` in that thread" in response["text"]
+
+
+async def test_slash_reset_in_a_dm_forgets_the_dm_conversation(stack: Stack) -> None:
+    await stack.deliver(stack.message("remember banana", channel=DM, channel_type="im"))
+    await stack.slack.post_command(stack.url, "/parley", "reset", channel=DM)
+    await stack.adapter.drain()
+    text = stack.slack.called("response_url")[-1].params["text"]
+    assert "forgot this conversation (2 messages)" in text
+    assert "`@parley reset` in that thread" in text
+    await stack.deliver(stack.message("what fruit?", channel=DM, channel_type="im"))
+    request = stack.standin.requests[-1]
+    assert [m["content"] for m in request["messages"] if m["role"] == "user"] == ["what fruit?"]
+
+
 # --- failures -------------------------------------------------------------------------------------
 
 
@@ -545,11 +617,140 @@ async def test_rate_limited_stream_start_is_retried(stack: Stack) -> None:
     assert len(replies) == 1 and "You said: hurry" in replies[0].text
 
 
-async def test_slack_error_while_answering_ends_with_an_apology(edit_stack: Stack) -> None:
-    slack = edit_stack.slack
+LONG_QUESTION = "tell me about " + " ".join(f"word{n}" for n in range(30))
+
+
+async def test_failed_intermediate_update_does_not_end_the_answer(stack: Stack) -> None:
+    slack = stack.slack
     slack.fail("chat.update", "internal_error", times=1)
-    event = edit_stack.mention("anything")
-    await edit_stack.deliver(event)
+    # A top-level DM answer: a placeholder, then chat.update for every snapshot.
+    await stack.deliver(stack.message(LONG_QUESTION, channel=DM, channel_type="im"))
+    updates = slack.called("chat.update")
+    assert updates[0].error == "internal_error" and len(updates) >= 2
+    answers = slack.bot_messages(DM)
+    assert len(answers) == 1
+    assert answers[0].text.endswith("word29")
+    assert THINKING not in answers[0].text and ":warning:" not in answers[0].text
+
+
+async def test_failed_stream_append_does_not_end_the_answer(stack: Stack) -> None:
+    slack = stack.slack
+    stack.standin.latency = 0.02  # every chunk is a snapshot of its own
+    slack.fail("chat.appendStream", "internal_error", times=1)
+    slack.fail("chat.update", "internal_error", times=1)
+    event = stack.mention(LONG_QUESTION)
+    await stack.deliver(event)
+    assert slack.called("chat.appendStream")[0].error == "internal_error"
     replies = slack.thread(CHANNEL, event["ts"])
-    assert "Sorry, something went wrong" in replies[-1].text
-    assert not any(THINKING in m.text for m in replies)
+    assert len(replies) == 1 and not replies[0].streaming
+    assert replies[0].text.endswith("word29") and ":warning:" not in replies[0].text
+
+
+async def test_failed_final_update_is_posted_as_a_new_message(stack: Stack) -> None:
+    slack = stack.slack
+    slack.fail("chat.update", "internal_error", times=99)
+    await stack.deliver(stack.message(LONG_QUESTION, channel=DM, channel_type="im"))
+    answers = slack.bot_messages(DM)
+    assert len(answers) == 1 and answers[0].text.endswith("word29")
+    assert slack.called("chat.delete")  # the placeholder
+    assert THINKING not in answers[0].text
+
+
+async def test_failed_final_write_and_repost_are_logged(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    slack = stack.slack
+    slack.fail("chat.update", "internal_error", times=99)
+    slack.fail("chat.postMessage", "internal_error", times=99, after=1)  # after the placeholder
+    with caplog.at_level(logging.INFO, logger="parley.slack"):
+        event = stack.message("a confidential question", channel=DM, channel_type="im")
+        assert await stack.deliver(event) == 200
+    assert "posting the final answer failed too (internal_error)" in caplog.text
+    assert "confidential" not in caplog.text
+
+
+async def test_database_error_while_claiming_gets_an_apology(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def broken(platform: str, event_id: str) -> bool:
+        raise RuntimeError("database is locked")
+
+    monkeypatch.setattr(stack.parley.service, "claim_event", broken)
+    event = stack.mention("a confidential question")
+    with caplog.at_level(logging.INFO, logger="parley.slack"):
+        assert await stack.deliver(event) == 200
+    replies = stack.slack.thread(CHANNEL, event["ts"])
+    assert len(replies) == 1 and GENERIC_ERROR in replies[0].text
+    assert stack.standin.requests == []
+    assert "claiming a message" in caplog.text and "RuntimeError" in caplog.text
+    assert "confidential" not in caplog.text
+
+
+async def test_database_error_on_a_new_assistant_thread_still_suggests_prompts(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(platform: str, event_id: str) -> bool:
+        raise RuntimeError("database is locked")
+
+    monkeypatch.setattr(stack.parley.service, "claim_event", broken)
+    thread_ts = stack.slack.next_ts()
+    started = {
+        "type": "assistant_thread_started",
+        "assistant_thread": {"user_id": ALICE, "channel_id": DM, "thread_ts": thread_ts},
+        "event_ts": thread_ts,
+    }
+    assert await stack.deliver(started) == 200
+    assert len(stack.slack.called("assistant.threads.setSuggestedPrompts")) == 1
+
+
+# --- shutdown -------------------------------------------------------------------------------------
+
+
+async def test_stop_refuses_new_events_and_lets_answers_finish(stack: Stack) -> None:
+    slack = stack.slack
+    stack.standin.latency = 0.05
+    event = stack.mention(LONG_QUESTION)
+    assert await stack.post(event) == 200
+    await slack.wait_for(lambda: slack.called("chat.startStream"))
+
+    stopping = asyncio.create_task(stack.adapter.stop())
+    await asyncio.sleep(0)  # stop() has begun
+    late = stack.mention("too late")
+    raw = json.dumps(slack.event_body(late))
+    headers = {"content-type": "application/json", **slack.signed_headers(raw)}
+    refused = await stack.adapter.app.async_dispatch(AsyncBoltRequest(body=raw, headers=headers))
+    assert refused.status == 503  # not acked: Slack delivers it again
+    await stopping
+
+    replies = slack.thread(CHANNEL, event["ts"])
+    assert len(replies) == 1 and not replies[0].streaming
+    assert replies[0].text.endswith("word29")
+    assert slack.thread(CHANNEL, late["ts"]) == [] and len(stack.standin.requests) == 1
+
+
+async def test_stop_cuts_a_stalled_answer_and_leaves_no_placeholder(stack: Stack) -> None:
+    slack = stack.slack
+    stack.adapter.stop_grace = 0.2
+    await stack.post(
+        stack.message("[[fault:stall:30]] still there?", channel=DM, channel_type="im")
+    )
+    await slack.wait_for(lambda: slack.called("chat.postMessage"))
+    await stack.adapter.stop()
+    answers = slack.bot_messages(DM)
+    assert len(answers) == 1
+    assert answers[0].text == f":warning: {RESTARTED}"
+
+
+async def test_stop_cuts_a_streaming_answer_and_closes_the_stream(stack: Stack) -> None:
+    slack = stack.slack
+    stack.adapter.stop_grace = 0.2
+    stack.standin.latency = 0.5
+    event = stack.mention(LONG_QUESTION)
+    await stack.post(event)
+    await slack.wait_for(lambda: slack.called("chat.startStream"))
+    await stack.adapter.stop()
+    replies = slack.thread(CHANNEL, event["ts"])
+    assert len(replies) == 2 and not any(m.streaming for m in replies)
+    assert replies[0].text.startswith("(offline stand-in model)")
+    assert not replies[0].text.endswith("word29")
+    assert replies[1].text == f":warning: {RESTARTED}"
