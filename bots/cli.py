@@ -74,6 +74,7 @@ async def _run(settings: Settings) -> int:
         return 2
     parley = await build(settings, auto_upgrade=True)
     adapters: list[Any] = []
+    exit_code = 0
     try:
         if parley.offline:
             log.warning(OFFLINE_BANNER)
@@ -99,7 +100,20 @@ async def _run(settings: Settings) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         log.info("parley is running (%s)", ", ".join(type(a).__name__ for a in adapters))
-        await stop.wait()
+        # Run until a signal, or until an adapter's connection ends for good (then exit non-zero
+        # so the process supervisor restarts the worker).
+        waits = {asyncio.create_task(stop.wait())}
+        waits |= {
+            asyncio.create_task(a.wait_failed()) for a in adapters if hasattr(a, "wait_failed")
+        }
+        _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        for adapter in adapters:
+            cause = getattr(adapter, "failure", None)
+            if cause is not None:
+                log.error("%s stopped for good: %s", type(adapter).__name__, cause)
+                exit_code = 1
         log.info("shutting down")
     finally:
         for adapter in reversed(adapters):
@@ -108,7 +122,7 @@ async def _run(settings: Settings) -> int:
             except Exception:
                 log.exception("stopping %s failed", type(adapter).__name__)
         await parley.close()
-    return 0
+    return exit_code
 
 
 async def _db(settings: Settings, action: str) -> int:

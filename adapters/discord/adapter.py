@@ -29,6 +29,8 @@ from core.settings import Settings
 log = logging.getLogger("parley.discord")
 
 STOP_GRACE_SECONDS = 10.0
+# After the grace period, answers still running are cancelled and get this long to say so.
+CUT_NOTE_SECONDS = 5.0
 MISSING_CONTENT_INTENT = (
     "Discord refused the Message Content intent, so Parley connected without it: slash commands "
     "and mentions work, but plain messages in /chat threads and replies without a mention are "
@@ -70,7 +72,13 @@ class ParleyClient(discord.Client):
 
 class DiscordAdapter:
     """Runs Parley on Discord: ``await start()`` logs in and connects in the background,
-    ``await stop()`` lets answers in progress finish and disconnects."""
+    ``await stop()`` lets answers in progress finish and disconnects.
+
+    If the connection ends for good on its own (token revoked, intents refused, a close code
+    Discord says not to reconnect after), ``failed`` is set and ``failure`` holds the
+    exception; ``wait_failed()`` returns it. The process should then stop (and be restarted by
+    its supervisor) rather than run on without Discord. ``stop()`` never sets ``failed``.
+    """
 
     def __init__(self, settings: Settings, service: ConversationService) -> None:
         if settings.discord_token is None:
@@ -82,10 +90,13 @@ class DiscordAdapter:
         self.policy = AccessPolicy.from_settings(settings)
         self.inflight = InFlight()
         self.ready = asyncio.Event()
+        self.failed = asyncio.Event()
+        self.failure: BaseException | None = None
         self.message_content = True
         self.client: ParleyClient | None = None
         self._task: asyncio.Task[None] | None = None
         self._synced = False
+        self._stopping = False
         # Process-wide: discord.py keeps its REST base and gateway URL as class attributes.
         use_endpoints(settings.discord_api_url, settings.discord_gateway_url)
         discord_log = logging.getLogger("discord")
@@ -97,11 +108,23 @@ class DiscordAdapter:
         """Log in (a rejected token raises ConfigError here) and connect in a background task."""
         self.client = await self._login(message_content=True)
         self._task = asyncio.create_task(self._connect(), name="parley-discord-gateway")
-        self._task.add_done_callback(_report_end)
+        self._task.add_done_callback(self._report_end)
+
+    async def wait_failed(self) -> BaseException:
+        """Wait until the connection has ended for good on its own; the reason."""
+        await self.failed.wait()
+        assert self.failure is not None
+        return self.failure
 
     async def stop(self) -> None:
-        """Wait briefly for answers in progress, then close the connection."""
+        """Take no new messages or commands, let answers in progress finish for up to
+        ``STOP_GRACE_SECONDS``, end the rest with a note that Parley restarted, disconnect."""
+        self._stopping = True
+        self.inflight.close()
         await self.inflight.wait(STOP_GRACE_SECONDS)
+        if len(self.inflight):
+            log.warning("stopping: cutting %d answers short", len(self.inflight))
+            await self.inflight.cancel(CUT_NOTE_SECONDS)
         if self.client is not None:
             await self.client.close()
         if self._task is not None:
@@ -138,6 +161,8 @@ class DiscordAdapter:
             assert self.client is not None
             try:
                 await self.client.connect(reconnect=True)
+                if not self._stopping:
+                    raise ParleyError("the Discord connection was closed")
                 return
             except discord.PrivilegedIntentsRequired:
                 if not self.message_content:
@@ -175,10 +200,12 @@ class DiscordAdapter:
             return
         self._synced = True
 
-
-def _report_end(task: asyncio.Task[None]) -> None:
-    if task.cancelled():
-        return
-    exc = task.exception()
-    if exc is not None:
-        log.error("the Discord connection ended: %s", exc, exc_info=exc)
+    def _report_end(self, task: asyncio.Task[None]) -> None:
+        """The gateway task ended: unless by ``stop()``, that is fatal; say so and signal it."""
+        if task.cancelled() or self._stopping:
+            return
+        exc = task.exception() or ParleyError("the Discord connection ended")
+        log.error("the Discord connection ended for good: %s", exc, exc_info=exc)
+        self.failure = exc
+        self.ready.clear()
+        self.failed.set()

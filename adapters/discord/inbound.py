@@ -11,7 +11,7 @@ from typing import Any
 
 import discord
 
-from adapters.discord.render import ChannelSurface, render_answer
+from adapters.discord.render import ChannelSurface, render_answer, restart_note
 from adapters.discord.tasks import InFlight
 from adapters.discord.translate import (
     AccessPolicy,
@@ -53,6 +53,10 @@ class MessageHandler:
 
     async def handle(self, message: discord.Message) -> None:
         with self.inflight.track():
+            if self.inflight.closing:
+                # Stopping: not claimed, so nothing is recorded as answered.
+                log.info("not answering message %s: Parley is stopping", message.id)
+                return
             await self._handle(message)
 
     async def _handle(self, message: discord.Message) -> None:
@@ -78,22 +82,25 @@ class MessageHandler:
                 "message %s has no readable content (Message Content intent is off)", message.id
             )
             return
-        chain = await reply_chain(message)
-        files, notes = await read_attachments(message.attachments, self.settings)
-        inbound = Inbound(
-            key=conversation_key(channel),
-            author=author_of(message.author),
-            text=with_reply_context(text, chain, me.id),
-            attachments=files,
-            event_id=str(message.id),
-            notes=notes,
-        )
         in_own_place = message.guild is None or self._own_thread(channel, me.id)
         surface = ChannelSurface(channel, reply_to=None if in_own_place else message)
         try:
-            await render_answer(
-                self.service.answer(inbound), surface, interval=self.settings.discord_edit_interval
-            )
+            async with restart_note(surface):
+                chain = await reply_chain(message)
+                files, notes = await read_attachments(message.attachments, self.settings)
+                inbound = Inbound(
+                    key=conversation_key(channel),
+                    author=author_of(message.author),
+                    text=with_reply_context(text, chain, me.id),
+                    attachments=files,
+                    event_id=str(message.id),
+                    notes=notes,
+                )
+                await render_answer(
+                    self.service.answer(inbound),
+                    surface,
+                    interval=self.settings.discord_edit_interval,
+                )
         except discord.Forbidden:
             await self._cannot_post(message, channel)
         except discord.HTTPException as exc:

@@ -1,15 +1,18 @@
 """Slash commands: ``/ask``, ``/chat`` and the core's channel commands, as discord.py app commands.
 
-Every interaction is acknowledged inside Discord's 3-second window (deferred while the answer is
-written), claimed once by its id so a gateway redelivery is not answered twice, and always ends
-in an answer or a short message, never a failed interaction.
+Every interaction is acknowledged first, before any database or network work, well inside
+Discord's 3-second window: refused at once (privately) when the access lists say so, else
+deferred ("Parley is thinking…", private for commands whose replies are private). Only then is
+it claimed by its id, so a gateway redelivery is not answered twice, and it always ends in an
+answer or a short message, never a failed interaction.
 """
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import logging
 import re
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -17,11 +20,13 @@ import discord
 from discord import app_commands
 
 from adapters.discord.render import (
+    EMPTY_ANSWER,
     NO_MENTIONS,
     ChannelSurface,
     GrowingAnswer,
     InteractionSurface,
     render_answer,
+    restart_note,
 )
 from adapters.discord.tasks import InFlight
 from adapters.discord.translate import (
@@ -43,9 +48,8 @@ from core.settings import Settings
 
 log = logging.getLogger("parley.discord")
 
-# A command that answers faster than this replies directly (so an error can be private);
-# a slower one is deferred first, well inside Discord's 3-second window.
-QUICK_REPLY_SECONDS = 1.5
+ALREADY_ACKNOWLEDGED = 40060  # Discord's code for a second response to one interaction
+RESTARTING = "Parley is restarting; please try again in a minute."
 _OPTION_NAME = re.compile(r"^[a-z0-9_-]{1,32}$")
 NO_THREAD_PERMISSION = (
     "I can't open a thread here: I need the Create Public Threads and Send Messages in Threads "
@@ -183,37 +187,74 @@ class SlashCommands:
             interaction.channel_id or 0, guild_id=interaction.guild_id
         )
 
-    async def _admit(self, interaction: discord.Interaction) -> bool:
-        """Claim the interaction (once only) and check who may use the bot where."""
-        if not await self.service.claim_event(PLATFORM, str(interaction.id)):
-            log.info("dropping redelivered interaction %s", interaction.id)
-            return False
-        refusal = self.policy.refusal(
+    async def _begin(
+        self,
+        interaction: discord.Interaction,
+        *,
+        private: bool,
+        refusal: Callable[[], str | None] | None = None,
+    ) -> InteractionSurface | None:
+        """Acknowledge the interaction at once, then claim it; the surface to answer on, or None.
+
+        Checks that need no I/O (stopping, access lists, ``refusal``) answer directly and
+        privately. Everything else is deferred first, ephemeral when ``private``, so a slow
+        database cannot push the acknowledgement past Discord's 3 seconds. A redelivered
+        interaction fails to defer (already acknowledged) or, if it was deferred anyway, has its
+        "thinking…" message withdrawn.
+        """
+        received = time.monotonic()
+        if self.inflight.closing:
+            await self._refuse(interaction, RESTARTING)
+            return None
+        reason = self.policy.refusal(
             user_id=interaction.user.id,
             role_ids=role_ids(interaction.user),
             guild_id=interaction.guild_id,
             channel_ids=channel_ids(self._channel(interaction)),
         )
-        if refusal is not None:
-            log.info("refused interaction %s: %s", interaction.id, refusal)
-            await interaction.response.send_message(
-                refusal, ephemeral=True, allowed_mentions=NO_MENTIONS
-            )
-            return False
-        return True
-
-    async def _defer(self, interaction: discord.Interaction, *, ephemeral: bool = False) -> bool:
+        if reason is None and refusal is not None:
+            reason = refusal()
+        if reason is not None:
+            log.info("refused interaction %s: %s", interaction.id, reason)
+            await self._refuse(interaction, reason)
+            return None
         try:
-            await interaction.response.defer(ephemeral=ephemeral, thinking=True)
-        except discord.NotFound:
-            log.warning("interaction %s expired before it was acknowledged", interaction.id)
-            return False
-        return True
+            await interaction.response.defer(ephemeral=private, thinking=True)
+        except discord.HTTPException as exc:
+            if exc.code == ALREADY_ACKNOWLEDGED:
+                log.info("dropping redelivered interaction %s", interaction.id)
+            else:
+                log.warning(
+                    "interaction %s could not be acknowledged: HTTP %s (code %s)",
+                    interaction.id,
+                    exc.status,
+                    exc.code,
+                )
+            return None
+        if not await self.service.claim_event(PLATFORM, str(interaction.id)):
+            log.info("dropping redelivered interaction %s", interaction.id)
+            try:
+                await interaction.delete_original_response()
+            except discord.HTTPException as exc:
+                log.info("could not withdraw the duplicate's reply (HTTP %s)", exc.status)
+            return None
+        return InteractionSurface(interaction, private=private, started=received)
+
+    async def _refuse(self, interaction: discord.Interaction, text: str) -> None:
+        try:
+            await interaction.response.send_message(
+                text, ephemeral=True, allowed_mentions=NO_MENTIONS
+            )
+        except discord.HTTPException as exc:
+            # Already acknowledged (a redelivery) or expired: nobody is waiting for this one.
+            log.info("could not refuse interaction %s (HTTP %s)", interaction.id, exc.status)
 
     async def _answer(self, inbound: Inbound, surface: InteractionSurface | ChannelSurface) -> None:
-        await render_answer(
+        shown = await render_answer(
             self.service.answer(inbound), surface, interval=self.settings.discord_edit_interval
         )
+        if not shown and isinstance(surface, InteractionSurface) and not surface.posted:
+            await surface.post(EMPTY_ANSWER)  # never leave "thinking…" behind
 
     # --- /ask and /chat -------------------------------------------------------------------
 
@@ -225,50 +266,52 @@ class SlashCommands:
         private: bool,
     ) -> None:
         """A one-off answer in a conversation of its own (it doesn't touch channel history)."""
-        if not await self._admit(interaction) or not await self._defer(
-            interaction, ephemeral=private
-        ):
+        surface = await self._begin(interaction, private=private)
+        if surface is None:
             return
-        files, notes = await read_attachments([image] if image else [], self.settings)
-        inbound = Inbound(
-            key=conversation_key(self._channel(interaction), one_off=f"ask-{interaction.id}"),
-            author=author_of(interaction.user),
-            text=prompt,
-            attachments=files,
-            notes=notes,
-        )
-        await self._answer(inbound, InteractionSurface(interaction, private=private))
+        async with restart_note(surface):
+            files, notes = await read_attachments([image] if image else [], self.settings)
+            inbound = Inbound(
+                key=conversation_key(self._channel(interaction), one_off=f"ask-{interaction.id}"),
+                author=author_of(interaction.user),
+                text=prompt,
+                attachments=files,
+                notes=notes,
+            )
+            await self._answer(inbound, surface)
 
     async def chat(self, interaction: discord.Interaction, prompt: str) -> None:
         """Open a thread named after the prompt and answer there; in a thread or DM, answer in place."""
-        if not await self._admit(interaction) or not await self._defer(interaction):
+        surface = await self._begin(interaction, private=False)
+        if surface is None:
             return
         channel = self._channel(interaction)
         author = author_of(interaction.user)
         if not isinstance(channel, discord.TextChannel):
-            inbound = Inbound(conversation_key(channel), author, prompt)
-            await self._answer(inbound, InteractionSurface(interaction))
+            async with restart_note(surface):
+                await self._answer(Inbound(conversation_key(channel), author, prompt), surface)
             return
-        try:
-            thread = await channel.create_thread(
-                name=thread_name(prompt),
-                type=discord.ChannelType.public_thread,
-                reason="Parley /chat",
-            )
-        except discord.Forbidden:
-            await interaction.edit_original_response(content=NO_THREAD_PERMISSION)
-            return
-        await interaction.edit_original_response(content=f"Let's continue in {thread.mention}.")
+        async with restart_note(surface):
+            try:
+                thread = await channel.create_thread(
+                    name=thread_name(prompt),
+                    type=discord.ChannelType.public_thread,
+                    reason="Parley /chat",
+                )
+            except discord.Forbidden:
+                await surface.post(NO_THREAD_PERMISSION)
+                return
+            await surface.post(f"Let's continue in {thread.mention}.")
         quoted = prompt if len(prompt) <= 1800 else prompt[:1800] + "…"
+        in_thread = ChannelSurface(thread)
         try:
-            # Mentioning the user adds them to the thread, so they see the answer arrive.
-            await thread.send(
-                f"{interaction.user.mention} asked:\n>>> {quoted}",
-                allowed_mentions=discord.AllowedMentions(users=[interaction.user]),
-            )
-            await self._answer(
-                Inbound(conversation_key(thread), author, prompt), ChannelSurface(thread)
-            )
+            async with restart_note(in_thread):
+                # Mentioning the user adds them to the thread, so they see the answer arrive.
+                await thread.send(
+                    f"{interaction.user.mention} asked:\n>>> {quoted}",
+                    allowed_mentions=discord.AllowedMentions(users=[interaction.user]),
+                )
+                await self._answer(Inbound(conversation_key(thread), author, prompt), in_thread)
         except discord.Forbidden:
             await interaction.followup.send(NO_THREAD_PERMISSION, ephemeral=True)
 
@@ -277,36 +320,31 @@ class SlashCommands:
     async def run_core_command(
         self, interaction: discord.Interaction, spec: CommandSpec, value: str
     ) -> None:
-        """Run a core command; reply directly when quick, else defer and edit in the reply."""
-        if not await self._admit(interaction):
-            return
-        if spec.changes_settings and value.strip():
+        """Run a core command: acknowledge (deferred, private when its replies are), then edit
+        the reply in. An error on a public command is shown only to the person who asked."""
+
+        def refusal() -> str | None:
+            if not spec.changes_settings or not value.strip():
+                return None
             allowed = self.policy.may_change_settings(
                 permissions=interaction.permissions,
                 role_ids=role_ids(interaction.user),
                 in_dm=interaction.guild_id is None,
             )
-            if not allowed:
-                await interaction.response.send_message(
-                    self.policy.settings_refusal(spec.name),
-                    ephemeral=True,
-                    allowed_mentions=NO_MENTIONS,
-                )
-                return
-        channel = self._channel(interaction)
-        work = asyncio.create_task(self._command_reply(interaction, channel, spec, value))
-        done, _ = await asyncio.wait({work}, timeout=QUICK_REPLY_SECONDS)
-        deferred = False
-        if not done:
-            deferred = await self._defer(interaction, ephemeral=spec.private)
-        reply = await work
-        if deferred and not reply.ok and not spec.private:
+            return None if allowed else self.policy.settings_refusal(spec.name)
+
+        surface = await self._begin(interaction, private=spec.private, refusal=refusal)
+        if surface is None:
+            return
+        async with restart_note(surface):
+            reply = await self._command_reply(interaction, self._channel(interaction), spec, value)
+        text = reply.text if reply.text.strip() else "Done."
+        if not reply.ok and not spec.private:
             # The "thinking…" message is public; show the error only to the person who asked.
             await interaction.delete_original_response()
-            await GrowingAnswer(_Followups(interaction)).add(reply.text)
+            await GrowingAnswer(_Followups(interaction)).add(text)
             return
-        surface = InteractionSurface(interaction, private=reply.private or not reply.ok)
-        await GrowingAnswer(surface).show(reply.text or "Done.")
+        await GrowingAnswer(surface).show(text)
 
     async def _command_reply(
         self, interaction: discord.Interaction, channel: Any, spec: CommandSpec, value: str
@@ -343,6 +381,10 @@ class SlashCommands:
         log.error("/%s failed (interaction %s)", name, interaction.id, exc_info=error)
         try:
             if interaction.response.is_done():
+                with contextlib.suppress(discord.HTTPException):
+                    original = await interaction.original_response()
+                    if not original.content:  # still "thinking…", maybe for everyone to see
+                        await interaction.delete_original_response()
                 await interaction.followup.send(GENERIC_ERROR, ephemeral=True)
             else:
                 await interaction.response.send_message(GENERIC_ERROR, ephemeral=True)

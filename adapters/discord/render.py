@@ -4,13 +4,20 @@ An answer starts as one message that is edited at most once per DISCORD_EDIT_INT
 Discord's 2,000 characters it continues in further messages (follow-ups for interactions,
 plain messages in channels and threads), split at sensible boundaries with code fences kept
 balanced. Rate limits are left to discord.py, which waits and retries on 429.
+
+An interaction's token lets the bot edit its reply for 15 minutes only: an answer still being
+written after ``TOKEN_SAFE_SECONDS``, or whose edit fails because the token is gone (401/404),
+continues in the channel (in a DM for a private answer), so it is never lost.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator
-from typing import Protocol
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any, Protocol, cast
 
 import discord
 
@@ -22,6 +29,11 @@ log = logging.getLogger("parley.discord")
 
 MESSAGE_LIMIT = 2000
 NO_MENTIONS = discord.AllowedMentions.none()
+EMPTY_ANSWER = "_(empty answer)_"
+RESTARTED = "⚠️ Parley was restarted while answering; please ask again."
+# Discord accepts edits of an interaction's reply for 15 minutes; switch to the channel before.
+TOKEN_SAFE_SECONDS = 14 * 60.0
+TOKEN_GONE = (401, 404)  # Invalid Webhook Token / Unknown Webhook, Message or Interaction
 
 
 class Surface(Protocol):
@@ -37,20 +49,63 @@ class Surface(Protocol):
 
 
 class InteractionSurface:
-    """An interaction's original response (sent, or edited when deferred), then follow-ups."""
+    """An interaction's original response (sent, or edited when deferred), then follow-ups.
 
-    def __init__(self, interaction: discord.Interaction, *, private: bool = False) -> None:
+    Once the interaction token is about to expire (``TOKEN_SAFE_SECONDS`` after ``started``, a
+    ``time.monotonic()`` reading taken on receipt) or a write fails with 401/404 because it is
+    gone, the rest of the answer goes to the channel instead (to the user's DMs when private):
+    pieces already shown are re-posted there when they change, new pieces are posted there.
+    """
+
+    def __init__(
+        self,
+        interaction: discord.Interaction,
+        *,
+        private: bool = False,
+        started: float | None = None,
+    ) -> None:
         self.interaction = interaction
         self.private = private
+        self.deadline = (time.monotonic() if started is None else started) + TOKEN_SAFE_SECONDS
+        self.posted = 0
+        self.fallback: ChannelSurface | None = None
         self._followups: list[discord.WebhookMessage] = []
-        self._posted = 0
+        self._moved: dict[int, int] = {}  # answer piece -> its message on the fallback surface
 
     async def post(self, text: str) -> None:
-        if self._posted == 0 and not self.interaction.response.is_done():
+        index = self.posted
+        if not await self._on_fallback(index, text):
+            try:
+                await self._post_here(text)
+            except discord.HTTPException as exc:
+                if exc.status not in TOKEN_GONE:
+                    raise
+                await self._switch(f"HTTP {exc.status}")
+                await self._on_fallback(index, text)
+        self.posted += 1
+
+    async def edit(self, index: int, text: str) -> None:
+        if await self._on_fallback(index, text):
+            return
+        try:
+            if index == 0:
+                await self.interaction.edit_original_response(
+                    content=text, allowed_mentions=NO_MENTIONS
+                )
+            else:
+                await self._followups[index - 1].edit(content=text, allowed_mentions=NO_MENTIONS)
+        except discord.HTTPException as exc:
+            if exc.status not in TOKEN_GONE:
+                raise
+            await self._switch(f"HTTP {exc.status}")
+            await self._on_fallback(index, text)
+
+    async def _post_here(self, text: str) -> None:
+        if self.posted == 0 and not self.interaction.response.is_done():
             await self.interaction.response.send_message(
                 text, ephemeral=self.private, allowed_mentions=NO_MENTIONS
             )
-        elif self._posted == 0:
+        elif self.posted == 0:
             await self.interaction.edit_original_response(
                 content=text, allowed_mentions=NO_MENTIONS
             )
@@ -59,15 +114,46 @@ class InteractionSurface:
                 text, ephemeral=self.private, wait=True, allowed_mentions=NO_MENTIONS
             )
             self._followups.append(message)
-        self._posted += 1
 
-    async def edit(self, index: int, text: str) -> None:
-        if index == 0:
-            await self.interaction.edit_original_response(
-                content=text, allowed_mentions=NO_MENTIONS
-            )
+    async def _on_fallback(self, index: int, text: str) -> bool:
+        """Write piece ``index`` on the fallback surface if the answer has moved there (or
+        must move now, the token being about to expire); False to write it on the interaction."""
+        if self.fallback is None:
+            if time.monotonic() < self.deadline:
+                return False
+            await self._switch("token about to expire", token_valid=True)
+        assert self.fallback is not None
+        if index in self._moved:
+            await self.fallback.edit(self._moved[index], text)
         else:
-            await self._followups[index - 1].edit(content=text, allowed_mentions=NO_MENTIONS)
+            await self.fallback.post(text)
+            self._moved[index] = len(self.fallback.messages) - 1
+        return True
+
+    async def _switch(self, why: str, *, token_valid: bool = False) -> None:
+        """Continue the answer in the channel (a DM when private), saying so on both sides."""
+        interaction = self.interaction
+        where = "in a direct message" if self.private else "below"
+        log.info("interaction %s: %s; the answer continues %s", interaction.id, why, where)
+        if token_valid and self.posted == 0 and interaction.response.is_done():
+            # Replace "thinking…" while the token still works.
+            with contextlib.suppress(discord.HTTPException):
+                await interaction.edit_original_response(
+                    content=f"-# The answer continues {where}.", allowed_mentions=NO_MENTIONS
+                )
+        channel: Any
+        if self.private:
+            channel = await interaction.user.create_dm()
+        else:
+            channel = interaction.channel or interaction.client.get_partial_messageable(
+                interaction.channel_id or 0, guild_id=interaction.guild_id
+            )
+        self.fallback = ChannelSurface(channel)
+        what = f"`/{interaction.command.name}`" if interaction.command else "question"
+        await channel.send(
+            f"-# The answer to {interaction.user.mention}'s {what} continues here.",
+            allowed_mentions=NO_MENTIONS,
+        )
 
 
 class ChannelSurface:
@@ -120,9 +206,29 @@ class GrowingAnswer:
 
     async def add(self, text: str) -> None:
         """Post ``text`` as messages of its own, after the answer."""
+        if not text.strip():
+            return
         for piece in split_message(text, self.limit):
             await self.surface.post(piece)
             self.shown.append(piece)
+
+
+async def say_restarted(surface: Surface) -> None:
+    """End an answer cut short by shutdown with a note (best effort: the process is stopping)."""
+    try:
+        await surface.post(RESTARTED)
+    except Exception as exc:  # noqa: BLE001 - nothing more can be done while stopping
+        log.warning("could not say the answer was cut by the restart (%s)", type(exc).__name__)
+
+
+@contextlib.asynccontextmanager
+async def restart_note(surface: Surface) -> AsyncIterator[None]:
+    """If the block is cancelled (the adapter stopping), the surface ends with ``RESTARTED``."""
+    try:
+        yield
+    except asyncio.CancelledError:
+        await say_restarted(surface)
+        raise
 
 
 def with_notices(text: str, notices: list[str]) -> str:
@@ -143,34 +249,40 @@ async def render_answer(
     answer = GrowingAnswer(surface)
     notices: list[str] = []
     refused: discord.Forbidden | None = None
-    async for event in paced(events, interval):
-        if refused is not None:
-            continue
-        try:
-            if isinstance(event, Snapshot):
-                try:
-                    await answer.show(event.text)
-                except discord.Forbidden:
-                    raise
-                except discord.HTTPException as exc:
-                    log.warning("streaming edit failed (%s); the next one catches up", exc.status)
-            elif isinstance(event, FinalText):
-                await answer.show(with_notices(event.text or "_(empty answer)_", notices))
-                notices = []
-            elif isinstance(event, UserError):
-                text = with_notices(f"⚠️ {event.text}", notices)
-                notices = []
-                await (answer.add(text) if answer.shown else answer.show(text))
-            elif isinstance(event, Notice):
-                notices.append(event.text)
-            elif isinstance(event, UsageReport):
-                log.debug(
-                    "answer used %s in + %s out tokens", event.input_tokens, event.output_tokens
-                )
-        except discord.Forbidden as exc:
-            refused = exc
+    stream = cast(AsyncGenerator[Snapshot | ReplyEvent, None], paced(events, interval))
+    async with contextlib.aclosing(stream):
+        async for event in stream:
+            if refused is not None:
+                continue
+            try:
+                await _render(event, answer, notices)
+            except discord.Forbidden as exc:
+                refused = exc
     if refused is not None:
         raise refused
     if notices:
         await answer.add("\n".join(f"-# {notice}" for notice in notices))
     return bool(answer.shown)
+
+
+async def _render(event: Snapshot | ReplyEvent, answer: GrowingAnswer, notices: list[str]) -> None:
+    if isinstance(event, Snapshot):
+        try:
+            await answer.show(event.text)
+        except discord.Forbidden:
+            raise
+        except discord.HTTPException as exc:
+            log.warning("streaming edit failed (%s); the next one catches up", exc.status)
+    elif isinstance(event, FinalText):
+        # A whitespace-only answer would show nothing: no edit, "thinking…" forever.
+        text = event.text if event.text.strip() else EMPTY_ANSWER
+        await answer.show(with_notices(text, notices))
+        notices.clear()
+    elif isinstance(event, UserError):
+        text = with_notices(f"⚠️ {event.text.strip() or 'No answer.'}", notices)
+        notices.clear()
+        await (answer.add(text) if answer.shown else answer.show(text))
+    elif isinstance(event, Notice):
+        notices.append(event.text)
+    elif isinstance(event, UsageReport):
+        log.debug("answer used %s in + %s out tokens", event.input_tokens, event.output_tokens)

@@ -181,9 +181,9 @@ def _is_text(mime: str, filename: str) -> bool:
 async def read_attachments(
     attachments: Iterable[discord.Attachment], settings: Settings
 ) -> tuple[tuple[Attachment, ...], tuple[str, ...]]:
-    """Download what the core can use: images (size-capped) and text files (inlined up to the
-    text limit); anything else is passed on unread so the core can say so. Also returns notes
-    for the user about files that were skipped or cut."""
+    """Download what the core can use: images and text files within their size limits (checked
+    against the size Discord states, before downloading); anything else is passed on unread so
+    the core can say so. Also returns notes for the user about files that were skipped."""
     files: list[Attachment] = []
     notes: list[str] = []
     max_image = settings.parley_max_image_bytes
@@ -200,10 +200,16 @@ async def read_attachments(
             if data is not None:
                 files.append(Attachment(item.filename, mime, data, "image"))
         elif _is_text(mime, item.filename):
+            # Discord states the size up front: don't download a file that can't be used.
+            if item.size > max_text:
+                notes.append(
+                    f"{item.filename} was not read: text files are limited to {_size(max_text)}."
+                )
+                continue
             data = await _download(item, notes)
             if data is None:
                 continue
-            if len(data) > max_text:
+            if len(data) > max_text:  # the stated size was wrong
                 data = data[:max_text]
                 notes.append(f"Only the first {_size(max_text)} of {item.filename} were read.")
             files.append(Attachment(item.filename, mime, data, "text"))

@@ -157,3 +157,25 @@ def test_postgres_schema_must_be_upgraded_first(tmp_path, postgres_url):
     chat.expect(pexpect.EOF)
     chat.close()
     assert chat.exitstatus == 0
+
+
+@pytest.mark.asyncio
+async def test_run_exits_non_zero_when_discord_ends_the_connection_for_good(tmp_path):
+    from tests.fakes.discord_server import FakeDiscord
+
+    async with FakeDiscord(identify_close_code=4004) as fake:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "SLACK_"))}
+        env.update(
+            DISCORD_TOKEN="bot-token",
+            DISCORD_API_URL=fake.api_url,
+            DISCORD_GATEWAY_URL=fake.gateway_url,
+            PARLEY_ALLOW_OFFLINE="true",
+        )
+        child = pexpect.spawn(
+            f"{PARLEY} run", cwd=str(tmp_path), env=env, encoding="utf-8", timeout=30
+        )
+        await child.expect("stopped for good", async_=True)
+        await child.expect(pexpect.EOF, async_=True)
+        child.close()
+        assert child.exitstatus == 1
+        assert "bot-token" not in child.before

@@ -3,7 +3,9 @@
 One aiohttp server speaks Discord's wire protocol well enough for the real discord.py client to
 log in, connect, sync application commands and receive interactions and messages. Every REST
 call is recorded (``calls``) so tests check what a user would see; faults (429 with Discord's
-rate-limit headers, 403 Missing Permissions) can be injected per route.
+rate-limit headers, 401 for an expired interaction token, 403 Missing Permissions) can be
+injected per route. Like Discord, it refuses a second response to one interaction (40060) and
+one that comes after ``interaction_deadline`` seconds (10062 Unknown interaction).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import itertools
 import json
 import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -54,6 +57,7 @@ class _Fault:
     status: int
     times: int
     retry_after: float
+    after: int = 0
 
 
 @dataclass
@@ -101,12 +105,14 @@ class FakeDiscord:
     """Gateway + REST fake. Use ``async with FakeDiscord() as discord:``.
 
     ``api_url`` and ``gateway_url`` go to ``DISCORD_API_URL`` / ``DISCORD_GATEWAY_URL``.
-    ``refuse_intents`` is a bitmask of intents the gateway rejects with close code 4014.
+    ``refuse_intents`` is a bitmask of intents the gateway rejects with close code 4014;
+    ``identify_close_code`` closes every IDENTIFY with that code (e.g. 4004, bad token).
     """
 
-    def __init__(self, *, refuse_intents: int = 0) -> None:
+    def __init__(self, *, refuse_intents: int = 0, identify_close_code: int | None = None) -> None:
         self._ids = itertools.count(1_300_000_000_000_000_000)
         self.refuse_intents = refuse_intents
+        self.identify_close_code = identify_close_code
         self.app_id = self.new_id()
         self.guild_id = self.new_id()
         self.channel_id = self.new_id()
@@ -133,6 +139,9 @@ class FakeDiscord:
         self._faults: list[_Fault] = []
         self._files: dict[str, bytes] = {}
         self._interaction_channels: dict[str, str] = {}
+        self._acknowledged: set[str] = set()
+        self._dispatched_at: dict[str, float] = {}
+        self.interaction_deadline = 3.0
         self._sockets: list[web.WebSocketResponse] = []
         self._seq = 0
         self._replay: list[tuple[str, dict[str, Any]]] = []
@@ -185,14 +194,19 @@ class FakeDiscord:
         status: int = 429,
         times: int = 1,
         retry_after: float = 0.05,
+        after: int = 0,
     ) -> None:
-        """Answer the next ``times`` requests matching ``method`` and the ``path`` regex with
-        ``status`` (429: Discord's rate-limit headers and body; 403: Missing Permissions)."""
-        self._faults.append(_Fault(method, re.compile(path), status, times, retry_after))
+        """Answer ``times`` requests matching ``method`` and the ``path`` regex with ``status``
+        (429: Discord's rate-limit headers and body; 401: an expired interaction token; 403:
+        Missing Permissions), once ``after`` matching requests have been answered normally."""
+        self._faults.append(_Fault(method, re.compile(path), status, times, retry_after, after))
 
     def _fault_for(self, method: str, path: str) -> _Fault | None:
         for fault in self._faults:
             if fault.times > 0 and fault.method == method and fault.pattern.search(path):
+                if fault.after > 0:
+                    fault.after -= 1
+                    continue
                 fault.times -= 1
                 return fault
         return None
@@ -268,6 +282,10 @@ class FakeDiscord:
                 await ws.send_json({"op": 11, "d": None, "s": None, "t": None})
             elif op == 2:
                 self.identifies.append(payload["d"])
+                if self.identify_close_code is not None:
+                    self.close_codes.append(self.identify_close_code)
+                    await ws.close(code=self.identify_close_code, message=b"Refused.")
+                    break
                 if payload["d"].get("intents", 0) & self.refuse_intents:
                     self.close_codes.append(4014)
                     await ws.close(code=4014, message=b"Disallowed intent(s).")
@@ -523,6 +541,7 @@ class FakeDiscord:
             "attachment_size_limit": 10 * 1024 * 1024,
         }
         self._interaction_channels[payload["token"]] = channel["id"]
+        self._dispatched_at[interaction_id] = time.monotonic()
         await self.dispatch("INTERACTION_CREATE", payload)
         return payload
 
@@ -715,6 +734,12 @@ class FakeDiscord:
     def _interaction_callback(
         self, interaction_id: str, token: str, query: dict[str, str], body: dict[str, Any]
     ) -> tuple[int, Any]:
+        if interaction_id in self._acknowledged:
+            return 400, {"message": "Interaction has already been acknowledged.", "code": 40060}
+        sent = self._dispatched_at.get(interaction_id)
+        if sent is not None and time.monotonic() - sent > self.interaction_deadline:
+            return 404, {"message": "Unknown interaction", "code": 10062}
+        self._acknowledged.add(interaction_id)
         kind = body.get("type")
         data = body.get("data") or {}
         flags = data.get("flags", 0)

@@ -6,6 +6,7 @@ Every check is on what reached the fake Discord REST API, i.e. what a user would
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator, Callable
@@ -13,13 +14,17 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import discord
 import pytest
 
-from adapters.discord import DiscordAdapter
-from adapters.discord.interactions import NO_THREAD_PERMISSION
+from adapters.discord import DiscordAdapter, adapter, render
+from adapters.discord.interactions import NO_THREAD_PERMISSION, RESTARTING
+from adapters.discord.render import RESTARTED
 from adapters.standin.server import PREFIX, StandinServer, _long_text
 from bots.bootstrap import Parley, build
 from core.errors import ConfigError
+from core.messages import CommandReply
+from core.service import GENERIC_ERROR
 from core.settings import Settings
 from tests.fakes.discord_server import EPHEMERAL, MESSAGE_CONTENT_INTENT, FakeDiscord
 
@@ -39,6 +44,11 @@ class Stack:
 
     def visible(self, interaction: dict[str, Any]) -> list[str]:
         return self.discord.interaction_messages(interaction["token"])
+
+    def shown(self, interaction: dict[str, Any]) -> list[str] | None:
+        """What the user sees once the reply replaced "thinking…" (None until then)."""
+        messages = self.visible(interaction)
+        return messages if messages and messages[0] else None
 
 
 StackFactory = Callable[..., AbstractAsyncContextManager[Stack]]
@@ -129,7 +139,7 @@ async def test_ask_defers_then_streams_by_editing_the_original_response(stack: S
     edits = [c.content for c in stack.discord.calls_to("PATCH", r"/messages/@original$")]
     assert len(edits) >= 2, "the answer should grow by edits before the final text"
     assert edits[-1] == answer
-    assert all(answer.startswith(e) for e in edits)
+    assert all(e is not None and answer.startswith(e) for e in edits)
     assert not stack.discord.calls_to("POST", r"/webhooks/"), "no follow-up for a short answer"
 
 
@@ -301,8 +311,139 @@ async def test_redelivered_interaction_is_answered_once(stack: Stack) -> None:
     sentinel = await fake.send_command("ask", {"prompt": "sentinel"})
     await fake.wait_for(lambda: stack.visible(sentinel) == [stack.said("sentinel")])
     await _until_idle(stack)
-    assert len(fake.calls_to("POST", rf"/interactions/{interaction['id']}/")) == 1
+    callbacks = fake.calls_to("POST", rf"/interactions/{interaction['id']}/")
+    assert [c.status for c in callbacks] == [200, 400], "Discord refuses the second defer"
+    assert stack.visible(interaction) == [stack.said("once")]
     assert len(stack.openai.requests) == 2
+
+
+async def test_interaction_claimed_after_deferring_withdraws_its_reply(stack: Stack) -> None:
+    fake = stack.discord
+    interaction_id = fake.new_id()
+    # Already answered (e.g. by the process that ran before a restart), yet deferrable here.
+    assert await stack.parley.service.claim_event("discord", interaction_id)
+    interaction = await fake.send_command(
+        "ask", {"prompt": "twice?"}, interaction_id=interaction_id
+    )
+    await fake.wait_for(lambda: fake.calls_to("DELETE", r"/messages/@original$"))
+    await _until_idle(stack)
+    assert stack.visible(interaction) == []
+    assert not stack.openai.requests
+
+
+@pytest.mark.parametrize(
+    ("command", "options", "private"),
+    [("ask", {"prompt": "hi"}, False), ("usage", {}, True), ("reset", {}, False)],
+)
+async def test_interaction_is_deferred_before_the_database_is_touched(
+    stack: Stack, command: str, options: dict[str, Any], private: bool
+) -> None:
+    fake = stack.discord
+    service = stack.parley.service
+    deferred_at_claim: list[int] = []
+    claim = service.claim_event
+
+    async def slow_claim(platform: str, event_id: str) -> bool:
+        deferred_at_claim.append(len(fake.calls_to("POST", r"/callback$")))
+        await asyncio.sleep(0.5)  # a slow database: longer than the (shortened) deadline
+        return await claim(platform, event_id)
+
+    fake.interaction_deadline = 0.3  # Discord's 3 seconds, shortened
+    service.claim_event = slow_claim  # type: ignore[method-assign]
+    interaction = await fake.send_command(command, options)
+    await fake.wait_for(lambda: stack.shown(interaction))
+    assert deferred_at_claim == [1]
+    [defer] = fake.calls_to("POST", r"/callback$")
+    assert defer.status == 200 and defer.body["type"] == 5
+    assert bool((defer.body.get("data") or {}).get("flags", 0) & EPHEMERAL) == private
+
+
+async def test_blank_command_reply_still_replaces_thinking(stack: Stack) -> None:
+    async def blank(*args: Any, **kwargs: Any) -> CommandReply:
+        return CommandReply("  \n ", private=False)
+
+    stack.parley.service.command = blank  # type: ignore[method-assign]
+    interaction = await stack.discord.send_command("reset")
+    await stack.discord.wait_for(lambda: stack.visible(interaction) == ["Done."])
+
+
+async def test_unexpected_failure_replaces_thinking_with_a_private_message(
+    stack: Stack,
+) -> None:
+    async def broken(*args: Any, **kwargs: Any) -> CommandReply:
+        raise RuntimeError("bug")
+
+    stack.parley.service.command = broken  # type: ignore[method-assign]
+    interaction = await stack.discord.send_command("reset")
+    shown = await stack.discord.wait_for(lambda: stack.shown(interaction))
+    assert shown == [GENERIC_ERROR]
+    token = interaction["token"]
+    assert all(
+        m["flags"] & EPHEMERAL
+        for k, m in stack.discord.webhook_messages.items()
+        if k.startswith(token)
+    )
+
+
+# --- the 15-minute interaction token ------------------------------------------------------
+
+
+@pytest.mark.parametrize("private", [False, True])
+async def test_answer_continues_in_the_channel_when_the_token_expires(
+    make_stack: StackFactory, private: bool
+) -> None:
+    async with make_stack(latency=0.02) as stack:
+        fake = stack.discord
+        webhook = rf"/webhooks/{fake.app_id}/tok-"
+        fake.fail("PATCH", webhook, status=401, times=10_000, after=1)
+        fake.fail("POST", webhook, status=401, times=10_000)
+        prompt = "a slow answer that outlives the interaction token " * 3
+        interaction = await fake.send_command("ask", {"prompt": prompt, "private": private})
+        answer = stack.said(" ".join(prompt.split()))
+
+        def elsewhere() -> list[str]:
+            if private:
+                return fake.dm_messages(fake.user)
+            return fake.channel_messages(fake.channel_id, author_id=fake.bot.id)
+
+        await fake.wait_for(lambda: answer in elsewhere())
+        await _until_idle(stack)
+        shown = elsewhere()
+        assert len(shown) == 2 and "continues here" in shown[0] and shown[1] == answer
+        original = stack.visible(interaction)
+        assert len(original) == 1 and answer.startswith(original[0]) and original[0] != answer
+        statuses = [c.status for c in fake.calls_to("PATCH", webhook)]
+        assert statuses == [200, 401], "after the token is gone the interaction is left alone"
+        if private:
+            assert not fake.channel_messages(fake.channel_id, author_id=fake.bot.id)
+
+
+@pytest.mark.parametrize("safe_seconds", [0.0, 0.3])
+async def test_answer_moves_to_the_channel_before_the_token_expires(
+    make_stack: StackFactory, monkeypatch: pytest.MonkeyPatch, safe_seconds: float
+) -> None:
+    # The answer streams for about a second (17 chunks, 0.05 s each): with 0.3 s as the safe
+    # lifetime of the token, its first part is shown in the interaction, the rest moves.
+    monkeypatch.setattr(render, "TOKEN_SAFE_SECONDS", safe_seconds)
+    async with make_stack(latency=0.05) as stack:
+        fake = stack.discord
+        prompt = "an answer still being written near the fifteen minute limit " * 4
+        interaction = await fake.send_command("ask", {"prompt": prompt})
+        answer = stack.said(" ".join(prompt.split()))
+
+        def bot_said() -> list[str]:
+            return fake.channel_messages(fake.channel_id, author_id=fake.bot.id)
+
+        await fake.wait_for(lambda: answer in bot_said())
+        await _until_idle(stack)
+        assert len(bot_said()) == 2 and "continues here" in bot_said()[0]
+        original = stack.visible(interaction)
+        assert len(original) == 1 and original[0] != answer
+        if safe_seconds == 0.0:
+            assert original == ["-# The answer continues below."]
+        else:
+            assert answer.startswith(original[0])
+        assert all(c.status == 200 for c in fake.calls if "/webhooks/" in c.path)
 
 
 async def _until_idle(stack: Stack) -> None:
@@ -317,7 +458,7 @@ async def _until_idle(stack: Stack) -> None:
 async def test_command_with_a_bad_value_gets_a_clear_private_message(stack: Stack) -> None:
     fake = stack.discord
     interaction = await fake.send_command("temperature", {"value": "5"}, user=fake.moderator)
-    shown = await fake.wait_for(lambda: stack.visible(interaction))
+    shown = await fake.wait_for(lambda: stack.shown(interaction))
     assert "between 0 and 2" in shown[0]
     token = interaction["token"]
     assert all(
@@ -328,7 +469,7 @@ async def test_command_with_a_bad_value_gets_a_clear_private_message(stack: Stac
 async def test_settings_commands_need_the_permission(stack: Stack) -> None:
     fake = stack.discord
     interaction = await fake.send_command("model", {"name": "gpt-4"}, user=fake.user)
-    shown = await fake.wait_for(lambda: stack.visible(interaction))
+    shown = await fake.wait_for(lambda: stack.shown(interaction))
     assert shown == ["Only members with the Manage Messages permission can change `/model` here."]
     allowed = await fake.send_command("model", {"name": "gpt-4o-mini"}, user=fake.moderator)
     await fake.wait_for(lambda: "gpt-4o-mini" in "".join(stack.visible(allowed)))
@@ -351,12 +492,14 @@ async def test_summarize_reads_the_last_messages_of_the_channel(stack: Stack) ->
 
 async def test_help_lists_the_slash_commands(stack: Stack) -> None:
     interaction = await stack.discord.send_command("help")
-    shown = await stack.discord.wait_for(lambda: stack.visible(interaction))
+    shown = await stack.discord.wait_for(lambda: stack.shown(interaction))
     assert "/ask" in shown[0] and "/summarize" in shown[0]
 
 
 async def test_blocked_channel_gets_an_ephemeral_refusal(make_stack: StackFactory) -> None:
-    blocked = {"discord_blocked_channels": lambda fake: [int(fake.other_channel_id)]}
+    blocked: dict[str, Callable[[FakeDiscord], Any]] = {
+        "discord_blocked_channels": lambda fake: [int(fake.other_channel_id)]
+    }
     async with make_stack(
         settings_for=lambda fake: {k: f(fake) for k, f in blocked.items()}
     ) as stack:
@@ -364,7 +507,7 @@ async def test_blocked_channel_gets_an_ephemeral_refusal(make_stack: StackFactor
         interaction = await fake.send_command(
             "ask", {"prompt": "hi"}, channel_id=fake.other_channel_id
         )
-        shown = await fake.wait_for(lambda: stack.visible(interaction))
+        shown = await fake.wait_for(lambda: stack.shown(interaction))
         assert shown == ["Parley is not enabled in this channel."]
         callback = fake.calls_to("POST", r"/callback$")[0]
         assert callback.body["type"] == 4 and callback.body["data"]["flags"] & EPHEMERAL
@@ -380,7 +523,7 @@ async def test_rejected_token_stops_start_up_naming_the_variable(tmp_path: Any) 
         settings = Settings(
             _env_file=None,  # type: ignore[call-arg]
             database_url=f"sqlite+aiosqlite:///{tmp_path}/p.db",
-            discord_token="wrong",
+            discord_token="wrong",  # type: ignore[arg-type]
             discord_api_url=fake.api_url,
             discord_gateway_url=fake.gateway_url,
         )
@@ -402,3 +545,73 @@ async def test_refused_message_content_intent_reconnects_without_it(
         assert len(lines) == 1 and "Privileged Gateway Intents" in lines[0]
         interaction = await fake.send_command("ask", {"prompt": "still works"})
         await fake.wait_for(lambda: stack.visible(interaction) == [stack.said("still works")])
+
+
+# --- stopping -----------------------------------------------------------------------------
+
+
+async def test_stop_takes_no_new_events_and_cut_answers_say_so(
+    make_stack: StackFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(adapter, "STOP_GRACE_SECONDS", 0.3)
+    async with make_stack(latency=0.05) as stack:
+        fake = stack.discord
+        long = "[[fault:long_answer:2000]] write at length"
+        interaction = await fake.send_command("ask", {"prompt": long})
+        mention = await fake.send_message(long, mention_bot=True)
+
+        def bot_said() -> list[str]:
+            return fake.channel_messages(fake.channel_id, author_id=fake.bot.id)
+
+        await fake.wait_for(lambda: bot_said() and any(stack.visible(interaction)))
+
+        stopping = asyncio.create_task(stack.adapter.stop())
+        await asyncio.sleep(0.05)
+        late = await fake.send_command("ask", {"prompt": "too late"})
+        await fake.send_message("too late as well", mention_bot=True)
+        await fake.wait_for(lambda: stack.shown(late))
+        await stopping
+
+        assert stack.visible(late) == [RESTARTING]
+        assert fake.calls_to("POST", r"/callback$")[-1].body["data"]["flags"] & EPHEMERAL
+        assert len(stack.openai.requests) == 2, "nothing new reached the model"
+        shown = stack.visible(interaction)
+        assert len(shown) >= 2 and shown[-1] == RESTARTED and "thinking" not in shown[0]
+        in_channel = fake.calls_to("POST", rf"/channels/{fake.channel_id}/messages$")
+        assert [c.content for c in in_channel][-1] == RESTARTED
+        replies = [c for c in in_channel if c.body.get("message_reference")]
+        assert [c.body["message_reference"]["message_id"] for c in replies] == [
+            int(mention["id"])
+        ], "the late mention got no answer"
+        assert not stack.adapter.failed.is_set()
+
+
+# --- the connection ending for good -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fake_args", "expected"),
+    [
+        ({"identify_close_code": 4004}, discord.ConnectionClosed),
+        ({"refuse_intents": MESSAGE_CONTENT_INTENT | 1}, discord.PrivilegedIntentsRequired),
+    ],
+)
+async def test_connection_ending_for_good_is_signalled(
+    tmp_path: Any, fake_args: dict[str, Any], expected: type[Exception]
+) -> None:
+    async with FakeDiscord(**fake_args) as fake:
+        settings = Settings(
+            _env_file=None,  # type: ignore[call-arg]
+            database_url=f"sqlite+aiosqlite:///{tmp_path}/p.db",
+            discord_token="x",  # type: ignore[arg-type]
+            discord_api_url=fake.api_url,
+            discord_gateway_url=fake.gateway_url,
+        )
+        discord_adapter = DiscordAdapter(settings, service=None)  # type: ignore[arg-type]
+        await discord_adapter.start()
+        try:
+            failure = await asyncio.wait_for(discord_adapter.wait_failed(), 30)
+            assert isinstance(failure, expected)
+            assert discord_adapter.failed.is_set() and discord_adapter.failure is failure
+        finally:
+            await discord_adapter.stop()

@@ -100,3 +100,35 @@ async def test_a_rejected_app_token_stops_start_up(tmp_path: Any, slack: FakeSla
             await adapter.start()
         await adapter.stop()
         assert slack.sockets == []
+
+
+async def test_stop_closes_the_socket_then_lets_the_answer_finish(
+    tmp_path: Any, slack: FakeSlack
+) -> None:
+    async with StandinServer(latency=0.05) as standin:
+        settings = settings_for(slack, standin, tmp_path)
+        parley = await build(settings)
+        adapter = SlackAdapter(settings, parley.service)
+        try:
+            await adapter.start()
+            message = slack.add_message(CHANNEL, f"<@{slack.bot_user_id}> " + "word " * 20)
+            event = {
+                "type": "app_mention",
+                "user": "UALICE",
+                "text": message.text,
+                "ts": message.ts,
+                "channel": CHANNEL,
+                "team": slack.team_id,
+                "event_ts": message.ts,
+            }
+            await slack.wait_ack(await slack.push(slack.event_body(event)))
+            await slack.wait_for(lambda: slack.called("chat.startStream"))
+            await adapter.stop()
+            await slack.wait_for(lambda: not slack.sockets)
+            replies = slack.bot_messages(CHANNEL, message.ts)
+            assert len(replies) == 1 and not replies[0].streaming
+            assert replies[0].text.rstrip().endswith("word")
+            assert "restarted" not in replies[0].text
+        finally:
+            await adapter.stop()
+            await parley.close()

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 import discord
 import pytest
 
-from adapters.discord.render import GrowingAnswer, render_answer
+from adapters.discord.render import EMPTY_ANSWER, GrowingAnswer, render_answer
 from core.messages import FinalText, Notice, ReplyEvent, TextDelta, UsageReport, UserError
 
 
@@ -19,11 +20,14 @@ class RecordingSurface:
         self.messages: list[str] = []
         self.writes: list[tuple[str, int]] = []
         self.forbid_after = forbid_after
+        self.attempted = asyncio.Event()  # set at the first write, even a refused one
 
     def _check(self) -> None:
+        self.attempted.set()
         if self.forbid_after is not None and len(self.writes) >= self.forbid_after:
             raise discord.Forbidden(
-                _Response(403), {"message": "Missing Permissions", "code": 50013}
+                _Response(403),  # type: ignore[arg-type]
+                {"message": "Missing Permissions", "code": 50013},
             )
 
     async def post(self, text: str) -> None:
@@ -111,16 +115,41 @@ async def test_notices_follow_the_answer() -> None:
 
 
 async def test_forbidden_write_drains_the_answer_then_raises() -> None:
+    surface = RecordingSurface(forbid_after=0)
     drained: list[Any] = []
 
     async def events() -> AsyncIterator[ReplyEvent]:
-        for event in (TextDelta("a"), TextDelta("b"), FinalText("ab", "gpt-4o")):
+        # Gated: nothing after the first delta exists until the refused write has happened,
+        # so only a renderer that keeps reading after the refusal drains the whole answer.
+        drained.append("a")
+        yield TextDelta("a")
+        await surface.attempted.wait()
+        for event in (TextDelta("b"), FinalText("ab", "gpt-4o")):
+            await asyncio.sleep(0)
             drained.append(event)
             yield event
 
     with pytest.raises(discord.Forbidden):
-        await render_answer(events(), RecordingSurface(forbid_after=0), interval=0.0)
+        await render_answer(events(), surface, interval=0.0)
     assert len(drained) == 3, "the core's answer runs to the end, so the turn is stored"
+    assert surface.writes == []
+
+
+@pytest.mark.parametrize("blank", ["", "   ", " \n\t\n "])
+async def test_blank_answer_still_shows_something(blank: str) -> None:
+    surface = RecordingSurface()
+    shown = await render_answer(
+        _events(TextDelta(blank), FinalText(blank, "gpt-4o")), surface, interval=0.0
+    )
+    assert shown and surface.messages == [EMPTY_ANSWER]
+
+
+async def test_blank_answer_keeps_its_notices() -> None:
+    surface = RecordingSurface()
+    await render_answer(
+        _events(Notice("big.bin was not read"), FinalText("  ", "gpt-4o")), surface, interval=0.0
+    )
+    assert surface.messages == [f"{EMPTY_ANSWER}\n\n-# big.bin was not read"]
 
 
 async def test_unchanged_pieces_are_not_edited_again() -> None:

@@ -8,7 +8,12 @@ import discord
 import pytest
 
 from adapters.discord.interactions import help_text
-from adapters.discord.translate import AccessPolicy, conversation_key, thread_name
+from adapters.discord.translate import (
+    AccessPolicy,
+    conversation_key,
+    read_attachments,
+    thread_name,
+)
 from core.commands import COMMANDS
 from core.errors import ConfigError
 from core.settings import Settings
@@ -17,7 +22,7 @@ GUILD, CHANNEL, THREAD, ROLE, USER = 10, 20, 30, 40, 50
 
 
 def policy(**values: object) -> AccessPolicy:
-    return AccessPolicy.from_settings(Settings(_env_file=None, **values))  # type: ignore[arg-type]
+    return AccessPolicy.from_settings(Settings(_env_file=None, **values))  # type: ignore[arg-type,call-arg]
 
 
 def refusal(
@@ -85,3 +90,27 @@ def test_help_lists_every_core_command_as_a_slash_command() -> None:
     text = help_text()
     assert all(f"`/{spec.name}" in text for spec in COMMANDS)
     assert "`/ask" in text and "`/chat" in text
+
+
+class _Attachment:
+    """A discord.Attachment stand-in that records whether it was downloaded."""
+
+    def __init__(self, filename: str, size: int, content_type: str = "text/plain") -> None:
+        self.id = 1
+        self.filename = filename
+        self.size = size
+        self.content_type = content_type
+        self.reads = 0
+
+    async def read(self) -> bytes:
+        self.reads += 1
+        return b"x" * self.size
+
+
+async def test_text_file_over_the_limit_is_not_downloaded() -> None:
+    settings = Settings(_env_file=None, parley_max_text_file_bytes=2000)  # type: ignore[call-arg]
+    big, small = _Attachment("huge.log", 50_000_000), _Attachment("notes.md", 2000)
+    files, notes = await read_attachments([big, small], settings)  # type: ignore[list-item]
+    assert big.reads == 0, "a file that can't be used is not read into memory"
+    assert notes == ("huge.log was not read: text files are limited to 2 KB.",)
+    assert [(f.name, f.kind, len(f.data)) for f in files] == [("notes.md", "text", 2000)]
