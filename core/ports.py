@@ -69,6 +69,10 @@ class Store(Protocol):
         """Record ``event_id``; True if it was new, False if it was already handled."""
         ...
 
+    async def prune_events(self, older_than_seconds: float) -> int:
+        """Forget event ids recorded more than ``older_than_seconds`` ago; returns how many."""
+        ...
+
     async def conversation(self, key: ConversationKey) -> ConversationState:
         """The conversation at ``key``, created if it does not exist."""
         ...

@@ -10,6 +10,7 @@ import asyncio
 import base64
 import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -44,6 +45,7 @@ from core.messages import (
 from core.ports import ChannelOverrides, ConversationState, Store, UsageEntry, UsageTotals
 from core.pricing import cost_usd, price_for, window_for
 from core.settings import Settings
+from core.throttle import MessageRate
 from core.tokens import count_message, count_text
 
 log = logging.getLogger("parley.core")
@@ -55,6 +57,8 @@ SUMMARY_PROMPT = (
     "open questions, facts and code identifiers; be concise; use Markdown bullet points."
 )
 VISION_MODELS = ("gpt-4o", "gpt-4.1", "gpt-4-turbo", "gpt-4-vision", "gpt-5", "o1", "o3", "o4")
+EVENT_MEMORY_SECONDS = 7 * 24 * 3600
+PRUNE_EVERY = 1000
 # Turns folded into the summary at once are capped so the summary request stays cheap.
 SUMMARY_INPUT_TOKENS = 12000
 
@@ -104,6 +108,9 @@ class ConversationService:
         self.llm = llm
         self.settings = settings
         self.locks = ConversationLocks()
+        self._claims = 0
+        per_minute = settings.parley_user_messages_per_minute
+        self.rate = MessageRate(per_minute) if per_minute else None
         # With several workers on one database, a conversation is also leased in the database.
         self.shared_database = shared_database
         attempts = settings.openai_max_retries + 1
@@ -159,6 +166,10 @@ class ConversationService:
 
     async def claim_event(self, platform: str, event_id: str) -> bool:
         """True the first time ``event_id`` is seen on ``platform`` (persisted)."""
+        self._claims += 1
+        if self._claims % PRUNE_EVERY == 0:
+            # Platforms redeliver within minutes; a week of ids is plenty.
+            await self.store.prune_events(EVENT_MEMORY_SECONDS)
         return await self.store.claim_event(platform, event_id)
 
     async def answer(self, inbound: Inbound) -> AsyncIterator[ReplyEvent]:
@@ -176,6 +187,15 @@ class ConversationService:
             log.exception("checking event %s in %s failed", inbound.event_id, inbound.key)
             yield UserError(GENERIC_ERROR, "internal")
             return
+        if self.rate is not None:
+            wait = self.rate.wait_for(inbound.key.platform, inbound.author.id)
+            if wait > 0:
+                yield UserError(
+                    f"You're sending messages faster than {self.rate.limit} a minute. "
+                    f"Please wait {math.ceil(wait)} s and ask again.",
+                    "user_rate_limited",
+                )
+                return
         try:
             async with self.exclusive(inbound.key):
                 async for event in self._answer(inbound):

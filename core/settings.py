@@ -66,6 +66,7 @@ class Settings(BaseSettings):
     parley_max_image_bytes: int = Field(5_000_000, ge=1)
     parley_max_text_file_bytes: int = Field(100_000, ge=1)
     parley_user_budget_usd: float | None = Field(None, ge=0)
+    parley_user_messages_per_minute: int | None = Field(None, ge=1)
     parley_log_content: bool = False
     parley_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     # `parley run` with no OpenAI key refuses to answer real users with the offline stand-in

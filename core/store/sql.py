@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, delete, event, func, insert, select, update
@@ -85,6 +86,14 @@ class SqlStore:
         async with self._sessions.begin() as session:
             result = await session.execute(stmt)
         return bool(cast(CursorResult[Any], result).rowcount)
+
+    async def prune_events(self, older_than_seconds: float) -> int:
+        cutoff = datetime.now(UTC) - timedelta(seconds=older_than_seconds)
+        async with self._sessions.begin() as session:
+            result = await session.execute(
+                delete(ProcessedEventRow).where(ProcessedEventRow.created_at < cutoff)
+            )
+        return int(cast(CursorResult[Any], result).rowcount or 0)
 
     async def _conversation(self, session: AsyncSession, key: ConversationKey) -> ConversationRow:
         where = (

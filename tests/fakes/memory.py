@@ -50,6 +50,7 @@ class MemoryStore:
         self.overrides: dict[ChannelKey, ChannelOverrides] = {}
         self.usage: list[_Usage] = []
         self.recent_calls = 0
+        self.pruned = 0
         self.leases: dict[str, tuple[str, float]] = {}
         self._ids = itertools.count(1)
 
@@ -58,6 +59,10 @@ class MemoryStore:
             return False
         self.events.add((platform, event_id))
         return True
+
+    async def prune_events(self, older_than_seconds: float) -> int:
+        self.pruned += 1
+        return 0
 
     async def conversation(self, key: ConversationKey) -> ConversationState:
         if key not in self.conversations:

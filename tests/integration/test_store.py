@@ -119,3 +119,10 @@ async def test_a_turn_opens_and_finishes_in_single_transactions(store):
     assert [t.role for t in turns] == ["assistant", "user"]
     totals = await store.channel_usage(channel)
     assert (totals.turns, totals.input_tokens) == (2, 15)
+
+
+async def test_old_event_ids_are_pruned(store):
+    assert await store.claim_event("slack", "old")
+    assert await store.prune_events(3600) == 0
+    assert await store.prune_events(-60) == 1  # everything is "older" than a minute from now
+    assert await store.claim_event("slack", "old")

@@ -320,3 +320,22 @@ async def test_a_failing_event_check_is_a_message_not_an_exception():
     store.claim_event = broken
     events = await collect(service, "hi", event_id="Ev9")
     assert len(events) == 1 and events[0].code == "internal"
+
+
+async def test_user_rate_limit_answers_with_the_wait():
+    service, store, model = make(parley_user_messages_per_minute=2)
+    for text in ("one", "two"):
+        assert isinstance((await collect(service, text))[-1], UsageReport)
+    events = await collect(service, "three")
+    assert len(events) == 1 and events[0].code == "user_rate_limited"
+    assert "2 a minute" in events[0].text and "wait" in events[0].text
+    other = await collect(service, "hi", author=Author("u2", "bob"))
+    assert isinstance(other[-1], UsageReport)
+    assert len(model.requests) == 3 and "three" not in [m.content for m in store.messages]
+
+
+async def test_event_ids_are_pruned_now_and_then():
+    service, store, _ = make()
+    for i in range(2000):
+        await service.claim_event("test", f"e{i}")
+    assert store.pruned == 2
