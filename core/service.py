@@ -133,7 +133,8 @@ class ConversationService:
             try:
                 yield
             finally:
-                await self.store.release_lease(name, owner)
+                # shielded: a cancelled answer must not leave the lease to expire on its own
+                await asyncio.shield(self.store.release_lease(name, owner))
 
     # --- settings -----------------------------------------------------------------------
 

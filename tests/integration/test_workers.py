@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from core.messages import Author, ConversationKey, FinalText, Inbound
 from core.service import ConversationService
@@ -76,5 +77,37 @@ async def test_an_expired_lease_is_taken_over(database_url):
         assert not await store.take_lease("k", "third", now=170.0, until=230.0)
         await store.release_lease("k", "me")
         assert await store.take_lease("k", "third", now=170.0, until=230.0)
+    finally:
+        await store.close()
+
+
+async def test_a_cancelled_answer_releases_its_lease(database_url):
+    store = SqlStore(make_engine(database_url))
+    await schema.upgrade(store.engine)
+    settings = Settings(_env_file=None, database_url=database_url)
+    started = asyncio.Event()
+
+    class Hanging(ScriptedModel):
+        async def stream(self, request):
+            started.set()
+            await asyncio.sleep(60)
+            yield "never"
+
+    worker = ConversationService(store, Hanging(), settings, shared_database=True)
+    key = ConversationKey("test", "w", "cancelled")
+
+    async def consume() -> None:
+        async for _ in worker.answer(Inbound(key, Author("u"), "hello")):
+            pass
+
+    task = asyncio.create_task(consume())
+    try:
+        await asyncio.wait_for(started.wait(), 10)
+        assert not await store.take_lease(str(key), "other", 0.0, 1.0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert await store.take_lease(str(key), "other", 0.0, 1.0)
+        assert len(worker.locks) == 0
     finally:
         await store.close()
