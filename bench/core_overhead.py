@@ -126,7 +126,10 @@ async def turns(
     store = SqlStore(make_engine(url))
     await schema.upgrade(store.engine)
     model = TimedModel(OpenAIChat.from_settings(settings, base_url=base_url))
-    service = ConversationService(store, model, settings)
+    # as bots/bootstrap.py wires it: PostgreSQL answers hold a lease for several workers
+    service = ConversationService(
+        store, model, settings, shared_database=url.startswith("postgresql")
+    )
     overheads: list[float] = []
     keys = [ConversationKey("bench", "w", f"c{i}") for i in range(concurrency)]
     per_worker = max(1, n // concurrency)
