@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -123,12 +124,10 @@ class Store(Protocol):
         self, conversation_id: int, summary: str, summary_tokens: int, context_start: int
     ) -> None: ...
 
-    async def take_lease(self, name: str, owner: str, now: float, until: float) -> bool:
-        """Take the lease ``name`` for ``owner`` until ``until`` (epoch seconds) if it is free
-        or expired at ``now``; False if another owner holds it."""
+    def conversation_lock(self, name: str) -> AbstractAsyncContextManager[None]:
+        """Hold ``name`` exclusively across every worker sharing this store, waiters in order;
+        released when the block ends, or when a worker dies."""
         ...
-
-    async def release_lease(self, name: str, owner: str) -> None: ...
 
     async def reset_conversation(self, key: ConversationKey) -> int:
         """Forget a conversation's turns and summary; returns how many turns were removed."""

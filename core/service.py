@@ -11,8 +11,6 @@ import base64
 import json
 import logging
 import math
-import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -111,11 +109,8 @@ class ConversationService:
         self._claims = 0
         per_minute = settings.parley_user_messages_per_minute
         self.rate = MessageRate(per_minute) if per_minute else None
-        # With several workers on one database, a conversation is also leased in the database.
+        # With several workers on one database, a conversation is also locked in the database.
         self.shared_database = shared_database
-        attempts = settings.openai_max_retries + 1
-        # long enough for an answer and a summary, each with all their retries
-        self.lease_seconds = 2 * settings.openai_timeout * attempts + 30
 
     @asynccontextmanager
     async def exclusive(self, key: ConversationKey) -> AsyncIterator[None]:
@@ -124,17 +119,8 @@ class ConversationService:
             if not self.shared_database:
                 yield
                 return
-            name, owner, delay = str(key), uuid.uuid4().hex, 0.02
-            while not await self.store.take_lease(
-                name, owner, time.time(), time.time() + self.lease_seconds
-            ):
-                await asyncio.sleep(delay)  # another worker is answering this conversation
-                delay = min(delay * 2, 0.5)
-            try:
+            async with self.store.conversation_lock(str(key)):
                 yield
-            finally:
-                # shielded: a cancelled answer must not leave the lease to expire on its own
-                await asyncio.shield(self.store.release_lease(name, owner))
 
     # --- settings -----------------------------------------------------------------------
 
@@ -169,9 +155,18 @@ class ConversationService:
         """True the first time ``event_id`` is seen on ``platform`` (persisted)."""
         self._claims += 1
         if self._claims % PRUNE_EVERY == 0:
-            # Platforms redeliver within minutes; a week of ids is plenty.
-            await self.store.prune_events(EVENT_MEMORY_SECONDS)
+            await self._prune_events()
         return await self.store.claim_event(platform, event_id)
+
+    async def _prune_events(self) -> None:
+        """Forget old event ids (platforms redeliver within minutes; a week is plenty).
+
+        Housekeeping: a failure is logged and never fails the message that triggered it.
+        """
+        try:
+            await self.store.prune_events(EVENT_MEMORY_SECONDS)
+        except Exception:
+            log.warning("pruning old event ids failed", exc_info=True)
 
     async def answer(self, inbound: Inbound) -> AsyncIterator[ReplyEvent]:
         """Answer ``inbound``: deltas, then FinalText and UsageReport, or one UserError.

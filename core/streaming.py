@@ -8,6 +8,7 @@ into such snapshots without the adapter tracking timing itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -70,3 +71,6 @@ async def paced(
     finally:
         if not task.done():
             task.cancel()
+            # Wait for the answer's own clean-up (locks, stored state) before returning.
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

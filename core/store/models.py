@@ -107,25 +107,14 @@ class UsageRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
-class ConversationLeaseRow(Base):
-    """Which worker is answering a conversation, until when (epoch seconds).
-
-    Several workers on one database take a lease before answering, so a conversation's turns
-    stay in order across processes; an expired lease (a crashed worker) is simply taken over.
-    """
-
-    __tablename__ = "conversation_leases"
-
-    key: Mapped[str] = mapped_column(String(300), primary_key=True)
-    owner: Mapped[str] = mapped_column(String(64))
-    until: Mapped[float] = mapped_column(Float)
-
-
 class ProcessedEventRow(Base):
     """Platform delivery ids already handled, so a redelivery is dropped even after a restart."""
 
     __tablename__ = "processed_events"
-    __table_args__ = (UniqueConstraint("platform", "event_id"),)
+    __table_args__ = (
+        UniqueConstraint("platform", "event_id"),
+        Index("ix_processed_events_created_at", "created_at"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     platform: Mapped[str] = mapped_column(String(32))

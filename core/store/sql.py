@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, delete, event, func, insert, select, update
+from sqlalchemy import CursorResult, delete, event, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -25,7 +27,6 @@ from core.ports import (
 )
 from core.store.models import (
     ChannelSettingsRow,
-    ConversationLeaseRow,
     ConversationRow,
     MessageRow,
     ProcessedEventRow,
@@ -62,6 +63,12 @@ def make_engine(url: str, *, log_parameters: bool = False, **kwargs: Any) -> Asy
     return create_async_engine(url, **kwargs)
 
 
+def lock_key(name: str) -> int:
+    """The 64-bit advisory lock key of a conversation name."""
+    digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
 def _insert(dialect: str, table: Any) -> Any:
     return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
 
@@ -73,8 +80,17 @@ class SqlStore:
         self.engine = engine
         self._dialect = engine.dialect.name
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        # Conversation locks hold a connection for a whole answer: a pool of their own, so they
+        # never starve the short queries, waiting (not failing) when all are in use.
+        self._lock_engine: AsyncEngine | None = None
+        if self._dialect == "postgresql":
+            self._lock_engine = create_async_engine(
+                engine.url, pool_size=10, max_overflow=90, pool_timeout=3600, hide_parameters=True
+            )
 
     async def close(self) -> None:
+        if self._lock_engine is not None:
+            await self._lock_engine.dispose()
         await self.engine.dispose()
 
     async def claim_event(self, platform: str, event_id: str) -> bool:
@@ -245,27 +261,19 @@ class SqlStore:
                 .values(summary=summary, summary_tokens=summary_tokens, context_start=context_start)
             )
 
-    async def take_lease(self, name: str, owner: str, now: float, until: float) -> bool:
-        stmt = (
-            _insert(self._dialect, ConversationLeaseRow)
-            .values(key=name, owner=owner, until=until)
-            .on_conflict_do_update(
-                index_elements=["key"],
-                set_={"owner": owner, "until": until},
-                where=ConversationLeaseRow.until < now,
-            )
-        )
-        async with self._sessions.begin() as session:
-            result = await session.execute(stmt)
-        return bool(cast(CursorResult[Any], result).rowcount)
+    @asynccontextmanager
+    async def conversation_lock(self, name: str) -> AsyncIterator[None]:
+        """A PostgreSQL advisory lock held in an open transaction on a connection of its own.
 
-    async def release_lease(self, name: str, owner: str) -> None:
-        async with self._sessions.begin() as session:
-            await session.execute(
-                delete(ConversationLeaseRow).where(
-                    ConversationLeaseRow.key == name, ConversationLeaseRow.owner == owner
-                )
-            )
+        PostgreSQL queues the waiters in order and releases the lock when the transaction
+        ends, also when a worker dies. SQLite serves a single worker: nothing to do there.
+        """
+        if self._lock_engine is None:
+            yield
+            return
+        async with self._lock_engine.begin() as conn:
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key(name)})
+            yield
 
     async def reset_conversation(self, key: ConversationKey) -> int:
         state = await self.conversation(key)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from core.errors import LLMError
@@ -51,7 +52,7 @@ class MemoryStore:
         self.usage: list[_Usage] = []
         self.recent_calls = 0
         self.pruned = 0
-        self.leases: dict[str, tuple[str, float]] = {}
+        self.locked: list[str] = []
         self._ids = itertools.count(1)
 
     async def claim_event(self, platform: str, event_id: str) -> bool:
@@ -135,16 +136,10 @@ class MemoryStore:
                     state.id, summary, summary_tokens, context_start
                 )
 
-    async def take_lease(self, name: str, owner: str, now: float, until: float) -> bool:
-        held = self.leases.get(name)
-        if held is not None and held[0] != owner and held[1] >= now:
-            return False
-        self.leases[name] = (owner, until)
-        return True
-
-    async def release_lease(self, name: str, owner: str) -> None:
-        if self.leases.get(name, ("", 0.0))[0] == owner:
-            del self.leases[name]
+    @asynccontextmanager
+    async def conversation_lock(self, name: str) -> AsyncIterator[None]:
+        self.locked.append(name)
+        yield
 
     async def reset_conversation(self, key: ConversationKey) -> int:
         state = await self.conversation(key)

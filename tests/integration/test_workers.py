@@ -1,15 +1,18 @@
-"""Several workers on one database: a conversation's turns stay in order across them."""
+"""Several workers on one PostgreSQL database: a conversation's turns stay in order."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 
+from sqlalchemy import text
+
 from core.messages import Author, ConversationKey, FinalText, Inbound
 from core.service import ConversationService
 from core.settings import Settings
 from core.store import schema
-from core.store.sql import SqlStore, make_engine
+from core.store.sql import SqlStore, lock_key, make_engine
+from core.streaming import paced
 from tests.fakes.memory import ScriptedModel
 
 
@@ -28,12 +31,15 @@ class SlowEcho(ScriptedModel):
             yield item
 
 
-async def test_two_workers_answer_one_conversation_in_turn(database_url):
-    engine = make_engine(database_url)
-    await schema.upgrade(engine)
-    await engine.dispose()
-    settings = Settings(_env_file=None, database_url=database_url)
-    stores = [SqlStore(make_engine(database_url)) for _ in range(2)]
+async def migrated_store(url: str) -> SqlStore:
+    store = SqlStore(make_engine(url))
+    await schema.upgrade(store.engine)
+    return store
+
+
+async def test_two_workers_answer_one_conversation_in_turn(postgres_url):
+    settings = Settings(_env_file=None, database_url=postgres_url)
+    stores = [await migrated_store(postgres_url) for _ in range(2)]
     workers = [
         ConversationService(
             store,
@@ -59,32 +65,23 @@ async def test_two_workers_answer_one_conversation_in_turn(database_url):
         assert [t.role for t in turns] == ["user", "assistant"] * 12
         for question, answer in zip(turns[::2], turns[1::2], strict=True):
             assert answer.content == f"answer to {question.content}"
-        # leases are released: a third worker gets the conversation at once
-        assert await stores[1].take_lease(str(key), "other", 0.0, 1.0)
     finally:
         for store in stores:
             await store.close()
 
 
-async def test_an_expired_lease_is_taken_over(database_url):
-    store = SqlStore(make_engine(database_url))
-    await schema.upgrade(store.engine)
-    try:
-        assert await store.take_lease("k", "crashed-worker", now=100.0, until=160.0)
-        assert not await store.take_lease("k", "me", now=150.0, until=210.0)
-        assert await store.take_lease("k", "me", now=161.0, until=221.0)
-        await store.release_lease("k", "crashed-worker")  # not the owner: no effect
-        assert not await store.take_lease("k", "third", now=170.0, until=230.0)
-        await store.release_lease("k", "me")
-        assert await store.take_lease("k", "third", now=170.0, until=230.0)
-    finally:
-        await store.close()
+async def _lock_is_free(store: SqlStore, name: str) -> bool:
+    """Whether another worker could take the conversation right now (without waiting)."""
+    async with store.engine.begin() as conn:
+        query = text("SELECT pg_try_advisory_xact_lock(:key)")
+        return bool((await conn.execute(query, {"key": lock_key(name)})).scalar())
 
 
-async def test_a_cancelled_answer_releases_its_lease(database_url):
-    store = SqlStore(make_engine(database_url))
-    await schema.upgrade(store.engine)
-    settings = Settings(_env_file=None, database_url=database_url)
+async def test_a_cancelled_answer_frees_its_conversation_at_once(postgres_url):
+    """An adapter reads answers through paced(); cancelling it must free the conversation."""
+    store = await migrated_store(postgres_url)
+    other_worker = await migrated_store(postgres_url)
+    settings = Settings(_env_file=None, database_url=postgres_url)
     started = asyncio.Event()
 
     class Hanging(ScriptedModel):
@@ -96,18 +93,20 @@ async def test_a_cancelled_answer_releases_its_lease(database_url):
     worker = ConversationService(store, Hanging(), settings, shared_database=True)
     key = ConversationKey("test", "w", "cancelled")
 
-    async def consume() -> None:
-        async for _ in worker.answer(Inbound(key, Author("u"), "hello")):
+    async def handler() -> None:
+        async for _ in paced(worker.answer(Inbound(key, Author("u"), "hello")), 0.01):
             pass
 
-    task = asyncio.create_task(consume())
+    task = asyncio.create_task(handler())
     try:
         await asyncio.wait_for(started.wait(), 10)
-        assert not await store.take_lease(str(key), "other", 0.0, 1.0)
+        assert not await _lock_is_free(other_worker, str(key))
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        assert await store.take_lease(str(key), "other", 0.0, 1.0)
+        # checked right after the handler ended, before anything else runs
+        assert await _lock_is_free(other_worker, str(key))
         assert len(worker.locks) == 0
     finally:
         await store.close()
+        await other_worker.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -90,3 +91,26 @@ def test_split_with_long_fences_stays_within_the_limit():
         pieces = split_message(text, 2000)
         assert all(len(p) <= 2000 for p in pieces), [len(p) for p in pieces]
         assert all(p.count(fence) % 2 == 0 for p in pieces)
+
+
+async def test_paced_waits_for_the_answers_clean_up_when_cancelled():
+    cleaned: list[str] = []
+
+    async def events():
+        try:
+            yield TextDelta("a")
+            await asyncio.sleep(10)
+        finally:
+            await asyncio.sleep(0)  # clean-up that needs the loop, like releasing a lock
+            cleaned.append("done")
+
+    async def consume():
+        async for _ in paced(events(), 0.01):
+            pass
+
+    task = asyncio.create_task(consume())
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert cleaned == ["done"]
