@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -97,8 +98,15 @@ async def _run(settings: Settings) -> int:
                 ) from None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def on_signal() -> None:
+            if stop.is_set():  # a second signal: stop waiting for answers in progress
+                log.warning("second signal: exiting now")
+                os._exit(130)
+            stop.set()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
         log.info("parley is running (%s)", ", ".join(type(a).__name__ for a in adapters))
         # Run until a signal, or until an adapter's connection ends for good (then exit non-zero
         # so the process supervisor restarts the worker).
@@ -116,11 +124,11 @@ async def _run(settings: Settings) -> int:
                 exit_code = 1
         log.info("shutting down")
     finally:
-        for adapter in reversed(adapters):
-            try:
-                await adapter.stop()
-            except Exception:
-                log.exception("stopping %s failed", type(adapter).__name__)
+        # All adapters drain at once, so shutdown fits a supervisor's grace period (about 10 s).
+        results = await asyncio.gather(*(a.stop() for a in adapters), return_exceptions=True)
+        for adapter, result in zip(adapters, results, strict=True):
+            if isinstance(result, Exception):
+                log.error("stopping %s failed: %r", type(adapter).__name__, result)
         await parley.close()
     return exit_code
 

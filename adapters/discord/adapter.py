@@ -28,9 +28,9 @@ from core.settings import Settings
 
 log = logging.getLogger("parley.discord")
 
-STOP_GRACE_SECONDS = 10.0
+STOP_GRACE_SECONDS = 6.0
 # After the grace period, answers still running are cancelled and get this long to say so.
-CUT_NOTE_SECONDS = 5.0
+CUT_NOTE_SECONDS = 2.0
 MISSING_CONTENT_INTENT = (
     "Discord refused the Message Content intent, so Parley connected without it: slash commands "
     "and mentions work, but plain messages in /chat threads and replies without a mention are "

@@ -6,11 +6,13 @@ is dropped), with the reply chain as context, streamed by editing the bot's repl
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
 import discord
 
+from adapters.discord.interactions import RESTARTING
 from adapters.discord.render import ChannelSurface, render_answer, restart_note
 from adapters.discord.tasks import InFlight
 from adapters.discord.translate import (
@@ -26,7 +28,7 @@ from adapters.discord.translate import (
     with_reply_context,
 )
 from core.messages import Inbound
-from core.service import ConversationService
+from core.service import GENERIC_ERROR, ConversationService
 from core.settings import Settings
 
 log = logging.getLogger("parley.discord")
@@ -54,8 +56,14 @@ class MessageHandler:
     async def handle(self, message: discord.Message) -> None:
         with self.inflight.track():
             if self.inflight.closing:
-                # Stopping: not claimed, so nothing is recorded as answered.
+                # Stopping: not claimed, so nothing is recorded as answered. The gateway will
+                # not deliver it again, so a mention or DM is told to ask again.
                 log.info("not answering message %s: Parley is stopping", message.id)
+                me = self.client.user
+                addressed = message.guild is None or (me is not None and me in message.mentions)
+                if me is not None and not message.author.bot and addressed:
+                    with contextlib.suppress(discord.HTTPException):
+                        await message.reply(RESTARTING, mention_author=False)
                 return
             await self._handle(message)
 
@@ -107,6 +115,9 @@ class MessageHandler:
             log.warning(
                 "answering message %s failed: HTTP %s (code %s)", message.id, exc.status, exc.code
             )
+            # best effort: say so rather than leave a half-written answer without a word
+            with contextlib.suppress(discord.HTTPException):
+                await ChannelSurface(channel).post(GENERIC_ERROR)
 
     async def _channel(self, message: discord.Message) -> Any:
         """The message's channel, fetched when the cache doesn't know it (e.g. an old thread)."""

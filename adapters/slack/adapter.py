@@ -62,8 +62,8 @@ SUGGESTED_PROMPTS = (
 SUMMARY_MESSAGES = 50
 FOLLOW_CACHE_SIZE = 10_000
 NOT_OURS_TTL = 60.0
-STOP_GRACE = 10.0  # how long stop() lets answers in progress finish
-CUT_GRACE = 5.0  # then how long answers cut by shutdown get to say so
+STOP_GRACE = 6.0  # how long stop() lets answers in progress finish
+CUT_GRACE = 2.0  # then how long answers cut by shutdown get to say so
 RESTARTED = "Parley was restarted while answering; please ask again."
 RESET_SCOPE = (
     "`{command} reset` resets the top-level conversation here (in a DM with me: the messages "

@@ -568,7 +568,7 @@ async def test_stop_takes_no_new_events_and_cut_answers_say_so(
         stopping = asyncio.create_task(stack.adapter.stop())
         await asyncio.sleep(0.05)
         late = await fake.send_command("ask", {"prompt": "too late"})
-        await fake.send_message("too late as well", mention_bot=True)
+        late_mention = await fake.send_message("too late as well", mention_bot=True)
         await fake.wait_for(lambda: stack.shown(late))
         await stopping
 
@@ -578,11 +578,14 @@ async def test_stop_takes_no_new_events_and_cut_answers_say_so(
         shown = stack.visible(interaction)
         assert len(shown) >= 2 and shown[-1] == RESTARTED and "thinking" not in shown[0]
         in_channel = fake.calls_to("POST", rf"/channels/{fake.channel_id}/messages$")
-        assert [c.content for c in in_channel][-1] == RESTARTED
-        replies = [c for c in in_channel if c.body.get("message_reference")]
-        assert [c.body["message_reference"]["message_id"] for c in replies] == [
-            int(mention["id"])
-        ], "the late mention got no answer"
+        assert RESTARTED in [c.content for c in in_channel]
+        replies = {
+            c.body["message_reference"]["message_id"]: c.content
+            for c in in_channel
+            if c.body.get("message_reference")
+        }
+        assert set(replies) == {int(mention["id"]), int(late_mention["id"])}
+        assert replies[int(late_mention["id"])] == RESTARTING, "the late mention is told"
         assert not stack.adapter.failed.is_set()
 
 
@@ -615,3 +618,17 @@ async def test_connection_ending_for_good_is_signalled(
             assert discord_adapter.failed.is_set() and discord_adapter.failure is failure
         finally:
             await discord_adapter.stop()
+
+
+async def test_a_failed_final_edit_of_a_mention_answer_is_not_left_silent(stack: Stack) -> None:
+    fake = stack.discord
+    fake.fail("PATCH", rf"/channels/{fake.channel_id}/messages/\d+$", status=400, times=1000)
+    await fake.send_message("explain streaming [[fault:long_answer:300]]", mention_bot=True)
+    said = await fake.wait_for(
+        lambda: [
+            t
+            for t in fake.channel_messages(fake.channel_id, author_id=fake.bot.id)
+            if "went wrong" in t
+        ]
+    )
+    assert said == [GENERIC_ERROR]
