@@ -69,7 +69,10 @@ async def prepare_schema(store: SqlStore, settings: Settings, *, auto_upgrade: b
 
 async def build(settings: Settings, *, auto_upgrade: bool = True) -> Parley:
     """Build Parley's core from ``settings``; start the offline stand-in model if no key is set."""
-    store = SqlStore(make_engine(settings.database_url, log_parameters=settings.parley_log_content))
+    store = SqlStore(
+        make_engine(settings.database_url, log_parameters=settings.parley_log_content),
+        lock_connections=settings.database_lock_connections,
+    )
     try:
         await prepare_schema(store, settings, auto_upgrade=auto_upgrade)
     except (OSError, DBAPIError) as exc:

@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     # --- storage --------------------------------------------------------------------------
     # Left out of reprs: a PostgreSQL URL may carry a password.
     database_url: str = Field("sqlite+aiosqlite:///parley.db", repr=False)
+    # PostgreSQL: answers running at once in one worker, each holding its conversation's lock
+    # on a connection of its own (plus up to 20 connections for short queries).
+    database_lock_connections: int = Field(30, ge=1, le=500)
 
     # --- Slack ----------------------------------------------------------------------------
     slack_bot_token: SecretStr | None = None

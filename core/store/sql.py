@@ -56,8 +56,8 @@ def make_engine(url: str, *, log_parameters: bool = False, **kwargs: Any) -> Asy
             cursor.close()
 
         return engine
-    kwargs.setdefault("pool_size", 20)
-    kwargs.setdefault("max_overflow", 20)
+    kwargs.setdefault("pool_size", 10)
+    kwargs.setdefault("max_overflow", 10)
     # Connections are recycled rather than pinged: a ping is one more round trip per query.
     kwargs.setdefault("pool_recycle", 1800)
     return create_async_engine(url, **kwargs)
@@ -76,16 +76,21 @@ def _insert(dialect: str, table: Any) -> Any:
 class SqlStore:
     """Implements ``core.ports.Store``; each method is one short transaction."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, lock_connections: int = 30) -> None:
         self.engine = engine
         self._dialect = engine.dialect.name
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
         # Conversation locks hold a connection for a whole answer: a pool of their own, so they
-        # never starve the short queries, waiting (not failing) when all are in use.
+        # never starve the short queries. At most ``lock_connections`` answers run at once in
+        # this worker; more wait (not fail) for a connection.
         self._lock_engine: AsyncEngine | None = None
         if self._dialect == "postgresql":
             self._lock_engine = create_async_engine(
-                engine.url, pool_size=10, max_overflow=90, pool_timeout=3600, hide_parameters=True
+                engine.url,
+                pool_size=lock_connections,
+                max_overflow=0,
+                pool_timeout=3600,
+                hide_parameters=True,
             )
 
     async def close(self) -> None:
