@@ -8,6 +8,7 @@ budget, not on how long the conversation has grown.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from core.errors import InputTooLong
@@ -37,9 +38,39 @@ class Context:
     history: list[StoredMessage] = field(default_factory=list)
 
 
+@lru_cache(maxsize=256)
+def prompt_tokens(system_prompt: str) -> int:
+    """Tokens of a system prompt; a channel's prompt is the same turn after turn."""
+    return count_message(system_prompt)
+
+
+async def newest_turns(
+    store: Store, conversation_id: int, after_id: int, before_id: int, token_limit: int
+) -> tuple[list[StoredMessage], int | None]:
+    """The newest complete turns with after_id < id < before_id that fit ``token_limit``,
+    oldest first, and the id of the newest turn that did not fit (None if all did).
+
+    Reads page by page, newest first, so it reads only about as many rows as fit.
+    """
+    picked: list[StoredMessage] = []
+    remaining = token_limit
+    while True:
+        page = await store.recent_messages(conversation_id, after_id, before_id, PAGE)
+        for message in page:
+            if message.token_count > remaining:
+                picked.reverse()
+                return picked, message.id
+            remaining -= message.token_count
+            picked.append(message)
+        if len(page) < PAGE:
+            picked.reverse()
+            return picked, None
+        before_id = page[-1].id
+
+
 def input_limit(system_prompt: str, user_tokens: int, budget: int) -> int:
     """Tokens left for the user turn and history; raises InputTooLong if the turn cannot fit."""
-    limit = budget - count_message(system_prompt) - TOKENS_REPLY_PRIMER
+    limit = budget - prompt_tokens(system_prompt) - TOKENS_REPLY_PRIMER
     if user_tokens > limit:
         raise InputTooLong(
             f"Your message is {user_tokens:,} tokens; the limit here is {max(limit, 0):,}. "
@@ -67,25 +98,14 @@ async def build_context(
     summary_tokens = 0
     if state.summary:
         summary = summary_message(state.summary)
-        summary_tokens = count_message(summary)
+        summary_tokens = state.summary_tokens  # counted once, when the summary was stored
         if summary_tokens > limit - user_tokens:
             summary, summary_tokens = "", 0
     remaining = limit - user_tokens - summary_tokens
-    history: list[StoredMessage] = []
-    cut_at: int | None = None
-    before = user_turn_id
-    while cut_at is None:
-        page = await store.recent_messages(state.id, state.context_start, before, PAGE)
-        for message in page:
-            if message.token_count > remaining:
-                cut_at = message.id
-                break
-            remaining -= message.token_count
-            history.append(message)
-        if cut_at is not None or len(page) < PAGE:
-            break
-        before = page[-1].id
-    history.reverse()
+    history, cut_at = await newest_turns(
+        store, state.id, state.context_start, user_turn_id, remaining
+    )
+    remaining -= sum(m.token_count for m in history)
     messages: list[dict[str, Any]] = [{"role": "system", "content": system_prompt}]
     if summary:
         messages.append({"role": "system", "content": summary})

@@ -22,6 +22,7 @@ from core.context import (
     build_context,
     fold_point,
     input_limit,
+    newest_turns,
     summary_message,
     token_budget,
 )
@@ -433,16 +434,10 @@ class ConversationService:
         """Fold turns up to ``cut_at`` into the rolling summary, or drop them."""
         summary, summary_tokens = state.summary, state.summary_tokens
         if self.settings.parley_summarize_overflow:
-            older = await self.store.recent_messages(
-                state.id, state.context_start, cut_at + 1, 10_000
+            # the most recent of the overflow, within what one summary request may read
+            picked, _ = await newest_turns(
+                self.store, state.id, state.context_start, cut_at + 1, SUMMARY_INPUT_TOKENS
             )
-            picked, spent = [], 0
-            for message in older:  # newest first: keep the most recent of the overflow
-                if spent + message.token_count > SUMMARY_INPUT_TOKENS:
-                    break
-                picked.append(message)
-                spent += message.token_count
-            picked.reverse()
             transcript = "\n".join(f"{m.role}: {m.content}" for m in picked)
             max_tokens = max(128, min(1000, self._budget(config) // 8))
             try:
@@ -552,14 +547,9 @@ class ConversationService:
         if transcript is None:
             state = await self.store.conversation(key)
             previous = state.summary
-            recent = await self.store.recent_messages(state.id, state.context_start, 2**62, 10_000)
-            picked, spent = [], 0
-            for message in recent:
-                if spent + message.token_count > budget - 512:
-                    break
-                picked.append(message)
-                spent += message.token_count
-            picked.reverse()
+            picked, _ = await newest_turns(
+                self.store, state.id, state.context_start, 2**62, budget - 512
+            )
             transcript = "\n".join(f"{m.author_name or m.role}: {m.content}" for m in picked)
         elif count_text(transcript) > budget - 512:
             raise BadCommand("Those messages are too long to summarise at once; ask for fewer.")
