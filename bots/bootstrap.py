@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import make_url
@@ -30,7 +30,6 @@ class Parley:
     llm: OpenAIChat
     service: ConversationService
     offline_server: Any = None
-    _closers: list[Any] = field(default_factory=list)
 
     @property
     def offline(self) -> bool:
@@ -50,15 +49,11 @@ def database_error(url: str, exc: BaseException) -> ConfigError:
     return ConfigError(f"cannot open the database at DATABASE_URL={where}: {reason}")
 
 
-def _is_default_sqlite(url: str) -> bool:
-    return url.startswith("sqlite")
-
-
 async def prepare_schema(store: SqlStore, settings: Settings, *, auto_upgrade: bool) -> None:
     """Refuse to run on an out-of-date schema; SQLite databases are upgraded automatically."""
     if await schema.is_up_to_date(store.engine):
         return
-    if auto_upgrade and _is_default_sqlite(settings.database_url):
+    if auto_upgrade and store.engine.dialect.name == "sqlite":
         log.info("upgrading the SQLite schema to %s", schema.head_revision())
         await schema.upgrade(store.engine)
         return
