@@ -20,8 +20,8 @@ from adapters.discord.endpoints import use_endpoints
 from adapters.discord.inbound import MessageHandler
 from adapters.discord.interactions import SlashCommands
 from adapters.discord.render import NO_MENTIONS
-from adapters.discord.tasks import InFlight
 from adapters.discord.translate import AccessPolicy
+from adapters.inflight import InFlight
 from core.errors import ConfigError, ParleyError
 from core.service import ConversationService
 from core.settings import Settings

@@ -14,7 +14,6 @@ import discord
 
 from adapters.discord.interactions import RESTARTING
 from adapters.discord.render import ChannelSurface, render_answer, restart_note
-from adapters.discord.tasks import InFlight
 from adapters.discord.translate import (
     AccessPolicy,
     author_of,
@@ -27,6 +26,7 @@ from adapters.discord.translate import (
     role_ids,
     with_reply_context,
 )
+from adapters.inflight import InFlight
 from core.messages import Inbound
 from core.service import GENERIC_ERROR, ConversationService
 from core.settings import Settings

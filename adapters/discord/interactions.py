@@ -28,7 +28,6 @@ from adapters.discord.render import (
     render_answer,
     restart_note,
 )
-from adapters.discord.tasks import InFlight
 from adapters.discord.translate import (
     PLATFORM,
     AccessPolicy,
@@ -40,6 +39,7 @@ from adapters.discord.translate import (
     thread_name,
     transcript,
 )
+from adapters.inflight import InFlight
 from core.commands import COMMANDS, CommandSpec, parse_count
 from core.errors import BadCommand
 from core.messages import CommandReply, ConversationKey, Inbound

@@ -30,6 +30,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
+from adapters.inflight import InFlight
 from adapters.slack import translate
 from adapters.slack.files import FileFetcher
 from adapters.slack.mrkdwn import to_mrkdwn, to_plain
@@ -140,7 +141,7 @@ class SlackAdapter:
         self._closing = False
         self._threads: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._inflight: set[asyncio.Future[None]] = set()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = InFlight()
         self._web_app: web.Application | None = None
         self._runner: web.AppRunner | None = None
         self._socket: AsyncSocketModeHandler | None = None
@@ -230,14 +231,10 @@ class SlackAdapter:
 
     async def _cut_unfinished(self) -> None:
         """Cancel the handlers still running; each ends its answer with ``RESTARTED``."""
-        tasks = {task for task in self._tasks if not task.done()}
-        log.warning("slack: %d answers still running at shutdown; cutting them", len(tasks))
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=CUT_GRACE)
-            if pending:
-                log.error("slack: %d cut answers did not end in time", len(pending))
+        log.warning("slack: %d answers still running at shutdown; cutting them", len(self._tasks))
+        await self._tasks.cancel(CUT_GRACE)
+        if self._tasks:
+            log.error("slack: %d cut answers did not end in time", len(self._tasks))
 
     async def _close_session(self) -> None:
         if self._session is not None:
@@ -295,14 +292,10 @@ class SlackAdapter:
     @contextlib.contextmanager
     def _handling(self, context: AsyncBoltContext) -> Iterator[None]:
         """Around a listener: its task can be cut by ``stop()``; marks the request done."""
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
         try:
-            yield
+            with self._tasks.track():
+                yield
         finally:
-            if task is not None:
-                self._tasks.discard(task)
             done = context.get("parley_done")
             if done is not None and not done.done():
                 done.set_result(None)

@@ -1,4 +1,4 @@
-"""Handlers still running, so stopping the adapter lets answers in progress finish."""
+"""Handlers still running, so stopping an adapter lets answers in progress finish."""
 
 from __future__ import annotations
 
