@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import contextlib
 import signal
+import sys
 
 from adapters.standin.server import StandinServer
 
@@ -49,7 +50,11 @@ async def _serve(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Serve until SIGINT or SIGTERM."""
-    asyncio.run(_serve(_parse(argv)))
+    args = _parse(argv)
+    try:
+        asyncio.run(_serve(args))
+    except OSError as exc:  # e.g. the port is taken
+        sys.exit(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
 
 
 if __name__ == "__main__":
