@@ -10,18 +10,11 @@ import asyncio
 import getpass
 import sys
 import threading
+from collections.abc import Callable
 from typing import TextIO
 
-from core.messages import (
-    Author,
-    ConversationKey,
-    FinalText,
-    Inbound,
-    Notice,
-    TextDelta,
-    UsageReport,
-    UserError,
-)
+from core.delivery import Interval, deliver
+from core.messages import Author, ConversationKey, Inbound
 from core.service import ConversationService
 
 PROMPT = "you> "
@@ -81,24 +74,32 @@ class ConsoleChat:
             return
         inbound = Inbound(self.key, self.author, line)
         self._write(ANSWER)
-        streamed = ""
-        async for event in self.service.answer(inbound):
-            if isinstance(event, TextDelta):
-                streamed += event.text
-                self._write(event.text)
-            elif isinstance(event, FinalText):
-                # the final text may add to what streamed (e.g. a note that it was cut off)
-                rest = event.text[len(streamed) :] if event.text.startswith(streamed) else ""
-                self._write(rest if streamed else event.text)
-                self._write("\n")
-            elif isinstance(event, UsageReport):
-                self._write(
-                    f"  [{event.model}: {event.input_tokens} in / {event.output_tokens} out tokens,"
-                    f" ${event.cost_usd:.5f}]\n"
-                )
-            elif isinstance(event, Notice):
-                self._write(f"  (note: {event.text})\n{ANSWER if not streamed else ''}")
-            elif isinstance(event, UserError):
-                if streamed:
-                    self._write("\n")
-                self._write(f"! {event.text}\n")
+        done = await deliver(self.service.answer(inbound), TerminalAnswer(self._write), Interval(0))
+        if done.usage is not None:
+            usage = done.usage
+            self._write(
+                f"  [{usage.model}: {usage.input_tokens} in / {usage.output_tokens} out tokens,"
+                f" ${usage.cost_usd:.5f}]\n"
+            )
+
+
+class TerminalAnswer:
+    """``core.delivery.Renderer`` on a terminal: the answer is printed as it grows."""
+
+    def __init__(self, write: Callable[[str], None]) -> None:
+        self._write = write
+        self._printed = ""
+
+    async def progress(self, text: str) -> None:
+        self._write(text[len(self._printed) :])
+        self._printed = text
+
+    async def finish(self, text: str) -> None:
+        # The final text may add to what streamed (notes, "cut off"), or differ (JSON mode).
+        if text.startswith(self._printed):
+            self._write(text[len(self._printed) :] + "\n")
+        else:
+            self._write(("\n" if self._printed else "") + text + "\n")
+
+    async def fail(self, text: str) -> None:
+        self._write(("\n" if self._printed else "") + text + "\n")

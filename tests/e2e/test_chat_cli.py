@@ -75,7 +75,7 @@ async def test_chat_against_a_server_given_as_openai_base_url(tmp_path):
         await _expect(child, "You said: hello over http")
         await _expect(child, "you> ")
         child.sendline("this one fails [[fault:server_error]]")
-        await _expect(child, "! ")
+        await _expect(child, "⚠️ ")
         await _expect(child, "try again")
         await _expect(child, "you> ")
         child.sendline("a long one [[fault:long_answer:3000]]")

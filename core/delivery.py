@@ -1,0 +1,207 @@
+"""The delivery contract: how every adapter shows an answer from the core.
+
+An adapter implements ``Renderer`` (three writes: the answer so far, the finished answer, the
+sentence ending a request that got no answer) and calls ``deliver(events, renderer, pacing)``.
+``deliver`` owns everything the platforms have in common:
+
+- it coalesces the model's deltas into ``progress`` writes no more often than ``pacing``
+  allows, and the final write waits its turn too, so a platform's write limit holds for every
+  write of an answer;
+- it composes the text people see (the answer, or "empty answer", then the notes; a failure
+  sentence, then the notes) from ``core.sentences``, so every platform says the same thing;
+- it always ends in exactly one ``finish`` or ``fail``: a stream that ends without an answer
+  fails with ``GENERIC_ERROR``, and an answer cut by shutdown (the task cancelled) fails with
+  ``RESTARTED`` before the cancellation goes on;
+- it drains the core's events to the end even when the platform refuses a write, so the core
+  still stores the turn and charges its usage; the first refused final write is raised after.
+
+A ``progress`` write that fails is logged and skipped: the next one (or the final one) shows
+the text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from core import sentences
+from core.messages import FinalText, Notice, ReplyEvent, TextDelta, UsageReport, UserError
+
+log = logging.getLogger("parley.delivery")
+
+Outcome = Literal["answered", "failed", "nothing", "cut"]
+
+
+class Renderer(Protocol):
+    """One answer's writes on one platform. Text is Markdown, as the model writes it; the
+    renderer turns it into the platform's markup and splits it at the platform's limits."""
+
+    async def progress(self, text: str) -> None:
+        """Show the answer so far (it only grows). Best effort: may be skipped on failure."""
+        ...
+
+    async def finish(self, text: str) -> None:
+        """Show the complete answer (notes included); close anything still open."""
+        ...
+
+    async def fail(self, text: str) -> None:
+        """End a request that got no answer with ``text`` (the reason, then the notes).
+
+        Text already shown by ``progress`` stays; the sentence follows it."""
+        ...
+
+
+class Pacing(Protocol):
+    """When the next write to one place may go out (a platform's write limit)."""
+
+    def delay(self) -> float:
+        """Seconds until the next write may go out; 0 when it may go now."""
+        ...
+
+    def wrote(self) -> None:
+        """Record that a write went out."""
+        ...
+
+
+@dataclass(slots=True)
+class Interval:
+    """At most one write per ``seconds`` (0: every write goes at once)."""
+
+    seconds: float
+    _last: float = field(default=float("-inf"), init=False)
+
+    def delay(self) -> float:
+        return max(0.0, self._last + self.seconds - time.monotonic())
+
+    def wrote(self) -> None:
+        self._last = time.monotonic()
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """How an answer ended: ``answered``, ``failed`` (a sentence was shown), ``nothing`` (the
+    core yielded nothing: a redelivered event) or ``cut`` (shutdown)."""
+
+    outcome: Outcome
+    error_code: str | None = None
+    usage: UsageReport | None = None
+
+
+class _Answer:
+    """What ``deliver`` has seen of the answer, and its writes to the renderer."""
+
+    def __init__(self, renderer: Renderer, pacing: Pacing) -> None:
+        self.renderer = renderer
+        self.pacing = pacing
+        self.text = ""
+        self.shown = ""
+        self.notes: list[str] = []
+        self.settled = False
+        self.refused: BaseException | None = None
+
+    @property
+    def behind(self) -> bool:
+        return not self.settled and self.text != self.shown
+
+    async def progress(self) -> None:
+        self.shown = self.text
+        self.pacing.wrote()
+        try:
+            await self.renderer.progress(self.text)
+        except Exception as exc:  # the next write catches up
+            log.warning("showing part of an answer failed (%s); skipped", type(exc).__name__)
+
+    async def settle(self, final: bool, text: str) -> None:
+        """The one final write: ``finish`` or ``fail``, after its turn under the pacing."""
+        self.settled = True
+        await asyncio.sleep(self.pacing.delay())
+        self.pacing.wrote()
+        try:
+            if final:
+                await self.renderer.finish(sentences.answer_text(text, self.notes))
+            else:
+                await self.renderer.fail(sentences.failure_text(text, self.notes))
+        except Exception as exc:  # raised once the events are drained
+            self.refused = exc
+
+
+async def deliver(
+    events: AsyncIterator[ReplyEvent], renderer: Renderer, pacing: Pacing
+) -> Delivered:
+    """Show the answer ``events`` stream on ``renderer``, at the cadence ``pacing`` allows."""
+    answer = _Answer(renderer, pacing)
+    queue: asyncio.Queue[ReplyEvent | None] = asyncio.Queue()
+    pump = asyncio.create_task(_pump(events, queue))
+    result = Delivered("nothing")
+    try:
+        while True:
+            timeout = pacing.delay() if answer.behind else None
+            try:
+                event = await asyncio.wait_for(queue.get(), timeout)
+            except TimeoutError:
+                await answer.progress()
+                continue
+            if event is None:
+                break
+            result = await _on_event(event, answer, result)
+        await pump  # re-raises what the events iterator raised
+    except asyncio.CancelledError:
+        await _stop(pump)
+        if not answer.settled:
+            log.warning("an answer was cut by shutdown")
+            await answer.settle(False, sentences.RESTARTED)
+        raise
+    except Exception:
+        log.exception("the answer stream failed")
+        await _stop(pump)
+        result = Delivered("failed", "internal")
+    if not answer.settled and (answer.text or answer.notes or result.outcome != "nothing"):
+        await answer.settle(False, sentences.GENERIC_ERROR)
+        result = Delivered("failed", result.error_code or "internal", result.usage)
+    if answer.refused is not None:
+        raise answer.refused
+    return result
+
+
+async def _on_event(event: ReplyEvent, answer: _Answer, result: Delivered) -> Delivered:
+    if isinstance(event, TextDelta):
+        answer.text += event.text
+        if answer.pacing.delay() <= 0 and not answer.settled:
+            await answer.progress()
+        return result
+    if isinstance(event, Notice):
+        answer.notes.append(event.text)
+        return result
+    if isinstance(event, FinalText):
+        await answer.settle(True, event.text)
+        return Delivered("answered", None, result.usage)
+    if isinstance(event, UserError):
+        await answer.settle(False, event.text)
+        return Delivered("failed", event.code, result.usage)
+    if isinstance(event, UsageReport):
+        return Delivered(result.outcome, result.error_code, event)
+    return result
+
+
+async def _pump(events: AsyncIterator[ReplyEvent], queue: asyncio.Queue[ReplyEvent | None]) -> None:
+    try:
+        async for event in events:
+            await queue.put(event)
+    finally:
+        await queue.put(None)
+
+
+async def _stop(pump: asyncio.Task[None]) -> None:
+    """Cancel the core's answer and wait for its own clean-up (locks, stored state)."""
+    if not pump.done():
+        pump.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await pump
+
+
+__all__ = ["Delivered", "Interval", "Outcome", "Pacing", "Renderer", "deliver"]
