@@ -65,17 +65,30 @@ COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec("usage", "Tokens and cost for this channel and for you."),
     CommandSpec(
         "summarize",
-        "Summarise this conversation (or the last N channel messages, where supported).",
+        "Summarise the last N messages where you ask (this thread, channel, DM or terminal "
+        "session; 50 when N is left out).",
         "messages",
-        "How many recent channel messages to summarise",
+        "How many recent messages to summarise (1-500, default 50)",
         private=False,
     ),
 )
 
 BY_NAME = {spec.name: spec for spec in COMMANDS}
 _ALIASES = {"summarise": "summarize", "forget": "reset", "clear": "reset", "temp": "temperature"}
+SUMMARY_MESSAGES = 50
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,99}$")
 MAX_SYSTEM_PROMPT_CHARS = 8000
+
+
+def canonical(name: str) -> str:
+    """A command's own name for ``name`` (aliases such as ``clear`` resolved, "/" dropped)."""
+    word = name.strip().lstrip("/!").lower()
+    return _ALIASES.get(word, word)
+
+
+def summary_count(args: str) -> int:
+    """How many messages ``summarize [N]`` covers: N, or ``SUMMARY_MESSAGES``."""
+    return parse_count(args.strip()) if args.strip() else SUMMARY_MESSAGES
 
 
 def parse_command(text: str) -> tuple[str, str] | None:
@@ -87,7 +100,7 @@ def parse_command(text: str) -> tuple[str, str] | None:
         return None
     word, _, rest = stripped.partition(" ")
     marked = word[0] in "/!"
-    word = _ALIASES.get(word.lstrip("/!").lower(), word.lstrip("/!").lower())
+    word = canonical(word)
     if word not in BY_NAME:
         return None
     if not marked and rest.strip():
@@ -97,7 +110,7 @@ def parse_command(text: str) -> tuple[str, str] | None:
 
 def help_text() -> str:
     lines = ["**Parley commands**"]
-    lines += [f"- `{spec.usage}`: {spec.summary}" for spec in COMMANDS]
+    lines += [f"- `/{spec.usage}`: {spec.summary}" for spec in COMMANDS]
     return "\n".join(lines)
 
 

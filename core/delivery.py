@@ -1,7 +1,7 @@
 """The delivery contract: how every adapter shows an answer from the core.
 
-An adapter implements ``Renderer`` (three writes: the answer so far, the finished answer, the
-sentence ending a request that got no answer) and calls ``deliver(events, renderer, pacing)``.
+An adapter implements ``Renderer`` (four writes: that an answer is coming, the answer so far,
+the finished answer, the sentence ending a request that got no answer) and calls ``deliver(events, renderer, pacing)``.
 ``deliver`` owns everything the platforms have in common:
 
 - it coalesces the model's deltas into ``progress`` writes no more often than ``pacing``
@@ -30,7 +30,15 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from core import sentences
-from core.messages import FinalText, Notice, ReplyEvent, TextDelta, UsageReport, UserError
+from core.messages import (
+    Accepted,
+    FinalText,
+    Notice,
+    ReplyEvent,
+    TextDelta,
+    UsageReport,
+    UserError,
+)
 
 log = logging.getLogger("parley.delivery")
 
@@ -40,6 +48,11 @@ Outcome = Literal["answered", "failed", "nothing", "cut"]
 class Renderer(Protocol):
     """One answer's writes on one platform. Text is Markdown, as the model writes it; the
     renderer turns it into the platform's markup and splits it at the platform's limits."""
+
+    async def start(self) -> None:
+        """The core took the request on: show that an answer is coming (a placeholder, a
+        status). Never called for a redelivered message, which gets no writes at all."""
+        ...
 
     async def progress(self, text: str) -> None:
         """Show the answer so far (it only grows). Best effort: may be skipped on failure."""
@@ -102,11 +115,20 @@ class _Answer:
         self.shown = ""
         self.notes: list[str] = []
         self.settled = False
+        self.started = False
         self.refused: BaseException | None = None
 
     @property
     def behind(self) -> bool:
         return not self.settled and self.text != self.shown
+
+    async def start(self) -> None:
+        self.started = True
+        self.pacing.wrote()
+        try:
+            await self.renderer.start()
+        except Exception as exc:  # the answer itself still comes
+            log.warning("showing that an answer is coming failed (%s)", type(exc).__name__)
 
     async def progress(self) -> None:
         self.shown = self.text
@@ -160,7 +182,7 @@ async def deliver(
         log.exception("the answer stream failed")
         await _stop(pump)
         result = Delivered("failed", "internal")
-    if not answer.settled and (answer.text or answer.notes or result.outcome != "nothing"):
+    if not answer.settled and (answer.started or answer.text or result.outcome != "nothing"):
         await answer.settle(False, sentences.GENERIC_ERROR)
         result = Delivered("failed", result.error_code or "internal", result.usage)
     if answer.refused is not None:
@@ -169,6 +191,9 @@ async def deliver(
 
 
 async def _on_event(event: ReplyEvent, answer: _Answer, result: Delivered) -> Delivered:
+    if isinstance(event, Accepted):
+        await answer.start()
+        return result
     if isinstance(event, TextDelta):
         answer.text += event.text
         if answer.pacing.delay() <= 0 and not answer.settled:

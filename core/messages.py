@@ -82,6 +82,13 @@ class Inbound:
 
 
 @dataclass(frozen=True, slots=True)
+class Accepted:
+    """The core took the message on (it is new and within limits); an answer or a sentence
+    follows. Adapters show that an answer is coming (a placeholder, a status) on this event,
+    so a redelivered message, which yields no events at all, writes nothing."""
+
+
+@dataclass(frozen=True, slots=True)
 class TextDelta:
     """A piece of the answer as the model writes it."""
 
@@ -121,14 +128,16 @@ class UserError:
     code: str = "error"
 
 
-ReplyEvent = TextDelta | FinalText | UsageReport | Notice | UserError
+ReplyEvent = Accepted | TextDelta | FinalText | UsageReport | Notice | UserError
 
 
 @dataclass(frozen=True, slots=True)
 class CommandReply:
     """What a command answers. ``private`` replies are shown only to the person who asked,
-    where the platform can do that."""
+    where the platform can do that. ``redelivered`` replies (a command the platform delivered
+    again) are not shown at all."""
 
     text: str
     private: bool = False
     ok: bool = True
+    redelivered: bool = False

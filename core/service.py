@@ -29,6 +29,7 @@ from core.context import (
 from core.errors import BadCommand, EmptyAnswer, InvalidJSONReply, OverBudget, UserFacingError
 from core.llm import ChatModel, ChatRequest, Completion
 from core.messages import (
+    Accepted,
     Author,
     ChannelKey,
     CommandReply,
@@ -193,6 +194,7 @@ class ConversationService:
                     "user_rate_limited",
                 )
                 return
+        yield Accepted()
         try:
             async with self.exclusive(inbound.key):
                 async for event in self._answer(inbound):
@@ -463,9 +465,15 @@ class ConversationService:
         name: str,
         args: str = "",
         transcript: str | None = None,
+        *,
+        event_id: str | None = None,
     ) -> CommandReply:
-        """Run a core command; bad values come back as a clear reply, never an exception."""
-        name = name.lower().lstrip("/")
+        """Run a core command; bad values come back as a clear reply, never an exception.
+
+        Aliases (``clear``, ``temp``...) mean their command. With ``event_id``, a command the
+        platform delivers again runs once: the repeat gets ``CommandReply(redelivered=True)``.
+        """
+        name = commands.canonical(name)
         spec = commands.BY_NAME.get(name)
         if spec is None:
             return CommandReply(
@@ -474,6 +482,9 @@ class ConversationService:
                 ok=False,
             )
         try:
+            if event_id and not await self.claim_event(key.platform, event_id):
+                log.info("dropping redelivered command %s on %s", event_id, key)
+                return CommandReply("", private=True, redelivered=True)
             text = await self._run_command(key, author, name, args.strip(), transcript)
         except UserFacingError as exc:
             return CommandReply(exc.user_message, private=True, ok=False)
@@ -534,14 +545,21 @@ class ConversationService:
             mine = await self.store.user_usage(key.platform, author.id)
             return f"This channel: {_usage_line(here)}\nYou: {_usage_line(mine)}"
         if name == "summarize":
-            if args:
-                commands.parse_count(args)  # the count applies where the adapter reads history
-            return await self._summary_command(key, author, config, transcript)
+            count = commands.summary_count(args)
+            return await self._summary_command(key, author, config, transcript, count)
         raise BadCommand(f"Unknown command '{name}'.")
 
     async def _summary_command(
-        self, key: ConversationKey, author: Author, config: ChannelConfig, transcript: str | None
+        self,
+        key: ConversationKey,
+        author: Author,
+        config: ChannelConfig,
+        transcript: str | None,
+        count: int,
     ) -> str:
+        """Summarise ``transcript`` (the last ``count`` messages the adapter read where the
+        command was given) or, without one, the last ``count`` turns of the stored conversation
+        (and its rolling summary when the whole conversation is covered)."""
         budget = self._budget(config)
         previous = ""
         if transcript is None:
@@ -550,6 +568,8 @@ class ConversationService:
             picked, _ = await newest_turns(
                 self.store, state.id, state.context_start, 2**62, budget - 512
             )
+            if len(picked) > count:
+                picked, previous = picked[-count:], ""
             transcript = "\n".join(f"{m.author_name or m.role}: {m.content}" for m in picked)
         elif count_text(transcript) > budget - 512:
             raise BadCommand("Those messages are too long to summarise at once; ask for fewer.")

@@ -90,6 +90,9 @@ class TerminalAnswer:
         self._write = write
         self._printed = ""
 
+    async def start(self) -> None:
+        return None
+
     async def progress(self, text: str) -> None:
         self._write(text[len(self._printed) :])
         self._printed = text

@@ -10,7 +10,7 @@ import pytest
 
 from core import sentences
 from core.delivery import Interval, deliver
-from core.messages import FinalText, Notice, ReplyEvent, TextDelta, UsageReport, UserError
+from core.messages import Accepted, FinalText, Notice, ReplyEvent, TextDelta, UsageReport, UserError
 
 
 class Recorder:
@@ -21,6 +21,9 @@ class Recorder:
         self.wrote = asyncio.Event()
         self.fail_progress = fail_progress
         self.refuse_final = refuse_final
+
+    async def start(self) -> None:
+        self.writes.append(("start", "", time.monotonic()))
 
     async def progress(self, text: str) -> None:
         self.writes.append(("progress", text, time.monotonic()))
@@ -88,6 +91,18 @@ async def test_an_error_ends_with_the_sentence_and_its_code():
     assert renderer.writes == [
         ("fail", "⚠️ Too long.\n\n_x.png was not read_", renderer.writes[0][2])
     ]
+
+
+async def test_accepted_shows_that_an_answer_is_coming_before_anything_else():
+    renderer = Recorder()
+    await deliver(stream(Accepted(), FinalText("hi", "gpt-4o")), renderer, Interval(0))
+    assert renderer.kinds() == ["start", "finish"]
+
+
+async def test_an_accepted_request_that_ends_silently_still_gets_a_sentence():
+    renderer = Recorder()
+    done = await deliver(stream(Accepted()), renderer, Interval(0))
+    assert done.outcome == "failed" and renderer.kinds() == ["start", "fail"]
 
 
 async def test_a_redelivery_writes_nothing():

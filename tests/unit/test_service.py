@@ -9,6 +9,7 @@ import pytest
 
 from core.errors import BrokenStream, RateLimited
 from core.messages import (
+    Accepted,
     Attachment,
     Author,
     ConversationKey,
@@ -39,7 +40,10 @@ def make(reply=None, **settings):
 
 
 async def collect(service, text, key=KEY, author=ALICE, **kw):
-    return [e async for e in service.answer(Inbound(key, author, text, **kw))]
+    """The events of one answer after ``Accepted`` (which, when present, comes first)."""
+    events = [e async for e in service.answer(Inbound(key, author, text, **kw))]
+    assert Accepted() not in events[1:]
+    return events[1:] if events and events[0] == Accepted() else events
 
 
 async def test_answer_streams_then_stores_both_turns():
@@ -86,6 +90,36 @@ async def test_redelivered_event_is_answered_once():
     assert any(isinstance(e, FinalText) for e in first)
     assert second == []
     assert len(store.messages) == 2
+
+
+async def test_accepted_comes_first_and_never_for_a_redelivery():
+    service, _, _ = make()
+    first = [e async for e in service.answer(Inbound(KEY, ALICE, "hi", event_id="Ev9"))]
+    again = [e async for e in service.answer(Inbound(KEY, ALICE, "hi", event_id="Ev9"))]
+    assert first[0] == Accepted() and isinstance(first[-2], FinalText)
+    assert again == []
+
+
+async def test_a_redelivered_command_runs_once_and_aliases_mean_their_command():
+    service, store, _ = make()
+    await collect(service, "remember me")
+    author = ALICE
+    cleared = await service.command(KEY, author, "clear", event_id="C1")
+    again = await service.command(KEY, author, "clear", event_id="C1")
+    assert cleared.ok and "forgot" in cleared.text
+    assert again.redelivered and again.text == ""
+    assert (await service.command(KEY, author, "/temp", "0.5")).text == "Temperature set to 0.5."
+
+
+async def test_summarize_n_covers_the_last_n_stored_turns():
+    service, _, model = make()
+    for word in ("alpha", "bravo", "charlie"):
+        await collect(service, word)
+    await service.command(KEY, ALICE, "summarize", "2")
+    summarised = model.requests[-1].messages[-1]["content"]
+    assert "alpha" not in summarised and "charlie" in summarised
+    bad = await service.command(KEY, ALICE, "summarize", "zero")
+    assert not bad.ok and "whole number" in bad.text
 
 
 async def test_too_long_message_gets_token_counts_and_is_not_stored():
