@@ -80,6 +80,8 @@ class DiscordAdapter:
     its supervisor) rather than run on without Discord. ``stop()`` never sets ``failed``.
     """
 
+    name = "discord"
+
     def __init__(self, settings: Settings, service: ConversationService) -> None:
         if settings.discord_token is None:
             raise ConfigError(

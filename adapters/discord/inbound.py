@@ -1,7 +1,7 @@
 """Messages addressed to the bot: mentions, replies to its messages, /chat threads and DMs.
 
 Each is answered once (the core claims the message id, so a gateway redelivery after a resume
-is dropped), with the reply chain as context, streamed by editing the bot's reply.
+yields nothing), with the reply chain as context, streamed by editing the bot's reply.
 """
 
 from __future__ import annotations
@@ -12,28 +12,26 @@ from typing import Any
 
 import discord
 
-from adapters.discord.interactions import RESTARTING
-from adapters.discord.render import ChannelSurface, render_answer, restart_note
+from adapters.discord.files import read_attachments
+from adapters.discord.render import ChannelSurface, DiscordAnswer, post_text, restart_note
 from adapters.discord.translate import (
+    REPLY_CHAIN_DEPTH,
     AccessPolicy,
-    author_of,
-    bot_role_id,
     channel_ids,
-    conversation_key,
-    plain_text,
-    read_attachments,
-    reply_chain,
+    ignore_reason,
+    message_inbound,
+    replies_in_place,
     role_ids,
-    with_reply_context,
 )
 from adapters.inflight import InFlight
-from core.messages import Inbound
-from core.service import GENERIC_ERROR, ConversationService
+from core import sentences
+from core.delivery import Interval, deliver
+from core.service import ConversationService
 from core.settings import Settings
 
 log = logging.getLogger("parley.discord")
 
-ANSWERED_TYPES = (discord.MessageType.default, discord.MessageType.reply)
+RESTARTING = "Parley is restarting; please try again in a minute."
 
 
 class MessageHandler:
@@ -56,59 +54,43 @@ class MessageHandler:
     async def handle(self, message: discord.Message) -> None:
         with self.inflight.track():
             if self.inflight.closing:
-                # Stopping: not claimed, so nothing is recorded as answered. The gateway will
-                # not deliver it again, so a mention or DM is told to ask again.
-                log.info("not answering message %s: Parley is stopping", message.id)
-                me = self.client.user
-                addressed = message.guild is None or (me is not None and me in message.mentions)
-                if me is not None and not message.author.bot and addressed:
-                    with contextlib.suppress(discord.HTTPException):
-                        await message.reply(RESTARTING, mention_author=False)
+                await self._stopping(message)
                 return
             await self._handle(message)
 
+    async def _stopping(self, message: discord.Message) -> None:
+        """Not answered, so not claimed: nothing is recorded as answered. The gateway will not
+        deliver it again, so a mention or DM is told to ask again."""
+        log.info("not answering message %s: Parley is stopping", message.id)
+        me = self.client.user
+        addressed = message.guild is None or (me is not None and me in message.mentions)
+        if me is not None and not message.author.bot and addressed:
+            with contextlib.suppress(discord.HTTPException):
+                await message.reply(RESTARTING, mention_author=False)
+
     async def _handle(self, message: discord.Message) -> None:
         me = self.client.user
-        if me is None or message.author.bot or message.type not in ANSWERED_TYPES:
+        if me is None or message.author.bot:
             return
         channel = await self._channel(message)
-        if not self._addressed(message, channel, me.id):
-            return
-        refusal = self.policy.refusal(
-            user_id=message.author.id,
-            role_ids=role_ids(message.author),
-            guild_id=message.guild.id if message.guild else None,
-            channel_ids=channel_ids(channel),
+        reason = ignore_reason(
+            message, channel, me.id, content_intent=self.client.intents.message_content
         )
-        if refusal is not None:
-            # No reply in a place the bot is not enabled for; that would defeat the setting.
-            log.debug("ignoring message %s: %s", message.id, refusal)
-            return
-        text = plain_text(message, me.id)
-        if not text and not message.attachments and not self.client.intents.message_content:
-            log.info(
-                "message %s has no readable content (Message Content intent is off)", message.id
+        if reason is None:
+            reason = self.policy.refusal(
+                user_id=message.author.id,
+                role_ids=role_ids(message.author),
+                guild_id=message.guild.id if message.guild else None,
+                channel_ids=channel_ids(channel),
             )
+        if reason is not None:
+            # No reply in a place the bot is not enabled for; that would defeat the setting.
+            log.debug("not answering message %s: %s", message.id, reason)
             return
-        in_own_place = message.guild is None or self._own_thread(channel, me.id)
-        surface = ChannelSurface(channel, reply_to=None if in_own_place else message)
+        reply_to = None if replies_in_place(message, channel, me.id) else message
+        surface = ChannelSurface(channel, reply_to=reply_to)
         try:
-            async with restart_note(surface):
-                chain = await reply_chain(message)
-                files, notes = await read_attachments(message.attachments, self.settings)
-                inbound = Inbound(
-                    key=conversation_key(channel),
-                    author=author_of(message.author),
-                    text=with_reply_context(text, chain, me.id),
-                    attachments=files,
-                    event_id=str(message.id),
-                    notes=notes,
-                )
-                await render_answer(
-                    self.service.answer(inbound),
-                    surface,
-                    interval=self.settings.discord_edit_interval,
-                )
+            await self._answer(message, channel, me.id, surface)
         except discord.Forbidden:
             await self._cannot_post(message, channel)
         except discord.HTTPException as exc:
@@ -117,7 +99,23 @@ class MessageHandler:
             )
             # best effort: say so rather than leave a half-written answer without a word
             with contextlib.suppress(discord.HTTPException):
-                await ChannelSurface(channel).post(GENERIC_ERROR)
+                await post_text(
+                    ChannelSurface(channel), sentences.failure_text(sentences.GENERIC_ERROR)
+                )
+
+    async def _answer(
+        self, message: discord.Message, channel: Any, bot_id: int, surface: ChannelSurface
+    ) -> None:
+        """Read the reply chain and the files, then deliver the core's answer."""
+        async with restart_note(surface):  # deliver says so itself once it runs
+            chain = await reply_chain(message)
+            files, notes = await read_attachments(message.attachments, self.settings)
+        inbound = message_inbound(message, channel, bot_id, chain, files, notes)
+        await deliver(
+            self.service.answer(inbound),
+            DiscordAnswer(surface),
+            Interval(self.settings.discord_edit_interval),
+        )
 
     async def _channel(self, message: discord.Message) -> Any:
         """The message's channel, fetched when the cache doesn't know it (e.g. an old thread)."""
@@ -128,26 +126,6 @@ class MessageHandler:
             except discord.HTTPException:
                 return channel
         return channel
-
-    @staticmethod
-    def _own_thread(channel: Any, bot_id: int) -> bool:
-        return isinstance(channel, discord.Thread) and channel.owner_id == bot_id
-
-    def _addressed(self, message: discord.Message, channel: Any, bot_id: int) -> bool:
-        """DMs, mentions, replies to the bot's messages, and anything in a /chat thread."""
-        if message.guild is None or self._own_thread(channel, bot_id):
-            return True
-        if any(user.id == bot_id for user in message.mentions):
-            return True
-        own_role = bot_role_id(message)  # people often pick the bot's role in autocomplete
-        if own_role is not None and any(role.id == own_role for role in message.role_mentions):
-            return True
-        ref = message.reference
-        return bool(
-            ref is not None
-            and isinstance(ref.resolved, discord.Message)
-            and ref.resolved.author.id == bot_id
-        )
 
     async def _cannot_post(self, message: discord.Message, channel: Any) -> None:
         """Tell the author in a DM why there is no answer where they asked."""
@@ -161,3 +139,27 @@ class MessageHandler:
             )
         except discord.HTTPException:
             log.warning("could not tell the author of message %s either", message.id)
+
+
+async def reply_chain(
+    message: discord.Message, depth: int = REPLY_CHAIN_DEPTH
+) -> list[discord.Message]:
+    """The messages ``message`` replies to, oldest first, at most ``depth`` of them."""
+    chain: list[discord.Message] = []
+    current = message
+    while len(chain) < depth and current.reference is not None:
+        ref = current.reference
+        if ref.message_id is None:
+            break
+        found = ref.resolved if isinstance(ref.resolved, discord.Message) else ref.cached_message
+        if found is None:
+            if ref.channel_id != current.channel.id:
+                break
+            try:
+                found = await current.channel.fetch_message(ref.message_id)
+            except discord.HTTPException:
+                break
+        chain.append(found)
+        current = found
+    chain.reverse()
+    return chain

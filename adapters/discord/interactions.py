@@ -2,9 +2,10 @@
 
 Every interaction is acknowledged first, before any database or network work, well inside
 Discord's 3-second window: refused at once (privately) when the access lists say so, else
-deferred ("Parley is thinking…", private for commands whose replies are private). Only then is
-it claimed by its id, so a gateway redelivery is not answered twice, and it always ends in an
-answer or a short message, never a failed interaction.
+deferred ("Parley is thinking…", private for commands whose replies are private). Only then
+does the core claim it by its id (``event_id``), so a redelivery is not answered twice (its
+"thinking…" is withdrawn), and it always ends in an answer or a short message, never a failed
+interaction. Answers go through ``core.delivery.deliver``, like on every platform.
 """
 
 from __future__ import annotations
@@ -19,37 +20,38 @@ from typing import Any
 import discord
 from discord import app_commands
 
+from adapters.discord.files import read_attachments
+from adapters.discord.inbound import RESTARTING
 from adapters.discord.render import (
-    EMPTY_ANSWER,
     NO_MENTIONS,
     ChannelSurface,
-    GrowingAnswer,
+    DiscordAnswer,
     InteractionSurface,
-    render_answer,
+    post_text,
     restart_note,
 )
 from adapters.discord.translate import (
-    PLATFORM,
     AccessPolicy,
     author_of,
     channel_ids,
     conversation_key,
-    read_attachments,
     role_ids,
     thread_name,
     transcript,
 )
 from adapters.inflight import InFlight
-from core.commands import COMMANDS, CommandSpec, parse_count
+from core import sentences
+from core.commands import COMMANDS, CommandSpec, summary_count
+from core.delivery import Delivered, Interval, deliver
 from core.errors import BadCommand
-from core.messages import CommandReply, ConversationKey, Inbound
-from core.service import GENERIC_ERROR, ConversationService
+from core.messages import CommandReply, Inbound
+from core.service import ConversationService
 from core.settings import Settings
 
 log = logging.getLogger("parley.discord")
 
 ALREADY_ACKNOWLEDGED = 40060  # Discord's code for a second response to one interaction
-RESTARTING = "Parley is restarting; please try again in a minute."
+GENERIC_FAILURE = sentences.failure_text(sentences.GENERIC_ERROR)
 _OPTION_NAME = re.compile(r"^[a-z0-9_-]{1,32}$")
 NO_THREAD_PERMISSION = (
     "I can't open a thread here: I need the Create Public Threads and Send Messages in Threads "
@@ -194,24 +196,16 @@ class SlashCommands:
         private: bool,
         refusal: Callable[[], str | None] | None = None,
     ) -> InteractionSurface | None:
-        """Acknowledge the interaction at once, then claim it; the surface to answer on, or None.
+        """Acknowledge the interaction at once; the surface to answer on, or None.
 
         Checks that need no I/O (stopping, access lists, ``refusal``) answer directly and
         privately. Everything else is deferred first, ephemeral when ``private``, so a slow
-        database cannot push the acknowledgement past Discord's 3 seconds. A redelivered
-        interaction fails to defer (already acknowledged) or, if it was deferred anyway, has its
-        "thinking…" message withdrawn.
+        database cannot push the acknowledgement past Discord's 3 seconds; the core claims the
+        interaction afterwards. A redelivered interaction usually fails to defer (already
+        acknowledged) and is dropped here.
         """
         received = time.monotonic()
-        if self.inflight.closing:
-            await self._refuse(interaction, RESTARTING)
-            return None
-        reason = self.policy.refusal(
-            user_id=interaction.user.id,
-            role_ids=role_ids(interaction.user),
-            guild_id=interaction.guild_id,
-            channel_ids=channel_ids(self._channel(interaction)),
-        )
+        reason = RESTARTING if self.inflight.closing else self._refusal(interaction)
         if reason is None and refusal is not None:
             reason = refusal()
         if reason is not None:
@@ -231,14 +225,15 @@ class SlashCommands:
                     exc.code,
                 )
             return None
-        if not await self.service.claim_event(PLATFORM, str(interaction.id)):
-            log.info("dropping redelivered interaction %s", interaction.id)
-            try:
-                await interaction.delete_original_response()
-            except discord.HTTPException as exc:
-                log.info("could not withdraw the duplicate's reply (HTTP %s)", exc.status)
-            return None
         return InteractionSurface(interaction, private=private, started=received)
+
+    def _refusal(self, interaction: discord.Interaction) -> str | None:
+        return self.policy.refusal(
+            user_id=interaction.user.id,
+            role_ids=role_ids(interaction.user),
+            guild_id=interaction.guild_id,
+            channel_ids=channel_ids(self._channel(interaction)),
+        )
 
     async def _refuse(self, interaction: discord.Interaction, text: str) -> None:
         try:
@@ -249,12 +244,19 @@ class SlashCommands:
             # Already acknowledged (a redelivery) or expired: nobody is waiting for this one.
             log.info("could not refuse interaction %s (HTTP %s)", interaction.id, exc.status)
 
-    async def _answer(self, inbound: Inbound, surface: InteractionSurface | ChannelSurface) -> None:
-        shown = await render_answer(
-            self.service.answer(inbound), surface, interval=self.settings.discord_edit_interval
+    async def _deliver(
+        self, inbound: Inbound, surface: InteractionSurface | ChannelSurface
+    ) -> Delivered:
+        """The core's answer on ``surface``; a redelivery (no events) withdraws "thinking…"."""
+        done = await deliver(
+            self.service.answer(inbound),
+            DiscordAnswer(surface),
+            Interval(self.settings.discord_edit_interval),
         )
-        if not shown and isinstance(surface, InteractionSurface) and not surface.posted:
-            await surface.post(EMPTY_ANSWER)  # never leave "thinking…" behind
+        if done.outcome == "nothing" and isinstance(surface, InteractionSurface):
+            log.info("dropping redelivered interaction %s", inbound.event_id)
+            await surface.withdraw()
+        return done
 
     # --- /ask and /chat -------------------------------------------------------------------
 
@@ -269,16 +271,17 @@ class SlashCommands:
         surface = await self._begin(interaction, private=private)
         if surface is None:
             return
-        async with restart_note(surface):
+        async with restart_note(surface):  # deliver says so itself once it runs
             files, notes = await read_attachments([image] if image else [], self.settings)
-            inbound = Inbound(
-                key=conversation_key(self._channel(interaction), one_off=f"ask-{interaction.id}"),
-                author=author_of(interaction.user),
-                text=prompt,
-                attachments=files,
-                notes=notes,
-            )
-            await self._answer(inbound, surface)
+        inbound = Inbound(
+            key=conversation_key(self._channel(interaction), one_off=f"ask-{interaction.id}"),
+            author=author_of(interaction.user),
+            text=prompt,
+            attachments=files,
+            event_id=str(interaction.id),
+            notes=notes,
+        )
+        await self._deliver(inbound, surface)
 
     async def chat(self, interaction: discord.Interaction, prompt: str) -> None:
         """Open a thread named after the prompt and answer there; in a thread or DM, answer in place."""
@@ -287,33 +290,51 @@ class SlashCommands:
             return
         channel = self._channel(interaction)
         author = author_of(interaction.user)
+        event_id = str(interaction.id)
         if not isinstance(channel, discord.TextChannel):
-            async with restart_note(surface):
-                await self._answer(Inbound(conversation_key(channel), author, prompt), surface)
+            await self._deliver(
+                Inbound(conversation_key(channel), author, prompt, (), event_id), surface
+            )
             return
         async with restart_note(surface):
-            try:
-                thread = await channel.create_thread(
-                    name=thread_name(prompt),
-                    type=discord.ChannelType.public_thread,
-                    reason="Parley /chat",
-                )
-            except discord.Forbidden:
-                await surface.post(NO_THREAD_PERMISSION)
-                return
-            await surface.post(f"Let's continue in {thread.mention}.")
-        quoted = prompt if len(prompt) <= 1800 else prompt[:1800] + "…"
-        in_thread = ChannelSurface(thread)
+            thread = await self._open_thread(interaction, channel, prompt, surface)
+        if thread is None:
+            return
+        inbound = Inbound(conversation_key(thread), author, prompt, (), event_id)
         try:
-            async with restart_note(in_thread):
-                # Mentioning the user adds them to the thread, so they see the answer arrive.
-                await thread.send(
-                    f"{interaction.user.mention} asked:\n>>> {quoted}",
-                    allowed_mentions=discord.AllowedMentions(users=[interaction.user]),
-                )
-                await self._answer(Inbound(conversation_key(thread), author, prompt), in_thread)
+            await self._deliver(inbound, ChannelSurface(thread))
         except discord.Forbidden:
             await interaction.followup.send(NO_THREAD_PERMISSION, ephemeral=True)
+
+    async def _open_thread(
+        self,
+        interaction: discord.Interaction,
+        channel: discord.TextChannel,
+        prompt: str,
+        surface: InteractionSurface,
+    ) -> discord.Thread | None:
+        """A public thread for ``/chat``, with the user's prompt quoted in it (None: refused)."""
+        try:
+            thread = await channel.create_thread(
+                name=thread_name(prompt),
+                type=discord.ChannelType.public_thread,
+                reason="Parley /chat",
+            )
+        except discord.Forbidden:
+            await surface.post(NO_THREAD_PERMISSION)
+            return None
+        await surface.post(f"Let's continue in {thread.mention}.")
+        quoted = prompt if len(prompt) <= 1800 else prompt[:1800] + "…"
+        try:
+            # Mentioning the user adds them to the thread, so they see the answer arrive.
+            await thread.send(
+                f"{interaction.user.mention} asked:\n>>> {quoted}",
+                allowed_mentions=discord.AllowedMentions(users=[interaction.user]),
+            )
+        except discord.Forbidden:
+            await interaction.followup.send(NO_THREAD_PERMISSION, ephemeral=True)
+            return None
+        return thread
 
     # --- the core's commands --------------------------------------------------------------
 
@@ -337,41 +358,58 @@ class SlashCommands:
         if surface is None:
             return
         async with restart_note(surface):
-            reply = await self._command_reply(interaction, self._channel(interaction), spec, value)
+            reply = await self._command_reply(interaction, spec, value)
+        if reply.redelivered:
+            await surface.withdraw()
+            return
         text = reply.text if reply.text.strip() else "Done."
         if not reply.ok and not spec.private:
             # The "thinking…" message is public; show the error only to the person who asked.
             await interaction.delete_original_response()
-            await GrowingAnswer(_Followups(interaction)).add(text)
+            await post_text(_Followups(interaction), text)
             return
-        await GrowingAnswer(surface).show(text)
+        await post_text(surface, text)
 
     async def _command_reply(
-        self, interaction: discord.Interaction, channel: Any, spec: CommandSpec, value: str
+        self, interaction: discord.Interaction, spec: CommandSpec, value: str
     ) -> CommandReply:
         if spec.name == "help":
             return CommandReply(help_text(), private=True)
-        key: ConversationKey = conversation_key(channel)
-        author = author_of(interaction.user)
+        channel = self._channel(interaction)
         recent = None
-        if spec.name == "summarize" and value:
+        if spec.name == "summarize":
             try:
-                recent = await self._recent_messages(channel, parse_count(value))
+                recent = await self._recent_messages(channel, value)
             except BadCommand as exc:
                 return CommandReply(exc.user_message, private=True, ok=False)
-            except discord.Forbidden:
-                return CommandReply(NO_HISTORY_PERMISSION, private=True, ok=False)
-            if not recent and not self.client.intents.message_content:
-                return CommandReply(NO_CONTENT_INTENT, private=True, ok=False)
-            value = ""
-        return await self.service.command(key, author, spec.name, value, transcript=recent)
+        return await self.service.command(
+            conversation_key(channel),
+            author_of(interaction.user),
+            spec.name,
+            value,
+            transcript=recent,
+            event_id=str(interaction.id),
+        )
 
-    async def _recent_messages(self, channel: Any, count: int) -> str:
-        """The last ``count`` messages of the channel as a transcript, oldest first."""
+    async def _recent_messages(self, channel: Any, value: str) -> str | None:
+        """The last N messages where ``/summarize`` was asked, as a transcript, oldest first.
+
+        None when N is not valid: the core then says what is wrong with it.
+        """
+        try:
+            count = summary_count(value)
+        except BadCommand:
+            return None
         me = self.client.user
-        messages = [m async for m in channel.history(limit=count)]
+        try:
+            messages = [m async for m in channel.history(limit=count)]
+        except discord.Forbidden:
+            raise BadCommand(NO_HISTORY_PERMISSION) from None
         messages.reverse()
-        return transcript(messages, me.id if me else None)
+        text = transcript(messages, me.id if me else None)
+        if not text and not self.client.intents.message_content:
+            raise BadCommand(NO_CONTENT_INTENT)
+        return text
 
     async def on_error(
         self, interaction: discord.Interaction, error: app_commands.AppCommandError
@@ -385,9 +423,9 @@ class SlashCommands:
                     original = await interaction.original_response()
                     if not original.content:  # still "thinking…", maybe for everyone to see
                         await interaction.delete_original_response()
-                await interaction.followup.send(GENERIC_ERROR, ephemeral=True)
+                await interaction.followup.send(GENERIC_FAILURE, ephemeral=True)
             else:
-                await interaction.response.send_message(GENERIC_ERROR, ephemeral=True)
+                await interaction.response.send_message(GENERIC_FAILURE, ephemeral=True)
         except discord.HTTPException:
             log.warning(
                 "could not tell the user about the failure of interaction %s", interaction.id
@@ -402,6 +440,3 @@ class _Followups:
 
     async def post(self, text: str) -> None:
         await self.interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
-
-    async def edit(self, index: int, text: str) -> None:
-        raise NotImplementedError("private follow-ups are never edited")

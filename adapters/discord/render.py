@@ -1,9 +1,11 @@
-"""Render out: the core's reply events as Discord messages, edited in place as the answer grows.
+"""Render out: an answer from the core as Discord messages, edited in place as it grows.
 
-An answer starts as one message that is edited at most once per DISCORD_EDIT_INTERVAL; past
-Discord's 2,000 characters it continues in further messages (follow-ups for interactions,
-plain messages in channels and threads), split at sensible boundaries with code fences kept
-balanced. Rate limits are left to discord.py, which waits and retries on 429.
+``DiscordAnswer`` is Discord's ``core.delivery.Renderer``: ``deliver`` paces its writes (at
+most one per DISCORD_EDIT_INTERVAL) and composes the text; this module only decides which
+Discord message shows which part of it. Past Discord's 2,000 characters an answer continues in
+further messages (follow-ups for interactions, plain messages in channels and threads), laid
+out by ``MessageLayout`` so a message that the answer continued after never changes again.
+Rate limits are left to discord.py, which waits and retries on 429.
 
 An interaction's token lets the bot edit its reply for 15 minutes only: an answer still being
 written after ``TOKEN_SAFE_SECONDS``, or whose edit fails because the token is gone (401/404),
@@ -16,36 +18,77 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any, Protocol, cast
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
 
 import discord
 
-from core.messages import FinalText, Notice, ReplyEvent, UsageReport, UserError
+from adapters.discord.layout import MessageLayout
+from core import sentences
 from core.splitting import split_message
-from core.streaming import Snapshot, paced
 
 log = logging.getLogger("parley.discord")
 
 MESSAGE_LIMIT = 2000
 NO_MENTIONS = discord.AllowedMentions.none()
-EMPTY_ANSWER = "_(empty answer)_"
-RESTARTED = "⚠️ Parley was restarted while answering; please ask again."
 # Discord accepts edits of an interaction's reply for 15 minutes; switch to the channel before.
 TOKEN_SAFE_SECONDS = 14 * 60.0
 TOKEN_GONE = (401, 404)  # Invalid Webhook Token / Unknown Webhook, Message or Interaction
 
 
-class Surface(Protocol):
-    """Where an answer goes: a numbered list of messages that can be posted and edited."""
+class Poster(Protocol):
+    """Somewhere to post messages."""
 
     async def post(self, text: str) -> None:
         """Add a message after the ones already posted."""
         ...
 
+
+class Surface(Poster, Protocol):
+    """Where an answer goes: a numbered list of messages that can be posted, edited, deleted."""
+
     async def edit(self, index: int, text: str) -> None:
         """Replace the text of the ``index``-th posted message."""
         ...
+
+    async def delete(self, index: int) -> None:
+        """Remove the ``index``-th posted message (always the last one)."""
+        ...
+
+
+class ChannelSurface:
+    """Messages in a channel or thread; the first may be a reply to the user's message."""
+
+    def __init__(
+        self, channel: discord.abc.Messageable, *, reply_to: discord.Message | None = None
+    ) -> None:
+        self.channel = channel
+        self.reply_to = reply_to
+        self.messages: list[discord.Message] = []
+
+    async def typing(self) -> None:
+        """Show "Parley is typing…" until the first message arrives (Discord ends it then)."""
+        await self.channel.typing()
+
+    async def post(self, text: str) -> None:
+        if not self.messages and self.reply_to is not None:
+            # Still answer (without the reply link) if the message was deleted meanwhile.
+            reference = self.reply_to.to_reference(fail_if_not_exists=False)
+            message = await self.channel.send(
+                text, reference=reference, allowed_mentions=NO_MENTIONS
+            )
+        else:
+            message = await self.channel.send(text, allowed_mentions=NO_MENTIONS)
+        self.messages.append(message)
+
+    async def edit(self, index: int, text: str) -> None:
+        self.messages[index] = await self.messages[index].edit(
+            content=text, allowed_mentions=NO_MENTIONS
+        )
+
+    async def delete(self, index: int) -> None:
+        await self.messages[index].delete()
+        del self.messages[index]
 
 
 class InteractionSurface:
@@ -99,6 +142,24 @@ class InteractionSurface:
                 raise
             await self._switch(f"HTTP {exc.status}")
             await self._on_fallback(index, text)
+
+    async def delete(self, index: int) -> None:
+        self.posted -= 1
+        if self.fallback is not None and index in self._moved:
+            await self.fallback.delete(self._moved.pop(index))
+        elif index == 0:
+            await self.interaction.delete_original_response()
+        elif index - 1 < len(self._followups):
+            await self._followups.pop(index - 1).delete()
+
+    async def withdraw(self) -> None:
+        """Remove the "thinking…" response of an interaction that gets no answer here."""
+        try:
+            await self.interaction.delete_original_response()
+        except discord.HTTPException as exc:
+            log.info(
+                "could not withdraw the reply of %s (HTTP %s)", self.interaction.id, exc.status
+            )
 
     async def _post_here(self, text: str) -> None:
         if self.posted == 0 and not self.interaction.response.is_done():
@@ -156,133 +217,76 @@ class InteractionSurface:
         )
 
 
-class ChannelSurface:
-    """Messages in a channel or thread; the first may be a reply to the user's message."""
+class DiscordAnswer:
+    """``core.delivery.Renderer`` on Discord: one answer's messages on a ``Surface``.
 
-    def __init__(
-        self, channel: discord.abc.Messageable, *, reply_to: discord.Message | None = None
-    ) -> None:
-        self.channel = channel
-        self.reply_to = reply_to
-        self.messages: list[discord.Message] = []
+    Only the last message is edited as the answer grows (see ``MessageLayout``). After the
+    first refused write (``discord.Forbidden``) nothing more is tried: the rest of the answer
+    would be refused too, and ``deliver`` raises the refusal once the core is done.
+    """
 
-    async def post(self, text: str) -> None:
-        if not self.messages and self.reply_to is not None:
-            # Still answer (without the reply link) if the message was deleted meanwhile.
-            reference = self.reply_to.to_reference(fail_if_not_exists=False)
-            message = await self.channel.send(
-                text, reference=reference, allowed_mentions=NO_MENTIONS
-            )
-        else:
-            message = await self.channel.send(text, allowed_mentions=NO_MENTIONS)
-        self.messages.append(message)
-
-    async def edit(self, index: int, text: str) -> None:
-        self.messages[index] = await self.messages[index].edit(
-            content=text, allowed_mentions=NO_MENTIONS
-        )
-
-
-class GrowingAnswer:
-    """Keeps the text shown on a surface equal to the latest snapshot, split at the limit."""
-
-    def __init__(self, surface: Surface, limit: int = MESSAGE_LIMIT) -> None:
+    def __init__(self, surface: Surface, *, limit: int = MESSAGE_LIMIT) -> None:
         self.surface = surface
         self.limit = limit
+        self.layout = MessageLayout(limit)
         self.shown: list[str] = []
+        self.refused: discord.Forbidden | None = None
 
-    async def show(self, text: str) -> None:
-        """Edit the messages whose piece changed and post the new ones."""
-        if not text.strip():
-            return
-        for index, piece in enumerate(split_message(text, self.limit)):
-            if index < len(self.shown):
-                if self.shown[index] != piece:
+    async def start(self) -> None:
+        if isinstance(self.surface, ChannelSurface):
+            await self.surface.typing()
+
+    async def progress(self, text: str) -> None:
+        if self.refused is None:
+            await self._show(self.layout.pieces(text))
+
+    async def finish(self, text: str) -> None:
+        self._raise_if_refused()
+        await self._show(self.layout.pieces(text))
+
+    async def fail(self, text: str) -> None:
+        """The sentence replaces "thinking…", or follows the text already shown."""
+        self._raise_if_refused()
+        pieces = split_message(text, self.limit)
+        await self._show([*self.shown, *pieces] if self.shown else pieces)
+
+    def _raise_if_refused(self) -> None:
+        if self.refused is not None:
+            raise self.refused
+
+    async def _show(self, pieces: list[str]) -> None:
+        """Edit the messages whose text changed, post the new ones, delete the surplus."""
+        try:
+            for index, piece in enumerate(pieces):
+                if index >= len(self.shown):
+                    await self.surface.post(piece)
+                    self.shown.append(piece)
+                elif self.shown[index] != piece:
                     await self.surface.edit(index, piece)
                     self.shown[index] = piece
-            else:
-                await self.surface.post(piece)
-                self.shown.append(piece)
-
-    async def add(self, text: str) -> None:
-        """Post ``text`` as messages of its own, after the answer."""
-        if not text.strip():
-            return
-        for piece in split_message(text, self.limit):
-            await self.surface.post(piece)
-            self.shown.append(piece)
+            while len(self.shown) > len(pieces):
+                await self.surface.delete(len(self.shown) - 1)
+                self.shown.pop()
+        except discord.Forbidden as exc:
+            self.refused = exc
+            raise
 
 
-async def say_restarted(surface: Surface) -> None:
-    """End an answer cut short by shutdown with a note (best effort: the process is stopping)."""
-    try:
-        await surface.post(RESTARTED)
-    except Exception as exc:  # noqa: BLE001 - nothing more can be done while stopping
-        log.warning("could not say the answer was cut by the restart (%s)", type(exc).__name__)
+async def post_text(surface: Poster, text: str) -> None:
+    """Post ``text`` as new messages (split at the limit) after whatever the surface shows."""
+    for piece in split_message(text, MESSAGE_LIMIT):
+        await surface.post(piece)
 
 
 @contextlib.asynccontextmanager
-async def restart_note(surface: Surface) -> AsyncIterator[None]:
-    """If the block is cancelled (the adapter stopping), the surface ends with ``RESTARTED``."""
+async def restart_note(surface: Poster) -> AsyncIterator[None]:
+    """If the block is cancelled (the adapter stopping), the surface ends with the sentence
+    that Parley restarted. For work outside ``deliver``, which says so itself."""
     try:
         yield
     except asyncio.CancelledError:
-        await say_restarted(surface)
-        raise
-
-
-def with_notices(text: str, notices: list[str]) -> str:
-    if not notices:
-        return text
-    return text + "\n\n" + "\n".join(f"-# {notice}" for notice in notices)
-
-
-async def render_answer(
-    events: AsyncIterator[ReplyEvent], surface: Surface, *, interval: float
-) -> bool:
-    """Show the answer streamed by ``events`` on ``surface``; True if anything was shown.
-
-    Events are drained to the end even when Discord refuses a write, so the core still
-    completes and records the turn; the first refusal (``discord.Forbidden``) is then raised.
-    A failed intermediate edit is skipped (the next one catches up); a failed final write raises.
-    """
-    answer = GrowingAnswer(surface)
-    notices: list[str] = []
-    refused: discord.Forbidden | None = None
-    stream = cast(AsyncGenerator[Snapshot | ReplyEvent, None], paced(events, interval))
-    async with contextlib.aclosing(stream):
-        async for event in stream:
-            if refused is not None:
-                continue
-            try:
-                await _render(event, answer, notices)
-            except discord.Forbidden as exc:
-                refused = exc
-    if refused is not None:
-        raise refused
-    if notices:
-        await answer.add("\n".join(f"-# {notice}" for notice in notices))
-    return bool(answer.shown)
-
-
-async def _render(event: Snapshot | ReplyEvent, answer: GrowingAnswer, notices: list[str]) -> None:
-    if isinstance(event, Snapshot):
         try:
-            await answer.show(event.text)
-        except discord.Forbidden:
-            raise
-        except discord.HTTPException as exc:
-            log.warning("streaming edit failed (%s); the next one catches up", exc.status)
-    elif isinstance(event, FinalText):
-        # A whitespace-only answer would show nothing: no edit, "thinking…" forever.
-        text = event.text if event.text.strip() else EMPTY_ANSWER
-        await answer.show(with_notices(text, notices))
-        notices.clear()
-    elif isinstance(event, UserError):
-        text = with_notices(f"⚠️ {event.text.strip() or 'No answer.'}", notices)
-        notices.clear()
-        await (answer.add(text) if answer.shown else answer.show(text))
-    elif isinstance(event, Notice):
-        notices.append(event.text)
-    elif isinstance(event, UsageReport):
-        log.debug("answer used %s in + %s out tokens", event.input_tokens, event.output_tokens)
+            await post_text(surface, sentences.failure_text(sentences.RESTARTED))
+        except Exception as exc:  # noqa: BLE001 - nothing more can be done while stopping
+            log.warning("could not say the answer was cut by the restart (%s)", type(exc).__name__)
+        raise

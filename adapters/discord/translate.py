@@ -1,42 +1,27 @@
-"""Translate in: Discord places, people, files and reply chains into the core's terms."""
+"""Translate in: Discord places, people, messages and files into the core's terms.
+
+Pure functions only (no network): a message becomes an ``Inbound`` or a reason to ignore it;
+channels become conversation keys; attachments become ``FileOffer``s for ``core.attachments``.
+"""
 
 from __future__ import annotations
 
-import logging
-import mimetypes
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 from typing import Any
 
 import discord
 
+from core.attachments import FileOffer
 from core.errors import ConfigError
-from core.messages import Attachment, Author, ConversationKey
+from core.messages import Attachment, Author, ConversationKey, Inbound
 from core.settings import Settings
-
-log = logging.getLogger("parley.discord")
 
 PLATFORM = "discord"
 REPLY_CHAIN_DEPTH = 5
 REPLY_CHAIN_CHARS = 1500
 THREAD_NAME_CHARS = 100
-TEXT_MIME_TYPES = {
-    "application/json",
-    "application/xml",
-    "application/x-yaml",
-    "application/yaml",
-    "application/toml",
-    "application/javascript",
-    "application/x-sh",
-    "application/sql",
-}
-TEXT_SUFFIXES = {
-    ".txt", ".md", ".rst", ".py", ".js", ".ts", ".tsx", ".jsx", ".json", ".yaml", ".yml",
-    ".toml", ".ini", ".cfg", ".conf", ".csv", ".tsv", ".log", ".sql", ".sh", ".go", ".rs",
-    ".java", ".kt", ".c", ".h", ".cpp", ".hpp", ".cs", ".rb", ".php", ".html", ".css", ".xml",
-    ".swift", ".diff", ".patch", ".env.example",
-}  # fmt: skip
+ANSWERED_TYPES = (discord.MessageType.default, discord.MessageType.reply)
 
 
 def conversation_key(channel: Any, *, one_off: str = "") -> ConversationKey:
@@ -166,75 +151,6 @@ def channel_ids(channel: Any) -> list[int]:
     return ids
 
 
-def _mime_type(attachment: discord.Attachment) -> str:
-    mime = attachment.content_type or mimetypes.guess_type(attachment.filename)[0] or ""
-    return mime.split(";")[0].strip().lower() or "application/octet-stream"
-
-
-def _is_text(mime: str, filename: str) -> bool:
-    if mime.startswith("text/") or mime in TEXT_MIME_TYPES:
-        return True
-    name = filename.lower()
-    return PurePosixPath(name).suffix in TEXT_SUFFIXES or name.endswith(".env.example")
-
-
-async def read_attachments(
-    attachments: Iterable[discord.Attachment], settings: Settings
-) -> tuple[tuple[Attachment, ...], tuple[str, ...]]:
-    """Download what the core can use: images and text files within their size limits (checked
-    against the size Discord states, before downloading); anything else is passed on unread so
-    the core can say so. Also returns notes for the user about files that were skipped."""
-    files: list[Attachment] = []
-    notes: list[str] = []
-    max_image = settings.parley_max_image_bytes
-    max_text = settings.parley_max_text_file_bytes
-    for item in attachments:
-        mime = _mime_type(item)
-        if mime.startswith("image/"):
-            if item.size > max_image:
-                notes.append(
-                    f"{item.filename} was not read: images are limited to {_size(max_image)}."
-                )
-                continue
-            data = await _download(item, notes)
-            if data is not None:
-                files.append(Attachment(item.filename, mime, data, "image"))
-        elif _is_text(mime, item.filename):
-            # Discord states the size up front: don't download a file that can't be used.
-            if item.size > max_text:
-                notes.append(
-                    f"{item.filename} was not read: text files are limited to {_size(max_text)}."
-                )
-                continue
-            data = await _download(item, notes)
-            if data is None:
-                continue
-            if len(data) > max_text:  # the stated size was wrong
-                data = data[:max_text]
-                notes.append(f"Only the first {_size(max_text)} of {item.filename} were read.")
-            files.append(Attachment(item.filename, mime, data, "text"))
-        else:
-            files.append(Attachment(item.filename, mime, b"", "other"))
-    return tuple(files), tuple(notes)
-
-
-async def _download(item: discord.Attachment, notes: list[str]) -> bytes | None:
-    try:
-        return await item.read()
-    except (discord.HTTPException, discord.ClientException, OSError) as exc:
-        log.warning("could not download attachment %s: %s", item.id, type(exc).__name__)
-        notes.append(f"{item.filename} could not be downloaded from Discord.")
-        return None
-
-
-def _size(n: int) -> str:
-    if n >= 1_000_000:
-        return f"{n / 1_000_000:g} MB"
-    if n >= 1_000:
-        return f"{n / 1_000:g} KB"
-    return f"{n} bytes"
-
-
 def bot_role_id(message: discord.Message) -> int | None:
     """The id of the bot's own managed role in the message's server, if it has one."""
     guild = message.guild
@@ -255,30 +171,6 @@ def plain_text(message: discord.Message, bot_id: int | None) -> str:
             text = text.replace(f"<@{user.id}>", f"@{user.display_name}")
             text = text.replace(f"<@!{user.id}>", f"@{user.display_name}")
     return text.strip()
-
-
-async def reply_chain(
-    message: discord.Message, depth: int = REPLY_CHAIN_DEPTH
-) -> list[discord.Message]:
-    """The messages ``message`` replies to, oldest first, at most ``depth`` of them."""
-    chain: list[discord.Message] = []
-    current = message
-    while len(chain) < depth and current.reference is not None:
-        ref = current.reference
-        if ref.message_id is None:
-            break
-        found = ref.resolved if isinstance(ref.resolved, discord.Message) else ref.cached_message
-        if found is None:
-            if ref.channel_id != current.channel.id:
-                break
-            try:
-                found = await current.channel.fetch_message(ref.message_id)
-            except discord.HTTPException:
-                break
-        chain.append(found)
-        current = found
-    chain.reverse()
-    return chain
 
 
 def with_reply_context(text: str, chain: Sequence[discord.Message], bot_id: int | None) -> str:
@@ -307,3 +199,69 @@ def transcript(messages: Sequence[discord.Message], bot_id: int | None) -> str:
         if body:
             lines.append(f"{message.author.display_name}: {body}")
     return "\n".join(lines)
+
+
+def own_thread(channel: Any, bot_id: int) -> bool:
+    """A thread the bot opened (by ``/chat``): every message in it is for the bot."""
+    return isinstance(channel, discord.Thread) and channel.owner_id == bot_id
+
+
+def addressed(message: discord.Message, channel: Any, bot_id: int) -> bool:
+    """DMs, mentions (of the bot or its role), replies to the bot, and its /chat threads."""
+    if message.guild is None or own_thread(channel, bot_id):
+        return True
+    if any(user.id == bot_id for user in message.mentions):
+        return True
+    own_role = bot_role_id(message)  # people often pick the bot's role in autocomplete
+    if own_role is not None and any(role.id == own_role for role in message.role_mentions):
+        return True
+    ref = message.reference
+    return bool(
+        ref is not None
+        and isinstance(ref.resolved, discord.Message)
+        and ref.resolved.author.id == bot_id
+    )
+
+
+def ignore_reason(
+    message: discord.Message, channel: Any, bot_id: int, *, content_intent: bool
+) -> str | None:
+    """Why ``message`` gets no answer (None: answer it). Access lists are checked apart."""
+    if message.author.bot:
+        return "written by a bot"
+    if message.type not in ANSWERED_TYPES:
+        return f"a {message.type.name} message"
+    if not addressed(message, channel, bot_id):
+        return "not addressed to Parley"
+    if not plain_text(message, bot_id) and not message.attachments and not content_intent:
+        return "no readable content (Message Content intent is off)"
+    return None
+
+
+def replies_in_place(message: discord.Message, channel: Any, bot_id: int) -> bool:
+    """In a DM or a /chat thread the answer is a plain message, elsewhere a reply."""
+    return message.guild is None or own_thread(channel, bot_id)
+
+
+def message_inbound(
+    message: discord.Message,
+    channel: Any,
+    bot_id: int,
+    chain: Sequence[discord.Message],
+    files: tuple[Attachment, ...] = (),
+    notes: tuple[str, ...] = (),
+) -> Inbound:
+    """The core's message for ``message``, with the reply chain it answers as context."""
+    return Inbound(
+        key=conversation_key(channel),
+        author=author_of(message.author),
+        text=with_reply_context(plain_text(message, bot_id), chain, bot_id),
+        attachments=files,
+        event_id=str(message.id),
+        notes=notes,
+    )
+
+
+def file_offer(attachment: discord.Attachment) -> FileOffer:
+    """A Discord attachment as ``core.attachments`` sees it, before it is downloaded."""
+    return FileOffer(attachment.filename, attachment.content_type or "", attachment.size)

@@ -138,6 +138,7 @@ class FakeDiscord:
         self.connected = asyncio.Event()
         self._faults: list[_Fault] = []
         self._files: dict[str, bytes] = {}
+        self.file_requests: list[tuple[str, str | None]] = []  # (file, Range header)
         self._interaction_channels: dict[str, str] = {}
         self._acknowledged: set[str] = set()
         self._dispatched_at: dict[str, float] = {}
@@ -479,10 +480,23 @@ class FakeDiscord:
         }
 
     async def _attachment(self, request: web.Request) -> web.Response:
-        data = self._files.get(request.match_info["name"])
+        """A file, or the byte range asked for (``Range: bytes=a-b``, as Discord's CDN does)."""
+        name = request.match_info["name"]
+        data = self._files.get(name)
+        self.file_requests.append((name, request.headers.get("Range")))
         if data is None:
             return web.Response(status=404)
-        return web.Response(body=data, content_type="application/octet-stream")
+        wanted = re.fullmatch(r"bytes=(\d+)-(\d*)", request.headers.get("Range", ""))
+        if wanted is None:
+            return web.Response(body=data, content_type="application/octet-stream")
+        first = int(wanted.group(1))
+        last = min(int(wanted.group(2) or len(data) - 1), len(data) - 1)
+        return web.Response(
+            status=206,
+            body=data[first : last + 1],
+            content_type="application/octet-stream",
+            headers={"Content-Range": f"bytes {first}-{last}/{len(data)}"},
+        )
 
     async def send_message(self, content: str, **kwargs: Any) -> dict[str, Any]:
         """Dispatch MESSAGE_CREATE for a new message; returns its payload."""
@@ -679,6 +693,9 @@ class FakeDiscord:
             if method == "PATCH":
                 msg.update({k: v for k, v in (body or {}).items() if k == "content"})
                 msg["edited_timestamp"] = _now()
+            if method == "DELETE":
+                self.messages[r.group(1)].remove(msg)
+                return 204, None
             return 200, msg
         if method == "POST" and (r := m(r"/channels/(\d+)/(messages/(\d+)/)?threads", path)):
             return 201, self._create_thread(r.group(1), body or {})

@@ -19,16 +19,17 @@ import pytest
 
 from adapters.discord import DiscordAdapter, adapter, render
 from adapters.discord.interactions import NO_THREAD_PERMISSION, RESTARTING
-from adapters.discord.render import RESTARTED
 from adapters.standin.server import PREFIX, StandinServer, _long_text
 from bots.bootstrap import Parley, build
+from core import sentences
 from core.errors import ConfigError
 from core.messages import CommandReply
-from core.service import GENERIC_ERROR
 from core.settings import Settings
 from tests.fakes.discord_server import EPHEMERAL, MESSAGE_CONTENT_INTENT, FakeDiscord
 
 FENCE = re.compile(r"^\s*(```|~~~)")
+RESTARTED = sentences.failure_text(sentences.RESTARTED)
+GENERIC_FAILURE = sentences.failure_text(sentences.GENERIC_ERROR)
 
 
 @dataclass
@@ -376,7 +377,7 @@ async def test_unexpected_failure_replaces_thinking_with_a_private_message(
     stack.parley.service.command = broken  # type: ignore[method-assign]
     interaction = await stack.discord.send_command("reset")
     shown = await stack.discord.wait_for(lambda: stack.shown(interaction))
-    assert shown == [GENERIC_ERROR]
+    assert shown == [GENERIC_FAILURE]
     token = interaction["token"]
     assert all(
         m["flags"] & EPHEMERAL
@@ -631,4 +632,4 @@ async def test_a_failed_final_edit_of_a_mention_answer_is_not_left_silent(stack:
             if "went wrong" in t
         ]
     )
-    assert said == [GENERIC_ERROR]
+    assert said == [GENERIC_FAILURE]

@@ -7,13 +7,10 @@ from types import SimpleNamespace
 import discord
 import pytest
 
+from adapters.discord.files import read_attachments
 from adapters.discord.interactions import help_text
-from adapters.discord.translate import (
-    AccessPolicy,
-    conversation_key,
-    read_attachments,
-    thread_name,
-)
+from adapters.discord.translate import AccessPolicy, conversation_key, thread_name
+from core import sentences
 from core.commands import COMMANDS
 from core.errors import ConfigError
 from core.settings import Settings
@@ -95,11 +92,12 @@ def test_help_lists_every_core_command_as_a_slash_command() -> None:
 class _Attachment:
     """A discord.Attachment stand-in that records whether it was downloaded."""
 
-    def __init__(self, filename: str, size: int, content_type: str = "text/plain") -> None:
+    def __init__(self, filename: str, size: int, content_type: str) -> None:
         self.id = 1
         self.filename = filename
         self.size = size
         self.content_type = content_type
+        self.url = "http://127.0.0.1:9/unreachable"
         self.reads = 0
 
     async def read(self) -> bytes:
@@ -107,10 +105,22 @@ class _Attachment:
         return b"x" * self.size
 
 
-async def test_text_file_over_the_limit_is_not_downloaded() -> None:
-    settings = Settings(_env_file=None, parley_max_text_file_bytes=2000)  # type: ignore[call-arg]
-    big, small = _Attachment("huge.log", 50_000_000), _Attachment("notes.md", 2000)
-    files, notes = await read_attachments([big, small], settings)  # type: ignore[list-item]
-    assert big.reads == 0, "a file that can't be used is not read into memory"
-    assert notes == ("huge.log was not read: text files are limited to 2 KB.",)
-    assert [(f.name, f.kind, len(f.data)) for f in files] == [("notes.md", "text", 2000)]
+async def test_files_the_model_cannot_use_are_not_downloaded() -> None:
+    settings = Settings(_env_file=None, parley_max_image_bytes=1000)  # type: ignore[call-arg]
+    big = _Attachment("huge.png", 50_000_000, "image/png")
+    small = _Attachment("notes.md", 2000, "text/markdown")
+    other = _Attachment("tool.bin", 10, "application/octet-stream")
+    files, notes = await read_attachments([big, small, other], settings)  # type: ignore[list-item]
+    assert big.reads == 0 and other.reads == 0, "nothing unusable is read into memory"
+    assert notes == (sentences.file_too_large("huge.png", 1000, 50_000_000),)
+    assert [(f.name, f.kind, len(f.data)) for f in files] == [
+        ("notes.md", "text", 2000),
+        ("tool.bin", "other", 0),
+    ]
+
+
+async def test_a_failed_download_is_a_note() -> None:
+    settings = Settings(_env_file=None, parley_max_text_file_bytes=100)  # type: ignore[call-arg]
+    too_long = _Attachment("long.log", 5000, "text/plain")  # fetched from its (dead) URL
+    files, notes = await read_attachments([too_long], settings)  # type: ignore[list-item]
+    assert files == () and notes == (sentences.file_not_downloaded("long.log", "Discord"),)
