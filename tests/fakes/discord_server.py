@@ -479,6 +479,17 @@ class FakeDiscord:
             "content_type": content_type,
         }
 
+    def _as_read(self, message: dict[str, Any]) -> dict[str, Any]:
+        """A message as the bot may read it: without the Message Content intent, Discord blanks
+        the content of messages that neither come from the bot nor mention it."""
+        intents = self.identifies[-1].get("intents", 0) if self.identifies else 0
+        readable = message["author"]["id"] == self.bot.id or any(
+            u["id"] == self.bot.id for u in message.get("mentions", [])
+        )
+        if readable or intents & MESSAGE_CONTENT_INTENT:
+            return message
+        return {**message, "content": "", "attachments": [], "embeds": []}
+
     async def _attachment(self, request: web.Request) -> web.Response:
         """A file, or the byte range asked for (``Range: bytes=a-b``, as Discord's CDN does)."""
         name = request.match_info["name"]
@@ -683,7 +694,7 @@ class FakeDiscord:
                 stored = list(self.messages.get(channel_id, []))
                 if "before" in query:
                     stored = [x for x in stored if int(x["id"]) < int(query["before"])]
-                return 200, list(reversed(stored))[:limit]
+                return 200, [self._as_read(x) for x in reversed(stored)][:limit]
         if r := m(r"/channels/(\d+)/messages/(\d+)", path):
             msg = next(
                 (x for x in self.messages.get(r.group(1), []) if x["id"] == r.group(2)), None

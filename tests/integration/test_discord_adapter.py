@@ -18,12 +18,12 @@ import discord
 import pytest
 
 from adapters.discord import DiscordAdapter, adapter, render
-from adapters.discord.interactions import NO_THREAD_PERMISSION, RESTARTING
+from adapters.discord.interactions import NO_CONTENT_INTENT, NO_THREAD_PERMISSION, RESTARTING
 from adapters.standin.server import PREFIX, StandinServer, _long_text
 from bots.bootstrap import Parley, build
 from core import sentences
 from core.errors import ConfigError
-from core.messages import CommandReply
+from core.messages import Author, CommandReply, ConversationKey
 from core.settings import Settings
 from tests.fakes.discord_server import EPHEMERAL, MESSAGE_CONTENT_INTENT, FakeDiscord
 
@@ -166,6 +166,23 @@ async def test_long_answer_is_split_into_messages_within_the_limit(stack: Stack)
     assert all(not _open_fence(p) for p in pieces), "every message renders on its own"
     followups = stack.discord.calls_to("POST", rf"/webhooks/{stack.discord.app_id}/")
     assert len(followups) == len(pieces) - 1
+    await _until_idle(stack)
+    # Only the last message is edited: once the answer continues, a message stays as it is.
+    token = interaction["token"]
+    order = ["@original"] + [
+        k.split(":", 1)[1]
+        for k in stack.discord.webhook_messages
+        if k.startswith(f"{token}:") and not k.endswith("@original")
+    ]
+    newest = 0
+    for call in stack.discord.calls:
+        if f"/webhooks/{stack.discord.app_id}/{token}" not in call.path or call.status != 200:
+            continue
+        if call.method == "POST":
+            newest += 1
+        elif call.method == "PATCH":
+            assert order.index(call.path.rsplit("/", 1)[1]) == newest, "only the last is edited"
+    assert newest == len(order) - 1 == len(pieces) - 1
 
 
 async def test_rate_limited_edit_still_ends_with_the_complete_answer(stack: Stack) -> None:
@@ -316,6 +333,40 @@ async def test_redelivered_interaction_is_answered_once(stack: Stack) -> None:
     assert [c.status for c in callbacks] == [200, 400], "Discord refuses the second defer"
     assert stack.visible(interaction) == [stack.said("once")]
     assert len(stack.openai.requests) == 2
+
+
+async def test_command_claimed_after_deferring_withdraws_its_reply(stack: Stack) -> None:
+    fake = stack.discord
+    service = stack.parley.service
+    key = ConversationKey("discord", fake.guild_id, fake.channel_id)
+    await service.command(key, Author(fake.moderator.id), "system", "be terse")
+    interaction_id = fake.new_id()
+    assert await service.claim_event("discord", interaction_id)  # answered before a restart
+    await fake.send_command(
+        "system", {"prompt": "be verbose"}, user=fake.moderator, interaction_id=interaction_id
+    )
+    await fake.wait_for(lambda: fake.calls_to("DELETE", r"/messages/@original$"))
+    await _until_idle(stack)
+    assert "be terse" in (await service.command(key, Author(fake.user.id), "system")).text
+
+
+async def test_a_database_failure_when_claiming_still_gets_a_sentence(stack: Stack) -> None:
+    async def broken(platform: str, event_id: str) -> bool:
+        raise OSError("database unreachable")
+
+    stack.parley.service.claim_event = broken  # type: ignore[method-assign]
+    interaction = await stack.discord.send_command("ask", {"prompt": "hello?"})
+    await stack.discord.wait_for(lambda: stack.visible(interaction) == [GENERIC_FAILURE])
+    mention = await stack.discord.send_message("anyone there?", mention_bot=True)
+    await stack.discord.wait_for(
+        lambda: [
+            c
+            for c in stack.discord.calls_to("POST", r"/messages$")
+            if (c.body.get("message_reference") or {}).get("message_id") == int(mention["id"])
+            and c.content == GENERIC_FAILURE
+        ]
+    )
+    assert not stack.openai.requests
 
 
 async def test_interaction_claimed_after_deferring_withdraws_its_reply(stack: Stack) -> None:
@@ -489,6 +540,51 @@ async def test_summarize_reads_the_last_messages_of_the_channel(stack: Stack) ->
     sent = stack.openai.requests[-1]["messages"][-1]["content"]
     assert "we ship on friday" in sent and "docs are late" in sent
     assert "old message" not in sent
+
+
+async def test_summarize_without_a_number_reads_the_last_fifty_messages_here(
+    stack: Stack,
+) -> None:
+    fake = stack.discord
+    for text in ("the release is on tuesday", "the demo moved to wednesday"):
+        fake.message_payload(text)
+    interaction = await fake.send_command("summarize")
+    await fake.wait_for(lambda: "Summary" in "".join(stack.visible(interaction)))
+    [read] = fake.calls_to("GET", rf"/channels/{fake.channel_id}/messages$")
+    assert read.query["limit"] == "50"
+    sent = stack.openai.requests[-1]["messages"][-1]["content"]
+    assert "release is on tuesday" in sent and "demo moved to wednesday" in sent
+
+
+async def test_summarize_without_the_content_intent_says_why(
+    make_stack: StackFactory,
+) -> None:
+    async with make_stack(refuse_intents=MESSAGE_CONTENT_INTENT) as stack:
+        fake = stack.discord
+        fake.message_payload("a message whose text the bot cannot read")
+        interaction = await fake.send_command("summarize", {"messages": 5})
+        shown = await fake.wait_for(lambda: stack.shown(interaction))
+        assert shown == [NO_CONTENT_INTENT]
+        assert not stack.openai.requests
+
+
+async def test_long_text_file_is_read_up_to_the_limit_with_a_note(
+    make_stack: StackFactory,
+) -> None:
+    async with make_stack(settings_for=lambda fake: {"parley_max_text_file_bytes": 2000}) as stack:
+        fake = stack.discord
+        body = ("BEGINNING " + "line of a long log\n" * 5000 + "THE END").encode()
+        log_file = fake.attachment("build.log", "text/plain", body)
+        await fake.send_message("why did it fail?", mention_bot=True, attachments=[log_file])
+        note = f"_{sentences.file_truncated('build.log', 2000)}_"
+        await fake.wait_for(
+            lambda: any(
+                note in t for t in fake.channel_messages(fake.channel_id, author_id=fake.bot.id)
+            )
+        )
+        sent = stack.openai.requests[-1]["messages"][-1]["content"]
+        assert "BEGINNING" in sent and "THE END" not in sent
+        assert fake.file_requests == [(f"{log_file['id']}-build.log", "bytes=0-2000")]
 
 
 async def test_help_lists_the_slash_commands(stack: Stack) -> None:
