@@ -23,14 +23,13 @@ from adapters.slack import SlackAdapter
 from adapters.slack.render import THINKING
 from adapters.standin.server import StandinServer
 from bots.bootstrap import Parley, build
-from core.service import GENERIC_ERROR
+from core.sentences import GENERIC_ERROR, RESTARTED, WARNING_MARK, failure_text
 from core.settings import Settings
 from tests.fakes.slack_server import FakeSlack, Message
 
 CHANNEL = "C0GENERAL"
 DM = "D0ALICE"
 ALICE = "UALICE"
-RESTARTED = "Parley was restarted while answering; please ask again."
 
 
 @dataclass
@@ -559,7 +558,7 @@ async def test_model_failure_is_a_clear_message_in_the_thread(stack: Stack) -> N
     await stack.deliver(event)
     replies = stack.slack.thread(CHANNEL, event["ts"])
     assert len(replies) == 1
-    assert replies[0].text.startswith(":warning:")
+    assert replies[0].text.startswith(WARNING_MARK)
     assert not any(m.streaming for m in replies)
 
 
@@ -569,7 +568,7 @@ async def test_model_failure_replaces_the_placeholder(edit_stack: Stack) -> None
     await edit_stack.deliver(event)
     replies = edit_stack.slack.thread(CHANNEL, event["ts"])
     assert len(replies) == 1
-    assert replies[0].text.startswith(":warning:")
+    assert replies[0].text.startswith(WARNING_MARK)
     assert THINKING not in replies[0].text
 
 
@@ -581,7 +580,7 @@ async def test_assistant_status_is_cleared_when_the_answer_fails(stack: Stack) -
     await stack.deliver(event)
     statuses = [c.params["status"] for c in stack.slack.called("assistant.threads.setStatus")]
     assert statuses == ["is thinking…", ""]
-    assert stack.slack.bot_messages(DM, thread_ts)[-1].text.startswith(":warning:")
+    assert stack.slack.bot_messages(DM, thread_ts)[-1].text.startswith(WARNING_MARK)
 
 
 async def test_broken_model_stream_leaves_no_open_stream(stack: Stack) -> None:
@@ -589,7 +588,7 @@ async def test_broken_model_stream_leaves_no_open_stream(stack: Stack) -> None:
     await stack.deliver(event)
     replies = stack.slack.thread(CHANNEL, event["ts"])
     assert replies and not any(m.streaming for m in replies)
-    assert replies[-1].text.startswith(":warning:")
+    assert replies[-1].text.startswith(WARNING_MARK)
 
 
 async def test_rate_limited_update_is_retried_after_retry_after(edit_stack: Stack) -> None:
@@ -630,7 +629,7 @@ async def test_failed_intermediate_update_does_not_end_the_answer(stack: Stack) 
     answers = slack.bot_messages(DM)
     assert len(answers) == 1
     assert answers[0].text.endswith("word29")
-    assert THINKING not in answers[0].text and ":warning:" not in answers[0].text
+    assert THINKING not in answers[0].text and WARNING_MARK not in answers[0].text
 
 
 async def test_failed_stream_append_does_not_end_the_answer(stack: Stack) -> None:
@@ -643,7 +642,7 @@ async def test_failed_stream_append_does_not_end_the_answer(stack: Stack) -> Non
     assert slack.called("chat.appendStream")[0].error == "internal_error"
     replies = slack.thread(CHANNEL, event["ts"])
     assert len(replies) == 1 and not replies[0].streaming
-    assert replies[0].text.endswith("word29") and ":warning:" not in replies[0].text
+    assert replies[0].text.endswith("word29") and WARNING_MARK not in replies[0].text
 
 
 async def test_failed_final_update_is_posted_as_a_new_message(stack: Stack) -> None:
@@ -680,10 +679,16 @@ async def test_database_error_while_claiming_gets_an_apology(
     with caplog.at_level(logging.INFO, logger="parley.slack"):
         assert await stack.deliver(event) == 200
     replies = stack.slack.thread(CHANNEL, event["ts"])
-    assert len(replies) == 1 and GENERIC_ERROR in replies[0].text
+    assert len(replies) == 1 and replies[0].text == failure_text(GENERIC_ERROR)
     assert stack.standin.requests == []
-    assert "claiming a message" in caplog.text and "RuntimeError" in caplog.text
+    # The core claims the message, and says why it could not.
+    assert "checking event" in caplog.text and "RuntimeError" in caplog.text
     assert "confidential" not in caplog.text
+    # A command typed in a mention gets the same apology, once.
+    command = stack.mention("usage", thread_ts=event["ts"])
+    assert await stack.deliver(command) == 200
+    ephemeral = stack.slack.called("chat.postEphemeral")
+    assert len(ephemeral) == 1 and GENERIC_ERROR in ephemeral[0].params["text"]
 
 
 async def test_database_error_on_a_new_assistant_thread_still_suggests_prompts(
@@ -738,7 +743,7 @@ async def test_stop_cuts_a_stalled_answer_and_leaves_no_placeholder(stack: Stack
     await stack.adapter.stop()
     answers = slack.bot_messages(DM)
     assert len(answers) == 1
-    assert answers[0].text == f":warning: {RESTARTED}"
+    assert answers[0].text == failure_text(RESTARTED)
 
 
 async def test_stop_cuts_a_streaming_answer_and_closes_the_stream(stack: Stack) -> None:
@@ -753,4 +758,4 @@ async def test_stop_cuts_a_streaming_answer_and_closes_the_stream(stack: Stack) 
     assert len(replies) == 2 and not any(m.streaming for m in replies)
     assert replies[0].text.startswith("(offline stand-in model)")
     assert not replies[0].text.endswith("word29")
-    assert replies[1].text == f":warning: {RESTARTED}"
+    assert replies[1].text == failure_text(RESTARTED)
