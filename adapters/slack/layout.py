@@ -103,22 +103,27 @@ class Layout:
         return source + ("" if source.endswith("\n") else "\n") + _marker(fence)
 
     def _close_last(self, text: str) -> None:
-        """End the last message where it fits, never before what it already shows."""
+        """End the last message where it fits, not before what it already shows (unless even
+        that does not fit)."""
         index = len(self._starts) - 1
         start, reopen = self._starts[index], self._reopens[index]
         keep = max(start, min(self._shown_end, len(text)))
+        floor = max(start + 1, keep)
         window = min(len(text), start + self.limit - len(reopen) - RESERVE)
         while True:
-            window = max(window, start + 1)
+            window = max(window, floor)
             end = _boundary(text, start, window, keep)
             self._starts.append(end)
             self._reopens.append("")
-            over = self.measure(self._piece(text, index)) - self.limit
-            if over <= 0 or window == start + 1:
+            size = self.measure(self._piece(text, index))
+            if size <= self.limit or window == start + 1:
                 break
             self._starts.pop()
             self._reopens.pop()
-            window = min(window, end) - over
+            if window == floor:
+                floor = keep = start + 1
+            # Shrink in proportion to how much conversion made the piece grow.
+            window = min(end - 1, start + (end - start) * self.limit // size)
         fence = open_fence(self._source(text, index, end))
         self._reopens[-1] = fence or ""
         self._shown_end = end

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,9 +21,11 @@ import pytest
 from slack_bolt.request.async_request import AsyncBoltRequest
 
 from adapters.slack import SlackAdapter
-from adapters.slack.render import THINKING
+from adapters.slack.render import THINKING, ReplyTarget, SlackAnswer
 from adapters.standin.server import StandinServer
 from bots.bootstrap import Parley, build
+from core.delivery import Interval, deliver
+from core.messages import Accepted, FinalText, ReplyEvent, TextDelta
 from core.sentences import GENERIC_ERROR, RESTARTED, WARNING_MARK, failure_text
 from core.settings import Settings
 from tests.fakes.slack_server import FakeSlack, Message
@@ -759,3 +762,173 @@ async def test_stop_cuts_a_streaming_answer_and_closes_the_stream(stack: Stack) 
     assert replies[0].text.startswith("(offline stand-in model)")
     assert not replies[0].text.endswith("word29")
     assert replies[1].text == failure_text(RESTARTED)
+
+
+# --- what reaches Slack: broadcast mentions, message length --------------------------------------
+
+BROADCASTS = ("<!here", "<!channel", "<!everyone")
+# What a person typing "<!here>" literally sends: Slack escapes it, and Parley gives the model
+# "<!here>", which the stand-in echoes back in its answer.
+TYPED_BROADCASTS = "ping &lt;!here&gt; &lt;!channel|all&gt; &lt;!everyone&gt; or [all](!everyone)"
+
+
+def sent_bodies(slack: FakeSlack) -> str:
+    return json.dumps([call.params for call in slack.calls], ensure_ascii=False)
+
+
+@pytest.mark.parametrize("path", ["stream", "edit", "dm"])
+async def test_broadcast_mentions_in_answers_never_reach_slack(
+    path: str, stack: Stack, edit_stack: Stack
+) -> None:
+    s = edit_stack if path == "edit" else stack
+    if path == "dm":
+        event = s.message(TYPED_BROADCASTS, channel=DM, channel_type="im")
+    else:
+        event = s.mention(TYPED_BROADCASTS)
+    await s.deliver(event)
+    # The model got (and the stand-in echoed) the mentions; people see them, nobody is pinged.
+    assert "ping <!here> <!channel|all>" in s.standin.requests[-1]["messages"][-1]["content"]
+    shown = s.slack.bot_messages(DM) if path == "dm" else s.slack.thread(CHANNEL, event["ts"])
+    assert "You said: ping &lt;!here" in shown[-1].text
+    written = s.slack.called("chat.startStream" if path == "stream" else "chat.update")
+    assert written and written[-1].ok
+    sent = sent_bodies(s.slack)
+    assert "here" in sent and not any(mention in sent for mention in BROADCASTS)
+
+
+async def test_broadcast_mentions_in_command_replies_never_reach_slack(stack: Stack) -> None:
+    slack = stack.slack
+    # Through response_url: the system prompt shown back.
+    await slack.post_command(stack.url, "/parley", "system <!here> <!everyone> be loud")
+    await stack.adapter.drain()
+    await slack.post_command(stack.url, "/parley", "system")
+    await stack.adapter.drain()
+    assert "be loud" in slack.called("response_url")[-1].params["text"]
+    # chat.postMessage: the same, asked in a thread; chat.postEphemeral: an error quoting it.
+    first = stack.mention("hello")
+    await stack.deliver(first)
+    await stack.deliver(stack.mention("system", thread_ts=first["ts"]))
+    assert "be loud" in slack.called("chat.postMessage")[-1].params["text"]
+    await stack.deliver(stack.mention("!model &lt;!channel&gt;", thread_ts=first["ts"]))
+    assert "not a valid model name" in slack.called("chat.postEphemeral")[-1].params["text"]
+    sent = sent_bodies(slack)
+    assert not any(mention in sent for mention in BROADCASTS)
+
+
+# Grows by a third or more when escaped for Slack ("&" is "&amp;" there, "<" "&lt;").
+HEAVY_ANSWER = "\n\n".join(
+    [
+        "Compare a && b <with> c >> d & e; " * 14,
+        "```python\n" + "if a < b and c > d and e & f:\n    x = y << 2\n" * 40 + "```",
+        "<<>>&&" * 400,
+    ]
+    * 3
+)
+_FENCES = re.compile(r"^\s*```[^\n]*$", re.MULTILINE)
+
+
+def _content(text: str) -> str:
+    """What the pieces must carry between them: the text without fence lines, white space and
+    the characters Slack escapes (escaped or not; a piece may start with ">", which mrkdwn shows
+    as a quote)."""
+    text = re.sub(r"&(amp|lt|gt);", "", _FENCES.sub("", text))
+    return re.sub(r"[\s<>&]+", "", text)
+
+
+async def _heavy_events() -> AsyncIterator[ReplyEvent]:
+    yield Accepted()
+    for start in range(0, len(HEAVY_ANSWER), 250):
+        yield TextDelta(HEAVY_ANSWER[start : start + 250])
+    yield FinalText(HEAVY_ANSWER, "gpt-4o")
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_every_message_fits_slack_after_escaping(stack: Stack, stream: bool) -> None:
+    slack = stack.slack
+    parent = slack.add_message(CHANNEL, "<@UPARLEYBOT> something long")
+    target = ReplyTarget(CHANNEL, parent.ts, slack.team_id, ALICE)
+    answer = SlackAnswer(stack.adapter.client, target, stream=stream)
+    done = await deliver(_heavy_events(), answer, Interval(0))
+    assert done.outcome == "answered"
+
+    for call in slack.calls:
+        for field in ("text", "markdown_text"):
+            assert len(str(call.params.get(field) or "")) <= 3900
+    replies = slack.thread(CHANNEL, parent.ts)
+    assert len(replies) >= 4 and not any(m.streaming for m in replies)
+    assert all(len(m.text) <= 3900 for m in replies)
+    shown = "".join(m.text for m in replies)
+    assert _content(shown) == _content(HEAVY_ANSWER)
+    if stream:  # streamed pieces are only ever appended to
+        assert not slack.called("chat.update")
+
+
+# --- redelivery, summaries, the runtime protocol ----------------------------------------------------
+
+
+async def test_a_redelivered_message_writes_nothing_when_editing(edit_stack: Stack) -> None:
+    slack = edit_stack.slack
+    await edit_stack.deliver(edit_stack.mention("first: streaming turns out unavailable"))
+    event = edit_stack.mention("answer me once")
+    for retry in (None, 1):
+        await edit_stack.deliver(event, event_id="Ev0RETRIED", retry_num=retry)
+    placeholders = [c for c in slack.called("chat.postMessage") if c.params["text"] == THINKING]
+    assert len(placeholders) == 1
+    assert len(slack.thread(CHANNEL, event["ts"])) == 1
+
+
+async def test_a_command_delivered_twice_runs_once(stack: Stack) -> None:
+    first = stack.mention("hello")
+    await stack.deliver(first)
+    reset = stack.mention("reset", thread_ts=first["ts"])
+    await stack.deliver(reset)
+    await stack.deliver(dict(reset, type="message", channel_type="channel"), retry_num=1)
+    await stack.deliver(reset, retry_num=2)
+    posted = stack.slack.called("chat.postMessage")
+    assert len(posted) == 1 and "forgot this conversation" in posted[0].params["text"]
+
+
+async def test_summarize_in_a_thread_reads_the_thread(stack: Stack) -> None:
+    slack = stack.slack
+    first = stack.mention("we should ship on friday")
+    await stack.deliver(first)
+    slack.add_message(CHANNEL, "agreed, friday it is", user="UBOB", thread_ts=first["ts"])
+    slack.add_message(CHANNEL, "unrelated channel talk", user="UBOB")
+    await stack.deliver(stack.mention("!summarize 2", thread_ts=first["ts"]))
+    assert slack.called("conversations.replies")[-1].params["ts"] == first["ts"]
+    sent = stack.standin.requests[-1]["messages"][-1]["content"]
+    assert "UBOB: agreed, friday it is" in sent and "Parley:" in sent
+    assert "UALICE" not in sent and "summarize" not in sent  # only the last 2, not the command
+    assert "unrelated" not in sent
+
+
+async def test_summarize_at_the_top_of_a_channel_reads_the_channel(stack: Stack) -> None:
+    slack = stack.slack
+    slack.add_message(CHANNEL, "an old remark", user="UBOB")
+    slack.add_message(CHANNEL, "we decided to ship on friday", user="UBOB")
+    await stack.deliver(stack.mention("!summarise 1"))
+    assert int(slack.called("conversations.history")[-1].params["limit"]) == 2
+    sent = stack.standin.requests[-1]["messages"][-1]["content"]
+    assert sent == "UBOB: we decided to ship on friday"
+
+
+async def test_summarize_at_the_top_of_a_dm_reads_the_stored_conversation(stack: Stack) -> None:
+    slack = stack.slack
+    await stack.deliver(stack.message("remember banana", channel=DM, channel_type="im"))
+    await stack.deliver(stack.message("summarize", channel=DM, channel_type="im"))
+    await slack.post_command(stack.url, "/parley", "summarize 5", channel=DM)
+    await stack.adapter.drain()
+    assert not slack.called("conversations.history") and not slack.called("conversations.replies")
+    for request in stack.standin.requests[-2:]:
+        assert "remember banana" in request["messages"][-1]["content"]
+    assert "Summary" in slack.called("response_url")[-1].params["text"]
+
+
+async def test_the_adapter_runs_through_the_runtime_protocol(stack: Stack) -> None:
+    assert stack.adapter.name == "slack"
+    waiting = asyncio.create_task(stack.adapter.wait_failed())
+    done, _ = await asyncio.wait({waiting}, timeout=0.05)
+    assert not done  # Slack reconnects by itself: it never fails for good on its own
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
