@@ -1,8 +1,9 @@
-"""Files shared with a message: downloaded with the bot token and turned into core Attachments.
+"""Files shared with a message: downloaded with the bot token, within the core's limits.
 
-Images go to the model as image inputs, text files are inlined, anything else is passed on as
-"other" (the core tells the user it was not read). The bot token is only ever sent to Slack's
-own hosts (or to the configured API host, for proxies and tests).
+Which files the model can read, how much of them, and what the person is told about the rest
+is ``core.attachments``' decision; this module only describes Slack's files as ``FileOffer``s
+and downloads them. The bot token is only ever sent to Slack's own hosts (or to the configured
+API host, for proxies and tests).
 """
 
 from __future__ import annotations
@@ -15,30 +16,12 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from core.attachments import AttachmentPolicy, FileOffer
 from core.messages import Attachment
 
 log = logging.getLogger("parley.slack")
 
-IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
-TEXT_MIME_TYPES = frozenset(
-    {
-        "application/json",
-        "application/xml",
-        "application/x-yaml",
-        "application/yaml",
-        "application/javascript",
-        "application/x-sh",
-        "application/sql",
-        "application/toml",
-    }
-)
-# Slack's own ``filetype`` names for snippets and code files.
-TEXT_FILETYPES = frozenset(
-    "text markdown post csv tsv json yaml xml html css javascript typescript python ruby go "
-    "rust java kotlin scala swift c cpp csharp objc php perl shell powershell sql diff "
-    "dockerfile toml ini log r lua haskell clojure elixir erlang dart groovy matlab latex "
-    "vb vbscript ocaml fsharp julia".split()
-)
+PLATFORM_NAME = "Slack"
 DOWNLOAD_TIMEOUT = aiohttp.ClientTimeout(total=30)
 
 
@@ -50,19 +33,15 @@ class FetchedFiles:
     notes: tuple[str, ...] = ()
 
 
-def _kind(file: Mapping[str, Any]) -> str:
-    mime = str(file.get("mimetype") or "").lower()
-    if mime in IMAGE_TYPES:
-        return "image"
-    if mime.startswith("text/") or mime in TEXT_MIME_TYPES:
-        return "text"
-    if str(file.get("filetype") or "").lower() in TEXT_FILETYPES:
-        return "text"
-    return "other"
-
-
-def _megabytes(size: int) -> str:
-    return f"{size / 1_000_000:.1f} MB"
+def offer(file: Mapping[str, Any]) -> FileOffer:
+    """A Slack file object as the core's ``FileOffer`` (Slack's ``filetype`` as its type)."""
+    size = file.get("size")
+    return FileOffer(
+        name=str(file.get("name") or file.get("title") or "file"),
+        mime_type=str(file.get("mimetype") or ""),
+        size=size if isinstance(size, int) and not isinstance(size, bool) else None,
+        platform_type=str(file.get("filetype") or ""),
+    )
 
 
 class FileFetcher:
@@ -78,8 +57,7 @@ class FileFetcher:
     ) -> None:
         self._token = token
         self._api_host = (urlsplit(api_url).hostname or "").lower()
-        self.max_image_bytes = max_image_bytes
-        self.max_text_bytes = max_text_bytes
+        self.policy = AttachmentPolicy(max_image_bytes, max_text_bytes)
         self.session: aiohttp.ClientSession | None = None
 
     def trusted(self, url: str) -> bool:
@@ -97,42 +75,22 @@ class FileFetcher:
         return any(host == d or host.endswith("." + d) for d in domains if "." in d)
 
     async def fetch(self, files: Iterable[Mapping[str, Any]]) -> FetchedFiles:
-        """Download what the model can use from ``files``; explain what was left out."""
+        """Download what the model can use from ``files``; the core says what was left out."""
         attachments: list[Attachment] = []
         notes: list[str] = []
         for file in files:
-            name = str(file.get("name") or file.get("title") or "file")
-            mime = str(file.get("mimetype") or "application/octet-stream")
-            kind = _kind(file)
-            if kind == "other":
-                attachments.append(Attachment(name, mime, b"", kind="other"))
-                continue
-            limit = self.max_image_bytes if kind == "image" else self.max_text_bytes
-            size = int(file.get("size") or 0)
-            if kind == "image" and size > limit:
-                notes.append(
-                    f"{name} was not read: it is {_megabytes(size)}, "
-                    f"over the {_megabytes(limit)} limit for images."
-                )
-                continue
+            described = offer(file)
+            plan = self.policy.plan(described)
+            data = None
             url = file.get("url_private_download") or file.get("url_private")
-            data = (
-                await self._download(str(url), limit, expect_html=mime == "text/html")
-                if url
-                else None
-            )
-            if data is None:
-                notes.append(f"{name} could not be downloaded from Slack, so I did not read it.")
-                continue
-            if kind == "image" and len(data) > limit:
-                notes.append(
-                    f"{name} was not read: it is over the {_megabytes(limit)} limit for images."
-                )
-                continue
-            if kind == "text" and len(data) > limit:
-                data = data[:limit].decode("utf-8", errors="ignore").encode("utf-8")
-                notes.append(f"{name} is long: I read only its first {limit:,} bytes.")
-            attachments.append(Attachment(name, mime, data, kind=kind))  # type: ignore[arg-type]
+            if plan.download and url:
+                html = described.mime == "text/html"
+                data = await self._download(str(url), plan.max_bytes, expect_html=html)
+            attachment, note = self.policy.accept(described, plan, data, platform=PLATFORM_NAME)
+            if attachment is not None:
+                attachments.append(attachment)
+            if note is not None:
+                notes.append(note)
         return FetchedFiles(tuple(attachments), tuple(notes))
 
     async def _download(self, url: str, limit: int, *, expect_html: bool) -> bytes | None:

@@ -3,8 +3,9 @@
 Slack's mrkdwn is not Markdown: bold is ``*x*``, italics ``_x_``, strike ``~x~``, links
 ``<url|text>``, no headings or tables, and ``&``, ``<``, ``>`` must be escaped everywhere
 (even inside code). Mentions the model writes (``<@U123>``, ``<#C123>``) are kept; broadcast
-mentions (``<!here>``, ``<!channel>``, ``<!everyone>``) are escaped so a model cannot ping a
-whole channel.
+mentions (``<!here>``, ``<!channel>``, ``<!everyone>``) and every other ``<!...>`` command are
+escaped so a model cannot ping a whole channel, whichever way the text goes out: as mrkdwn
+(``to_mrkdwn``) or as Markdown (``to_markdown_text``, for ``markdown_text``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,18 @@ _BOLD_MARK = "\x01"
 def escape(text: str) -> str:
     """Escape the three characters Slack treats as markup."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def neutralise(text: str) -> str:
+    """Escape every ``<!`` (``<!here>``, ``<!channel>``, ``<!everyone>``, ``<!subteam^..>``), so
+    no special mention reaches Slack, whatever the conversion let through."""
+    return text.replace("<!", "&lt;!")
+
+
+def to_markdown_text(markdown: str) -> str:
+    """The model's Markdown as Slack's ``markdown_text`` takes it: unchanged but for broadcast
+    mentions. Character for character, so a longer text gives a longer result (streams append)."""
+    return neutralise(markdown)
 
 
 def _link(url: str, label: str) -> str:
@@ -122,7 +135,7 @@ def to_mrkdwn(markdown: str) -> str:
             continue
         out.append(_block_line(line))
         i += 1
-    return "\n".join(out)
+    return neutralise("\n".join(out))
 
 
 def _block_line(line: str) -> str:

@@ -1,19 +1,19 @@
 """Render out: one answer from the core becomes one or more Slack messages in a thread.
 
-Two ways to show an answer growing:
+``SlackAnswer`` is the Slack ``core.delivery.Renderer``. Two ways to show an answer growing:
 
 - streaming (primary): ``chat.startStream`` / ``chat.appendStream`` / ``chat.stopStream`` with
   Markdown, which Slack renders itself;
 - editing (fallback, and top-level DM answers, which streaming cannot address): a
   "Thinking…" placeholder from ``chat.postMessage``, then ``chat.update`` with mrkdwn.
 
-Either way the answer is cut into pieces of at most ``LIMIT`` characters with
-``core.splitting.split_message``; each piece is its own message, so a long answer continues in
-further thread replies. Pieces before the last never change once a later one exists.
+``adapters.slack.layout`` cuts the answer into messages of at most ``LIMIT`` characters as
+Slack receives them; a long answer continues in further thread replies. Every text leaves
+through ``to_mrkdwn`` or ``to_markdown_text``, which neutralise broadcast mentions.
 
 Writes while the answer grows are best effort: a failed one is logged and skipped, and the next
-snapshot (or the final write) shows the text. A failed final write is posted as a new message
-instead, so an answer never stays "Thinking…" or half written while Slack still accepts posts.
+(or the final write) shows the text. A failed final write is posted as a new message instead,
+so an answer never stays "Thinking…" or half written while Slack still accepts posts.
 """
 
 from __future__ import annotations
@@ -26,14 +26,15 @@ from typing import Any
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.slack.mrkdwn import to_mrkdwn
-from core.splitting import split_message
+from adapters.slack.layout import LIMIT, Layout, fit
+from adapters.slack.mrkdwn import to_markdown_text, to_mrkdwn
+from adapters.slack.translate import ReplyTarget
+from core import sentences
 
 log = logging.getLogger("parley.slack")
 
-LIMIT = 3900
 THINKING = "_Thinking…_"
-EMPTY_ANSWER = "_(empty answer)_"
+THINKING_STATUS = "is thinking…"
 # Answers from chat.startStream meaning "this workspace/app/channel cannot stream": fall back.
 STREAMING_UNSUPPORTED = frozenset(
     {
@@ -64,19 +65,9 @@ def describe(exc: BaseException) -> str:
     return error_code(exc) if isinstance(exc, SlackApiError) else type(exc).__name__
 
 
-@dataclass(frozen=True, slots=True)
-class ReplyTarget:
-    """Where an answer goes. ``thread_ts`` None means the top level of a DM."""
-
-    channel: str
-    thread_ts: str | None
-    team_id: str
-    user_id: str
-
-
 @dataclass(slots=True)
-class _Posted:
-    """One Slack message showing one piece of the answer."""
+class _Message:
+    """One Slack message showing one piece of the answer, and what it shows (as sent)."""
 
     ts: str
     shown: str
@@ -84,8 +75,11 @@ class _Posted:
     streaming: bool  # the stream is still open
 
 
-class SlackReply:
-    """Shows one answer in Slack and always leaves it in a final state (answer or message)."""
+class SlackAnswer:
+    """Shows one answer in Slack (a ``core.delivery.Renderer``); always leaves it final.
+
+    ``status`` shows "is thinking…" in an assistant thread while the answer is written.
+    """
 
     def __init__(
         self,
@@ -93,41 +87,43 @@ class SlackReply:
         target: ReplyTarget,
         *,
         stream: bool,
+        status: bool = False,
         limit: int = LIMIT,
         on_streaming_unsupported: Callable[[str], None] | None = None,
     ) -> None:
         self._client = client
         self._target = target
         self._stream = stream and target.thread_ts is not None
+        self._status = status and target.thread_ts is not None
         self._limit = limit
+        self._layout = Layout(limit)
         self._on_unsupported = on_streaming_unsupported
-        self._posted: list[_Posted] = []
-        self._placeholder: str | None = None
-        self._notes: list[str] = []
+        self._messages: list[_Message] = []
+        self._status_shown = False
         self.finished = False
 
-    # --- what the adapter calls -----------------------------------------------------------
+    # --- the Renderer ---------------------------------------------------------------------
 
-    async def begin(self) -> None:
-        """Post the placeholder when the answer will be shown by editing."""
+    async def start(self) -> None:
+        """The core took the message on: the thinking status, and the placeholder when the
+        answer will be shown by editing."""
+        if self._status:
+            self._status_shown = True
+            await self._set_status(THINKING_STATUS)
         if not self._stream:
             response = await self._client.chat_postMessage(**self._where(), text=THINKING)
-            self._placeholder = str(response["ts"])
+            self._messages.append(_Message(str(response["ts"]), THINKING, False, False))
 
-    def note(self, text: str) -> None:
-        """Remember a remark to show above the answer (e.g. a file that was not read)."""
-        self._notes.append(text)
-
-    async def show(self, text: str) -> None:
-        """Show the answer so far (a snapshot); ignored once the answer is final.
-
-        Best effort: a failed write is logged and skipped (the next snapshot or the final write
-        shows the text), so one failed ``chat.update`` or ``appendStream`` never ends the answer.
-        """
+    async def progress(self, text: str) -> None:
+        """Show the answer so far; best effort (a failed write is logged and skipped)."""
         if self.finished:
             return
+        # A "<" at the very end may begin "<!here>", escaped only once its "!" arrives.
+        text = text.rstrip("<")
         try:
-            await self._render(self._compose(text))
+            pieces = self._layout.pieces(text, final=False)
+            for index, piece in enumerate(pieces):
+                await self._put(index, piece, done=index < len(pieces) - 1)
         except Exception as exc:
             log.warning("slack: showing part of an answer failed (%s); skipped", describe(exc))
 
@@ -137,63 +133,48 @@ class SlackReply:
         A piece whose message cannot be written is posted as a new message instead (and the
         stale one deleted); when even that fails it is logged.
         """
-        answer = text if text.strip() else EMPTY_ANSWER
-        pieces = split_message(self._compose(answer), self._limit)
-        for index, piece in enumerate(pieces):
-            try:
-                await self._put(index, piece, done=True)
-            except Exception as exc:
-                log.warning(
-                    "slack: writing the final answer failed (%s); posting it anew", describe(exc)
-                )
-                if not await self._repost(index, piece):
-                    break
-        for posted in self._posted[len(pieces) :]:
-            if posted.streaming:
-                await self._stop(posted)
-        self.finished = True
+        try:
+            pieces = self._layout.pieces(text, final=True) or [sentences.EMPTY_ANSWER]
+            for index, piece in enumerate(pieces):
+                try:
+                    await self._put(index, piece, done=True)
+                except Exception as exc:
+                    log.warning(
+                        "slack: writing the final answer failed (%s); posting it anew",
+                        describe(exc),
+                    )
+                    if not await self._repost(index, piece):
+                        break
+            for stale in self._messages[len(pieces) :]:
+                await self._retire(stale)
+            del self._messages[len(pieces) :]
+        finally:
+            await self._end()
 
-    async def fail(self, sentence: str) -> None:
-        """End with ``sentence`` (a core ``UserError`` or a generic apology).
+    async def fail(self, text: str) -> None:
+        """End with ``text`` (the reason, then the notes).
 
-        A placeholder still showing "Thinking…" is replaced by the message; partial text that
-        was already shown stays, and the message follows it.
+        A placeholder still showing "Thinking…" is replaced by it; partial text that was
+        already shown stays, and the sentence follows it in a new message.
         """
-        warning = self._compose(f":warning: {sentence}")
-        for posted in self._posted:
-            if posted.streaming:
-                await self._stop(posted)
-        stale: str | None = None
-        if self._placeholder is not None and (not self._posted or not self._posted[0].shown):
-            try:
-                await self._client.chat_update(
-                    channel=self._target.channel, ts=self._placeholder, text=to_mrkdwn(warning)
-                )
-            except Exception as exc:
-                log.warning("slack: replacing the placeholder failed (%s)", describe(exc))
-                stale = self._placeholder
-            else:
-                self._posted[:1] = [_Posted(self._placeholder, warning, False, False)]
-                self.finished = True
-                return
-        for piece in split_message(warning, self._limit):
-            await self._client.chat_postMessage(**self._where(), text=to_mrkdwn(piece))
-        if stale is not None:
-            await self._delete(stale)
-        self.finished = True
+        try:
+            for message in self._messages:
+                if message.streaming:
+                    await self._stop(message)
+            pieces = fit(text, self._limit)
+            placeholder = self._messages[0] if self._messages else None
+            if placeholder is not None and placeholder.shown == THINKING:
+                if await self._try_update(placeholder, pieces[0]):
+                    pieces = pieces[1:]
+                    placeholder = None
+            for piece in pieces:
+                await self._post(piece)
+            if placeholder is not None and placeholder.shown == THINKING:
+                await self._delete(placeholder.ts)
+        finally:
+            await self._end()
 
-    async def close(self, fallback_sentence: str) -> None:
-        """Make sure nothing is left open or "Thinking…" when the answer stream ended early."""
-        if not self.finished:
-            await self.fail(fallback_sentence)
-
-    # --- rendering ------------------------------------------------------------------------
-
-    def _compose(self, answer: str) -> str:
-        if not self._notes:
-            return answer
-        notes = "\n".join(f"_{note}_" for note in self._notes)
-        return f"{notes}\n\n{answer}"
+    # --- writing pieces -------------------------------------------------------------------
 
     def _where(self) -> dict[str, Any]:
         where: dict[str, Any] = {"channel": self._target.channel}
@@ -201,57 +182,68 @@ class SlackReply:
             where["thread_ts"] = self._target.thread_ts
         return where
 
-    async def _render(self, text: str) -> None:
-        """Show a snapshot; stops at the first failed write so pieces stay in order."""
-        pieces = split_message(text, self._limit) if text.strip() else []
-        for index, piece in enumerate(pieces):
-            await self._put(index, piece, done=index < len(pieces) - 1)
-
     async def _put(self, index: int, piece: str, *, done: bool) -> None:
-        if index < len(self._posted):
-            await self._change(self._posted[index], piece, done=done)
-            return
-        if index == 0 and self._placeholder is not None:
-            posted = _Posted(self._placeholder, "", markdown=False, streaming=False)
-            self._posted.append(posted)
-            await self._update(posted, piece)
-            return
-        if self._stream and await self._start_stream(piece, done=done):
-            return
-        response = await self._client.chat_postMessage(**self._where(), text=to_mrkdwn(piece))
-        self._posted.append(_Posted(str(response["ts"]), piece, markdown=False, streaming=False))
+        """Make message ``index`` show ``piece``: change it, or start it."""
+        if index < len(self._messages):
+            await self._change(self._messages[index], piece, done=done)
+        elif not (self._stream and await self._start_stream(piece, done=done)):
+            await self._post(piece)
 
-    async def _change(self, posted: _Posted, piece: str, *, done: bool) -> None:
-        if posted.streaming and piece.startswith(posted.shown):
-            delta = piece[len(posted.shown) :]
+    async def _post(self, piece: str) -> None:
+        text = to_mrkdwn(piece)
+        response = await self._client.chat_postMessage(**self._where(), text=text)
+        self._messages.append(_Message(str(response["ts"]), text, False, False))
+
+    async def _change(self, message: _Message, piece: str, *, done: bool) -> None:
+        if not message.markdown:
+            await self._update(message, to_mrkdwn(piece))
+            return
+        text = to_markdown_text(piece)
+        if message.streaming and text.startswith(message.shown):
             try:
-                if done:
-                    await self._client.chat_stopStream(
-                        channel=self._target.channel, ts=posted.ts, markdown_text=delta or None
-                    )
-                    posted.streaming = False
-                elif delta:
-                    await self._client.chat_appendStream(
-                        channel=self._target.channel, ts=posted.ts, markdown_text=delta
-                    )
-                posted.shown = piece
+                await self._append(message, text, done=done)
                 return
             except SlackApiError as exc:
                 # e.g. the stream expired: close it if it is still open, then edit the message.
                 log.warning("chat stream failed (%s); editing the message instead", error_code(exc))
-                await self._stop(posted)
-        elif posted.streaming:
-            await self._stop(posted)
-        if posted.shown != piece:
-            await self._update(posted, piece)
+        if message.streaming:
+            await self._stop(message)
+        await self._update(message, text)
+
+    async def _append(self, message: _Message, text: str, *, done: bool) -> None:
+        """Add what ``text`` has beyond what the open stream shows; close it when ``done``."""
+        delta = text[len(message.shown) :]
+        channel = self._target.channel
+        if done:
+            await self._client.chat_stopStream(
+                channel=channel, ts=message.ts, markdown_text=delta or None
+            )
+            message.streaming = False
+        elif delta:
+            await self._client.chat_appendStream(
+                channel=channel, ts=message.ts, markdown_text=delta
+            )
+        message.shown = text
+
+    async def _update(self, message: _Message, text: str) -> None:
+        """Replace a message's text (``text`` already converted for its kind)."""
+        if message.shown == text:
+            return
+        channel = self._target.channel
+        if message.markdown:
+            await self._client.chat_update(channel=channel, ts=message.ts, markdown_text=text)
+        else:
+            await self._client.chat_update(channel=channel, ts=message.ts, text=text)
+        message.shown = text
 
     async def _start_stream(self, piece: str, *, done: bool) -> bool:
         """Open a stream showing ``piece``; False when streaming is not available here."""
+        text = to_markdown_text(piece)
         try:
             response = await self._client.chat_startStream(
                 channel=self._target.channel,
                 thread_ts=str(self._target.thread_ts),
-                markdown_text=piece,
+                markdown_text=text,
                 recipient_team_id=self._target.team_id or None,
                 recipient_user_id=self._target.user_id or None,
             )
@@ -262,62 +254,81 @@ class SlackReply:
             if code in STREAMING_UNSUPPORTED and self._on_unsupported is not None:
                 self._on_unsupported(code)
             return False
-        posted = _Posted(str(response["ts"]), piece, markdown=True, streaming=True)
-        self._posted.append(posted)
+        message = _Message(str(response["ts"]), text, markdown=True, streaming=True)
+        self._messages.append(message)
         if done:
-            await self._stop(posted)
+            await self._stop(message)
         return True
 
-    async def _stop(self, posted: _Posted) -> None:
-        """Close a stream, best effort."""
-        posted.streaming = False
+    async def _repost(self, index: int, piece: str) -> bool:
+        """Post piece ``index`` as a new message in place of one that could not be written."""
+        count = len(self._messages)
         try:
-            await self._client.chat_stopStream(channel=self._target.channel, ts=posted.ts)
+            await self._post(piece)
+        except Exception as exc:
+            log.error("slack: posting the final answer failed too (%s)", describe(exc))
+            return False
+        if index < count:
+            stale = self._messages[index]
+            self._messages[index] = self._messages.pop()
+            await self._retire(stale)
+        return True
+
+    async def _try_update(self, message: _Message, piece: str) -> bool:
+        try:
+            await self._update(message, to_mrkdwn(piece))
+        except Exception as exc:
+            log.warning("slack: replacing the placeholder failed (%s)", describe(exc))
+            return False
+        return True
+
+    # --- closing --------------------------------------------------------------------------
+
+    async def _stop(self, message: _Message) -> None:
+        """Close a stream, best effort."""
+        message.streaming = False
+        try:
+            await self._client.chat_stopStream(channel=self._target.channel, ts=message.ts)
         except Exception as exc:
             log.warning("chat.stopStream failed (%s)", describe(exc))
 
+    async def _retire(self, message: _Message) -> None:
+        """A message the answer no longer lives in: close its stream, delete it."""
+        if message.streaming:
+            await self._stop(message)
+        await self._delete(message.ts)
+
     async def _delete(self, ts: str) -> None:
-        """Delete a message the answer no longer lives in, best effort."""
+        """Delete a message, best effort."""
         try:
             await self._client.chat_delete(channel=self._target.channel, ts=ts)
         except Exception as exc:
             log.warning("slack: deleting a stale message failed (%s)", describe(exc))
 
-    async def _repost(self, index: int, piece: str) -> bool:
-        """Post piece ``index`` as a new message in place of one that could not be written."""
-        try:
-            response = await self._client.chat_postMessage(**self._where(), text=to_mrkdwn(piece))
-        except Exception as exc:
-            log.error("slack: posting the final answer failed too (%s)", describe(exc))
-            return False
-        posted = _Posted(str(response["ts"]), piece, markdown=False, streaming=False)
-        if index < len(self._posted):
-            stale, self._posted[index] = self._posted[index], posted
-            if stale.streaming:
-                await self._stop(stale)
-            await self._delete(stale.ts)
-        else:
-            self._posted.append(posted)
-        return True
+    async def _end(self) -> None:
+        self.finished = True
+        if self._status_shown:
+            self._status_shown = False
+            await self._set_status("")
 
-    async def _update(self, posted: _Posted, piece: str) -> None:
-        if posted.markdown:
-            await self._client.chat_update(
-                channel=self._target.channel, ts=posted.ts, markdown_text=piece
+    async def _set_status(self, status: str) -> None:
+        """The assistant thread's status line, best effort."""
+        try:
+            await self._client.assistant_threads_setStatus(
+                channel_id=self._target.channel,
+                thread_ts=str(self._target.thread_ts),
+                status=status,
             )
-        else:
-            await self._client.chat_update(
-                channel=self._target.channel, ts=posted.ts, text=to_mrkdwn(piece)
-            )
-        posted.shown = piece
+        except Exception as exc:
+            log.debug("slack: assistant.threads.setStatus failed (%s)", describe(exc))
 
 
 __all__ = [
-    "EMPTY_ANSWER",
     "LIMIT",
     "ReplyTarget",
-    "SlackReply",
+    "SlackAnswer",
     "THINKING",
+    "THINKING_STATUS",
     "describe",
     "error_code",
 ]

@@ -7,21 +7,37 @@ Where a Slack message lives in the core:
 - direct message at the top level: ``thread=""``, the whole DM is one conversation and the
   answer is posted in the DM itself;
 - direct message inside a thread (including assistant threads): ``thread=thread_ts``.
+
+Everything here is pure: a payload in, a core message (or a reason to ignore it) out.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from adapters.slack.mrkdwn import to_plain
-from core.messages import Author, ConversationKey
+from core.messages import Attachment, Author, ConversationKey, Inbound
 
 PLATFORM = "slack"
 # Message subtypes that are still a person talking; every other subtype is ignored.
 ANSWERABLE_SUBTYPES = frozenset({None, "file_share", "thread_broadcast"})
 DIRECT = "im"
+
+
+Route = Literal["answer", "ignore", "if followed"]
+SummarySource = Literal["thread", "channel", "stored"]
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyTarget:
+    """Where an answer goes. ``thread_ts`` None means the top level of a DM."""
+
+    channel: str
+    thread_ts: str | None
+    team_id: str
+    user_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,8 +85,56 @@ class SlackMessage:
         """One id per Slack message, shared by its retries and by its app_mention/message pair."""
         return f"msg:{self.team}:{self.channel}:{self.ts}"
 
+    @property
+    def target(self) -> ReplyTarget:
+        return ReplyTarget(self.channel, self.reply_thread, self.team, self.user)
+
+    @property
+    def status(self) -> bool:
+        """Whether the answer shows a thinking status: in a DM thread (assistant threads)."""
+        return self.direct and self.thread_ts is not None
+
+    @property
+    def summary_source(self) -> SummarySource:
+        """What ``summarize`` typed here covers: the thread, the channel, or (at the top level
+        of a DM) the stored conversation."""
+        if self.thread_ts is not None and (self.thread_reply or self.direct):
+            return "thread"
+        return "stored" if self.direct else "channel"
+
     def mentions(self, user_id: str | None) -> bool:
         return bool(user_id) and f"<@{user_id}" in self.text
+
+    def text_for(self, bot_user_id: str | None) -> str:
+        """The message as the model reads it: plain text, without the mention of the bot."""
+        return to_plain(self.text, bot_user_id)
+
+    def inbound(
+        self, text: str, attachments: tuple[Attachment, ...] = (), notes: tuple[str, ...] = ()
+    ) -> Inbound:
+        """The core message; its ``event_id`` lets the core answer it once, however often
+        Slack delivers it."""
+        return Inbound(
+            self.key,
+            self.author,
+            text,
+            attachments=attachments,
+            event_id=self.dedupe_id,
+            notes=notes,
+        )
+
+
+def route(
+    message: SlackMessage, *, mention: bool, bot_user_id: str | None, follow_threads: bool
+) -> Route:
+    """Whether to answer a checked message: mentions and DMs always; in channels a plain reply
+    only in a thread Parley answered in (``"if followed"``), when following is on."""
+    if mention or message.direct:
+        return "answer"
+    # A channel message mentioning the bot also comes as app_mention, which answers it.
+    if message.mentions(bot_user_id) or not message.thread_reply or not follow_threads:
+        return "ignore"
+    return "if followed"
 
 
 def ignore_reason(
@@ -129,6 +193,41 @@ def parse_message(body: Mapping[str, Any], event: Mapping[str, Any]) -> SlackMes
         thread_ts=str(event["thread_ts"]) if event.get("thread_ts") else None,
         text=str(event.get("text") or ""),
         files=tuple(f for f in files if isinstance(f, Mapping)),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SlashCommand:
+    """``/parley <name> <args>`` as the core runs it. Slack does not say in which thread a
+    slash command was typed, so it acts on the channel's top-level conversation."""
+
+    key: ConversationKey
+    author: Author
+    name: str
+    args: str
+    response_url: str
+
+    @property
+    def direct(self) -> bool:
+        return self.key.channel.startswith("D")
+
+    @property
+    def summary_source(self) -> SummarySource:
+        return "stored" if self.direct else "channel"
+
+
+def parse_slash(body: Mapping[str, Any], team_id: str | None) -> SlashCommand:
+    """Read a slash command payload; the command word and its arguments go to the core as typed
+    (the core resolves aliases and reads the arguments)."""
+    name, _, args = str(body.get("text") or "").strip().partition(" ")
+    team = str(body.get("team_id") or team_id or "")
+    channel = str(body.get("channel_id") or "")
+    return SlashCommand(
+        key=ConversationKey(PLATFORM, team, channel),
+        author=Author(str(body.get("user_id") or ""), str(body.get("user_name") or "")),
+        name=name or "help",
+        args=args,
+        response_url=str(body.get("response_url") or ""),
     )
 
 

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,17 +21,18 @@ import pytest
 from slack_bolt.request.async_request import AsyncBoltRequest
 
 from adapters.slack import SlackAdapter
-from adapters.slack.render import THINKING
+from adapters.slack.render import THINKING, ReplyTarget, SlackAnswer
 from adapters.standin.server import StandinServer
 from bots.bootstrap import Parley, build
-from core.service import GENERIC_ERROR
+from core.delivery import Interval, deliver
+from core.messages import Accepted, FinalText, ReplyEvent, TextDelta
+from core.sentences import GENERIC_ERROR, RESTARTED, WARNING_MARK, failure_text
 from core.settings import Settings
 from tests.fakes.slack_server import FakeSlack, Message
 
 CHANNEL = "C0GENERAL"
 DM = "D0ALICE"
 ALICE = "UALICE"
-RESTARTED = "Parley was restarted while answering; please ask again."
 
 
 @dataclass
@@ -559,7 +561,7 @@ async def test_model_failure_is_a_clear_message_in_the_thread(stack: Stack) -> N
     await stack.deliver(event)
     replies = stack.slack.thread(CHANNEL, event["ts"])
     assert len(replies) == 1
-    assert replies[0].text.startswith(":warning:")
+    assert replies[0].text.startswith(WARNING_MARK)
     assert not any(m.streaming for m in replies)
 
 
@@ -569,7 +571,7 @@ async def test_model_failure_replaces_the_placeholder(edit_stack: Stack) -> None
     await edit_stack.deliver(event)
     replies = edit_stack.slack.thread(CHANNEL, event["ts"])
     assert len(replies) == 1
-    assert replies[0].text.startswith(":warning:")
+    assert replies[0].text.startswith(WARNING_MARK)
     assert THINKING not in replies[0].text
 
 
@@ -581,7 +583,7 @@ async def test_assistant_status_is_cleared_when_the_answer_fails(stack: Stack) -
     await stack.deliver(event)
     statuses = [c.params["status"] for c in stack.slack.called("assistant.threads.setStatus")]
     assert statuses == ["is thinking…", ""]
-    assert stack.slack.bot_messages(DM, thread_ts)[-1].text.startswith(":warning:")
+    assert stack.slack.bot_messages(DM, thread_ts)[-1].text.startswith(WARNING_MARK)
 
 
 async def test_broken_model_stream_leaves_no_open_stream(stack: Stack) -> None:
@@ -589,7 +591,7 @@ async def test_broken_model_stream_leaves_no_open_stream(stack: Stack) -> None:
     await stack.deliver(event)
     replies = stack.slack.thread(CHANNEL, event["ts"])
     assert replies and not any(m.streaming for m in replies)
-    assert replies[-1].text.startswith(":warning:")
+    assert replies[-1].text.startswith(WARNING_MARK)
 
 
 async def test_rate_limited_update_is_retried_after_retry_after(edit_stack: Stack) -> None:
@@ -630,7 +632,7 @@ async def test_failed_intermediate_update_does_not_end_the_answer(stack: Stack) 
     answers = slack.bot_messages(DM)
     assert len(answers) == 1
     assert answers[0].text.endswith("word29")
-    assert THINKING not in answers[0].text and ":warning:" not in answers[0].text
+    assert THINKING not in answers[0].text and WARNING_MARK not in answers[0].text
 
 
 async def test_failed_stream_append_does_not_end_the_answer(stack: Stack) -> None:
@@ -643,7 +645,7 @@ async def test_failed_stream_append_does_not_end_the_answer(stack: Stack) -> Non
     assert slack.called("chat.appendStream")[0].error == "internal_error"
     replies = slack.thread(CHANNEL, event["ts"])
     assert len(replies) == 1 and not replies[0].streaming
-    assert replies[0].text.endswith("word29") and ":warning:" not in replies[0].text
+    assert replies[0].text.endswith("word29") and WARNING_MARK not in replies[0].text
 
 
 async def test_failed_final_update_is_posted_as_a_new_message(stack: Stack) -> None:
@@ -680,10 +682,16 @@ async def test_database_error_while_claiming_gets_an_apology(
     with caplog.at_level(logging.INFO, logger="parley.slack"):
         assert await stack.deliver(event) == 200
     replies = stack.slack.thread(CHANNEL, event["ts"])
-    assert len(replies) == 1 and GENERIC_ERROR in replies[0].text
+    assert len(replies) == 1 and replies[0].text == failure_text(GENERIC_ERROR)
     assert stack.standin.requests == []
-    assert "claiming a message" in caplog.text and "RuntimeError" in caplog.text
+    # The core claims the message, and says why it could not.
+    assert "checking event" in caplog.text and "RuntimeError" in caplog.text
     assert "confidential" not in caplog.text
+    # A command typed in a mention gets the same apology, once.
+    command = stack.mention("usage", thread_ts=event["ts"])
+    assert await stack.deliver(command) == 200
+    ephemeral = stack.slack.called("chat.postEphemeral")
+    assert len(ephemeral) == 1 and GENERIC_ERROR in ephemeral[0].params["text"]
 
 
 async def test_database_error_on_a_new_assistant_thread_still_suggests_prompts(
@@ -738,7 +746,7 @@ async def test_stop_cuts_a_stalled_answer_and_leaves_no_placeholder(stack: Stack
     await stack.adapter.stop()
     answers = slack.bot_messages(DM)
     assert len(answers) == 1
-    assert answers[0].text == f":warning: {RESTARTED}"
+    assert answers[0].text == failure_text(RESTARTED)
 
 
 async def test_stop_cuts_a_streaming_answer_and_closes_the_stream(stack: Stack) -> None:
@@ -753,4 +761,174 @@ async def test_stop_cuts_a_streaming_answer_and_closes_the_stream(stack: Stack) 
     assert len(replies) == 2 and not any(m.streaming for m in replies)
     assert replies[0].text.startswith("(offline stand-in model)")
     assert not replies[0].text.endswith("word29")
-    assert replies[1].text == f":warning: {RESTARTED}"
+    assert replies[1].text == failure_text(RESTARTED)
+
+
+# --- what reaches Slack: broadcast mentions, message length --------------------------------------
+
+BROADCASTS = ("<!here", "<!channel", "<!everyone")
+# What a person typing "<!here>" literally sends: Slack escapes it, and Parley gives the model
+# "<!here>", which the stand-in echoes back in its answer.
+TYPED_BROADCASTS = "ping &lt;!here&gt; &lt;!channel|all&gt; &lt;!everyone&gt; or [all](!everyone)"
+
+
+def sent_bodies(slack: FakeSlack) -> str:
+    return json.dumps([call.params for call in slack.calls], ensure_ascii=False)
+
+
+@pytest.mark.parametrize("path", ["stream", "edit", "dm"])
+async def test_broadcast_mentions_in_answers_never_reach_slack(
+    path: str, stack: Stack, edit_stack: Stack
+) -> None:
+    s = edit_stack if path == "edit" else stack
+    if path == "dm":
+        event = s.message(TYPED_BROADCASTS, channel=DM, channel_type="im")
+    else:
+        event = s.mention(TYPED_BROADCASTS)
+    await s.deliver(event)
+    # The model got (and the stand-in echoed) the mentions; people see them, nobody is pinged.
+    assert "ping <!here> <!channel|all>" in s.standin.requests[-1]["messages"][-1]["content"]
+    shown = s.slack.bot_messages(DM) if path == "dm" else s.slack.thread(CHANNEL, event["ts"])
+    assert "You said: ping &lt;!here" in shown[-1].text
+    written = s.slack.called("chat.startStream" if path == "stream" else "chat.update")
+    assert written and written[-1].ok
+    sent = sent_bodies(s.slack)
+    assert "here" in sent and not any(mention in sent for mention in BROADCASTS)
+
+
+async def test_broadcast_mentions_in_command_replies_never_reach_slack(stack: Stack) -> None:
+    slack = stack.slack
+    # Through response_url: the system prompt shown back.
+    await slack.post_command(stack.url, "/parley", "system <!here> <!everyone> be loud")
+    await stack.adapter.drain()
+    await slack.post_command(stack.url, "/parley", "system")
+    await stack.adapter.drain()
+    assert "be loud" in slack.called("response_url")[-1].params["text"]
+    # chat.postMessage: the same, asked in a thread; chat.postEphemeral: an error quoting it.
+    first = stack.mention("hello")
+    await stack.deliver(first)
+    await stack.deliver(stack.mention("system", thread_ts=first["ts"]))
+    assert "be loud" in slack.called("chat.postMessage")[-1].params["text"]
+    await stack.deliver(stack.mention("!model &lt;!channel&gt;", thread_ts=first["ts"]))
+    assert "not a valid model name" in slack.called("chat.postEphemeral")[-1].params["text"]
+    sent = sent_bodies(slack)
+    assert not any(mention in sent for mention in BROADCASTS)
+
+
+# Grows by a third or more when escaped for Slack ("&" is "&amp;" there, "<" "&lt;").
+HEAVY_ANSWER = "\n\n".join(
+    [
+        "Compare a && b <with> c >> d & e; " * 14,
+        "```python\n" + "if a < b and c > d and e & f:\n    x = y << 2\n" * 40 + "```",
+        "<<>>&&" * 400,
+    ]
+    * 3
+)
+_FENCES = re.compile(r"^\s*```[^\n]*$", re.MULTILINE)
+
+
+def _content(text: str) -> str:
+    """What the pieces must carry between them: the text without fence lines, white space and
+    the characters Slack escapes (escaped or not; a piece may start with ">", which mrkdwn shows
+    as a quote)."""
+    text = re.sub(r"&(amp|lt|gt);", "", _FENCES.sub("", text))
+    return re.sub(r"[\s<>&]+", "", text)
+
+
+async def _heavy_events() -> AsyncIterator[ReplyEvent]:
+    yield Accepted()
+    for start in range(0, len(HEAVY_ANSWER), 250):
+        yield TextDelta(HEAVY_ANSWER[start : start + 250])
+    yield FinalText(HEAVY_ANSWER, "gpt-4o")
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_every_message_fits_slack_after_escaping(stack: Stack, stream: bool) -> None:
+    slack = stack.slack
+    parent = slack.add_message(CHANNEL, "<@UPARLEYBOT> something long")
+    target = ReplyTarget(CHANNEL, parent.ts, slack.team_id, ALICE)
+    answer = SlackAnswer(stack.adapter.client, target, stream=stream)
+    done = await deliver(_heavy_events(), answer, Interval(0))
+    assert done.outcome == "answered"
+
+    for call in slack.calls:
+        for field in ("text", "markdown_text"):
+            assert len(str(call.params.get(field) or "")) <= 3900
+    replies = slack.thread(CHANNEL, parent.ts)
+    assert len(replies) >= 4 and not any(m.streaming for m in replies)
+    assert all(len(m.text) <= 3900 for m in replies)
+    shown = "".join(m.text for m in replies)
+    assert _content(shown) == _content(HEAVY_ANSWER)
+    if stream:  # streamed pieces are only ever appended to
+        assert not slack.called("chat.update")
+
+
+# --- redelivery, summaries, the runtime protocol ----------------------------------------------------
+
+
+async def test_a_redelivered_message_writes_nothing_when_editing(edit_stack: Stack) -> None:
+    slack = edit_stack.slack
+    await edit_stack.deliver(edit_stack.mention("first: streaming turns out unavailable"))
+    event = edit_stack.mention("answer me once")
+    for retry in (None, 1):
+        await edit_stack.deliver(event, event_id="Ev0RETRIED", retry_num=retry)
+    placeholders = [c for c in slack.called("chat.postMessage") if c.params["text"] == THINKING]
+    assert len(placeholders) == 1
+    assert len(slack.thread(CHANNEL, event["ts"])) == 1
+
+
+async def test_a_command_delivered_twice_runs_once(stack: Stack) -> None:
+    first = stack.mention("hello")
+    await stack.deliver(first)
+    reset = stack.mention("reset", thread_ts=first["ts"])
+    await stack.deliver(reset)
+    await stack.deliver(dict(reset, type="message", channel_type="channel"), retry_num=1)
+    await stack.deliver(reset, retry_num=2)
+    posted = stack.slack.called("chat.postMessage")
+    assert len(posted) == 1 and "forgot this conversation" in posted[0].params["text"]
+
+
+async def test_summarize_in_a_thread_reads_the_thread(stack: Stack) -> None:
+    slack = stack.slack
+    first = stack.mention("we should ship on friday")
+    await stack.deliver(first)
+    slack.add_message(CHANNEL, "agreed, friday it is", user="UBOB", thread_ts=first["ts"])
+    slack.add_message(CHANNEL, "unrelated channel talk", user="UBOB")
+    await stack.deliver(stack.mention("!summarize 2", thread_ts=first["ts"]))
+    assert slack.called("conversations.replies")[-1].params["ts"] == first["ts"]
+    sent = stack.standin.requests[-1]["messages"][-1]["content"]
+    assert "UBOB: agreed, friday it is" in sent and "Parley:" in sent
+    assert "UALICE" not in sent and "summarize" not in sent  # only the last 2, not the command
+    assert "unrelated" not in sent
+
+
+async def test_summarize_at_the_top_of_a_channel_reads_the_channel(stack: Stack) -> None:
+    slack = stack.slack
+    slack.add_message(CHANNEL, "an old remark", user="UBOB")
+    slack.add_message(CHANNEL, "we decided to ship on friday", user="UBOB")
+    await stack.deliver(stack.mention("!summarise 1"))
+    assert int(slack.called("conversations.history")[-1].params["limit"]) == 2
+    sent = stack.standin.requests[-1]["messages"][-1]["content"]
+    assert sent == "UBOB: we decided to ship on friday"
+
+
+async def test_summarize_at_the_top_of_a_dm_reads_the_stored_conversation(stack: Stack) -> None:
+    slack = stack.slack
+    await stack.deliver(stack.message("remember banana", channel=DM, channel_type="im"))
+    await stack.deliver(stack.message("summarize", channel=DM, channel_type="im"))
+    await slack.post_command(stack.url, "/parley", "summarize 5", channel=DM)
+    await stack.adapter.drain()
+    assert not slack.called("conversations.history") and not slack.called("conversations.replies")
+    for request in stack.standin.requests[-2:]:
+        assert "remember banana" in request["messages"][-1]["content"]
+    assert "Summary" in slack.called("response_url")[-1].params["text"]
+
+
+async def test_the_adapter_runs_through_the_runtime_protocol(stack: Stack) -> None:
+    assert stack.adapter.name == "slack"
+    waiting = asyncio.create_task(stack.adapter.wait_failed())
+    done, _ = await asyncio.wait({waiting}, timeout=0.05)
+    assert not done  # Slack reconnects by itself: it never fails for good on its own
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting

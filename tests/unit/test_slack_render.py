@@ -1,10 +1,13 @@
-"""SlackReply against a stub Web API client: what ends up in Slack when writes fail, and that an
-answer never stays "Thinking…"."""
+"""SlackAnswer (the Slack Renderer) against a stub Web API client: what ends up in Slack when
+writes fail, that an answer never stays "Thinking…", and that nothing is written before the
+core accepted the message."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -12,9 +15,11 @@ import pytest
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.slack.render import THINKING, ReplyTarget, SlackReply
+from adapters.slack.render import THINKING, ReplyTarget, SlackAnswer
+from core.delivery import Interval, deliver
+from core.messages import Accepted, FinalText, ReplyEvent, TextDelta
+from core.sentences import EMPTY_ANSWER, RESTARTED, answer_text, failure_text
 
-EMPTY_ANSWER = "_(empty answer)_"
 THREAD = ReplyTarget("C1", "100.0", "T1", "UALICE")
 DM_TOP = ReplyTarget("D1", None, "T1", "UALICE")
 
@@ -51,7 +56,7 @@ class StubSlack:
         return {"ok": True, "ts": ts}
 
     def __getattr__(self, method: str) -> Any:
-        if not method.startswith("chat_"):
+        if not method.startswith(("chat_", "assistant_")):
             raise AttributeError(method)
 
         async def call(**params: Any) -> dict[str, Any]:
@@ -60,17 +65,25 @@ class StubSlack:
         return call
 
 
-def reply_for(stub: StubSlack, target: ReplyTarget, *, stream: bool) -> SlackReply:
-    return SlackReply(cast(AsyncWebClient, stub), target, stream=stream)
+def reply_for(
+    stub: StubSlack, target: ReplyTarget, *, stream: bool, status: bool = False
+) -> SlackAnswer:
+    return SlackAnswer(cast(AsyncWebClient, stub), target, stream=stream, status=status)
+
+
+async def events(*items: ReplyEvent) -> AsyncIterator[ReplyEvent]:
+    for item in items:
+        yield item
 
 
 @pytest.mark.parametrize("answer", ["", "   ", " \n\n\t "])
 async def test_blank_final_answer_replaces_the_placeholder(answer: str) -> None:
     stub = StubSlack()
     reply = reply_for(stub, DM_TOP, stream=False)
-    await reply.begin()
-    await reply.show(answer)
-    await reply.finish(answer)
+    done = await deliver(
+        events(Accepted(), TextDelta(answer), FinalText(answer, "m")), reply, Interval(0)
+    )
+    assert done.outcome == "answered"
     assert list(stub.texts.values()) == [EMPTY_ANSWER]
     assert reply.finished
 
@@ -78,18 +91,59 @@ async def test_blank_final_answer_replaces_the_placeholder(answer: str) -> None:
 async def test_blank_final_answer_is_streamed_and_closed() -> None:
     stub = StubSlack()
     reply = reply_for(stub, THREAD, stream=True)
-    await reply.begin()
-    await reply.finish("  \n ")
+    await deliver(events(Accepted(), FinalText("  \n ", "m")), reply, Interval(0))
     assert stub.called("chat_startStream")[0]["markdown_text"] == EMPTY_ANSWER
     assert stub.called("chat_stopStream")
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_redelivered_message_writes_nothing(stream: bool) -> None:
+    """The core yields nothing for a message it already answered: no placeholder, no status."""
+    stub = StubSlack()
+    target = ReplyTarget("D1", "100.0", "T1", "UALICE")
+    done = await deliver(events(), reply_for(stub, target, stream=stream, status=True), Interval(0))
+    assert done.outcome == "nothing"
+    assert stub.calls == []
+
+
+async def test_placeholder_and_status_come_when_the_core_accepts() -> None:
+    stub = StubSlack()
+    target = ReplyTarget("D1", "100.0", "T1", "UALICE")
+    reply = reply_for(stub, target, stream=False, status=True)
+    await reply.start()
+    assert [name for name, _ in stub.calls] == ["assistant_threads_setStatus", "chat_postMessage"]
+    assert stub.called("chat_postMessage")[0]["text"] == THINKING
+    await reply.finish("done")
+    statuses = [c["status"] for c in stub.called("assistant_threads_setStatus")]
+    assert statuses == ["is thinking…", ""]
+    assert list(stub.texts.values()) == ["done"]
+
+
+async def test_the_status_is_cleared_when_the_answer_fails() -> None:
+    stub = StubSlack()
+    target = ReplyTarget("D1", "100.0", "T1", "UALICE")
+    reply = reply_for(stub, target, stream=True, status=True)
+    await reply.start()
+    await reply.fail(failure_text("The model is busy."))
+    statuses = [c["status"] for c in stub.called("assistant_threads_setStatus")]
+    assert statuses == ["is thinking…", ""]
+    assert list(stub.texts.values()) == [failure_text("The model is busy.")]
+
+
+async def test_notes_follow_the_answer() -> None:
+    stub = StubSlack()
+    reply = reply_for(stub, DM_TOP, stream=False)
+    await reply.start()
+    await reply.finish(answer_text("the answer", ["big.png was not read"]))
+    assert list(stub.texts.values()) == ["the answer\n\n_big.png was not read_"]
 
 
 async def test_failed_intermediate_update_is_skipped(caplog: pytest.LogCaptureFixture) -> None:
     stub = StubSlack(failing={"chat_update": 1})
     reply = reply_for(stub, DM_TOP, stream=False)
-    await reply.begin()
-    await reply.show("The secret plan is")
-    await reply.show("The secret plan is to ship")
+    await reply.start()
+    await reply.progress("The secret plan is")
+    await reply.progress("The secret plan is to ship")
     await reply.finish("The secret plan is to ship on Friday.")
     assert list(stub.texts.values()) == ["The secret plan is to ship on Friday."]
     assert len(stub.called("chat_update")) == 3
@@ -99,10 +153,10 @@ async def test_failed_intermediate_update_is_skipped(caplog: pytest.LogCaptureFi
 async def test_failed_stream_append_is_skipped() -> None:
     stub = StubSlack(failing={"chat_appendStream": 1, "chat_update": 1})
     reply = reply_for(stub, THREAD, stream=True)
-    await reply.begin()
-    await reply.show("one")
-    await reply.show("one two")
-    await reply.show("one two three")
+    await reply.start()
+    await reply.progress("one")
+    await reply.progress("one two")
+    await reply.progress("one two three")
     await reply.finish("one two three four")
     assert list(stub.texts.values()) == ["one two three four"]
     assert not stub.called("chat_postMessage")
@@ -111,8 +165,8 @@ async def test_failed_stream_append_is_skipped() -> None:
 async def test_failed_final_update_is_posted_anew_and_the_placeholder_deleted() -> None:
     stub = StubSlack(failing={"chat_update": 99})
     reply = reply_for(stub, DM_TOP, stream=False)
-    await reply.begin()
-    await reply.show("partial")
+    await reply.start()
+    await reply.progress("partial")
     await reply.finish("the whole answer")
     assert list(stub.texts.values()) == ["the whole answer"]
     assert stub.called("chat_delete")
@@ -122,7 +176,7 @@ async def test_failed_final_update_is_posted_anew_and_the_placeholder_deleted() 
 async def test_failed_final_write_and_repost_are_logged(caplog: pytest.LogCaptureFixture) -> None:
     stub = StubSlack(failing={"chat_update": 99})
     reply = reply_for(stub, DM_TOP, stream=False)
-    await reply.begin()
+    await reply.start()
     stub.failing["chat_postMessage"] = 99
     with caplog.at_level(logging.WARNING, logger="parley.slack"):
         await reply.finish("the whole answer")
@@ -134,10 +188,43 @@ async def test_failed_final_write_and_repost_are_logged(caplog: pytest.LogCaptur
 async def test_failure_after_a_failed_placeholder_edit_leaves_no_placeholder() -> None:
     stub = StubSlack(failing={"chat_update": 99})
     reply = reply_for(stub, DM_TOP, stream=False)
-    await reply.begin()
-    await reply.show("partial")
-    await reply.fail("Parley was restarted while answering; please ask again.")
+    await reply.start()
+    await reply.progress("partial")
+    await reply.fail(failure_text(RESTARTED))
     assert THINKING not in stub.texts.values()
-    assert list(stub.texts.values()) == [
-        ":warning: Parley was restarted while answering; please ask again."
-    ]
+    assert list(stub.texts.values()) == [failure_text(RESTARTED)]
+
+
+async def test_an_answer_cut_by_shutdown_ends_with_the_restart_sentence() -> None:
+    """deliver calls ``fail`` before the cancellation goes on: no placeholder stays."""
+    stub = StubSlack()
+    reply = reply_for(stub, DM_TOP, stream=False)
+    stalled = asyncio.Event()
+
+    async def stalling() -> AsyncIterator[ReplyEvent]:
+        yield Accepted()
+        yield TextDelta("partial")
+        stalled.set()
+        await asyncio.Event().wait()
+        yield FinalText("never", "m")  # pragma: no cover
+
+    task = asyncio.create_task(deliver(stalling(), reply, Interval(0)))
+    await stalled.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert list(stub.texts.values()) == ["partial", failure_text(RESTARTED)]
+    assert reply.finished
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_broadcast_mentions_never_reach_slack(stream: bool) -> None:
+    """Also when a mention arrives split across two deltas."""
+    stub = StubSlack()
+    reply = reply_for(stub, THREAD, stream=stream)
+    answer = ["Hi <", "!here> and <!channel|all> and <!ever", "yone> [x](!here)"]
+    deltas = [TextDelta(piece) for piece in answer]
+    await deliver(events(Accepted(), *deltas, FinalText("".join(answer), "m")), reply, Interval(0))
+    sent = repr(stub.calls)
+    assert "<!here" not in sent and "<!channel" not in sent and "<!everyone" not in sent
+    assert "here" in "".join(stub.texts.values())

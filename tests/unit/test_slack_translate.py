@@ -6,9 +6,16 @@ from typing import Any
 
 import pytest
 
-from adapters.slack.files import FileFetcher, _kind
-from adapters.slack.translate import ignore_reason, parse_message, transcript
-from core.messages import ConversationKey
+from adapters.slack.files import FileFetcher, offer
+from adapters.slack.translate import (
+    ignore_reason,
+    parse_message,
+    parse_slash,
+    route,
+    transcript,
+)
+from core.attachments import FileOffer, kind_of
+from core.messages import Author, ConversationKey
 
 BODY = {"team_id": "T1"}
 
@@ -111,4 +118,65 @@ def test_the_token_only_goes_to_slack_hosts() -> None:
     ],
 )
 def test_file_kinds(file: dict[str, str], kind: str) -> None:
-    assert _kind(file) == kind
+    assert kind_of(offer(file)) == kind
+
+
+def test_a_slack_file_is_offered_with_its_filetype() -> None:
+    file = {"name": "a.py", "mimetype": "text/x-python", "filetype": "python", "size": 12}
+    assert offer(file) == FileOffer("a.py", "text/x-python", 12, "python")
+    assert offer({"title": "untitled"}) == FileOffer("untitled", "", None, "")
+
+
+def test_the_core_message_carries_the_dedupe_id() -> None:
+    m = parse_message(BODY, event(type="app_mention"))
+    inbound = m.inbound("hi")
+    assert inbound.event_id == m.dedupe_id and inbound.key == m.key
+
+
+@pytest.mark.parametrize(
+    ("fields", "mention", "follow", "expected"),
+    [
+        ({}, True, False, "answer"),
+        ({"channel": "D1", "channel_type": "im"}, False, False, "answer"),
+        ({}, False, True, "ignore"),  # top-level channel chatter
+        ({"thread_ts": "5.0"}, False, False, "ignore"),  # following is off
+        ({"thread_ts": "5.0"}, False, True, "if followed"),
+        ({"thread_ts": "5.0", "text": "<@UBOT> hi"}, False, True, "ignore"),  # app_mention does
+    ],
+)
+def test_what_is_answered(
+    fields: dict[str, Any], mention: bool, follow: bool, expected: str
+) -> None:
+    m = parse_message(BODY, event(**fields))
+    assert route(m, mention=mention, bot_user_id="UBOT", follow_threads=follow) == expected
+
+
+@pytest.mark.parametrize(
+    ("fields", "source"),
+    [
+        ({}, "channel"),
+        ({"thread_ts": "5.0"}, "thread"),
+        ({"channel": "D1", "channel_type": "im"}, "stored"),
+        ({"channel": "D1", "channel_type": "im", "thread_ts": "5.0"}, "thread"),
+    ],
+)
+def test_what_summarize_covers_where_it_is_typed(fields: dict[str, Any], source: str) -> None:
+    assert parse_message(BODY, event(**fields)).summary_source == source
+
+
+def test_slash_commands_go_to_the_core_as_typed() -> None:
+    body = {
+        "team_id": "T1",
+        "channel_id": "C1",
+        "user_id": "U1",
+        "user_name": "ann",
+        "text": "  summarise  20 ",
+        "response_url": "https://hooks.slack.com/x",
+    }
+    command = parse_slash(body, None)
+    assert (command.name, command.args) == ("summarise", " 20")
+    assert command.key == ConversationKey("slack", "T1", "C1")
+    assert command.author == Author("U1", "ann")
+    assert command.summary_source == "channel"
+    assert parse_slash({**body, "text": "", "channel_id": "D1"}, None).name == "help"
+    assert parse_slash({**body, "channel_id": "D1"}, None).summary_source == "stored"
