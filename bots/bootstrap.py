@@ -4,42 +4,49 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
-from typing import Any
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sqlalchemy import make_url
 from sqlalchemy.exc import DBAPIError
 
 from core.errors import ConfigError, SchemaOutOfDate
-from core.llm import OpenAIChat
+from core.llm import ChatModel, OpenAIChat
+from core.ports import Store
 from core.service import ConversationService
 from core.settings import Settings
 from core.store import schema
 from core.store.sql import SqlStore, make_engine
 from core.tokens import encoding
 
+if TYPE_CHECKING:
+    from adapters.standin.server import StandinServer
+
 log = logging.getLogger("parley")
 
 
 @dataclass
 class Parley:
-    """Everything an adapter needs, built from one Settings."""
+    """Everything an adapter needs, built from one Settings.
+
+    ``close()`` closes what ``build`` opened; a store or model passed to ``build`` stays the
+    caller's to close.
+    """
 
     settings: Settings
-    store: SqlStore
-    llm: OpenAIChat
+    store: Store
+    llm: ChatModel
     service: ConversationService
-    offline_server: Any = None
+    offline_server: StandinServer | None = None
+    opened: AsyncExitStack = field(default_factory=AsyncExitStack, repr=False)
 
     @property
     def offline(self) -> bool:
         return self.offline_server is not None
 
     async def close(self) -> None:
-        await self.llm.close()
-        await self.store.close()
-        if self.offline_server is not None:
-            await self.offline_server.stop()
+        await self.opened.aclose()
 
 
 def database_error(url: str, exc: BaseException) -> ConfigError:
@@ -62,8 +69,8 @@ async def prepare_schema(store: SqlStore, settings: Settings, *, auto_upgrade: b
     )
 
 
-async def build(settings: Settings, *, auto_upgrade: bool = True) -> Parley:
-    """Build Parley's core from ``settings``; start the offline stand-in model if no key is set."""
+async def open_store(settings: Settings, *, auto_upgrade: bool) -> SqlStore:
+    """The SQL store at ``DATABASE_URL``, its schema checked (and upgraded where allowed)."""
     store = SqlStore(
         make_engine(settings.database_url, log_parameters=settings.parley_log_content),
         lock_connections=settings.database_lock_connections,
@@ -76,6 +83,13 @@ async def build(settings: Settings, *, auto_upgrade: bool = True) -> Parley:
     except BaseException:
         await store.close()
         raise
+    return store
+
+
+async def open_model(
+    settings: Settings, opened: AsyncExitStack
+) -> tuple[OpenAIChat, StandinServer | None]:
+    """The OpenAI client; without a key or endpoint, pointed at a stand-in server started here."""
     offline_server = None
     base_url = settings.openai_base_url
     if settings.offline:
@@ -83,10 +97,39 @@ async def build(settings: Settings, *, auto_upgrade: bool = True) -> Parley:
 
         offline_server = StandinServer(record=False)
         base_url = await offline_server.start()
-    # Load the tokenizer now, off the event loop, rather than on the first message.
-    await asyncio.to_thread(encoding)
+        opened.push_async_callback(offline_server.stop)
     llm = OpenAIChat.from_settings(settings, base_url=base_url)
-    service = ConversationService(
-        store, llm, settings, shared_database=store.engine.dialect.name == "postgresql"
-    )
-    return Parley(settings, store, llm, service, offline_server)
+    opened.push_async_callback(llm.close)
+    return llm, offline_server
+
+
+async def build(
+    settings: Settings,
+    *,
+    store: Store | None = None,
+    llm: ChatModel | None = None,
+    auto_upgrade: bool = True,
+) -> Parley:
+    """Build Parley's core from ``settings``, or around the ``store`` and ``llm`` given.
+
+    A given store or model is used as it is: no schema check, no stand-in server, not closed by
+    ``Parley.close()``. Without a model and without a key, the offline stand-in is started.
+    """
+    opened = AsyncExitStack()
+    offline_server = None
+    try:
+        if store is None:
+            store = await open_store(settings, auto_upgrade=auto_upgrade)
+            opened.push_async_callback(store.close)
+        if llm is None:
+            llm, offline_server = await open_model(settings, opened)
+        # The service counts tokens whatever the model: load the tokenizer now, off the event
+        # loop, rather than on the first message.
+        await asyncio.to_thread(encoding)
+        service = ConversationService(
+            store, llm, settings, shared_database=store.engine.dialect.name == "postgresql"
+        )
+    except BaseException:
+        await opened.aclose()
+        raise
+    return Parley(settings, store, llm, service, offline_server, opened)

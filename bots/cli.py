@@ -5,14 +5,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
-import signal
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 from core.errors import ConfigError, ParleyError
 from core.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from bots.runtime import PlatformAdapter
+    from core.service import ConversationService
 
 log = logging.getLogger("parley")
 
@@ -66,6 +68,7 @@ async def _chat(settings: Settings, session: str) -> int:
 
 async def _run(settings: Settings) -> int:
     from bots.bootstrap import build
+    from bots.runtime import run_adapters
 
     if not (settings.slack_configured or settings.discord_configured):
         print(f"parley: {NOTHING_TO_RUN}", file=sys.stderr)
@@ -74,63 +77,28 @@ async def _run(settings: Settings) -> int:
         print(f"parley: {NO_MODEL}", file=sys.stderr)
         return 2
     parley = await build(settings, auto_upgrade=True)
-    adapters: list[Any] = []
-    exit_code = 0
     try:
         if parley.offline:
             log.warning(OFFLINE_BANNER)
-        if settings.slack_configured:
-            from adapters.slack import SlackAdapter
-
-            adapters.append(SlackAdapter(settings, parley.service))
-        if settings.discord_configured:
-            from adapters.discord import DiscordAdapter
-
-            adapters.append(DiscordAdapter(settings, parley.service))
-        for adapter in adapters:
-            try:
-                await adapter.start()
-            except ParleyError:
-                raise
-            except Exception as exc:  # network down, port taken, ...
-                raise ParleyError(
-                    f"{type(adapter).__name__} could not start: {type(exc).__name__}: {exc}"
-                ) from None
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-
-        def on_signal() -> None:
-            if stop.is_set():  # a second signal: stop waiting for answers in progress
-                log.warning("second signal: exiting now")
-                os._exit(130)
-            stop.set()
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, on_signal)
-        log.info("parley is running (%s)", ", ".join(type(a).__name__ for a in adapters))
         # Run until a signal, or until an adapter's connection ends for good (then exit non-zero
         # so the process supervisor restarts the worker).
-        waits = {asyncio.create_task(stop.wait())}
-        waits |= {
-            asyncio.create_task(a.wait_failed()) for a in adapters if hasattr(a, "wait_failed")
-        }
-        _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            task.cancel()
-        for adapter in adapters:
-            cause = getattr(adapter, "failure", None)
-            if cause is not None:
-                log.error("%s stopped for good: %s", type(adapter).__name__, cause)
-                exit_code = 1
-        log.info("shutting down")
+        return await run_adapters(_platform_adapters(settings, parley.service))
     finally:
-        # All adapters drain at once, so shutdown fits a supervisor's grace period (about 10 s).
-        results = await asyncio.gather(*(a.stop() for a in adapters), return_exceptions=True)
-        for adapter, result in zip(adapters, results, strict=True):
-            if isinstance(result, Exception):
-                log.error("stopping %s failed: %r", type(adapter).__name__, result)
         await parley.close()
-    return exit_code
+
+
+def _platform_adapters(settings: Settings, service: ConversationService) -> list[PlatformAdapter]:
+    """An adapter for each platform that is configured (their SDKs imported only then)."""
+    adapters: list[PlatformAdapter] = []
+    if settings.slack_configured:
+        from adapters.slack import SlackAdapter
+
+        adapters.append(SlackAdapter(settings, service))
+    if settings.discord_configured:
+        from adapters.discord import DiscordAdapter
+
+        adapters.append(DiscordAdapter(settings, service))
+    return adapters
 
 
 async def _db(settings: Settings, action: str) -> int:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+import pytest
 from sqlalchemy import text
 
+from bots.bootstrap import Parley, build
 from core.messages import Author, ConversationKey, FinalText, Inbound
-from core.service import ConversationService
 from core.settings import Settings
 from core.store import schema
 from core.store.sql import SqlStore, lock_key, make_engine
@@ -31,24 +32,32 @@ class SlowEcho(ScriptedModel):
             yield item
 
 
-async def migrated_store(url: str) -> SqlStore:
-    store = SqlStore(make_engine(url))
-    await schema.upgrade(store.engine)
-    return store
+@pytest.fixture
+async def database(postgres_url: str) -> str:
+    """A PostgreSQL database on the newest schema, as `parley db upgrade` leaves it."""
+    engine = make_engine(postgres_url)
+    try:
+        await schema.upgrade(engine)
+    finally:
+        await engine.dispose()
+    return postgres_url
 
 
-async def test_two_workers_answer_one_conversation_in_turn(postgres_url):
-    settings = Settings(_env_file=None, database_url=postgres_url)
-    stores = [await migrated_store(postgres_url) for _ in range(2)]
-    workers = [
-        ConversationService(
-            store,
-            SlowEcho(reply=lambda r: f"answer to {r.messages[-1]['content']}"),
-            settings,
-            shared_database=True,
-        )
-        for store in stores
-    ]
+async def worker(url: str, llm: ScriptedModel) -> Parley:
+    """One worker process's core on the database at ``url``."""
+    return await build(Settings(_env_file=None, database_url=url), llm=llm)
+
+
+def sql_store(parley: Parley) -> SqlStore:
+    assert isinstance(parley.store, SqlStore)
+    return parley.store
+
+
+async def test_two_workers_answer_one_conversation_in_turn(database):
+    echo = SlowEcho(reply=lambda r: f"answer to {r.messages[-1]['content']}")
+    parleys = [await worker(database, echo) for _ in range(2)]
+    workers = [parley.service for parley in parleys]
+    stores = [parley.store for parley in parleys]
     key = ConversationKey("test", "w", "shared")
 
     async def ask(i: int) -> list:
@@ -66,8 +75,8 @@ async def test_two_workers_answer_one_conversation_in_turn(postgres_url):
         for question, answer in zip(turns[::2], turns[1::2], strict=True):
             assert answer.content == f"answer to {question.content}"
     finally:
-        for store in stores:
-            await store.close()
+        for parley in parleys:
+            await parley.close()
 
 
 async def _lock_is_free(store: SqlStore, name: str) -> bool:
@@ -77,11 +86,8 @@ async def _lock_is_free(store: SqlStore, name: str) -> bool:
         return bool((await conn.execute(query, {"key": lock_key(name)})).scalar())
 
 
-async def test_a_cancelled_answer_frees_its_conversation_at_once(postgres_url):
+async def test_a_cancelled_answer_frees_its_conversation_at_once(database):
     """An adapter reads answers through paced(); cancelling it must free the conversation."""
-    store = await migrated_store(postgres_url)
-    other_worker = await migrated_store(postgres_url)
-    settings = Settings(_env_file=None, database_url=postgres_url)
     started = asyncio.Event()
 
     class Hanging(ScriptedModel):
@@ -90,23 +96,25 @@ async def test_a_cancelled_answer_frees_its_conversation_at_once(postgres_url):
             await asyncio.sleep(60)
             yield "never"
 
-    worker = ConversationService(store, Hanging(), settings, shared_database=True)
+    parley = await worker(database, Hanging())
+    other_worker = await worker(database, ScriptedModel())
+    service = parley.service
     key = ConversationKey("test", "w", "cancelled")
 
     async def handler() -> None:
-        async for _ in paced(worker.answer(Inbound(key, Author("u"), "hello")), 0.01):
+        async for _ in paced(service.answer(Inbound(key, Author("u"), "hello")), 0.01):
             pass
 
     task = asyncio.create_task(handler())
     try:
         await asyncio.wait_for(started.wait(), 10)
-        assert not await _lock_is_free(other_worker, str(key))
+        assert not await _lock_is_free(sql_store(other_worker), str(key))
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
         # checked right after the handler ended, before anything else runs
-        assert await _lock_is_free(other_worker, str(key))
-        assert len(worker.locks) == 0
+        assert await _lock_is_free(sql_store(other_worker), str(key))
+        assert len(service.locks) == 0
     finally:
-        await store.close()
+        await parley.close()
         await other_worker.close()
