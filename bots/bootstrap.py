@@ -86,7 +86,5 @@ async def build(settings: Settings, *, auto_upgrade: bool = True) -> Parley:
     # Load the tokenizer now, off the event loop, rather than on the first message.
     await asyncio.to_thread(encoding)
     llm = OpenAIChat.from_settings(settings, base_url=base_url)
-    service = ConversationService(
-        store, llm, settings, shared_database=store.engine.dialect.name == "postgresql"
-    )
+    service = ConversationService(store, llm, settings)
     return Parley(settings, store, llm, service, offline_server)

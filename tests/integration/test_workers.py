@@ -43,9 +43,8 @@ async def test_two_workers_answer_one_conversation_in_turn(postgres_url):
     workers = [
         ConversationService(
             store,
-            SlowEcho(reply=lambda r: f"answer to {r.messages[-1]['content']}"),
+            SlowEcho(reply=lambda r: f"answer to {r.messages[-1].text}"),
             settings,
-            shared_database=True,
         )
         for store in stores
     ]
@@ -90,7 +89,7 @@ async def test_a_cancelled_answer_frees_its_conversation_at_once(postgres_url):
             await asyncio.sleep(60)
             yield "never"
 
-    worker = ConversationService(store, Hanging(), settings, shared_database=True)
+    worker = ConversationService(store, Hanging(), settings)
     key = ConversationKey("test", "w", "cancelled")
 
     async def handler() -> None:
