@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from core.context import build_context  # noqa: E402
-from core.llm import ChatModel, ChatRequest  # noqa: E402
 from core.messages import Author, ConversationKey, FinalText, Inbound  # noqa: E402
+from core.ports import ChatModel, ChatRequest, PromptMessage  # noqa: E402
 from core.service import ConversationService  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from core.store import schema  # noqa: E402
@@ -126,10 +126,8 @@ async def turns(
     store = SqlStore(make_engine(url))
     await schema.upgrade(store.engine)
     model = TimedModel(OpenAIChat.from_settings(settings, base_url=base_url))
-    # as bots/bootstrap.py wires it: PostgreSQL answers hold a lease for several workers
-    service = ConversationService(
-        store, model, settings, shared_database=url.startswith("postgresql")
-    )
+    # as bots/bootstrap.py wires it: the store decides how conversations are locked
+    service = ConversationService(store, model, settings)
     overheads: list[float] = []
     keys = [ConversationKey("bench", "w", f"c{i}") for i in range(concurrency)]
     per_worker = max(1, n // concurrency)
@@ -200,7 +198,7 @@ async def context_build(url: str, history: int, repeats: int = 30) -> float:
             store,
             state,
             system_prompt="You are Parley.",
-            user_content="new question",
+            user=PromptMessage("user", "new question"),
             user_tokens=5,
             user_turn_id=2**62,
             budget=16000,

@@ -126,9 +126,7 @@ async def build(
         # The service counts tokens whatever the model: load the tokenizer now, off the event
         # loop, rather than on the first message.
         await asyncio.to_thread(encoding)
-        service = ConversationService(
-            store, llm, settings, shared_database=store.engine.dialect.name == "postgresql"
-        )
+        service = ConversationService(store, llm, settings)
     except BaseException:
         await opened.aclose()
         raise

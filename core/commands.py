@@ -6,9 +6,13 @@ Parsing and validation live here so a bad value gets the same clear sentence on 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
+from core import sentences
 from core.errors import BadCommand
+from core.pricing import price_for
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,11 +122,9 @@ def parse_temperature(value: str) -> float:
     try:
         number = float(value.replace(",", "."))
     except ValueError:
-        raise BadCommand(
-            f"'{value}' is not a number: temperature takes a value from 0 to 2."
-        ) from None
+        raise BadCommand(sentences.not_a_temperature(value)) from None
     if not 0.0 <= number <= 2.0 or number != number:
-        raise BadCommand(f"Temperature must be between 0 and 2 (got {value}).")
+        raise BadCommand(sentences.temperature_out_of_range(value))
     return number
 
 
@@ -132,24 +134,19 @@ def parse_switch(value: str) -> bool:
         return True
     if lowered in {"off", "false", "no", "0", "disable"}:
         return False
-    raise BadCommand(f"JSON mode is switched with 'on' or 'off' (got '{value}').")
+    raise BadCommand(sentences.not_a_switch(value))
 
 
 def parse_model(value: str) -> str:
     name = value.strip()
     if not _MODEL_NAME.match(name):
-        raise BadCommand(
-            f"'{name[:60]}' is not a valid model name (letters, digits and . _ : / - only)."
-        )
+        raise BadCommand(sentences.bad_model_name(name))
     return name
 
 
 def parse_system_prompt(value: str) -> str:
     if len(value) > MAX_SYSTEM_PROMPT_CHARS:
-        raise BadCommand(
-            f"That system prompt is {len(value):,} characters; the limit is "
-            f"{MAX_SYSTEM_PROMPT_CHARS:,}."
-        )
+        raise BadCommand(sentences.system_prompt_too_long(len(value), MAX_SYSTEM_PROMPT_CHARS))
     return value
 
 
@@ -157,7 +154,65 @@ def parse_count(value: str, *, low: int = 1, high: int = 500) -> int:
     try:
         number = int(value)
     except ValueError:
-        raise BadCommand(f"'{value}' is not a whole number of messages.") from None
+        raise BadCommand(sentences.not_a_count(value)) from None
     if not low <= number <= high:
-        raise BadCommand(f"Give a number of messages from {low} to {high} (got {number}).")
+        raise BadCommand(sentences.count_out_of_range(number, low, high))
     return number
+
+
+# --- commands that show or set one channel setting -------------------------------------------
+
+Prices = Mapping[str, tuple[float, float]]
+RESTORE_WORDS = frozenset({"default", "reset"})
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSetting:
+    """A command that shows or sets one of a channel's overrides: ``field`` names it both in
+    ``core.ports.ChannelOverrides`` and in the effective channel config.
+
+    ``shown(value)`` describes the effective value, ``parse(args)`` validates a new one and
+    ``updated(value, prices)`` confirms it. With ``restored``, "default" or "reset" clears the
+    override, and ``restored(value)`` names the default now in effect.
+    """
+
+    command: str
+    field: str
+    parse: Callable[[str], Any]
+    shown: Callable[[Any], str]
+    updated: Callable[[Any, Prices], str]
+    restored: Callable[[Any], str] | None = None
+
+
+CHANNEL_SETTINGS: tuple[ChannelSetting, ...] = (
+    ChannelSetting(
+        "system",
+        "system_prompt",
+        parse_system_prompt,
+        sentences.system_prompt_shown,
+        lambda _prompt, _prices: sentences.SYSTEM_PROMPT_UPDATED,
+        lambda _prompt: sentences.SYSTEM_PROMPT_RESTORED,
+    ),
+    ChannelSetting(
+        "model",
+        "model",
+        parse_model,
+        sentences.model_shown,
+        lambda model, prices: sentences.model_set(model, priced=bool(price_for(model, prices))),
+        sentences.model_restored,
+    ),
+    ChannelSetting(
+        "temperature",
+        "temperature",
+        parse_temperature,
+        sentences.temperature_shown,
+        lambda value, _prices: sentences.temperature_set(value),
+    ),
+    ChannelSetting(
+        "json",
+        "json_mode",
+        parse_switch,
+        sentences.json_mode_shown,
+        lambda on, _prices: sentences.json_mode_set(on),
+    ),
+)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
 
+from core import sentences
 from core.errors import InputTooLong
-from core.ports import ConversationState, Store, StoredMessage
+from core.ports import ConversationState, PromptMessage, Store, StoredMessage
 from core.tokens import TOKENS_REPLY_PRIMER, count_message
 
 PAGE = 64
@@ -31,7 +31,7 @@ def summary_message(summary: str) -> str:
 class Context:
     """The messages to send, their token count, and where older turns were cut off."""
 
-    messages: list[dict[str, Any]]
+    messages: list[PromptMessage]
     tokens: int
     # id of the newest turn that did not fit; turns up to it are out of the context
     cut_at: int | None = None
@@ -72,10 +72,7 @@ def input_limit(system_prompt: str, user_tokens: int, budget: int) -> int:
     """Tokens left for the user turn and history; raises InputTooLong if the turn cannot fit."""
     limit = budget - prompt_tokens(system_prompt) - TOKENS_REPLY_PRIMER
     if user_tokens > limit:
-        raise InputTooLong(
-            f"Your message is {user_tokens:,} tokens; the limit here is {max(limit, 0):,}. "
-            "Please shorten it or split it into parts."
-        )
+        raise InputTooLong(sentences.input_too_long(user_tokens, limit))
     return limit
 
 
@@ -84,12 +81,13 @@ async def build_context(
     state: ConversationState,
     *,
     system_prompt: str,
-    user_content: str | list[dict[str, Any]],
+    user: PromptMessage,
     user_tokens: int,
     user_turn_id: int,
     budget: int,
 ) -> Context:
-    """Assemble system prompt, rolling summary, the history that fits, and the new user turn.
+    """Assemble system prompt, rolling summary, the history that fits, and the new user turn
+    (``user``, whose tokens are ``user_tokens``).
 
     Raises InputTooLong when the new turn alone (with the system prompt) exceeds the budget.
     """
@@ -106,11 +104,11 @@ async def build_context(
         store, state.id, state.context_start, user_turn_id, remaining
     )
     remaining -= sum(m.token_count for m in history)
-    messages: list[dict[str, Any]] = [{"role": "system", "content": system_prompt}]
+    messages = [PromptMessage("system", system_prompt)]
     if summary:
-        messages.append({"role": "system", "content": summary})
-    messages.extend({"role": m.role, "content": m.content} for m in history)
-    messages.append({"role": "user", "content": user_content})
+        messages.append(PromptMessage("system", summary))
+    messages.extend(PromptMessage(m.role, m.content) for m in history)
+    messages.append(user)
     tokens = budget - remaining
     return Context(messages, tokens, cut_at, history)
 

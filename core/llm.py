@@ -1,21 +1,24 @@
-"""The LLM port (``ChatModel``) and its implementation on the official ``openai`` client.
+"""``ChatModel`` (see ``core.ports``) on the official ``openai`` client.
 
-Everything Parley knows about the OpenAI API lives here: streaming, usage, model fallback and
-turning the client's exceptions into ``core.errors`` sentences a user can read. Retries and
-timeouts are the client's own options, never a loop of ours.
+Everything Parley knows about the OpenAI API lives here: the wire format of messages and
+images, streaming, usage, model fallback and turning the client's exceptions into
+``core.errors`` with the sentences a user can read. Retries and timeouts are the client's own
+options, never a loop of ours.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 import math
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import openai
 
+from core import sentences
 from core.errors import (
     BrokenStream,
     ConfigError,
@@ -27,7 +30,8 @@ from core.errors import (
     QuotaExhausted,
     RateLimited,
 )
-from core.tokens import TOKENS_REPLY_PRIMER, count_message, count_text
+from core.ports import ChatModel, ChatRequest, Completion, ImageInput, PromptMessage
+from core.tokens import TOKENS_REPLY_PRIMER, count_message, count_prompt, count_text
 
 if TYPE_CHECKING:
     from openai.types.chat import ChatCompletionChunk
@@ -40,41 +44,25 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 OFFLINE_API_KEY = "offline"
 
 
-@dataclass(frozen=True, slots=True)
-class ChatRequest:
-    """One call to the model: OpenAI chat messages (content a string or a list of parts)."""
-
-    model: str
-    messages: list[dict[str, Any]]
-    temperature: float
-    max_output_tokens: int
-    json_mode: bool = False
+# --- the wire format --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Completion:
-    """The end of a streamed answer: the whole text, who wrote it and what it cost in tokens."""
-
-    text: str
-    model: str
-    input_tokens: int
-    output_tokens: int
-    finish_reason: str
+def image_url(image: ImageInput) -> str:
+    """An image as the ``data:`` URL the chat completions API takes."""
+    return f"data:{image.mime_type};base64,{base64.b64encode(image.data).decode('ascii')}"
 
 
-class ChatModel(Protocol):
-    """The port the conversation service talks to; fakes implement it in unit tests."""
-
-    def stream(self, request: ChatRequest) -> AsyncIterator[str | Completion]:
-        """Yield text deltas (str) as they arrive, then exactly one Completion.
-
-        Raise ``core.errors.LLMError`` subclasses on failure.
-        """
-        ...
+def wire_message(message: PromptMessage) -> dict[str, Any]:
+    """A prompt message as OpenAI's JSON: content a string, or text and image parts."""
+    if not message.images:
+        return {"role": message.role, "content": message.text}
+    parts: list[dict[str, Any]] = [{"type": "text", "text": message.text}]
+    parts += [{"type": "image_url", "image_url": {"url": image_url(i)}} for i in message.images]
+    return {"role": message.role, "content": parts}
 
 
 def message_text_and_images(message: Mapping[str, Any]) -> tuple[str, int]:
-    """The text of a chat message and how many images it carries (content str or parts)."""
+    """The text of an OpenAI JSON chat message and how many images it carries."""
     content = message.get("content")
     if isinstance(content, str):
         return content, 0
@@ -94,12 +82,71 @@ def message_text_and_images(message: Mapping[str, Any]) -> tuple[str, int]:
 
 
 def count_input_tokens(messages: Iterable[Mapping[str, Any]]) -> int:
-    """Prompt tokens of a request as ``core.tokens`` counts them, including the reply primer."""
+    """Prompt tokens of OpenAI JSON messages as ``core.tokens`` counts them (reply primer
+    included); ``core.tokens.count_prompt`` counts the same for ``PromptMessage``s."""
     total = TOKENS_REPLY_PRIMER
     for message in messages:
         text, images = message_text_and_images(message)
         total += count_message(text, images)
     return total
+
+
+# --- reading a stream -------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Answer:
+    """What one stream has said so far."""
+
+    parts: list[str] = field(default_factory=list)
+    refused: bool = False
+    finish_reason: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+    def add(self, chunk: ChatCompletionChunk) -> str:
+        """Take in one chunk; returns the text it adds to the answer."""
+        if chunk.usage is not None:
+            self.input_tokens = chunk.usage.prompt_tokens
+            self.output_tokens = chunk.usage.completion_tokens
+        added = ""
+        for choice in chunk.choices:
+            if choice.index != 0:
+                continue
+            delta = choice.delta
+            if delta.refusal:
+                self.refused = True
+            if delta.content:
+                self.parts.append(delta.content)
+                added += delta.content
+            if choice.finish_reason is not None:
+                self.finish_reason = choice.finish_reason
+        return added
+
+    def completion(self, request: ChatRequest, model: str, request_id: str | None) -> Completion:
+        """The finished answer; raises if the stream ended early or the model refused."""
+        if self.finish_reason is None:
+            log.warning(
+                "model call failed: stream ended without finish_reason model=%s request_id=%s",
+                model,
+                request_id,
+            )
+            raise _broken("stream ended without finish_reason")
+        text = "".join(self.parts)
+        if self.finish_reason == "content_filter" or (self.refused and not text):
+            log.warning(
+                "model call refused: finish_reason=%s model=%s request_id=%s",
+                self.finish_reason,
+                model,
+                request_id,
+            )
+            raise _refused()
+        input_tokens, output_tokens = self.input_tokens, self.output_tokens
+        if input_tokens is None or output_tokens is None:
+            # Some OpenAI-compatible servers omit usage; estimate it the way the API counts.
+            input_tokens = count_prompt(request.messages)
+            output_tokens = count_text(text)
+        return Completion(text, model, input_tokens, output_tokens, self.finish_reason)
 
 
 class OpenAIChat:
@@ -165,21 +212,18 @@ class OpenAIChat:
                 async for item in items:
                     yield item
             return
-        tried = ", ".join(models[1:])
-        also = f" (also tried {tried})" if tried else ""
         raise ModelNotFound(
-            f"The model {request.model} is not available to this bot{also}; "
-            "please ask the bot's operator to check the model setting.",
+            sentences.model_not_found(request.model, models[1:]),
             detail=f"no model available among {models}",
         )
 
     async def _open(
         self, request: ChatRequest, model: str
     ) -> openai.AsyncStream[ChatCompletionChunk]:
-        # The messages are plain JSON already. Sent through ``extra_body`` they skip the
-        # client's per-field type transform, whose CPU cost grows with every message in the
-        # context (it dominated Parley's per-turn overhead in bench/core_overhead.py).
-        body: dict[str, Any] = {"messages": request.messages}
+        # The messages are plain JSON. Sent through ``extra_body`` they skip the client's
+        # per-field type transform, whose CPU cost grows with every message in the context
+        # (it dominated Parley's per-turn overhead in bench/core_overhead.py).
+        body: dict[str, Any] = {"messages": [wire_message(m) for m in request.messages]}
         if request.json_mode:
             body["response_format"] = {"type": "json_object"}
         return await self._client.chat.completions.create(
@@ -199,34 +243,15 @@ class OpenAIChat:
         model: str,
     ) -> AsyncGenerator[str | Completion, None]:
         """Yield the deltas of one open stream, then its Completion."""
-        parts: list[str] = []
-        refusal: list[str] = []
-        finish_reason: str | None = None
-        input_tokens: int | None = None
-        output_tokens: int | None = None
+        answer = _Answer()
         try:
             async for chunk in chunks:
-                if chunk.usage is not None:
-                    input_tokens = chunk.usage.prompt_tokens
-                    output_tokens = chunk.usage.completion_tokens
-                for choice in chunk.choices:
-                    if choice.index != 0:
-                        continue
-                    delta = choice.delta
-                    if delta.refusal:
-                        refusal.append(delta.refusal)
-                    if delta.content:
-                        parts.append(delta.content)
-                        yield delta.content
-                    if choice.finish_reason is not None:
-                        finish_reason = choice.finish_reason
+                added = answer.add(chunk)
+                if added:
+                    yield added
         except openai.APIError as exc:
             _log_failure(exc, model, request_id=_request_id(chunks))
-            if isinstance(exc, openai.APITimeoutError) and not parts:
-                raise _user_error(exc, model) from exc
-            if exc.code == "content_filter":
-                raise _refused() from exc
-            raise _broken(f"stream failed: {type(exc).__name__}") from exc
+            raise _stream_error(exc, model, started=bool(answer.parts)) from exc
         except ValueError as exc:  # a chunk that is not JSON: the server broke the protocol
             log.warning(
                 "model call failed: unreadable stream chunk model=%s request_id=%s",
@@ -236,34 +261,7 @@ class OpenAIChat:
             raise _broken("unreadable stream chunk") from exc
         finally:
             await chunks.close()
-
-        if finish_reason is None:
-            log.warning(
-                "model call failed: stream ended without finish_reason model=%s request_id=%s",
-                model,
-                _request_id(chunks),
-            )
-            raise _broken("stream ended without finish_reason")
-        text = "".join(parts)
-        if finish_reason == "content_filter" or (refusal and not text):
-            log.warning(
-                "model call refused: finish_reason=%s model=%s request_id=%s",
-                finish_reason,
-                model,
-                _request_id(chunks),
-            )
-            raise _refused()
-        if input_tokens is None or output_tokens is None:
-            # Some OpenAI-compatible servers omit usage; estimate it the way the API counts.
-            input_tokens = count_input_tokens(request.messages)
-            output_tokens = count_text(text)
-        yield Completion(
-            text=text,
-            model=model,
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            finish_reason=finish_reason,
-        )
+        yield answer.completion(request, model, _request_id(chunks))
 
 
 def _is_model_missing(exc: openai.APIStatusError) -> bool:
@@ -308,62 +306,56 @@ def _retry_after_seconds(exc: openai.APIStatusError) -> float | None:
 
 
 def _refused() -> ContentRefused:
-    return ContentRefused(
-        "The model declined to answer this request (content filter); please rephrase it."
-    )
+    return ContentRefused(sentences.MODEL_REFUSED)
 
 
 def _broken(detail: str) -> BrokenStream:
-    return BrokenStream(
-        "The answer was cut off because the connection to the model broke; please try again.",
-        detail=detail,
-    )
+    return BrokenStream(sentences.MODEL_STREAM_BROKEN, detail=detail)
+
+
+def _stream_error(exc: openai.APIError, model: str, *, started: bool) -> LLMError:
+    """The error for a stream that failed after it opened (``started``: text had arrived)."""
+    if isinstance(exc, openai.APITimeoutError) and not started:
+        return _user_error(exc, model)
+    if exc.code == "content_filter":
+        return _refused()
+    return _broken(f"stream failed: {type(exc).__name__}")
 
 
 def _user_error(exc: openai.APIError, model: str) -> LLMError:
     """The ``core.errors`` class and user sentence for an error the openai client raised."""
     detail = f"{type(exc).__name__} model={model} code={exc.code}"
     if isinstance(exc, openai.APITimeoutError):
-        return ModelTimeout(
-            "The model took too long to answer; please try again in a moment.", detail=detail
-        )
+        return ModelTimeout(sentences.MODEL_TIMEOUT, detail=detail)
     if isinstance(exc, openai.APIConnectionError):
-        return ModelUnavailable(
-            "Parley could not reach the model service; please try again in a moment.",
-            detail=detail,
-        )
+        return ModelUnavailable(sentences.MODEL_UNREACHABLE, detail=detail)
     if isinstance(exc, openai.RateLimitError):
         if exc.code == "insufficient_quota":
-            return QuotaExhausted(
-                "The bot's OpenAI account has run out of credit; please tell the bot's operator.",
-                detail=detail,
-            )
+            return QuotaExhausted(sentences.MODEL_QUOTA, detail=detail)
         wait = _retry_after_seconds(exc)
-        seconds = max(1, math.ceil(wait)) if wait is not None else 0
-        when = f"in {seconds} second{'s' if seconds != 1 else ''}" if seconds else "in a minute"
-        return RateLimited(
-            f"The model is rate limited right now; please try again {when}.", detail=detail
-        )
+        return RateLimited(sentences.model_rate_limited(wait), detail=detail)
     if exc.code == "content_filter":
         return _refused()
     if isinstance(exc, openai.InternalServerError):
-        return ModelUnavailable(
-            "The model service had an error; please try again in a moment.", detail=detail
-        )
+        return ModelUnavailable(sentences.MODEL_SERVER_ERROR, detail=detail)
     if isinstance(exc, openai.AuthenticationError):
-        return LLMError(
-            "The bot's OpenAI API key was rejected; please tell the bot's operator.",
-            detail=detail,
-        )
+        return LLMError(sentences.MODEL_KEY_REJECTED, detail=detail)
     if exc.code == "context_length_exceeded":
-        return LLMError(
-            "This conversation is too long for the model; use reset to start afresh.",
-            detail=detail,
-        )
+        return LLMError(sentences.MODEL_CONTEXT_TOO_LONG, detail=detail)
     if isinstance(exc, openai.BadRequestError):
-        return LLMError(
-            "The model service rejected this request; please rephrase it or reset the "
-            "conversation.",
-            detail=detail,
-        )
-    return LLMError("The model call failed; please try again in a moment.", detail=detail)
+        return LLMError(sentences.MODEL_BAD_REQUEST, detail=detail)
+    return LLMError(sentences.MODEL_FAILED, detail=detail)
+
+
+__all__ = [
+    "ChatModel",
+    "ChatRequest",
+    "Completion",
+    "ImageInput",
+    "OpenAIChat",
+    "PromptMessage",
+    "count_input_tokens",
+    "image_url",
+    "message_text_and_images",
+    "wire_message",
+]

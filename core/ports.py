@@ -1,16 +1,76 @@
-"""The core's ports: what it needs from storage, as a small Protocol with plain records.
+"""The core's ports: what it needs from storage and from the model, as small Protocols with
+plain records.
 
-``core.store.sql.SqlStore`` implements it on SQLAlchemy; unit tests use an in-memory fake.
+``core.store.sql.SqlStore`` implements ``Store`` on SQLAlchemy and ``core.llm.OpenAIChat``
+implements ``ChatModel`` on the ``openai`` client; unit tests use in-memory fakes of both.
+Nothing here knows a wire format or a database.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 from core.messages import ChannelKey, ConversationKey
+
+# --- the model ------------------------------------------------------------------------------
+
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True, slots=True)
+class ImageInput:
+    """An image the model is shown, as raw bytes; the model's adapter encodes it for the wire."""
+
+    mime_type: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PromptMessage:
+    """One message of a prompt: who says it, its text, and the images that come with it."""
+
+    role: Role
+    text: str
+    images: tuple[ImageInput, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """One call to the model."""
+
+    model: str
+    messages: Sequence[PromptMessage]
+    temperature: float
+    max_output_tokens: int
+    json_mode: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """The end of a streamed answer: the whole text, who wrote it and what it cost in tokens."""
+
+    text: str
+    model: str
+    input_tokens: int
+    output_tokens: int
+    finish_reason: str
+
+
+class ChatModel(Protocol):
+    """The model port the conversation service talks to; fakes implement it in unit tests."""
+
+    def stream(self, request: ChatRequest) -> AsyncIterator[str | Completion]:
+        """Yield text deltas (str) as they arrive, then exactly one Completion.
+
+        Raise ``core.errors.LLMError`` subclasses on failure.
+        """
+        ...
+
+
+# --- storage --------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +89,7 @@ class StoredMessage:
     """A turn as context assembly needs it."""
 
     id: int
-    role: str
+    role: Role
     content: str
     token_count: int
     author_name: str = ""
@@ -126,7 +186,8 @@ class Store(Protocol):
 
     def conversation_lock(self, name: str) -> AbstractAsyncContextManager[None]:
         """Hold ``name`` exclusively across every worker sharing this store, waiters in order;
-        released when the block ends, or when a worker dies."""
+        released when the block ends, or when a worker dies. A store only one process can use
+        (SQLite, memory) may make this a no-op: the service's in-process lock is enough."""
         ...
 
     async def reset_conversation(self, key: ConversationKey) -> int:

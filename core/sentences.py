@@ -1,4 +1,5 @@
-"""Every sentence Parley shows a person about the delivery of an answer, in one place.
+"""Every sentence Parley shows a person, in one place: about the delivery of an answer, why
+a request got no answer, and what a command did.
 
 Adapters never write their own wording for these situations: Slack, Discord and the terminal
 show the same words, and a change here changes every platform at once.
@@ -6,6 +7,7 @@ show the same words, and a change here changes every platform at once.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 GENERIC_ERROR = "Sorry, something went wrong on my side while answering. Please try again."
@@ -49,6 +51,181 @@ def image_unsupported(name: str, model: str) -> str:
     return f"{name} was not read: {model} does not accept images."
 
 
+# --- why a message got no answer (core.service, core.context) -------------------------------
+
+EMPTY_MESSAGE = "I got an empty message. Ask me something, or say 'help'."
+MODEL_EMPTY_ANSWER = (
+    "The model returned an empty answer. Please try again or rephrase the question."
+)
+
+
+def user_rate_limited(per_minute: int, wait_seconds: float) -> str:
+    """A person sent more messages in a minute than ``PARLEY_USER_MESSAGES_PER_MINUTE``."""
+    return (
+        f"You're sending messages faster than {per_minute} a minute. "
+        f"Please wait {math.ceil(wait_seconds)} s and ask again."
+    )
+
+
+def over_budget(spent_usd: float, limit_usd: float) -> str:
+    """A person has spent their ``PARLEY_USER_BUDGET_USD``."""
+    return (
+        f"You have used ${spent_usd:.2f} of your ${limit_usd:.2f} budget, so I can't "
+        "answer more requests for you. Ask an admin to raise PARLEY_USER_BUDGET_USD."
+    )
+
+
+def input_too_long(tokens: int, limit: int) -> str:
+    """The message alone (with the system prompt) does not fit the input budget."""
+    return (
+        f"Your message is {tokens:,} tokens; the limit here is {max(limit, 0):,}. "
+        "Please shorten it or split it into parts."
+    )
+
+
+def invalid_json(reason: str) -> str:
+    """JSON mode: the reply did not parse, twice."""
+    return (
+        "The model did not return valid JSON, even after a second try "
+        f"({reason}). Try rephrasing, or switch JSON mode off with 'json off'."
+    )
+
+
+# --- the model service failed (core.llm) ----------------------------------------------------
+
+MODEL_REFUSED = "The model declined to answer this request (content filter); please rephrase it."
+MODEL_STREAM_BROKEN = (
+    "The answer was cut off because the connection to the model broke; please try again."
+)
+MODEL_TIMEOUT = "The model took too long to answer; please try again in a moment."
+MODEL_UNREACHABLE = "Parley could not reach the model service; please try again in a moment."
+MODEL_QUOTA = "The bot's OpenAI account has run out of credit; please tell the bot's operator."
+MODEL_SERVER_ERROR = "The model service had an error; please try again in a moment."
+MODEL_KEY_REJECTED = "The bot's OpenAI API key was rejected; please tell the bot's operator."
+MODEL_CONTEXT_TOO_LONG = "This conversation is too long for the model; use reset to start afresh."
+MODEL_BAD_REQUEST = (
+    "The model service rejected this request; please rephrase it or reset the conversation."
+)
+MODEL_FAILED = "The model call failed; please try again in a moment."
+
+
+def model_rate_limited(retry_after: float | None) -> str:
+    """The model service asked to wait (``retry_after`` seconds, when it said how long)."""
+    seconds = max(1, math.ceil(retry_after)) if retry_after is not None else 0
+    when = f"in {seconds} second{'s' if seconds != 1 else ''}" if seconds else "in a minute"
+    return f"The model is rate limited right now; please try again {when}."
+
+
+def model_not_found(model: str, also_tried: Sequence[str]) -> str:
+    """Neither the model nor any fallback exists for this key."""
+    tried = ", ".join(also_tried)
+    also = f" (also tried {tried})" if tried else ""
+    return (
+        f"The model {model} is not available to this bot{also}; "
+        "please ask the bot's operator to check the model setting."
+    )
+
+
+# --- commands (core.service, core.commands) -------------------------------------------------
+
+NOTHING_TO_SUMMARISE = "There is nothing to summarise yet."
+SUMMARY_TOO_LONG = "Those messages are too long to summarise at once; ask for fewer."
+SYSTEM_PROMPT_RESTORED = "System prompt restored to the default."
+SYSTEM_PROMPT_UPDATED = "System prompt updated for this channel."
+
+
+def unknown_command(name: str, help_text: str = "") -> str:
+    """A command name Parley does not know, with the list of those it does."""
+    if not help_text:
+        return f"Unknown command '{name}'."
+    return f"Unknown command '{name}'. Try 'help'.\n\n{help_text}"
+
+
+def conversation_forgotten(removed: int) -> str:
+    return f"Done: I forgot this conversation ({removed} messages)."
+
+
+def summary(text: str) -> str:
+    return f"**Summary**\n{text}"
+
+
+def usage_report(channel: str, person: str) -> str:
+    """``/usage``: one line for the channel, one for the person who asked."""
+    return f"This channel: {channel}\nYou: {person}"
+
+
+def usage_line(turns: int, input_tokens: int, output_tokens: int, cost_usd: float) -> str:
+    calls = "model call" if turns == 1 else "model calls"
+    return (
+        f"{turns} {calls}, {input_tokens:,} input + {output_tokens:,} output tokens, "
+        f"${cost_usd:.4f}"
+    )
+
+
+def system_prompt_shown(prompt: str) -> str:
+    return f"System prompt for this channel:\n> {prompt}"
+
+
+def model_shown(model: str) -> str:
+    return f"This channel uses {model}."
+
+
+def model_restored(default: str) -> str:
+    return f"Model restored to the default, {default}."
+
+
+def model_set(model: str, *, priced: bool) -> str:
+    note = "" if priced else " (no price known for it: cost shows $0)"
+    return f"This channel now uses {model}{note}."
+
+
+def temperature_shown(value: float) -> str:
+    return f"Temperature here is {value:g}."
+
+
+def temperature_set(value: float) -> str:
+    return f"Temperature set to {value:g}."
+
+
+def json_mode_shown(on: bool) -> str:
+    return f"JSON mode is {'on' if on else 'off'}."
+
+
+def json_mode_set(on: bool) -> str:
+    return f"JSON mode is now {'on' if on else 'off'}."
+
+
+def not_a_temperature(value: str) -> str:
+    return f"'{value}' is not a number: temperature takes a value from 0 to 2."
+
+
+def temperature_out_of_range(value: str) -> str:
+    return f"Temperature must be between 0 and 2 (got {value})."
+
+
+def not_a_switch(value: str) -> str:
+    return f"JSON mode is switched with 'on' or 'off' (got '{value}')."
+
+
+def bad_model_name(name: str) -> str:
+    return f"'{name[:60]}' is not a valid model name (letters, digits and . _ : / - only)."
+
+
+def system_prompt_too_long(length: int, limit: int) -> str:
+    return f"That system prompt is {length:,} characters; the limit is {limit:,}."
+
+
+def not_a_count(value: str) -> str:
+    return f"'{value}' is not a whole number of messages."
+
+
+def count_out_of_range(number: int, low: int, high: int) -> str:
+    return f"Give a number of messages from {low} to {high} (got {number})."
+
+
+# --- rendering --------------------------------------------------------------------------------
+
+
 def with_notes(text: str, notes: Sequence[str]) -> str:
     """``text`` followed by the notes for the person (files not read, ...), one per line."""
     if not notes:
@@ -69,15 +246,57 @@ def failure_text(sentence: str, notes: Sequence[str] = ()) -> str:
 __all__ = [
     "CUT_OFF",
     "EMPTY_ANSWER",
+    "EMPTY_MESSAGE",
     "GENERIC_ERROR",
+    "MODEL_BAD_REQUEST",
+    "MODEL_CONTEXT_TOO_LONG",
+    "MODEL_EMPTY_ANSWER",
+    "MODEL_FAILED",
+    "MODEL_KEY_REJECTED",
+    "MODEL_QUOTA",
+    "MODEL_REFUSED",
+    "MODEL_SERVER_ERROR",
+    "MODEL_STREAM_BROKEN",
+    "MODEL_TIMEOUT",
+    "MODEL_UNREACHABLE",
+    "NOTHING_TO_SUMMARISE",
     "RESTARTED",
+    "SUMMARY_TOO_LONG",
+    "SYSTEM_PROMPT_RESTORED",
+    "SYSTEM_PROMPT_UPDATED",
     "WARNING_MARK",
     "answer_text",
+    "bad_model_name",
+    "conversation_forgotten",
+    "count_out_of_range",
     "failure_text",
     "file_not_downloaded",
     "file_too_large",
     "file_truncated",
     "file_unsupported",
     "image_unsupported",
+    "input_too_long",
+    "invalid_json",
+    "json_mode_set",
+    "json_mode_shown",
+    "model_not_found",
+    "model_rate_limited",
+    "model_restored",
+    "model_set",
+    "model_shown",
+    "not_a_count",
+    "not_a_switch",
+    "not_a_temperature",
+    "over_budget",
+    "summary",
+    "system_prompt_shown",
+    "system_prompt_too_long",
+    "temperature_out_of_range",
+    "temperature_set",
+    "temperature_shown",
+    "unknown_command",
+    "usage_line",
+    "usage_report",
+    "user_rate_limited",
     "with_notes",
 ]

@@ -7,16 +7,15 @@ answer, and stores the assistant turn with its usage only once it is complete.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
-import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
-from core import commands
+from core import commands, sentences
 from core.context import (
     Context,
     build_context,
@@ -27,7 +26,6 @@ from core.context import (
     token_budget,
 )
 from core.errors import BadCommand, EmptyAnswer, InvalidJSONReply, OverBudget, UserFacingError
-from core.llm import ChatModel, ChatRequest, Completion
 from core.messages import (
     Accepted,
     Author,
@@ -42,15 +40,27 @@ from core.messages import (
     UsageReport,
     UserError,
 )
-from core.ports import ChannelOverrides, ConversationState, Store, UsageEntry, UsageTotals
-from core.pricing import cost_usd, price_for, window_for
+from core.ports import (
+    ChannelOverrides,
+    ChatModel,
+    ChatRequest,
+    Completion,
+    ConversationState,
+    ImageInput,
+    PromptMessage,
+    Store,
+    UsageEntry,
+    UsageTotals,
+)
+from core.pricing import cost_usd, window_for
+from core.sentences import GENERIC_ERROR
 from core.settings import Settings
 from core.throttle import MessageRate
 from core.tokens import count_message, count_text
 
 log = logging.getLogger("parley.core")
 
-GENERIC_ERROR = "Sorry, something went wrong on my side while answering. Please try again."
+# What Parley tells the model (never shown to a person as such).
 JSON_INSTRUCTION = "Respond with a single valid JSON object and nothing else."
 SUMMARY_PROMPT = (
     "Summarise the conversation below for someone who will continue it: keep names, decisions, "
@@ -63,6 +73,14 @@ PRUNE_EVERY = 1000
 SUMMARY_INPUT_TOKENS = 12000
 
 
+def json_retry_prompt(error: json.JSONDecodeError) -> str:
+    """Asks the model once more for JSON, saying what was wrong with its reply."""
+    return (
+        f"That was not valid JSON ({error.msg} at position {error.pos}). "
+        "Reply again with only one valid JSON object."
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class ChannelConfig:
     """A channel's effective settings: its overrides on top of the configured defaults."""
@@ -72,6 +90,17 @@ class ChannelConfig:
     temperature: float
     max_output_tokens: int
     json_mode: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CommandCall:
+    """One command as its handler sees it: where, by whom, its argument text, and (for
+    ``summarize``) the messages the adapter read where it was given."""
+
+    key: ConversationKey
+    author: Author
+    args: str
+    transcript: str | None = None
 
 
 class ConversationLocks:
@@ -101,9 +130,7 @@ class ConversationLocks:
 class ConversationService:
     """Answers messages and runs commands for every adapter."""
 
-    def __init__(
-        self, store: Store, llm: ChatModel, settings: Settings, *, shared_database: bool = False
-    ) -> None:
+    def __init__(self, store: Store, llm: ChatModel, settings: Settings) -> None:
         self.store = store
         self.llm = llm
         self.settings = settings
@@ -111,18 +138,15 @@ class ConversationService:
         self._claims = 0
         per_minute = settings.parley_user_messages_per_minute
         self.rate = MessageRate(per_minute) if per_minute else None
-        # With several workers on one database, a conversation is also locked in the database.
-        self.shared_database = shared_database
 
     @asynccontextmanager
     async def exclusive(self, key: ConversationKey) -> AsyncIterator[None]:
-        """Hold ``key``'s conversation: one turn at a time, in this process and across workers."""
-        async with self.locks.hold(key):
-            if not self.shared_database:
-                yield
-                return
-            async with self.store.conversation_lock(str(key)):
-                yield
+        """Hold ``key``'s conversation: one turn at a time, in this process and across workers.
+
+        The store decides what "across workers" takes (an advisory lock on PostgreSQL,
+        nothing on a database only one process uses)."""
+        async with self.locks.hold(key), self.store.conversation_lock(str(key)):
+            yield
 
     # --- settings -----------------------------------------------------------------------
 
@@ -189,9 +213,7 @@ class ConversationService:
             wait = self.rate.wait_for(inbound.key.platform, inbound.author.id)
             if wait > 0:
                 yield UserError(
-                    f"You're sending messages faster than {self.rate.limit} a minute. "
-                    f"Please wait {math.ceil(wait)} s and ask again.",
-                    "user_rate_limited",
+                    sentences.user_rate_limited(self.rate.limit, wait), "user_rate_limited"
                 )
                 return
         yield Accepted()
@@ -208,10 +230,10 @@ class ConversationService:
 
     def _user_content(
         self, inbound: Inbound, model: str
-    ) -> tuple[str, list[dict[str, Any]], list[str]]:
-        """The text to store, image parts for this turn, and notes for the user."""
+    ) -> tuple[str, tuple[ImageInput, ...], list[str]]:
+        """The text to store, the images for this turn, and notes for the user."""
         text = inbound.text
-        images: list[dict[str, Any]] = []
+        images: list[ImageInput] = []
         notes = list(inbound.notes)
         for attachment in inbound.attachments:
             if attachment.kind == "text":
@@ -219,17 +241,13 @@ class ConversationService:
                 text += f"\n\n--- file: {attachment.name} ---\n{body}\n--- end of file ---"
             elif attachment.kind == "image":
                 if not model.startswith(VISION_MODELS):
-                    notes.append(f"{attachment.name} was not read: {model} does not accept images.")
+                    notes.append(sentences.image_unsupported(attachment.name, model))
                     continue
-                data = base64.b64encode(attachment.data).decode("ascii")
-                url = f"data:{attachment.mime_type};base64,{data}"
-                images.append({"type": "image_url", "image_url": {"url": url}})
+                images.append(ImageInput(attachment.mime_type, attachment.data))
                 text += f"\n[image: {attachment.name}]"
             else:
-                notes.append(
-                    f"{attachment.name} was not read: only images and text files are supported."
-                )
-        return text.strip(), images, notes
+                notes.append(sentences.file_unsupported(attachment.name))
+        return text.strip(), tuple(images), notes
 
     async def _check_budget(self, inbound: Inbound) -> None:
         limit = self.settings.parley_user_budget_usd
@@ -237,10 +255,7 @@ class ConversationService:
             return
         spent = await self.store.user_usage(inbound.key.platform, inbound.author.id)
         if spent.cost_usd >= limit:
-            raise OverBudget(
-                f"You have used ${spent.cost_usd:.2f} of your ${limit:.2f} budget, so I can't "
-                "answer more requests for you. Ask an admin to raise PARLEY_USER_BUDGET_USD."
-            )
+            raise OverBudget(sentences.over_budget(spent.cost_usd, limit))
 
     async def _answer(self, inbound: Inbound) -> AsyncIterator[ReplyEvent]:
         key = inbound.key
@@ -251,14 +266,12 @@ class ConversationService:
         for note in notes:
             yield Notice(note)
         if not text and not images:
-            raise BadCommand("I got an empty message. Ask me something, or say 'help'.")
+            raise BadCommand(sentences.EMPTY_MESSAGE)
         system_prompt = config.system_prompt
         if config.json_mode and "json" not in system_prompt.lower():
             system_prompt = f"{system_prompt}\n\n{JSON_INSTRUCTION}"
         user_tokens = count_message(text, images=len(images))
-        user_content: str | list[dict[str, Any]] = (
-            [{"type": "text", "text": text}, *images] if images else text
-        )
+        user = PromptMessage("user", text, images)
         budget = self._budget(config)
         # Over-long input is rejected before it is stored, so it cannot crowd out the history.
         input_limit(system_prompt, user_tokens, budget)
@@ -278,7 +291,7 @@ class ConversationService:
                 self.store,
                 current,
                 system_prompt=system_prompt,
-                user_content=user_content,
+                user=user,
                 user_tokens=user_tokens,
                 user_turn_id=turn_id,
                 budget=budget,
@@ -320,9 +333,7 @@ class ConversationService:
         assert completion is not None, "ChatModel.stream ended without a Completion"
         if not completion.text.strip():
             await self._charge(key.channel_key, inbound.author.id, completion)
-            raise EmptyAnswer(
-                "The model returned an empty answer. Please try again or rephrase the question."
-            )
+            raise EmptyAnswer(sentences.MODEL_EMPTY_ANSWER)
         usage = [completion]
         shown = completion.text
         if config.json_mode:
@@ -334,7 +345,7 @@ class ConversationService:
                 raise
             usage += retry
         if completion.finish_reason == "length":
-            shown += "\n\n_(answer cut off at the output token limit)_"
+            shown += f"\n\n{sentences.CUT_OFF}"
         entries = self._priced(usage)
         await self.store.finish_turn(
             state.id,
@@ -364,12 +375,8 @@ class ConversationService:
                 request,
                 messages=[
                     *request.messages,
-                    {"role": "assistant", "content": completion.text},
-                    {
-                        "role": "user",
-                        "content": f"That was not valid JSON ({first.msg} at position "
-                        f"{first.pos}). Reply again with only one valid JSON object.",
-                    },
+                    PromptMessage("assistant", completion.text),
+                    PromptMessage("user", json_retry_prompt(first)),
                 ],
             )
             retried = await self._complete(retry_request)
@@ -377,9 +384,7 @@ class ConversationService:
                 parsed = json.loads(retried.text)
             except json.JSONDecodeError as second:
                 raise InvalidJSONReply(
-                    "The model did not return valid JSON, even after a second try "
-                    f"({second.msg}). Try rephrasing, or switch JSON mode off with 'json off'.",
-                    completions=[retried],
+                    sentences.invalid_json(second.msg), completions=[retried]
                 ) from None
             pretty = json.dumps(parsed, indent=2, ensure_ascii=False)
             return retried, f"```json\n{pretty}\n```", [retried]
@@ -416,10 +421,7 @@ class ConversationService:
             content = f"Earlier summary:\n{previous}\n\nConversation since:\n{transcript}"
         request = ChatRequest(
             model=config.model,
-            messages=[
-                {"role": "system", "content": SUMMARY_PROMPT},
-                {"role": "user", "content": content},
-            ],
+            messages=[PromptMessage("system", SUMMARY_PROMPT), PromptMessage("user", content)],
             temperature=0.2,
             max_output_tokens=max_tokens,
         )
@@ -475,17 +477,15 @@ class ConversationService:
         """
         name = commands.canonical(name)
         spec = commands.BY_NAME.get(name)
-        if spec is None:
-            return CommandReply(
-                f"Unknown command '{name}'. Try 'help'.\n\n{commands.help_text()}",
-                private=True,
-                ok=False,
-            )
+        handler = COMMAND_HANDLERS.get(name)
+        if spec is None or handler is None:
+            text = sentences.unknown_command(name, commands.help_text())
+            return CommandReply(text, private=True, ok=False)
         try:
             if event_id and not await self.claim_event(key.platform, event_id):
                 log.info("dropping redelivered command %s on %s", event_id, key)
                 return CommandReply("", private=True, redelivered=True)
-            text = await self._run_command(key, author, name, args.strip(), transcript)
+            text = await handler(self, CommandCall(key, author, args.strip(), transcript))
         except UserFacingError as exc:
             return CommandReply(exc.user_message, private=True, ok=False)
         except Exception:
@@ -493,61 +493,42 @@ class ConversationService:
             return CommandReply(GENERIC_ERROR, private=True, ok=False)
         return CommandReply(text, private=spec.private)
 
-    async def _set(self, channel: ChannelKey, **changes: Any) -> None:
-        current = await self.store.channel_overrides(channel)
-        await self.store.save_channel_overrides(channel, replace(current, **changes))
+    async def _help(self, call: CommandCall) -> str:
+        return commands.help_text()
 
-    async def _run_command(
-        self, key: ConversationKey, author: Author, name: str, args: str, transcript: str | None
-    ) -> str:
-        channel = key.channel_key
-        config = await self.channel_config(channel)
-        if name == "help":
-            return commands.help_text()
-        if name == "reset":
-            async with self.exclusive(key):
-                removed = await self.store.reset_conversation(key)
-            return f"Done: I forgot this conversation ({removed} messages)."
-        if name == "system":
-            if not args:
-                return f"System prompt for this channel:\n> {config.system_prompt}"
-            if args.lower() in {"default", "reset"}:
-                await self._set(channel, system_prompt=None)
-                return "System prompt restored to the default."
-            await self._set(channel, system_prompt=commands.parse_system_prompt(args))
-            return "System prompt updated for this channel."
-        if name == "model":
-            if not args:
-                return f"This channel uses {config.model}."
-            if args.lower() in {"default", "reset"}:
-                await self._set(channel, model=None)
-                return f"Model restored to the default, {self.settings.parley_model}."
-            model = commands.parse_model(args)
-            await self._set(channel, model=model)
-            note = (
-                "" if price_for(model, self.prices) else " (no price known for it: cost shows $0)"
-            )
-            return f"This channel now uses {model}{note}."
-        if name == "temperature":
-            if not args:
-                return f"Temperature here is {config.temperature:g}."
-            value = commands.parse_temperature(args)
-            await self._set(channel, temperature=value)
-            return f"Temperature set to {value:g}."
-        if name == "json":
-            if not args:
-                return f"JSON mode is {'on' if config.json_mode else 'off'}."
-            on = commands.parse_switch(args)
-            await self._set(channel, json_mode=on)
-            return f"JSON mode is now {'on' if on else 'off'}."
-        if name == "usage":
-            here = await self.store.channel_usage(channel)
-            mine = await self.store.user_usage(key.platform, author.id)
-            return f"This channel: {_usage_line(here)}\nYou: {_usage_line(mine)}"
-        if name == "summarize":
-            count = commands.summary_count(args)
-            return await self._summary_command(key, author, config, transcript, count)
-        raise BadCommand(f"Unknown command '{name}'.")
+    async def _reset(self, call: CommandCall) -> str:
+        async with self.exclusive(call.key):
+            removed = await self.store.reset_conversation(call.key)
+        return sentences.conversation_forgotten(removed)
+
+    async def _usage(self, call: CommandCall) -> str:
+        here = await self.store.channel_usage(call.key.channel_key)
+        mine = await self.store.user_usage(call.key.platform, call.author.id)
+        return sentences.usage_report(_usage_line(here), _usage_line(mine))
+
+    async def _summarize(self, call: CommandCall) -> str:
+        config = await self.channel_config(call.key.channel_key)
+        count = commands.summary_count(call.args)
+        return await self._summary_command(call.key, call.author, config, call.transcript, count)
+
+    async def _channel_setting(self, call: CommandCall, setting: commands.ChannelSetting) -> str:
+        """Show the channel's value of ``setting``, restore its default, or set it."""
+        channel = call.key.channel_key
+        if not call.args:
+            return setting.shown(getattr(await self.channel_config(channel), setting.field))
+        if setting.restored is not None and call.args.lower() in commands.RESTORE_WORDS:
+            config = await self._set(channel, setting.field, None)
+            return setting.restored(getattr(config, setting.field))
+        value = setting.parse(call.args)
+        await self._set(channel, setting.field, value)
+        return setting.updated(value, self.prices)
+
+    async def _set(self, channel: ChannelKey, field: str, value: Any) -> ChannelConfig:
+        """Save one override of ``channel``; returns the channel's settings now in effect."""
+        current = await self.store.channel_overrides(channel)
+        changed = replace(current, **{field: value})
+        await self.store.save_channel_overrides(channel, changed)
+        return self._config(changed)
 
     async def _summary_command(
         self,
@@ -572,20 +553,41 @@ class ConversationService:
                 picked, previous = picked[-count:], ""
             transcript = "\n".join(f"{m.author_name or m.role}: {m.content}" for m in picked)
         elif count_text(transcript) > budget - 512:
-            raise BadCommand("Those messages are too long to summarise at once; ask for fewer.")
+            raise BadCommand(sentences.SUMMARY_TOO_LONG)
         if not transcript.strip() and not previous:
-            return "There is nothing to summarise yet."
+            return sentences.NOTHING_TO_SUMMARISE
         done = await self._summarize_text(transcript, previous, config, min(1000, budget // 4))
         await self._charge(key.channel_key, author.id, done)
-        return f"**Summary**\n{done.text}"
+        return sentences.summary(done.text)
 
 
 def _usage_line(totals: UsageTotals) -> str:
-    calls = "model call" if totals.turns == 1 else "model calls"
-    return (
-        f"{totals.turns} {calls}, {totals.input_tokens:,} input + "
-        f"{totals.output_tokens:,} output tokens, ${totals.cost_usd:.4f}"
+    return sentences.usage_line(
+        totals.turns, totals.input_tokens, totals.output_tokens, totals.cost_usd
     )
 
 
-__all__ = ["ConversationService", "ChannelConfig", "ChannelOverrides"]
+CommandHandler = Callable[[ConversationService, CommandCall], Awaitable[str]]
+
+# Every command of ``core.commands.COMMANDS`` and the method that runs it; the commands that
+# show or set one channel setting share one handler, told apart by their ``ChannelSetting``.
+COMMAND_HANDLERS: dict[str, CommandHandler] = {
+    "help": ConversationService._help,
+    "reset": ConversationService._reset,
+    "usage": ConversationService._usage,
+    "summarize": ConversationService._summarize,
+    **{
+        setting.command: partial(ConversationService._channel_setting, setting=setting)
+        for setting in commands.CHANNEL_SETTINGS
+    },
+}
+
+
+__all__ = [
+    "COMMAND_HANDLERS",
+    "GENERIC_ERROR",
+    "ChannelConfig",
+    "ChannelOverrides",
+    "CommandCall",
+    "ConversationService",
+]

@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Iterable
 from functools import lru_cache
 from importlib import resources
+from typing import TYPE_CHECKING
 
 import tiktoken
+
+if TYPE_CHECKING:
+    from core.ports import PromptMessage
 
 O200K_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
 
@@ -64,3 +69,9 @@ def count_text(text: str) -> int:
 def count_message(text: str, images: int = 0) -> int:
     """Tokens one chat message costs in a request: its text, its images and the format overhead."""
     return count_text(text) + TOKENS_PER_MESSAGE + images * TOKENS_PER_IMAGE
+
+
+def count_prompt(messages: Iterable[PromptMessage]) -> int:
+    """Input tokens of a request with these messages, as the API counts them (reply primer
+    included)."""
+    return TOKENS_REPLY_PRIMER + sum(count_message(m.text, len(m.images)) for m in messages)

@@ -175,50 +175,16 @@ class StandinServer:
         if self.record:
             self.requests.append(body)
 
-        messages = body.get("messages")
-        faults = self._take_faults(messages)
-
+        faults = self._take_faults(body.get("messages"))
         if "stall" in faults:
             await asyncio.sleep(faults["stall"] or 0.0)
         failure = _fault_response(faults, body, request_id)
+        if failure is None:
+            failure = self._rejection(body, request_id)
         if failure is not None:
             return failure
 
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            return _error(400, "you must provide a model parameter", request_id, param="model")
-        if self._unknown(model):
-            return _not_found(model, request_id)
-        if not isinstance(messages, list) or not messages:
-            return _error(400, "messages must be a non-empty array", request_id, param="messages")
-        if not all(isinstance(m, Mapping) for m in messages):
-            return _error(400, "each message must be an object", request_id, param="messages")
-        limit = body.get("max_completion_tokens") or body.get("max_tokens")
-        if limit is not None and (not isinstance(limit, int) or limit < 1):
-            return _error(400, "max_tokens must be a positive integer", request_id, "max_tokens")
-
-        response_format = body.get("response_format")
-        json_mode = isinstance(response_format, Mapping) and (
-            response_format.get("type") == "json_object"
-        )
-        if json_mode and not _mentions_json(messages):
-            return _error(
-                400,
-                "'messages' must contain the word 'json' in some form, to use "
-                "'response_format' of type 'json_object'.",
-                request_id,
-                param="messages",
-            )
-
-        text, finish_reason = _answer(messages, faults, json_mode, limit)
-        usage = {
-            "prompt_tokens": count_input_tokens(messages),
-            "completion_tokens": count_text(text),
-        }
-        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-        completion_id = f"chatcmpl-standin{request_id.removeprefix('req_standin')}"
-        reply = _Reply(completion_id, model, int(time.time()), text, finish_reason, usage)
-
+        reply = _reply(body, faults, request_id)
         if body.get("stream"):
             options = body.get("stream_options")
             include_usage = isinstance(options, Mapping) and bool(options.get("include_usage"))
@@ -226,6 +192,31 @@ class StandinServer:
         if "cut_stream" in faults:
             return await _cut_plain(request, reply, request_id)
         return web.json_response(reply.completion(), headers={"x-request-id": request_id})
+
+    def _rejection(self, body: Mapping[str, Any], request_id: str) -> web.Response | None:
+        """The 400 (or 404) the real API would answer to this request body, if any."""
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            return _error(400, "you must provide a model parameter", request_id, param="model")
+        if self._unknown(model):
+            return _not_found(model, request_id)
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            return _error(400, "messages must be a non-empty array", request_id, param="messages")
+        if not all(isinstance(m, Mapping) for m in messages):
+            return _error(400, "each message must be an object", request_id, param="messages")
+        limit = _output_limit(body)
+        if limit is not None and (not isinstance(limit, int) or limit < 1):
+            return _error(400, "max_tokens must be a positive integer", request_id, "max_tokens")
+        if _json_mode(body) and not _mentions_json(messages):
+            return _error(
+                400,
+                "'messages' must contain the word 'json' in some form, to use "
+                "'response_format' of type 'json_object'.",
+                request_id,
+                param="messages",
+            )
+        return None
 
     async def _stream(
         self,
@@ -344,6 +335,25 @@ class _Reply:
             "choices": [],
             "usage": self.usage,
         }
+
+
+def _output_limit(body: Mapping[str, Any]) -> Any:
+    return body.get("max_completion_tokens") or body.get("max_tokens")
+
+
+def _json_mode(body: Mapping[str, Any]) -> bool:
+    response_format = body.get("response_format")
+    return isinstance(response_format, Mapping) and response_format.get("type") == "json_object"
+
+
+def _reply(body: Mapping[str, Any], faults: Mapping[str, float | None], request_id: str) -> _Reply:
+    """The answer to a valid request body, with its exact usage."""
+    messages = body["messages"]
+    text, finish_reason = _answer(messages, faults, _json_mode(body), _output_limit(body))
+    usage = {"prompt_tokens": count_input_tokens(messages), "completion_tokens": count_text(text)}
+    usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+    completion_id = f"chatcmpl-standin{request_id.removeprefix('req_standin')}"
+    return _Reply(completion_id, body["model"], int(time.time()), text, finish_reason, usage)
 
 
 def _dumps(value: Any) -> bytes:

@@ -21,6 +21,7 @@ from core.messages import ChannelKey, ConversationKey
 from core.ports import (
     ChannelOverrides,
     ConversationState,
+    Role,
     StoredMessage,
     UsageEntry,
     UsageTotals,
@@ -254,7 +255,7 @@ class SqlStore:
         )
         async with self._sessions() as session:
             rows = (await session.execute(stmt)).all()
-        return [StoredMessage(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+        return [StoredMessage(r[0], cast(Role, r[1]), r[2], r[3], r[4]) for r in rows]
 
     async def set_summary(
         self, conversation_id: int, summary: str, summary_tokens: int, context_start: int

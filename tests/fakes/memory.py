@@ -8,10 +8,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from core.errors import LLMError
-from core.llm import ChatRequest, Completion
 from core.messages import ChannelKey, ConversationKey
 from core.ports import (
     ChannelOverrides,
+    ChatRequest,
+    Completion,
     ConversationState,
     StoredMessage,
     UsageEntry,
@@ -208,7 +209,7 @@ class ScriptedModel:
 
                 raise BrokenStream("The answer was cut off.")
             yield word if i == 0 else " " + word
-        prompt = sum(count_text(str(m["content"])) for m in request.messages)
+        prompt = sum(count_text(m.text) for m in request.messages)
         yield Completion(text, request.model, prompt, count_text(text), "stop")
 
     async def close(self) -> None:

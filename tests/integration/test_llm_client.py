@@ -25,18 +25,16 @@ from core.errors import (
     RateLimited,
 )
 from core.llm import ChatModel, ChatRequest, Completion, OpenAIChat, count_input_tokens
+from core.ports import ImageInput, PromptMessage
 from core.settings import Settings
-from core.tokens import count_text
+from core.tokens import TOKENS_PER_IMAGE, count_prompt, count_text
 
 API_KEY = "sk-parley-test-secret-4242"
 CONTENT = "my private question about the quarterly numbers"
 
 
 def request(text: str = CONTENT, model: str = "gpt-4o", **options: object) -> ChatRequest:
-    messages = [
-        {"role": "system", "content": "You are Parley."},
-        {"role": "user", "content": text},
-    ]
+    messages = [PromptMessage("system", "You are Parley."), PromptMessage("user", text)]
     defaults: dict[str, object] = {"temperature": 0.7, "max_output_tokens": 256}
     return ChatRequest(model=model, messages=messages, **{**defaults, **options})  # type: ignore[arg-type]
 
@@ -105,7 +103,7 @@ async def test_deltas_make_up_the_completion(chat: OpenAIChat, server: StandinSe
     assert CONTENT in done.text
     assert done.model == "gpt-4o"
     assert done.finish_reason == "stop"
-    assert done.input_tokens == count_input_tokens(request().messages)
+    assert done.input_tokens == count_prompt(request().messages)
     assert done.output_tokens == count_text(done.text)
 
     sent = server.requests[-1]
@@ -114,6 +112,36 @@ async def test_deltas_make_up_the_completion(chat: OpenAIChat, server: StandinSe
     assert sent["max_tokens"] == 256
     assert sent["temperature"] == 0.7
     assert "response_format" not in sent
+
+
+async def test_prompt_messages_go_on_the_wire_as_openai_json(
+    chat: OpenAIChat, server: StandinServer
+) -> None:
+    png = b"\x89PNG\r\n\x1a\n"
+    messages = [
+        PromptMessage("system", "You are Parley."),
+        PromptMessage("assistant", "Earlier answer."),
+        PromptMessage("user", "What is in these?", (ImageInput("image/png", png),) * 2),
+    ]
+    chat_request = ChatRequest("gpt-4o", messages, 0.7, 256)
+    _, done = await collect(chat, chat_request)
+    url = "data:image/png;base64,iVBORw0KGgo="
+    assert server.requests[-1]["messages"] == [
+        {"role": "system", "content": "You are Parley."},
+        {"role": "assistant", "content": "Earlier answer."},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "What is in these?"},
+                {"type": "image_url", "image_url": {"url": url}},
+                {"type": "image_url", "image_url": {"url": url}},
+            ],
+        },
+    ]
+    # the stand-in counts the wire, the core counts PromptMessages: the same number
+    assert done.input_tokens == count_prompt(messages) > 2 * TOKENS_PER_IMAGE
+    assert count_prompt(messages) == count_input_tokens(server.requests[-1]["messages"])
+    assert "2 images" in done.text
 
 
 async def test_output_limit_reports_length(chat: OpenAIChat) -> None:
@@ -257,7 +285,7 @@ async def test_stream_ending_without_finish_is_broken(
 async def test_missing_usage_is_estimated(chat: OpenAIChat, server: StandinServer) -> None:
     server.inject("no_usage")
     _, done = await collect(chat, request())
-    assert done.input_tokens == count_input_tokens(request().messages)
+    assert done.input_tokens == count_prompt(request().messages)
     assert done.output_tokens == count_text(done.text)
 
 

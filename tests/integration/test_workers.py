@@ -54,7 +54,7 @@ def sql_store(parley: Parley) -> SqlStore:
 
 
 async def test_two_workers_answer_one_conversation_in_turn(database):
-    echo = SlowEcho(reply=lambda r: f"answer to {r.messages[-1]['content']}")
+    echo = SlowEcho(reply=lambda r: f"answer to {r.messages[-1].text}")
     parleys = [await worker(database, echo) for _ in range(2)]
     workers = [parley.service for parley in parleys]
     stores = [parley.store for parley in parleys]

@@ -41,11 +41,6 @@ def offline_settings(tmp_path) -> Settings:
     )
 
 
-@pytest.mark.xfail(
-    raises=AttributeError,
-    strict=True,
-    reason="bootstrap reads store.engine to decide on database locks, which a fake store lacks",
-)
 async def test_a_given_store_and_model_are_used_as_they_are(tmp_path):
     store, model = ClosingStore(), ScriptedModel(reply=lambda request: "from the fake")
     parley = await build(offline_settings(tmp_path), store=store, llm=model)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import json
+import subprocess
+import sys
 
 import pytest
 
+from core import commands
 from core.errors import BrokenStream, RateLimited
 from core.messages import (
     Accepted,
@@ -20,7 +22,8 @@ from core.messages import (
     UsageReport,
     UserError,
 )
-from core.service import ConversationService
+from core.ports import ImageInput
+from core.service import COMMAND_HANDLERS, ConversationService
 from core.settings import Settings
 from tests.fakes.memory import MemoryStore, ScriptedModel
 
@@ -33,7 +36,7 @@ def make(reply=None, **settings):
     model = (
         ScriptedModel(reply=reply)
         if reply
-        else ScriptedModel(reply=lambda r: f"echo {r.messages[-1]['content']}")
+        else ScriptedModel(reply=lambda r: f"echo {r.messages[-1].text}")
     )
     service = ConversationService(store, model, Settings(_env_file=None, **settings))
     return service, store, model
@@ -63,7 +66,7 @@ async def test_history_is_sent_in_order():
     service, _, model = make()
     for text in ("one", "two", "three"):
         await collect(service, text)
-    sent = [m["content"] for m in model.requests[-1].messages[1:]]
+    sent = [m.text for m in model.requests[-1].messages[1:]]
     assert sent == ["one", "echo one", "two", "echo two", "three"]
 
 
@@ -79,7 +82,7 @@ async def test_failed_answer_is_not_stored_but_user_turn_is():
     assert events == [UserError("The model is rate limited right now.", "rate_limited")]
     assert not store.usage
     await collect(service, "third time lucky")
-    sent = [m["content"] for m in model.requests[-1].messages[1:]]
+    sent = [m.text for m in model.requests[-1].messages[1:]]
     assert sent == ["third time lucky"]
 
 
@@ -116,7 +119,7 @@ async def test_summarize_n_covers_the_last_n_stored_turns():
     for word in ("alpha", "bravo", "charlie"):
         await collect(service, word)
     await service.command(KEY, ALICE, "summarize", "2")
-    summarised = model.requests[-1].messages[-1]["content"]
+    summarised = model.requests[-1].messages[-1].text
     assert "alpha" not in summarised and "charlie" in summarised
     bad = await service.command(KEY, ALICE, "summarize", "zero")
     assert not bad.ok and "whole number" in bad.text
@@ -133,7 +136,7 @@ async def test_too_long_message_gets_token_counts_and_is_not_stored():
 
 async def test_overflow_is_folded_into_summary():
     def reply(request):
-        if "Summarise" in request.messages[0]["content"]:
+        if "Summarise" in request.messages[0].text:
             return "SUMMARY of old turns"
         return "fine " * 20
 
@@ -142,16 +145,16 @@ async def test_overflow_is_folded_into_summary():
         events = await collect(service, f"message number {i} " + "pad " * 20)
         assert isinstance(events[-1], UsageReport)
     last = model.requests[-1]
-    assert any("SUMMARY of old turns" in str(m["content"]) for m in last.messages)
-    assert "message number 0" not in json.dumps(last.messages)
+    assert any("SUMMARY of old turns" in m.text for m in last.messages)
+    assert all("message number 0" not in m.text for m in last.messages)
     state = store.conversations[KEY]
     assert state.summary == "SUMMARY of old turns" and state.context_start > 0
-    summaries = [r for r in model.requests if "Summarise" in r.messages[0]["content"]]
+    summaries = [r for r in model.requests if "Summarise" in r.messages[0].text]
     # summarised in batches, not once per turn
     assert 1 <= len(summaries) <= 3
     for i in range(12, 40):
         await collect(service, f"message number {i} " + "pad " * 20)
-    summaries = [r for r in model.requests if "Summarise" in r.messages[0]["content"]]
+    summaries = [r for r in model.requests if "Summarise" in r.messages[0].text]
     assert len(summaries) <= 40 // 3
 
 
@@ -159,8 +162,8 @@ async def test_overflow_dropped_when_summaries_off():
     service, store, model = make(parley_input_budget=400, parley_summarize_overflow=False)
     for i in range(12):
         await collect(service, f"message number {i} " + "pad " * 20)
-    assert all("Summarise" not in r.messages[0]["content"] for r in model.requests)
-    assert "message number 0" not in json.dumps(model.requests[-1].messages)
+    assert all("Summarise" not in r.messages[0].text for r in model.requests)
+    assert all("message number 0" not in m.text for m in model.requests[-1].messages)
     assert store.conversations[KEY].summary == ""
 
 
@@ -182,9 +185,9 @@ async def test_json_mode_adds_instruction_and_retries_once():
     assert not any(isinstance(e, TextDelta) for e in events)
     final = next(e for e in events if isinstance(e, FinalText))
     assert '"a": 1' in final.text
-    assert "JSON" in model.requests[0].messages[0]["content"]
+    assert "JSON" in model.requests[0].messages[0].text
     assert model.requests[0].json_mode
-    assert "not valid JSON" in model.requests[1].messages[-1]["content"]
+    assert "not valid JSON" in model.requests[1].messages[-1].text
     assert len(store.usage) == 2
 
 
@@ -204,9 +207,9 @@ async def test_images_become_image_parts_and_others_get_a_note():
     )
     events = await collect(service, "look", attachments=attachments)
     assert any(isinstance(e, Notice) and "a.zip" in e.text for e in events)
-    content = model.requests[0].messages[-1]["content"]
-    assert content[0]["type"] == "text" and "file body" in content[0]["text"]
-    assert content[1]["image_url"]["url"].startswith("data:image/png;base64,")
+    sent = model.requests[0].messages[-1]
+    assert "file body" in sent.text and "[image: cat.png]" in sent.text
+    assert sent.images == (ImageInput("image/png", b"\x89PNG"),)
     await service.command(KEY, ALICE, "model", "gpt-3.5-turbo")
     events = await collect(service, "again", attachments=attachments[:1])
     assert any(isinstance(e, Notice) and "does not accept images" in e.text for e in events)
@@ -225,7 +228,7 @@ async def test_same_conversation_is_serialised_and_others_run_concurrently():
 
     class SlowModel(ScriptedModel):
         async def stream(self, request):
-            tag = request.messages[-1]["content"].split()[0]
+            tag = request.messages[-1].text.split()[0]
             active[tag] = active.get(tag, 0) + 1
             peak["same"] = max(peak["same"], max(active.values()))
             peak["all"] = max(peak["all"], sum(active.values()))
@@ -262,7 +265,7 @@ async def test_commands_validate_and_persist():
     thread = ConversationKey("test", "w1", "c1", "t9")
     await collect(service, "hi", key=thread)
     request = model.requests[-1]
-    assert request.temperature == 0.3 and request.messages[0]["content"] == "Be terse."
+    assert request.temperature == 0.3 and request.messages[0].text == "Be terse."
     shown = await service.command(thread, ALICE, "system")
     assert "Be terse." in shown.text
 
@@ -274,13 +277,13 @@ async def test_reset_usage_and_summarize():
     assert "1 model call," in usage.text and usage.private
     reply = await service.command(KEY, ALICE, "summarize")
     assert reply.ok and "Summary" in reply.text
-    assert "first" in model.requests[-1].messages[-1]["content"]
+    assert "first" in model.requests[-1].messages[-1].text
     reply = await service.command(KEY, ALICE, "summarize", transcript="bob: ship it\namy: ok")
-    assert "ship it" in model.requests[-1].messages[-1]["content"]
+    assert "ship it" in model.requests[-1].messages[-1].text
     reset = await service.command(KEY, ALICE, "reset")
     assert reset.ok and "2 messages" in reset.text
     await collect(service, "after reset")
-    assert [m["content"] for m in model.requests[-1].messages[1:]] == ["after reset"]
+    assert [m.text for m in model.requests[-1].messages[1:]] == ["after reset"]
 
 
 @pytest.mark.parametrize(
@@ -373,3 +376,55 @@ async def test_event_ids_are_pruned_now_and_then():
     for i in range(2000):
         await service.claim_event("test", f"e{i}")
     assert store.pruned == 2
+
+
+def test_every_command_has_one_handler():
+    assert set(COMMAND_HANDLERS) == set(commands.BY_NAME)
+
+
+async def test_channel_settings_show_set_and_restore_with_their_sentences():
+    service, _, _ = make(parley_model="gpt-4o", parley_system_prompt="Be kind.")
+
+    async def say(name, args=""):
+        reply = await service.command(KEY, ALICE, name, args)
+        assert reply.ok, reply.text
+        return reply.text
+
+    assert await say("model") == "This channel uses gpt-4o."
+    assert await say("model", "gpt-4o-mini") == "This channel now uses gpt-4o-mini."
+    assert await say("model", "my-own") == (
+        "This channel now uses my-own (no price known for it: cost shows $0)."
+    )
+    assert await say("model", "default") == "Model restored to the default, gpt-4o."
+    assert await say("system") == "System prompt for this channel:\n> Be kind."
+    assert await say("system", "Be brief.") == "System prompt updated for this channel."
+    assert await say("system") == "System prompt for this channel:\n> Be brief."
+    assert await say("system", "reset") == "System prompt restored to the default."
+    assert await say("temperature") == "Temperature here is 0.7."
+    assert await say("temperature", "1.5") == "Temperature set to 1.5."
+    assert await say("temperature") == "Temperature here is 1.5."
+    assert await say("json") == "JSON mode is off."
+    assert await say("json", "on") == "JSON mode is now on."
+    assert await say("json") == "JSON mode is on."
+    # only system and model have a default to restore; for the others "default" is a value
+    refused = await service.command(KEY, ALICE, "temperature", "default")
+    assert not refused.ok and "not a number" in refused.text
+
+
+async def test_every_answer_takes_the_stores_conversation_lock():
+    service, store, _ = make()
+    await collect(service, "hi")
+    await service.command(KEY, ALICE, "reset")
+    assert store.locked == [str(KEY), str(KEY)]
+
+
+@pytest.mark.parametrize(
+    "module", ["core.service", "core.context", "core.commands", "core.ports", "core.messages"]
+)
+def test_the_core_knows_neither_the_openai_wire_nor_sql(module):
+    probe = (
+        f"import sys, {module}; "
+        "print(sorted(m for m in ('openai', 'sqlalchemy') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
