@@ -9,11 +9,11 @@ import pytest
 from sqlalchemy import text
 
 from bots.bootstrap import Parley, build
+from core.delivery import Interval, deliver
 from core.messages import Author, ConversationKey, FinalText, Inbound
 from core.settings import Settings
 from core.store import schema
 from core.store.sql import SqlStore, lock_key, make_engine
-from core.streaming import paced
 from tests.fakes.memory import ScriptedModel
 
 
@@ -87,7 +87,7 @@ async def _lock_is_free(store: SqlStore, name: str) -> bool:
 
 
 async def test_a_cancelled_answer_frees_its_conversation_at_once(database):
-    """An adapter reads answers through paced(); cancelling it must free the conversation."""
+    """An adapter delivers answers through deliver(); cancelling it must free the conversation."""
     started = asyncio.Event()
 
     class Hanging(ScriptedModel):
@@ -101,9 +101,14 @@ async def test_a_cancelled_answer_frees_its_conversation_at_once(database):
     service = parley.service
     key = ConversationKey("test", "w", "cancelled")
 
+    class Silent:
+        async def start(self) -> None: ...
+        async def progress(self, text: str) -> None: ...
+        async def finish(self, text: str) -> None: ...
+        async def fail(self, text: str) -> None: ...
+
     async def handler() -> None:
-        async for _ in paced(service.answer(Inbound(key, Author("u"), "hello")), 0.01):
-            pass
+        await deliver(service.answer(Inbound(key, Author("u"), "hello")), Silent(), Interval(0.01))
 
     task = asyncio.create_task(handler())
     try:

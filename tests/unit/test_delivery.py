@@ -186,3 +186,16 @@ async def test_a_refused_final_write_is_raised_after_the_core_finished():
     with pytest.raises(PermissionError):
         await deliver(answer(), Recorder(refuse_final=True), Interval(0))
     assert finished.is_set()
+
+
+async def test_nothing_is_written_after_the_final_text():
+    async def answer() -> AsyncIterator[ReplyEvent]:
+        yield TextDelta("first ")
+        yield TextDelta("second")
+        yield FinalText("first second (cut off)", "gpt-4o")
+        yield TextDelta(" stray")
+        await asyncio.sleep(0.1)
+
+    renderer = Recorder()
+    await deliver(answer(), renderer, Interval(0.02))
+    assert renderer.kinds()[-1] == "finish" and renderer.kinds().count("finish") == 1

@@ -1,17 +1,12 @@
-"""Tokens, prices, message splitting and paced streaming."""
+"""Tokens, prices and message splitting."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-
 import pytest
 
-from core.messages import FinalText, TextDelta
 from core.pricing import cost_usd, price_for
 from core.settings import DEFAULT_PRICES
 from core.splitting import split_message
-from core.streaming import Snapshot, paced
 from core.tokens import count_message, count_text, encoding
 
 
@@ -58,32 +53,6 @@ def test_split_keeps_code_fences_balanced():
     assert pieces[-1].rstrip().endswith("That is all.")
 
 
-async def test_paced_coalesces_deltas():
-    async def events():
-        for i in range(50):
-            yield TextDelta(f"{i} ")
-            await asyncio.sleep(0.002)
-        yield FinalText("all", "m")
-
-    out = [e async for e in paced(events(), interval=0.05)]
-    snapshots = [e for e in out if isinstance(e, Snapshot)]
-    assert 1 <= len(snapshots) < 50
-    assert all(a.text in b.text for a, b in zip(snapshots, snapshots[1:], strict=False))
-    assert out[-1] == FinalText("all", "m")
-
-
-async def test_paced_sends_no_snapshot_after_the_final_text():
-    async def events():
-        yield TextDelta("first ")
-        yield TextDelta("second")
-        yield FinalText("first second (cut off)", "m")
-        await asyncio.sleep(0.1)
-
-    out = [e async for e in paced(events(), interval=0.02)]
-    final_at = out.index(FinalText("first second (cut off)", "m"))
-    assert not any(isinstance(e, Snapshot) for e in out[final_at:])
-
-
 def test_split_with_long_fences_stays_within_the_limit():
     body = "\n".join(f"line {i} " + "x" * 30 for i in range(300))
     for fence in ("`````", "~~~~~~~~"):
@@ -91,26 +60,3 @@ def test_split_with_long_fences_stays_within_the_limit():
         pieces = split_message(text, 2000)
         assert all(len(p) <= 2000 for p in pieces), [len(p) for p in pieces]
         assert all(p.count(fence) % 2 == 0 for p in pieces)
-
-
-async def test_paced_waits_for_the_answers_clean_up_when_cancelled():
-    cleaned: list[str] = []
-
-    async def events():
-        try:
-            yield TextDelta("a")
-            await asyncio.sleep(10)
-        finally:
-            await asyncio.sleep(0)  # clean-up that needs the loop, like releasing a lock
-            cleaned.append("done")
-
-    async def consume():
-        async for _ in paced(events(), 0.01):
-            pass
-
-    task = asyncio.create_task(consume())
-    await asyncio.sleep(0.05)
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    assert cleaned == ["done"]
