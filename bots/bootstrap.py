@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import make_url
 from sqlalchemy.exc import DBAPIError
 
+from core.attachments import AttachmentPolicy
 from core.errors import ConfigError, SchemaOutOfDate
 from core.llm import ChatModel, OpenAIChat
 from core.ports import Store
@@ -28,7 +29,7 @@ log = logging.getLogger("parley")
 
 @dataclass
 class Parley:
-    """Everything an adapter needs, built from one Settings.
+    """Everything an adapter needs from the core, built from the core's Settings.
 
     ``close()`` closes what ``build`` opened; a store or model passed to ``build`` stays the
     caller's to close.
@@ -38,6 +39,7 @@ class Parley:
     store: Store
     llm: ChatModel
     service: ConversationService
+    attachments: AttachmentPolicy
     offline_server: StandinServer | None = None
     opened: AsyncExitStack = field(default_factory=AsyncExitStack, repr=False)
 
@@ -47,6 +49,11 @@ class Parley:
 
     async def close(self) -> None:
         await self.opened.aclose()
+
+
+def attachment_policy(settings: Settings) -> AttachmentPolicy:
+    """The file limits every adapter applies (PARLEY_MAX_IMAGE_BYTES, PARLEY_MAX_TEXT_FILE_BYTES)."""
+    return AttachmentPolicy(settings.parley_max_image_bytes, settings.parley_max_text_file_bytes)
 
 
 def database_error(url: str, exc: BaseException) -> ConfigError:
@@ -130,4 +137,6 @@ async def build(
     except BaseException:
         await opened.aclose()
         raise
-    return Parley(settings, store, llm, service, offline_server, opened)
+    return Parley(
+        settings, store, llm, service, attachment_policy(settings), offline_server, opened
+    )

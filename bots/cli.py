@@ -7,14 +7,9 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from core.errors import ConfigError, ParleyError
 from core.settings import Settings, load_settings
-
-if TYPE_CHECKING:
-    from bots.runtime import PlatformAdapter
-    from core.service import ConversationService
 
 log = logging.getLogger("parley")
 
@@ -68,9 +63,11 @@ async def _chat(settings: Settings, session: str) -> int:
 
 async def _run(settings: Settings) -> int:
     from bots.bootstrap import build
+    from bots.platforms import load_platforms, platform_adapters
     from bots.runtime import run_adapters
 
-    if not (settings.slack_configured or settings.discord_configured):
+    platforms = load_platforms()
+    if not platforms.configured:
         print(f"parley: {NOTHING_TO_RUN}", file=sys.stderr)
         return 2
     if settings.offline and not settings.parley_allow_offline:
@@ -82,23 +79,9 @@ async def _run(settings: Settings) -> int:
             log.warning(OFFLINE_BANNER)
         # Run until a signal, or until an adapter's connection ends for good (then exit non-zero
         # so the process supervisor restarts the worker).
-        return await run_adapters(_platform_adapters(settings, parley.service))
+        return await run_adapters(platform_adapters(parley, platforms))
     finally:
         await parley.close()
-
-
-def _platform_adapters(settings: Settings, service: ConversationService) -> list[PlatformAdapter]:
-    """An adapter for each platform that is configured (their SDKs imported only then)."""
-    adapters: list[PlatformAdapter] = []
-    if settings.slack_configured:
-        from adapters.slack import SlackAdapter
-
-        adapters.append(SlackAdapter(settings, service))
-    if settings.discord_configured:
-        from adapters.discord import DiscordAdapter
-
-        adapters.append(DiscordAdapter(settings, service))
-    return adapters
 
 
 async def _db(settings: Settings, action: str) -> int:

@@ -1,13 +1,16 @@
-"""Parley's settings: one pydantic-settings class, read from the environment and ``.env``.
+"""Parley's core settings, and the loader every section of settings goes through.
 
-Only the composition root (``bots/``) instantiates it. Field names are the environment variable
-names (case-insensitive); secrets are ``SecretStr`` so they never show in logs or reprs.
+Each platform adapter keeps its own section (``adapters.slack.settings``,
+``adapters.discord.settings``); all read the same environment and ``.env``. Only the
+composition root (``bots/``) loads them. A field's environment variable is the section's prefix
+plus the field name (case-insensitive); secrets are ``SecretStr`` so they never show in logs or
+reprs.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -23,22 +26,33 @@ DEFAULT_PRICES: dict[str, tuple[float, float]] = {
 }
 
 
-def _csv(value: Any) -> Any:
+# How every section reads its variables: the environment first, then ``.env``; an empty value
+# counts as unset; variables of other sections are ignored.
+ENV_CONFIG = SettingsConfigDict(
+    env_file=".env",
+    env_file_encoding="utf-8",
+    extra="ignore",
+    case_sensitive=False,
+    env_ignore_empty=True,
+)
+
+SectionT = TypeVar("SectionT", bound=BaseSettings)
+
+
+def split_csv(value: Any) -> Any:
+    """A comma-separated environment value as a list; "none" is the empty list."""
     if isinstance(value, str):
+        if value.strip().lower() == "none":
+            return []
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
 
 
 class Settings(BaseSettings):
-    """Every knob Parley has. ``.env.example`` documents each with its default."""
+    """The core's knobs: model, conversations, limits, storage, logging. ``.env.example``
+    documents each with its default."""
 
-    model_config = SettingsConfigDict(
-        env_file=".env",
-        env_file_encoding="utf-8",
-        extra="ignore",
-        case_sensitive=False,
-        env_ignore_empty=True,
-    )
+    model_config = SettingsConfigDict(**ENV_CONFIG)
 
     # --- OpenAI ---------------------------------------------------------------------------
     openai_api_key: SecretStr | None = None
@@ -80,47 +94,10 @@ class Settings(BaseSettings):
     # on a connection of its own (plus up to 20 connections for short queries).
     database_lock_connections: int = Field(30, ge=1, le=500)
 
-    # --- Slack ----------------------------------------------------------------------------
-    slack_bot_token: SecretStr | None = None
-    slack_app_token: SecretStr | None = None
-    slack_signing_secret: SecretStr | None = None
-    slack_mode: Literal["socket", "http"] = "socket"
-    slack_port: int = Field(3000, ge=1, le=65535)
-    slack_api_url: str = "https://slack.com/api/"
-    slack_command: str = "/parley"
-    slack_follow_threads: bool = False
-    slack_update_interval: float = Field(1.0, ge=0.0)
-
-    # --- Discord --------------------------------------------------------------------------
-    discord_token: SecretStr | None = None
-    discord_guild_ids: Annotated[list[int], NoDecode] = Field(default_factory=list)
-    discord_allowed_guilds: Annotated[list[int], NoDecode] = Field(default_factory=list)
-    discord_blocked_guilds: Annotated[list[int], NoDecode] = Field(default_factory=list)
-    discord_allowed_channels: Annotated[list[int], NoDecode] = Field(default_factory=list)
-    discord_blocked_channels: Annotated[list[int], NoDecode] = Field(default_factory=list)
-    discord_allowed_roles: Annotated[list[int], NoDecode] = Field(default_factory=list)
-    discord_blocked_users: Annotated[list[int], NoDecode] = Field(default_factory=list)
-    discord_settings_permission: str = "manage_messages"
-    discord_api_url: str | None = None
-    discord_gateway_url: str | None = None
-    discord_edit_interval: float = Field(1.0, ge=0.0)
-
-    @field_validator(
-        "parley_fallback_models",
-        "discord_guild_ids",
-        "discord_allowed_guilds",
-        "discord_blocked_guilds",
-        "discord_allowed_channels",
-        "discord_blocked_channels",
-        "discord_allowed_roles",
-        "discord_blocked_users",
-        mode="before",
-    )
+    @field_validator("parley_fallback_models", mode="before")
     @classmethod
     def _split_csv(cls, value: Any) -> Any:
-        if isinstance(value, str) and value.strip().lower() == "none":
-            return []
-        return _csv(value)
+        return split_csv(value)
 
     @field_validator("parley_log_level", mode="before")
     @classmethod
@@ -168,22 +145,21 @@ class Settings(BaseSettings):
         """No key and no endpoint: Parley runs against its built-in offline stand-in model."""
         return self.openai_api_key is None and not self.openai_base_url
 
-    @property
-    def slack_configured(self) -> bool:
-        return self.slack_bot_token is not None
 
-    @property
-    def discord_configured(self) -> bool:
-        return self.discord_token is not None
+def load(cls: type[SectionT], **overrides: Any) -> SectionT:
+    """Build the settings section ``cls``; a wrong value raises one ConfigError sentence that
+    names each variable at fault with its prefix (``SLACK_PORT: ...``)."""
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        prefix = str(cls.model_config.get("env_prefix") or "")
+        problems = []
+        for err in exc.errors():
+            name = f"{prefix}{err['loc'][0]}".upper() if err["loc"] else "settings"
+            problems.append(f"{name}: {err['msg']}")
+        raise ConfigError("invalid settings: " + "; ".join(problems)) from None
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Build Settings, turning a validation failure into a ConfigError naming the variables."""
-    try:
-        return Settings(**overrides)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            name = str(err["loc"][0]).upper() if err["loc"] else "settings"
-            problems.append(f"{name}: {err['msg']}")
-        raise ConfigError("invalid settings: " + "; ".join(problems)) from None
+    """The core settings (see ``load``)."""
+    return load(Settings, **overrides)

@@ -20,11 +20,12 @@ from adapters.discord.endpoints import use_endpoints
 from adapters.discord.inbound import MessageHandler
 from adapters.discord.interactions import SlashCommands
 from adapters.discord.render import NO_MENTIONS
+from adapters.discord.settings import DiscordSettings
 from adapters.discord.translate import AccessPolicy
 from adapters.inflight import InFlight
+from core.attachments import AttachmentPolicy
 from core.errors import ConfigError, ParleyError
 from core.service import ConversationService
-from core.settings import Settings
 
 log = logging.getLogger("parley.discord")
 
@@ -50,7 +51,13 @@ class ParleyClient(discord.Client):
         super().__init__(intents=intents, allowed_mentions=NO_MENTIONS)
         self.adapter = adapter
         self.tree: app_commands.CommandTree[ParleyClient] = app_commands.CommandTree(self)
-        args = (adapter.service, adapter.settings, adapter.policy, adapter.inflight)
+        args = (
+            adapter.service,
+            adapter.settings,
+            adapter.policy,
+            adapter.attachments,
+            adapter.inflight,
+        )
         SlashCommands(self, *args).install(self.tree)
         self.messages = MessageHandler(self, *args)
 
@@ -82,14 +89,22 @@ class DiscordAdapter:
 
     name = "discord"
 
-    def __init__(self, settings: Settings, service: ConversationService) -> None:
-        if settings.discord_token is None:
+    def __init__(
+        self,
+        settings: DiscordSettings,
+        service: ConversationService,
+        *,
+        attachments: AttachmentPolicy,
+        log_content: bool,
+    ) -> None:
+        if settings.token is None:
             raise ConfigError(
                 "DISCORD_TOKEN: not set; copy the bot token from the Developer Portal."
             )
         self.settings = settings
         self.service = service
         self.policy = AccessPolicy.from_settings(settings)
+        self.attachments = attachments
         self.inflight = InFlight()
         self.ready = asyncio.Event()
         self.failed = asyncio.Event()
@@ -100,9 +115,9 @@ class DiscordAdapter:
         self._synced = False
         self._stopping = False
         # Process-wide: discord.py keeps its REST base and gateway URL as class attributes.
-        use_endpoints(settings.discord_api_url, settings.discord_gateway_url)
+        use_endpoints(settings.api_url, settings.gateway_url)
         discord_log = logging.getLogger("discord")
-        if not settings.parley_log_content and discord_log.getEffectiveLevel() < logging.INFO:
+        if not log_content and discord_log.getEffectiveLevel() < logging.INFO:
             # discord.py's debug logs carry request bodies and gateway events: message content.
             discord_log.setLevel(logging.INFO)
 
@@ -137,7 +152,7 @@ class DiscordAdapter:
 
     async def _login(self, *, message_content: bool) -> ParleyClient:
         client = ParleyClient(self, message_content=message_content)
-        token = self.settings.discord_token
+        token = self.settings.token
         assert token is not None
         try:
             await client.login(token.get_secret_value())
@@ -178,7 +193,7 @@ class DiscordAdapter:
         """Register the slash commands once: in DISCORD_GUILD_IDS (instant) or globally."""
         if self._synced:
             return
-        guild_ids = self.settings.discord_guild_ids
+        guild_ids = self.settings.guild_ids
         try:
             if guild_ids:
                 for guild_id in guild_ids:

@@ -15,22 +15,16 @@ import discord
 from adapters.discord.translate import file_offer
 from core.attachments import AttachmentPolicy, FilePlan
 from core.messages import Attachment
-from core.settings import Settings
 
 log = logging.getLogger("parley.discord")
 
 DOWNLOAD_SECONDS = 30.0
 
 
-def attachment_policy(settings: Settings) -> AttachmentPolicy:
-    return AttachmentPolicy(settings.parley_max_image_bytes, settings.parley_max_text_file_bytes)
-
-
 async def read_attachments(
-    attachments: Iterable[discord.Attachment], settings: Settings
+    attachments: Iterable[discord.Attachment], policy: AttachmentPolicy
 ) -> tuple[tuple[Attachment, ...], tuple[str, ...]]:
     """The files for the core, and notes for the person about files that were not read."""
-    policy = attachment_policy(settings)
     files: list[Attachment] = []
     notes: list[str] = []
     for item in attachments:

@@ -14,6 +14,7 @@ import discord
 
 from adapters.discord.files import read_attachments
 from adapters.discord.render import ChannelSurface, DiscordAnswer, post_text, restart_note
+from adapters.discord.settings import DiscordSettings
 from adapters.discord.translate import (
     REPLY_CHAIN_DEPTH,
     AccessPolicy,
@@ -25,9 +26,9 @@ from adapters.discord.translate import (
 )
 from adapters.inflight import InFlight
 from core import sentences
+from core.attachments import AttachmentPolicy
 from core.delivery import Interval, deliver
 from core.service import ConversationService
-from core.settings import Settings
 
 log = logging.getLogger("parley.discord")
 
@@ -41,14 +42,16 @@ class MessageHandler:
         self,
         client: discord.Client,
         service: ConversationService,
-        settings: Settings,
+        settings: DiscordSettings,
         policy: AccessPolicy,
+        attachments: AttachmentPolicy,
         inflight: InFlight,
     ) -> None:
         self.client = client
         self.service = service
         self.settings = settings
         self.policy = policy
+        self.attachments = attachments
         self.inflight = inflight
 
     async def handle(self, message: discord.Message) -> None:
@@ -109,12 +112,12 @@ class MessageHandler:
         """Read the reply chain and the files, then deliver the core's answer."""
         async with restart_note(surface):  # deliver says so itself once it runs
             chain = await reply_chain(message)
-            files, notes = await read_attachments(message.attachments, self.settings)
+            files, notes = await read_attachments(message.attachments, self.attachments)
         inbound = message_inbound(message, channel, bot_id, chain, files, notes)
         await deliver(
             self.service.answer(inbound),
             DiscordAnswer(surface),
-            Interval(self.settings.discord_edit_interval),
+            Interval(self.settings.edit_interval),
         )
 
     async def _channel(self, message: discord.Message) -> Any:

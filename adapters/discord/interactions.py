@@ -30,6 +30,7 @@ from adapters.discord.render import (
     post_text,
     restart_note,
 )
+from adapters.discord.settings import DiscordSettings
 from adapters.discord.translate import (
     AccessPolicy,
     author_of,
@@ -41,12 +42,12 @@ from adapters.discord.translate import (
 )
 from adapters.inflight import InFlight
 from core import sentences
+from core.attachments import AttachmentPolicy
 from core.commands import COMMANDS, CommandSpec, summary_count
 from core.delivery import Delivered, Interval, deliver
 from core.errors import BadCommand
 from core.messages import CommandReply, Inbound
 from core.service import ConversationService
-from core.settings import Settings
 
 log = logging.getLogger("parley.discord")
 
@@ -87,14 +88,16 @@ class SlashCommands:
         self,
         client: discord.Client,
         service: ConversationService,
-        settings: Settings,
+        settings: DiscordSettings,
         policy: AccessPolicy,
+        attachments: AttachmentPolicy,
         inflight: InFlight,
     ) -> None:
         self.client = client
         self.service = service
         self.settings = settings
         self.policy = policy
+        self.attachments = attachments
         self.inflight = inflight
 
     def install(self, tree: app_commands.CommandTree[Any]) -> None:
@@ -104,7 +107,7 @@ class SlashCommands:
         for spec in COMMANDS:
             tree.add_command(self._core_command(spec))
         tree.on_error = self.on_error  # type: ignore[method-assign]
-        for guild_id in self.settings.discord_guild_ids:
+        for guild_id in self.settings.guild_ids:
             tree.copy_global_to(guild=discord.Object(guild_id))
 
     # --- command definitions --------------------------------------------------------------
@@ -251,7 +254,7 @@ class SlashCommands:
         done = await deliver(
             self.service.answer(inbound),
             DiscordAnswer(surface),
-            Interval(self.settings.discord_edit_interval),
+            Interval(self.settings.edit_interval),
         )
         if done.outcome == "nothing" and isinstance(surface, InteractionSurface):
             log.info("dropping redelivered interaction %s", inbound.event_id)
@@ -272,7 +275,7 @@ class SlashCommands:
         if surface is None:
             return
         async with restart_note(surface):  # deliver says so itself once it runs
-            files, notes = await read_attachments([image] if image else [], self.settings)
+            files, notes = await read_attachments([image] if image else [], self.attachments)
         inbound = Inbound(
             key=conversation_key(self._channel(interaction), one_off=f"ask-{interaction.id}"),
             author=author_of(interaction.user),

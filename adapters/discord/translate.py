@@ -12,10 +12,10 @@ from typing import Any
 
 import discord
 
+from adapters.discord.settings import DiscordSettings
 from core.attachments import FileOffer
 from core.errors import ConfigError
 from core.messages import Attachment, Author, ConversationKey, Inbound
-from core.settings import Settings
 
 PLATFORM = "discord"
 REPLY_CHAIN_DEPTH = 5
@@ -65,20 +65,20 @@ class AccessPolicy:
     settings_permission: str
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> AccessPolicy:
-        permission = settings.discord_settings_permission.strip().lower()
+    def from_settings(cls, settings: DiscordSettings) -> AccessPolicy:
+        permission = settings.settings_permission.strip().lower()
         if permission not in discord.Permissions.VALID_FLAGS:
             raise ConfigError(
                 f"DISCORD_SETTINGS_PERMISSION: '{permission}' is not a Discord permission; "
                 "use one like manage_messages, manage_channels or manage_guild."
             )
         return cls(
-            allowed_guilds=frozenset(settings.discord_allowed_guilds),
-            blocked_guilds=frozenset(settings.discord_blocked_guilds),
-            allowed_channels=frozenset(settings.discord_allowed_channels),
-            blocked_channels=frozenset(settings.discord_blocked_channels),
-            allowed_roles=frozenset(settings.discord_allowed_roles),
-            blocked_users=frozenset(settings.discord_blocked_users),
+            allowed_guilds=frozenset(settings.allowed_guilds),
+            blocked_guilds=frozenset(settings.blocked_guilds),
+            allowed_channels=frozenset(settings.allowed_channels),
+            blocked_channels=frozenset(settings.blocked_channels),
+            allowed_roles=frozenset(settings.allowed_roles),
+            blocked_users=frozenset(settings.blocked_users),
             settings_permission=permission,
         )
 

@@ -35,13 +35,14 @@ from adapters.slack import translate
 from adapters.slack.commands import SlackCommands
 from adapters.slack.files import FileFetcher
 from adapters.slack.render import ReplyTarget, SlackAnswer, describe, error_code
+from adapters.slack.settings import SlackSettings
 from adapters.slack.threads import FollowedThreads
 from core import sentences
+from core.attachments import AttachmentPolicy
 from core.delivery import Delivered, Interval, deliver
 from core.errors import ConfigError
 from core.messages import ConversationKey, Inbound
 from core.service import ConversationService
-from core.settings import Settings
 
 log = logging.getLogger("parley.slack")
 
@@ -55,24 +56,24 @@ STOP_GRACE = 6.0  # how long stop() lets answers in progress finish
 CUT_GRACE = 2.0  # then how long answers cut by shutdown get to say so
 
 
-def _check_tokens(settings: Settings) -> None:
+def _check_tokens(settings: SlackSettings) -> None:
     """Stop start-up with a clear message when a token the mode needs is missing."""
-    if settings.slack_bot_token is None:
+    if settings.bot_token is None:
         raise ConfigError("SLACK_BOT_TOKEN is not set: copy the Bot User OAuth Token (xoxb-...).")
-    if settings.slack_mode == "socket" and settings.slack_app_token is None:
+    if settings.mode == "socket" and settings.app_token is None:
         raise ConfigError(
             "SLACK_APP_TOKEN is not set: Socket Mode needs an app-level token (xapp-...) "
             "with the connections:write scope, or set SLACK_MODE=http."
         )
-    if settings.slack_mode == "http" and settings.slack_signing_secret is None:
+    if settings.mode == "http" and settings.signing_secret is None:
         raise ConfigError("SLACK_SIGNING_SECRET is not set: HTTP mode needs it to check requests.")
 
 
-def _web_client(settings: Settings, logger: logging.Logger) -> AsyncWebClient:
-    assert settings.slack_bot_token is not None
+def _web_client(settings: SlackSettings, logger: logging.Logger) -> AsyncWebClient:
+    assert settings.bot_token is not None
     return AsyncWebClient(
-        token=settings.slack_bot_token.get_secret_value(),
-        base_url=settings.slack_api_url,
+        token=settings.bot_token.get_secret_value(),
+        base_url=settings.api_url,
         logger=logger,
         retry_handlers=[
             AsyncConnectionErrorRetryHandler(max_retry_count=2),
@@ -86,47 +87,47 @@ class SlackAdapter:
     """Slack in and out for one workspace; ``start()`` connects, ``stop()`` disconnects.
 
     In HTTP mode ``web_app`` is the aiohttp application (tests may serve it themselves) and
-    ``port`` the port it listens on once started.
+    ``port`` the port it listens on once started. From the core it takes only what it needs:
+    the file limits (``attachments``) and whether message content may be logged.
     """
 
     name = "slack"
 
     def __init__(
         self,
-        settings: Settings,
+        settings: SlackSettings,
         service: ConversationService,
         *,
+        attachments: AttachmentPolicy,
+        log_content: bool,
         host: str = "0.0.0.0",
         port: int | None = None,
     ) -> None:
         _check_tokens(settings)
-        assert settings.slack_bot_token is not None
+        assert settings.bot_token is not None
         self.settings = settings
         self.service = service
         self.host = host
-        self.port = settings.slack_port if port is None else port
+        self.port = settings.port if port is None else port
         wire_log = self._wire_log = logging.getLogger("parley.slack.wire")
-        if not settings.parley_log_content:
+        if not log_content:
             # slack_sdk and bolt log request bodies (message text) at DEBUG.
             wire_log.setLevel(max(logging.INFO, wire_log.getEffectiveLevel()))
         self.client = _web_client(settings, wire_log)
-        secret = settings.slack_signing_secret
+        secret = settings.signing_secret
         self.app = AsyncApp(
             name="parley",
             client=self.client,
             logger=wire_log,
             signing_secret=secret.get_secret_value() if secret is not None else "",
-            request_verification_enabled=settings.slack_mode == "http",
+            request_verification_enabled=settings.mode == "http",
             process_before_response=False,
         )
         self.files = FileFetcher(
-            settings.slack_bot_token.get_secret_value(),
-            settings.slack_api_url,
-            max_image_bytes=settings.parley_max_image_bytes,
-            max_text_bytes=settings.parley_max_text_file_bytes,
+            settings.bot_token.get_secret_value(), settings.api_url, attachments
         )
         self.commands = SlackCommands(
-            service, self.client, slash_name=settings.slack_command, wire_log=wire_log
+            service, self.client, slash_name=settings.command, wire_log=wire_log
         )
         self.threads = FollowedThreads(self.client)
         self.streaming = True
@@ -160,9 +161,9 @@ class SlackAdapter:
             "slack: connected as %s in team %s (%s mode)",
             self.bot_user_id,
             identity.get("team_id"),
-            self.settings.slack_mode,
+            self.settings.mode,
         )
-        if self.settings.slack_mode == "http":
+        if self.settings.mode == "http":
             await self._listen()
         else:
             await self._connect_socket()
@@ -179,8 +180,8 @@ class SlackAdapter:
     async def _connect_socket(self) -> None:
         """Socket Mode: the URL is asked for here once, so a bad app token stops start-up (the
         client would retry forever)."""
-        assert self.settings.slack_app_token is not None
-        app_token = self.settings.slack_app_token.get_secret_value()
+        assert self.settings.app_token is not None
+        app_token = self.settings.app_token.get_secret_value()
         try:
             opened = await self.client.apps_connections_open(app_token=app_token)
         except SlackApiError as exc:
@@ -279,7 +280,7 @@ class SlackAdapter:
             self._on_assistant_thread_started
         )
         self.app.event("assistant_thread_context_changed")(self._on_ignored)
-        self.app.command(self.settings.slack_command, middleware=track)(self._on_command)
+        self.app.command(self.settings.command, middleware=track)(self._on_command)
 
     async def _track(
         self, context: AsyncBoltContext, next: Callable[[], Awaitable[Any]]
@@ -353,7 +354,7 @@ class SlackAdapter:
             message,
             mention=mention,
             bot_user_id=bot_user,
-            follow_threads=self.settings.slack_follow_threads,
+            follow_threads=self.settings.follow_threads,
         )
         if route == "ignore":
             return
@@ -398,7 +399,7 @@ class SlackAdapter:
             status=status,
             on_streaming_unsupported=self._streaming_unsupported,
         )
-        pacing = Interval(self.settings.slack_update_interval)
+        pacing = Interval(self.settings.update_interval)
         try:
             return await deliver(self.service.answer(inbound), renderer, pacing)
         except Exception as exc:

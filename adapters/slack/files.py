@@ -47,17 +47,10 @@ def offer(file: Mapping[str, Any]) -> FileOffer:
 class FileFetcher:
     """Downloads Slack files (``url_private``) with the bot token, within size limits."""
 
-    def __init__(
-        self,
-        token: str,
-        api_url: str,
-        *,
-        max_image_bytes: int,
-        max_text_bytes: int,
-    ) -> None:
+    def __init__(self, token: str, api_url: str, policy: AttachmentPolicy) -> None:
         self._token = token
         self._api_host = (urlsplit(api_url).hostname or "").lower()
-        self.policy = AttachmentPolicy(max_image_bytes, max_text_bytes)
+        self.policy = policy
         self.session: aiohttp.ClientSession | None = None
 
     def trusted(self, url: str) -> bool:

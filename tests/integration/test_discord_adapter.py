@@ -19,9 +19,12 @@ import pytest
 
 from adapters.discord import DiscordAdapter, adapter, render
 from adapters.discord.interactions import NO_CONTENT_INTENT, NO_THREAD_PERMISSION, RESTARTING
+from adapters.discord.settings import DiscordSettings
 from adapters.standin.server import PREFIX, StandinServer, _long_text
+from bots import platforms
 from bots.bootstrap import Parley, build
 from core import sentences
+from core.attachments import AttachmentPolicy
 from core.errors import ConfigError
 from core.messages import Author, CommandReply, ConversationKey
 from core.settings import Settings
@@ -62,8 +65,10 @@ def make_stack(tmp_path: Any) -> StackFactory:
         *,
         refuse_intents: int = 0,
         latency: float = 0.002,
+        core: dict[str, Any] | None = None,
         settings_for: Callable[[FakeDiscord], dict[str, Any]] = lambda fake: {},
     ) -> AsyncIterator[Stack]:
+        """``core`` overrides core settings; ``settings_for`` Discord settings."""
         async with (
             FakeDiscord(refuse_intents=refuse_intents) as fake,
             StandinServer(latency=latency) as model,
@@ -73,16 +78,20 @@ def make_stack(tmp_path: Any) -> StackFactory:
                 "openai_api_key": "test",
                 "openai_max_retries": 0,
                 "database_url": f"sqlite+aiosqlite:///{tmp_path}/p.db",
-                "discord_token": "x",
-                "discord_api_url": fake.api_url,
-                "discord_gateway_url": fake.gateway_url,
-                "discord_guild_ids": [int(fake.guild_id)],
-                "discord_edit_interval": 0.01,
                 "parley_max_output_tokens": 4096,
+                **(core or {}),
             }
-            settings = Settings(_env_file=None, **{**values, **settings_for(fake)})  # type: ignore[call-arg]
-            parley = await build(settings)
-            adapter = DiscordAdapter(settings, parley.service)
+            section: dict[str, Any] = {
+                "token": "x",
+                "api_url": fake.api_url,
+                "gateway_url": fake.gateway_url,
+                "guild_ids": [int(fake.guild_id)],
+                "edit_interval": 0.01,
+                **settings_for(fake),
+            }
+            parley = await build(Settings(_env_file=None, **values))  # type: ignore[call-arg]
+            section_settings = DiscordSettings(_env_file=None, **section)  # type: ignore[call-arg]
+            adapter = platforms.discord_adapter(parley, section_settings)
             try:
                 await adapter.start()
                 await fake.wait_for(lambda: fake.commands and fake.connected.is_set())
@@ -571,7 +580,7 @@ async def test_summarize_without_the_content_intent_says_why(
 async def test_long_text_file_is_read_up_to_the_limit_with_a_note(
     make_stack: StackFactory,
 ) -> None:
-    async with make_stack(settings_for=lambda fake: {"parley_max_text_file_bytes": 2000}) as stack:
+    async with make_stack(core={"parley_max_text_file_bytes": 2000}) as stack:
         fake = stack.discord
         body = ("BEGINNING " + "line of a long log\n" * 5000 + "THE END").encode()
         log_file = fake.attachment("build.log", "text/plain", body)
@@ -595,7 +604,7 @@ async def test_help_lists_the_slash_commands(stack: Stack) -> None:
 
 async def test_blocked_channel_gets_an_ephemeral_refusal(make_stack: StackFactory) -> None:
     blocked: dict[str, Callable[[FakeDiscord], Any]] = {
-        "discord_blocked_channels": lambda fake: [int(fake.other_channel_id)]
+        "blocked_channels": lambda fake: [int(fake.other_channel_id)]
     }
     async with make_stack(
         settings_for=lambda fake: {k: f(fake) for k, f in blocked.items()}
@@ -617,14 +626,18 @@ async def test_blocked_channel_gets_an_ephemeral_refusal(make_stack: StackFactor
 async def test_rejected_token_stops_start_up_naming_the_variable(tmp_path: Any) -> None:
     async with FakeDiscord() as fake:
         fake.fail("GET", r"^/users/@me$", status=401)
-        settings = Settings(
+        settings = DiscordSettings(
             _env_file=None,  # type: ignore[call-arg]
-            database_url=f"sqlite+aiosqlite:///{tmp_path}/p.db",
-            discord_token="wrong",  # type: ignore[arg-type]
-            discord_api_url=fake.api_url,
-            discord_gateway_url=fake.gateway_url,
+            token="wrong",  # type: ignore[arg-type]
+            api_url=fake.api_url,
+            gateway_url=fake.gateway_url,
         )
-        adapter = DiscordAdapter(settings, service=None)  # type: ignore[arg-type]
+        adapter = DiscordAdapter(
+            settings,
+            service=None,  # type: ignore[arg-type]
+            attachments=AttachmentPolicy(1000, 1000),
+            log_content=False,
+        )
         with pytest.raises(ConfigError, match="DISCORD_TOKEN"):
             await adapter.start()
         assert not fake.identifies
@@ -700,14 +713,18 @@ async def test_connection_ending_for_good_is_signalled(
     tmp_path: Any, fake_args: dict[str, Any], expected: type[Exception]
 ) -> None:
     async with FakeDiscord(**fake_args) as fake:
-        settings = Settings(
+        settings = DiscordSettings(
             _env_file=None,  # type: ignore[call-arg]
-            database_url=f"sqlite+aiosqlite:///{tmp_path}/p.db",
-            discord_token="x",  # type: ignore[arg-type]
-            discord_api_url=fake.api_url,
-            discord_gateway_url=fake.gateway_url,
+            token="x",  # type: ignore[arg-type]
+            api_url=fake.api_url,
+            gateway_url=fake.gateway_url,
         )
-        discord_adapter = DiscordAdapter(settings, service=None)  # type: ignore[arg-type]
+        discord_adapter = DiscordAdapter(
+            settings,
+            service=None,  # type: ignore[arg-type]
+            attachments=AttachmentPolicy(1000, 1000),
+            log_content=False,
+        )
         await discord_adapter.start()
         try:
             failure = await asyncio.wait_for(discord_adapter.wait_failed(), 30)

@@ -22,8 +22,10 @@ from slack_bolt.request.async_request import AsyncBoltRequest
 
 from adapters.slack import SlackAdapter
 from adapters.slack.render import THINKING, ReplyTarget, SlackAnswer
+from adapters.slack.settings import SlackSettings
 from adapters.standin.server import StandinServer
 from bots.bootstrap import Parley, build
+from bots.platforms import slack_adapter
 from core.delivery import Interval, deliver
 from core.messages import Accepted, FinalText, ReplyEvent, TextDelta
 from core.sentences import GENERIC_ERROR, RESTARTED, WARNING_MARK, failure_text
@@ -117,23 +119,31 @@ def answer_text(messages: list[Message]) -> str:
 
 
 @contextlib.asynccontextmanager
-async def make_stack(tmp_path: Any, slack: FakeSlack, **overrides: Any) -> AsyncIterator[Stack]:
+async def make_stack(
+    tmp_path: Any, slack: FakeSlack, core: dict[str, Any] | None = None, **overrides: Any
+) -> AsyncIterator[Stack]:
+    """The adapter in HTTP mode on a real core; ``core`` overrides core settings, the keyword
+    arguments Slack settings."""
     async with StandinServer() as standin:
         values: dict[str, Any] = {
             "openai_base_url": standin.base_url,
             "openai_api_key": "test",
             "openai_max_retries": 0,
             "database_url": f"sqlite+aiosqlite:///{tmp_path}/p.db",
-            "slack_bot_token": slack.bot_token,
-            "slack_signing_secret": slack.signing_secret,
-            "slack_mode": "http",
-            "slack_api_url": slack.base_url,
-            "slack_update_interval": 0.01,
+            **(core or {}),
         }
-        values.update(overrides)
-        settings = Settings(_env_file=None, **values)
-        parley = await build(settings)
-        adapter = SlackAdapter(settings, parley.service, host="127.0.0.1", port=0)
+        section: dict[str, Any] = {
+            "bot_token": slack.bot_token,
+            "signing_secret": slack.signing_secret,
+            "mode": "http",
+            "api_url": slack.base_url,
+            "update_interval": 0.01,
+            **overrides,
+        }
+        parley = await build(Settings(_env_file=None, **values))
+        adapter = slack_adapter(
+            parley, SlackSettings(_env_file=None, **section), host="127.0.0.1", port=0
+        )
         await adapter.start()
         try:
             yield Stack(slack, standin, parley, adapter)
@@ -302,7 +312,7 @@ async def test_channel_mention_also_delivered_as_message_gets_one_answer(stack: 
 async def test_thread_replies_are_followed_only_when_enabled(
     tmp_path: Any, slack: FakeSlack
 ) -> None:
-    async with make_stack(tmp_path, slack, slack_follow_threads=False) as stack:
+    async with make_stack(tmp_path, slack, follow_threads=False) as stack:
         first = stack.mention("start")
         await stack.deliver(first)
         await stack.deliver(stack.message("no mention here", thread_ts=first["ts"]))
@@ -310,7 +320,7 @@ async def test_thread_replies_are_followed_only_when_enabled(
 
 
 async def test_thread_replies_are_followed_when_enabled(tmp_path: Any, slack: FakeSlack) -> None:
-    async with make_stack(tmp_path, slack, slack_follow_threads=True) as stack:
+    async with make_stack(tmp_path, slack, follow_threads=True) as stack:
         first = stack.mention("start")
         await stack.deliver(first)
         await stack.deliver(stack.message("and a follow-up", thread_ts=first["ts"]))
@@ -337,7 +347,7 @@ async def test_followed_thread_found_through_conversations_replies(
     slack.add_message(
         CHANNEL, "earlier answer", user=slack.bot_user_id, bot_id=slack.bot_id, thread_ts=parent.ts
     )
-    async with make_stack(tmp_path, slack, slack_follow_threads=True) as stack:
+    async with make_stack(tmp_path, slack, follow_threads=True) as stack:
         await stack.deliver(stack.message("a follow-up", thread_ts=parent.ts))
         assert "You said: a follow-up" in slack.thread(CHANNEL, parent.ts)[-1].text
 
@@ -417,7 +427,7 @@ async def test_image_and_text_files_reach_the_model(stack: Stack) -> None:
 
 
 async def test_oversized_image_is_not_downloaded(tmp_path: Any, slack: FakeSlack) -> None:
-    async with make_stack(tmp_path, slack, parley_max_image_bytes=10) as stack:
+    async with make_stack(tmp_path, slack, {"parley_max_image_bytes": 10}) as stack:
         image = slack.add_file("big.png", PNG, "image/png")
         event = stack.mention("look", files=[image])
         await stack.deliver(event)
@@ -426,7 +436,7 @@ async def test_oversized_image_is_not_downloaded(tmp_path: Any, slack: FakeSlack
 
 
 async def test_long_text_file_is_cut_to_the_limit(tmp_path: Any, slack: FakeSlack) -> None:
-    async with make_stack(tmp_path, slack, parley_max_text_file_bytes=8) as stack:
+    async with make_stack(tmp_path, slack, {"parley_max_text_file_bytes": 8}) as stack:
         notes = slack.add_file("notes.txt", b"line one\nline two", "text/plain")
         event = stack.mention("read this", files=[notes])
         await stack.deliver(event)

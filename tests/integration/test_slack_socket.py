@@ -9,8 +9,11 @@ from typing import Any
 import pytest
 
 from adapters.slack import SlackAdapter
+from adapters.slack.settings import SlackSettings
 from adapters.standin.server import StandinServer
 from bots.bootstrap import build
+from bots.platforms import slack_adapter
+from core.attachments import AttachmentPolicy
 from core.errors import ConfigError
 from core.settings import Settings
 from tests.fakes.slack_server import FakeSlack
@@ -24,27 +27,36 @@ async def slack() -> AsyncIterator[FakeSlack]:
         yield fake
 
 
-def settings_for(slack: FakeSlack, standin: StandinServer, tmp_path: Any, **extra: Any) -> Settings:
+POLICY = AttachmentPolicy(1000, 1000)
+
+
+def settings_for(
+    slack: FakeSlack, standin: StandinServer, tmp_path: Any, **extra: Any
+) -> tuple[Settings, SlackSettings]:
+    """The core's settings, and Slack's (``extra`` overrides Slack settings)."""
+    core = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        openai_base_url=standin.base_url,
+        openai_api_key="test",  # type: ignore[arg-type]
+        openai_max_retries=0,
+        database_url=f"sqlite+aiosqlite:///{tmp_path}/p.db",
+    )
     values: dict[str, Any] = {
-        "openai_base_url": standin.base_url,
-        "openai_api_key": "test",
-        "openai_max_retries": 0,
-        "database_url": f"sqlite+aiosqlite:///{tmp_path}/p.db",
-        "slack_bot_token": slack.bot_token,
-        "slack_app_token": slack.app_token,
-        "slack_mode": "socket",
-        "slack_api_url": slack.base_url,
-        "slack_update_interval": 0.01,
+        "bot_token": slack.bot_token,
+        "app_token": slack.app_token,
+        "mode": "socket",
+        "api_url": slack.base_url,
+        "update_interval": 0.01,
         **extra,
     }
-    return Settings(_env_file=None, **values)
+    return core, SlackSettings(_env_file=None, **values)
 
 
 async def test_mention_over_socket_mode(tmp_path: Any, slack: FakeSlack) -> None:
     async with StandinServer() as standin:
-        settings = settings_for(slack, standin, tmp_path)
-        parley = await build(settings)
-        adapter = SlackAdapter(settings, parley.service)
+        core, settings = settings_for(slack, standin, tmp_path)
+        parley = await build(core)
+        adapter = slack_adapter(parley, settings)
         try:
             await adapter.start()
             opened = slack.called("apps.connections.open")
@@ -78,15 +90,25 @@ async def test_mention_over_socket_mode(tmp_path: Any, slack: FakeSlack) -> None
 
 async def test_socket_mode_needs_an_app_token(tmp_path: Any, slack: FakeSlack) -> None:
     async with StandinServer() as standin:
-        settings = settings_for(slack, standin, tmp_path, slack_app_token=None)
+        _, settings = settings_for(slack, standin, tmp_path, app_token=None)
         with pytest.raises(ConfigError, match="SLACK_APP_TOKEN"):
-            SlackAdapter(settings, service=None)  # type: ignore[arg-type]
+            SlackAdapter(
+                settings,
+                service=None,
+                attachments=POLICY,
+                log_content=False,  # type: ignore[arg-type]
+            )
 
 
 async def test_a_rejected_bot_token_stops_start_up(tmp_path: Any, slack: FakeSlack) -> None:
     async with StandinServer() as standin:
-        settings = settings_for(slack, standin, tmp_path, slack_bot_token="xoxb-wrong")
-        adapter = SlackAdapter(settings, service=None)  # type: ignore[arg-type]
+        _, settings = settings_for(slack, standin, tmp_path, bot_token="xoxb-wrong")
+        adapter = SlackAdapter(
+            settings,
+            service=None,
+            attachments=POLICY,
+            log_content=False,  # type: ignore[arg-type]
+        )
         with pytest.raises(ConfigError, match="invalid_auth"):
             await adapter.start()
         assert slack.sockets == []
@@ -94,8 +116,13 @@ async def test_a_rejected_bot_token_stops_start_up(tmp_path: Any, slack: FakeSla
 
 async def test_a_rejected_app_token_stops_start_up(tmp_path: Any, slack: FakeSlack) -> None:
     async with StandinServer() as standin:
-        settings = settings_for(slack, standin, tmp_path, slack_app_token="xapp-wrong")
-        adapter = SlackAdapter(settings, service=None)  # type: ignore[arg-type]
+        _, settings = settings_for(slack, standin, tmp_path, app_token="xapp-wrong")
+        adapter = SlackAdapter(
+            settings,
+            service=None,
+            attachments=POLICY,
+            log_content=False,  # type: ignore[arg-type]
+        )
         with pytest.raises(ConfigError, match="SLACK_APP_TOKEN"):
             await adapter.start()
         await adapter.stop()
@@ -106,9 +133,9 @@ async def test_stop_closes_the_socket_then_lets_the_answer_finish(
     tmp_path: Any, slack: FakeSlack
 ) -> None:
     async with StandinServer(latency=0.05) as standin:
-        settings = settings_for(slack, standin, tmp_path)
-        parley = await build(settings)
-        adapter = SlackAdapter(settings, parley.service)
+        core, settings = settings_for(slack, standin, tmp_path)
+        parley = await build(core)
+        adapter = slack_adapter(parley, settings)
         try:
             await adapter.start()
             message = slack.add_message(CHANNEL, f"<@{slack.bot_user_id}> " + "word " * 20)

@@ -9,17 +9,18 @@ import pytest
 
 from adapters.discord.files import read_attachments
 from adapters.discord.interactions import help_text
+from adapters.discord.settings import DiscordSettings
 from adapters.discord.translate import AccessPolicy, conversation_key, thread_name
 from core import sentences
+from core.attachments import AttachmentPolicy
 from core.commands import COMMANDS
 from core.errors import ConfigError
-from core.settings import Settings
 
 GUILD, CHANNEL, THREAD, ROLE, USER = 10, 20, 30, 40, 50
 
 
 def policy(**values: object) -> AccessPolicy:
-    return AccessPolicy.from_settings(Settings(_env_file=None, **values))  # type: ignore[arg-type,call-arg]
+    return AccessPolicy.from_settings(DiscordSettings(_env_file=None, **values))  # type: ignore[arg-type,call-arg]
 
 
 def refusal(
@@ -34,25 +35,25 @@ def test_everyone_may_use_the_bot_by_default() -> None:
 
 
 def test_blocked_user_guild_and_channel_are_refused() -> None:
-    assert "not allowed" in (refusal(policy(discord_blocked_users=[USER])) or "")
-    assert "server" in (refusal(policy(discord_blocked_guilds=[GUILD])) or "")
-    assert "channel" in (refusal(policy(discord_blocked_channels=[CHANNEL])) or "")
+    assert "not allowed" in (refusal(policy(blocked_users=[USER])) or "")
+    assert "server" in (refusal(policy(blocked_guilds=[GUILD])) or "")
+    assert "channel" in (refusal(policy(blocked_channels=[CHANNEL])) or "")
 
 
 def test_a_thread_is_allowed_through_its_parent_channel() -> None:
-    assert refusal(policy(discord_allowed_channels=[CHANNEL])) is None
-    assert "<#99>" in (refusal(policy(discord_allowed_channels=[99])) or "")
+    assert refusal(policy(allowed_channels=[CHANNEL])) is None
+    assert "<#99>" in (refusal(policy(allowed_channels=[99])) or "")
 
 
 def test_allowed_roles_gate_use_and_direct_messages() -> None:
-    p = policy(discord_allowed_roles=[ROLE])
+    p = policy(allowed_roles=[ROLE])
     assert refusal(p, roles=(ROLE,)) is None
     assert f"<@&{ROLE}>" in (refusal(p) or "")
     assert "direct messages" in (refusal(p, guild=None) or "")
 
 
 def test_settings_need_the_permission_or_an_allowed_role() -> None:
-    p = policy(discord_allowed_roles=[ROLE])
+    p = policy(allowed_roles=[ROLE])
     plain = discord.Permissions(send_messages=True)
     assert not p.may_change_settings(permissions=plain, role_ids=[], in_dm=False)
     assert p.may_change_settings(permissions=plain, role_ids=[ROLE], in_dm=False)
@@ -64,7 +65,7 @@ def test_settings_need_the_permission_or_an_allowed_role() -> None:
 
 def test_unknown_settings_permission_names_the_variable() -> None:
     with pytest.raises(ConfigError, match="DISCORD_SETTINGS_PERMISSION"):
-        policy(discord_settings_permission="be_nice")
+        policy(settings_permission="be_nice")
 
 
 def test_channel_and_dm_keys() -> None:
@@ -106,11 +107,11 @@ class _Attachment:
 
 
 async def test_files_the_model_cannot_use_are_not_downloaded() -> None:
-    settings = Settings(_env_file=None, parley_max_image_bytes=1000)  # type: ignore[call-arg]
+    limits = AttachmentPolicy(max_image_bytes=1000, max_text_bytes=100_000)
     big = _Attachment("huge.png", 50_000_000, "image/png")
     small = _Attachment("notes.md", 2000, "text/markdown")
     other = _Attachment("tool.bin", 10, "application/octet-stream")
-    files, notes = await read_attachments([big, small, other], settings)  # type: ignore[list-item]
+    files, notes = await read_attachments([big, small, other], limits)  # type: ignore[list-item]
     assert big.reads == 0 and other.reads == 0, "nothing unusable is read into memory"
     assert notes == (sentences.file_too_large("huge.png", 1000, 50_000_000),)
     assert [(f.name, f.kind, len(f.data)) for f in files] == [
@@ -120,7 +121,7 @@ async def test_files_the_model_cannot_use_are_not_downloaded() -> None:
 
 
 async def test_a_failed_download_is_a_note() -> None:
-    settings = Settings(_env_file=None, parley_max_text_file_bytes=100)  # type: ignore[call-arg]
+    limits = AttachmentPolicy(max_image_bytes=5_000_000, max_text_bytes=100)
     too_long = _Attachment("long.log", 5000, "text/plain")  # fetched from its (dead) URL
-    files, notes = await read_attachments([too_long], settings)  # type: ignore[list-item]
+    files, notes = await read_attachments([too_long], limits)  # type: ignore[list-item]
     assert files == () and notes == (sentences.file_not_downloaded("long.log", "Discord"),)

@@ -14,7 +14,7 @@ from adapters.slack.translate import (
     route,
     transcript,
 )
-from core.attachments import FileOffer, kind_of
+from core.attachments import AttachmentPolicy, FileOffer, kind_of
 from core.messages import Author, ConversationKey
 
 BODY = {"team_id": "T1"}
@@ -93,16 +93,16 @@ def test_transcript_for_summaries() -> None:
 
 
 def test_the_token_only_goes_to_slack_hosts() -> None:
-    fetcher = FileFetcher("xoxb-t", "https://slack.com/api/", max_image_bytes=1, max_text_bytes=1)
+    fetcher = FileFetcher("xoxb-t", "https://slack.com/api/", AttachmentPolicy(1, 1))
     assert fetcher.trusted("https://files.slack.com/files-pri/T1-F1/a.png")
     assert fetcher.trusted("https://slack.com/x")
     assert not fetcher.trusted("http://files.slack.com/files-pri/a.png")
     assert not fetcher.trusted("https://files.slack.com.evil.example/a.png")
     assert not fetcher.trusted("https://example.com/a.png")
     assert not fetcher.trusted("file:///etc/passwd")
-    gov = FileFetcher("xoxb-t", "https://slack-gov.com/api/", max_image_bytes=1, max_text_bytes=1)
+    gov = FileFetcher("xoxb-t", "https://slack-gov.com/api/", AttachmentPolicy(1, 1))
     assert gov.trusted("https://files.slack-gov.com/files-pri/a.png")
-    local = FileFetcher("xoxb-t", "http://127.0.0.1:9/api/", max_image_bytes=1, max_text_bytes=1)
+    local = FileFetcher("xoxb-t", "http://127.0.0.1:9/api/", AttachmentPolicy(1, 1))
     assert local.trusted("http://127.0.0.1:9/files/F1/a.png")
 
 

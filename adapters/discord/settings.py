@@ -1,0 +1,57 @@
+"""Discord's section of the settings: the ``DISCORD_*`` variables, from the environment and
+``.env``.
+
+Loaded by the composition root (``core.settings.load(DiscordSettings)``) and handed to the
+adapter; nothing in the Discord adapter reads the core's settings.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from core.settings import ENV_CONFIG, split_csv
+
+# Comma-separated ids ("none" or empty: none).
+IdList = Annotated[list[int], NoDecode]
+
+
+class DiscordSettings(BaseSettings):
+    """How Parley reaches Discord, and where it may answer. ``.env.example`` documents each
+    variable."""
+
+    model_config = SettingsConfigDict(**ENV_CONFIG, env_prefix="DISCORD_")
+
+    token: SecretStr | None = None
+    guild_ids: IdList = Field(default_factory=list)
+    allowed_guilds: IdList = Field(default_factory=list)
+    blocked_guilds: IdList = Field(default_factory=list)
+    allowed_channels: IdList = Field(default_factory=list)
+    blocked_channels: IdList = Field(default_factory=list)
+    allowed_roles: IdList = Field(default_factory=list)
+    blocked_users: IdList = Field(default_factory=list)
+    settings_permission: str = "manage_messages"
+    api_url: str | None = None
+    gateway_url: str | None = None
+    edit_interval: float = Field(1.0, ge=0.0)
+
+    @field_validator(
+        "guild_ids",
+        "allowed_guilds",
+        "blocked_guilds",
+        "allowed_channels",
+        "blocked_channels",
+        "allowed_roles",
+        "blocked_users",
+        mode="before",
+    )
+    @classmethod
+    def _split_csv(cls, value: Any) -> Any:
+        return split_csv(value)
+
+    @property
+    def configured(self) -> bool:
+        """Whether Discord is set up at all (``parley run`` starts it only then)."""
+        return self.token is not None
