@@ -78,7 +78,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
 )
 
 BY_NAME = {spec.name: spec for spec in COMMANDS}
-_ALIASES = {"summarise": "summarize", "forget": "reset", "clear": "reset", "temp": "temperature"}
+ALIASES = {"summarise": "summarize", "forget": "reset", "clear": "reset", "temp": "temperature"}
 SUMMARY_MESSAGES = 50
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,99}$")
 MAX_SYSTEM_PROMPT_CHARS = 8000
@@ -87,7 +87,7 @@ MAX_SYSTEM_PROMPT_CHARS = 8000
 def canonical(name: str) -> str:
     """A command's own name for ``name`` (aliases such as ``clear`` resolved, "/" dropped)."""
     word = name.strip().lstrip("/!").lower()
-    return _ALIASES.get(word, word)
+    return ALIASES.get(word, word)
 
 
 def summary_count(args: str) -> int:

@@ -43,7 +43,7 @@ from adapters.discord.translate import (
 from adapters.inflight import InFlight
 from core import sentences
 from core.attachments import AttachmentPolicy
-from core.commands import COMMANDS, CommandSpec, summary_count
+from core.commands import ALIASES, BY_NAME, COMMANDS, CommandSpec, summary_count
 from core.delivery import Delivered, Interval, deliver
 from core.errors import BadCommand
 from core.messages import CommandReply, Inbound
@@ -106,6 +106,9 @@ class SlashCommands:
         tree.add_command(self._chat_command())
         for spec in COMMANDS:
             tree.add_command(self._core_command(spec))
+        # Aliases are commands of their own on Discord, so /clear works as it does elsewhere.
+        for alias, name in ALIASES.items():
+            tree.add_command(self._core_command(BY_NAME[name], name=alias))
         tree.on_error = self.on_error  # type: ignore[method-assign]
         for guild_id in self.settings.guild_ids:
             tree.copy_global_to(guild=discord.Object(guild_id))
@@ -143,8 +146,13 @@ class SlashCommands:
             callback=chat,
         )
 
-    def _core_command(self, spec: CommandSpec) -> app_commands.Command[Any, ..., None]:
-        description = spec.summary if len(spec.summary) <= 100 else spec.summary[:99] + "…"
+    def _core_command(
+        self, spec: CommandSpec, *, name: str = ""
+    ) -> app_commands.Command[Any, ..., None]:
+        """The slash command for ``spec`` (under ``name`` when it is an alias)."""
+        command_name = name or spec.name
+        summary = f"Same as /{spec.name}: {spec.summary}" if name else spec.summary
+        description = summary if len(summary) <= 100 else summary[:99] + "…"
         run = self.run_core_command
         track = self.inflight.track
         if spec.argument is None:
@@ -153,7 +161,7 @@ class SlashCommands:
                 with track():
                     await run(interaction, spec, "")
 
-            return app_commands.Command(name=spec.name, description=description, callback=bare)
+            return app_commands.Command(name=command_name, description=description, callback=bare)
 
         if spec.name == "summarize":
 
@@ -175,13 +183,13 @@ class SlashCommands:
             if "|" in spec.argument:
                 choices = [app_commands.Choice(name=c, value=c) for c in spec.argument.split("|")]
                 callback = app_commands.choices(value=choices)(callback)
-        name = spec.argument if _OPTION_NAME.match(spec.argument) else "value"
-        if name != "value":
-            callback = app_commands.rename(value=name)(callback)
+        option = spec.argument if _OPTION_NAME.match(spec.argument) else "value"
+        if option != "value":
+            callback = app_commands.rename(value=option)(callback)
         callback = app_commands.describe(value=(spec.argument_help or spec.argument)[:100])(
             callback
         )
-        return app_commands.Command(name=spec.name, description=description, callback=callback)
+        return app_commands.Command(name=command_name, description=description, callback=callback)
 
     # --- shared steps ---------------------------------------------------------------------
 

@@ -252,10 +252,10 @@ def open_place(tmp_path: Any, discord_stacks: StackFactory) -> PlaceFactory:
     async def open_(platform: str, model: EmptyModel | None = None) -> AsyncIterator[Place]:
         overrides = {"openai_base_url": model.base_url} if model else {}
         if platform == "slack":
-            async with FakeSlack() as fake, slack_stack(tmp_path, fake, **overrides) as stack:
+            async with FakeSlack() as fake, slack_stack(tmp_path, fake, core=overrides) as stack:
                 yield SlackPlace(stack, model)
         elif platform == "discord":
-            async with discord_stacks(settings_for=lambda fake: overrides) as stack:
+            async with discord_stacks(core=overrides) as stack:
                 yield DiscordPlace(stack, model)
         else:
             async with terminal_place(tmp_path, model) as place:
@@ -384,19 +384,9 @@ async def test_a_model_error_gets_the_same_sentence(
 
 # --- 5. commands: aliases, temperature, summaries -----------------------------------------------
 
-DISCORD_NO_ALIASES = pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "Discord registers only the canonical command names as slash commands "
-        "(SlashCommands.install iterates core.commands.COMMANDS); the aliases of "
-        "core.commands._ALIASES (clear, forget, temp, summarise) exist nowhere on Discord"
-    ),
-)
-
 
 def _on(platform: str, name: str) -> Any:
-    marks = [DISCORD_NO_ALIASES] if platform == "discord" and canonical(name) != name else []
-    return pytest.param(platform, name, marks=marks, id=f"{platform}-{name}")
+    return pytest.param(platform, name, id=f"{platform}-{name}")
 
 
 @pytest.mark.parametrize(
