@@ -25,6 +25,7 @@ class CommandSpec:
     argument_help: str = ""
     changes_settings: bool = False
     private: bool = True
+    guarded: bool = False  # changes what the channel shares even without an argument (reset)
 
     @property
     def usage(self) -> str:
@@ -33,7 +34,7 @@ class CommandSpec:
 
 COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec("help", "Show the commands and what they do."),
-    CommandSpec("reset", "Forget this conversation's history.", private=False),
+    CommandSpec("reset", "Forget this conversation's history.", private=False, guarded=True),
     CommandSpec(
         "system",
         "Show or set this channel's system prompt ('system default' restores the default).",

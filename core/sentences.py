@@ -141,6 +141,16 @@ def unknown_command(name: str, help_text: str = "") -> str:
     return f"Unknown command '{name}'. Try 'help'.\n\n{help_text}"
 
 
+def not_allowed(command: str, who: str, *, setting: bool) -> str:
+    """Someone asked to change a setting or reset a conversation they may not change."""
+    if setting:
+        return (
+            f"Only {who} can change `{command}` here. Anyone can see it: `{command}` with "
+            "nothing after it."
+        )
+    return f"Only {who} can `{command}` this conversation here."
+
+
 def conversation_forgotten(removed: int) -> str:
     return f"Done: I forgot this conversation ({removed} messages)."
 

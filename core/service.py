@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
-from core import commands, sentences
+from core import commands, permissions, sentences
 from core.context import (
     Context,
     build_context,
@@ -469,11 +469,14 @@ class ConversationService:
         transcript: str | None = None,
         *,
         event_id: str | None = None,
+        viewer: permissions.Privileges | permissions.PrivilegeLookup = permissions.OPERATOR,
     ) -> CommandReply:
         """Run a core command; bad values come back as a clear reply, never an exception.
 
         Aliases (``clear``, ``temp``...) mean their command. With ``event_id``, a command the
         platform delivers again runs once: the repeat gets ``CommandReply(redelivered=True)``.
+        ``viewer`` is what the platform knows about the person (or how to find it out, asked
+        only for a command that changes what the channel shares); ``core.permissions`` decides.
         """
         name = commands.canonical(name)
         spec = commands.BY_NAME.get(name)
@@ -485,6 +488,10 @@ class ConversationService:
             if event_id and not await self.claim_event(key.platform, event_id):
                 log.info("dropping redelivered command %s on %s", event_id, key)
                 return CommandReply("", private=True, redelivered=True)
+            refused = await _refusal(spec, args, viewer)
+            if refused is not None:
+                log.info("refused command %s in %s for %s", name, key, author.id)
+                return CommandReply(refused, private=True, ok=False)
             text = await handler(self, CommandCall(key, author, args.strip(), transcript))
         except UserFacingError as exc:
             return CommandReply(exc.user_message, private=True, ok=False)
@@ -559,6 +566,19 @@ class ConversationService:
         done = await self._summarize_text(transcript, previous, config, min(1000, budget // 4))
         await self._charge(key.channel_key, author.id, done)
         return sentences.summary(done.text)
+
+
+async def _refusal(
+    spec: commands.CommandSpec,
+    args: str,
+    viewer: permissions.Privileges | permissions.PrivilegeLookup,
+) -> str | None:
+    """Why the person may not run ``spec`` here, or None; the facts are looked up only for a
+    command that changes what the channel shares."""
+    if not permissions.changes_shared_state(spec, args):
+        return None
+    facts = viewer if isinstance(viewer, permissions.Privileges) else await viewer()
+    return None if permissions.may_change(spec, args, facts) else permissions.refusal(spec, facts)
 
 
 def _usage_line(totals: UsageTotals) -> str:

@@ -41,7 +41,7 @@ from adapters.discord.translate import (
     transcript,
 )
 from adapters.inflight import InFlight
-from core import sentences
+from core import permissions, sentences
 from core.attachments import AttachmentPolicy
 from core.commands import ALIASES, BY_NAME, COMMANDS, CommandSpec, summary_count
 from core.delivery import Delivered, Interval, deliver
@@ -355,21 +355,23 @@ class SlashCommands:
         """Run a core command: acknowledge (deferred, private when its replies are), then edit
         the reply in. An error on a public command is shown only to the person who asked."""
 
+        viewer = self.policy.privileges(
+            permissions=interaction.permissions,
+            role_ids=role_ids(interaction.user),
+            in_dm=interaction.guild_id is None,
+        )
+
         def refusal() -> str | None:
-            if not spec.changes_settings or not value.strip():
+            # Decided before deferring (no I/O): the refusal is private, the reply may not be.
+            if permissions.may_change(spec, value, viewer):
                 return None
-            allowed = self.policy.may_change_settings(
-                permissions=interaction.permissions,
-                role_ids=role_ids(interaction.user),
-                in_dm=interaction.guild_id is None,
-            )
-            return None if allowed else self.policy.settings_refusal(spec.name)
+            return permissions.refusal(spec, viewer)
 
         surface = await self._begin(interaction, private=spec.private, refusal=refusal)
         if surface is None:
             return
         async with restart_note(surface):
-            reply = await self._command_reply(interaction, spec, value)
+            reply = await self._command_reply(interaction, spec, value, viewer)
         if reply.redelivered:
             await surface.withdraw()
             return
@@ -382,7 +384,11 @@ class SlashCommands:
         await post_text(surface, text)
 
     async def _command_reply(
-        self, interaction: discord.Interaction, spec: CommandSpec, value: str
+        self,
+        interaction: discord.Interaction,
+        spec: CommandSpec,
+        value: str,
+        viewer: permissions.Privileges,
     ) -> CommandReply:
         if spec.name == "help":
             return CommandReply(help_text(), private=True)
@@ -400,6 +406,7 @@ class SlashCommands:
             value,
             transcript=recent,
             event_id=str(interaction.id),
+            viewer=viewer,
         )
 
     async def _recent_messages(self, channel: Any, value: str) -> str | None:

@@ -16,6 +16,7 @@ from adapters.discord.settings import DiscordSettings
 from core.attachments import FileOffer
 from core.errors import ConfigError
 from core.messages import Attachment, Author, ConversationKey, Inbound
+from core.permissions import Privileges
 
 PLATFORM = "discord"
 REPLY_CHAIN_DEPTH = 5
@@ -53,8 +54,9 @@ def thread_name(prompt: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class AccessPolicy:
-    """Who may use the bot where (DISCORD_ALLOWED_* / DISCORD_BLOCKED_*), and who may change
-    a channel's settings (DISCORD_SETTINGS_PERMISSION or an allowed role)."""
+    """Who may use the bot where (DISCORD_ALLOWED_* / DISCORD_BLOCKED_*), and what counts
+    towards changing a channel's settings (DISCORD_SETTINGS_PERMISSION or an allowed role;
+    ``core.permissions`` decides)."""
 
     allowed_guilds: frozenset[int]
     blocked_guilds: frozenset[int]
@@ -119,23 +121,25 @@ class AccessPolicy:
             return ""
         return " Try " + ", ".join(f"<#{c}>" for c in sorted(self.allowed_channels)[:3]) + "."
 
-    def may_change_settings(
+    def privileges(
         self, *, permissions: discord.Permissions | None, role_ids: Iterable[int], in_dm: bool
-    ) -> bool:
-        if in_dm:
-            return True
-        if permissions is not None and (
+    ) -> Privileges:
+        """What Discord says about a member, for the core's permission rule: the settings
+        permission (or administrator), an allowed role, or a DM with the bot."""
+        admin = permissions is not None and bool(
             permissions.administrator or getattr(permissions, self.settings_permission, False)
-        ):
-            return True
-        return bool(self.allowed_roles and set(role_ids) & self.allowed_roles)
+        )
+        listed = bool(self.allowed_roles and set(role_ids) & self.allowed_roles)
+        return Privileges(admin=admin, listed=listed, direct=in_dm, who=self.who)
 
-    def settings_refusal(self, command: str) -> str:
+    @property
+    def who(self) -> str:
+        """Who may change a channel's settings, in Discord's words (for the refusal)."""
         label = self.settings_permission.replace("_", " ").title()
-        who = f"the {label} permission"
+        who = f"members with the {label} permission"
         if self.allowed_roles:
             who += " or one of the allowed roles"
-        return f"Only members with {who} can change `/{command}` here."
+        return who
 
 
 def role_ids(user: Any) -> list[int]:

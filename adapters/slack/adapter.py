@@ -34,6 +34,7 @@ from adapters.inflight import InFlight
 from adapters.slack import translate
 from adapters.slack.commands import SlackCommands
 from adapters.slack.files import FileFetcher
+from adapters.slack.permissions import SlackPrivileges
 from adapters.slack.render import ReplyTarget, SlackAnswer, describe, error_code
 from adapters.slack.settings import SlackSettings
 from adapters.slack.threads import FollowedThreads
@@ -127,7 +128,11 @@ class SlackAdapter:
             settings.bot_token.get_secret_value(), settings.api_url, attachments
         )
         self.commands = SlackCommands(
-            service, self.client, slash_name=settings.command, wire_log=wire_log
+            service,
+            self.client,
+            slash_name=settings.command,
+            wire_log=wire_log,
+            privileges=SlackPrivileges(self.client, settings),
         )
         self.threads = FollowedThreads(self.client)
         self.streaming = True
@@ -137,6 +142,8 @@ class SlackAdapter:
         self._closing = False
         self._inflight: set[asyncio.Future[None]] = set()
         self._tasks = InFlight()
+        # Answers running at once; more wait here (Slack has been acked: none is dropped).
+        self._answers = asyncio.Semaphore(settings.max_concurrent_answers)
         self._web_app: web.Application | None = None
         self._runner: web.AppRunner | None = None
         self._socket: AsyncSocketModeHandler | None = None
@@ -401,7 +408,8 @@ class SlackAdapter:
         )
         pacing = Interval(self.settings.update_interval)
         try:
-            return await deliver(self.service.answer(inbound), renderer, pacing)
+            async with self._answers:
+                return await deliver(self.service.answer(inbound), renderer, pacing)
         except Exception as exc:
             self._log_failure("answering", inbound.key, exc)
             return None

@@ -28,11 +28,13 @@ from slack_sdk.webhook.async_client import AsyncWebhookClient
 from adapters.slack import translate
 from adapters.slack.layout import fit
 from adapters.slack.mrkdwn import to_mrkdwn
+from adapters.slack.permissions import SlackPrivileges
 from adapters.slack.render import describe, error_code
 from core import sentences
 from core.commands import canonical, summary_count
 from core.errors import BadCommand, UserFacingError
 from core.messages import Author, CommandReply, ConversationKey
+from core.permissions import Privileges
 from core.service import ConversationService
 
 log = logging.getLogger("parley.slack")
@@ -47,13 +49,14 @@ RESET_SCOPE = (
 
 @dataclass(frozen=True, slots=True)
 class Place:
-    """Where a command was given, for ``summarize``: what it covers there, and the command's
-    own message (left out of the summary)."""
+    """Where a command was given: for ``summarize``, what it covers there and the command's
+    own message (left out of the summary); whether it is a DM with the bot (for permissions)."""
 
     channel: str
     source: translate.SummarySource
     thread_ts: str | None = None
     own_ts: str = ""
+    direct: bool = False
 
 
 class SlackCommands:
@@ -66,9 +69,11 @@ class SlackCommands:
         *,
         slash_name: str,
         wire_log: logging.Logger,
+        privileges: SlackPrivileges,
     ) -> None:
         self.service = service
         self.client = client
+        self.privileges = privileges
         self.slash_name = slash_name
         self.wire_log = wire_log
         self.session: aiohttp.ClientSession | None = None
@@ -81,7 +86,7 @@ class SlackCommands:
         """``/parley <command>``: acts on the channel's top-level conversation; the reply goes
         through the command's response_url."""
         command = translate.parse_slash(body, team_id)
-        place = Place(command.key.channel, command.summary_source)
+        place = Place(command.key.channel, command.summary_source, direct=command.direct)
         try:
             reply = await self.run(
                 command.key, command.author, command.name, command.args, place, bot_user_id
@@ -133,7 +138,13 @@ class SlackCommands:
     ) -> None:
         """A command typed in a mention or DM: runs on that conversation, once per message
         however often Slack delivers it."""
-        place = Place(message.channel, message.summary_source, message.thread_ts, message.ts)
+        place = Place(
+            message.channel,
+            message.summary_source,
+            message.thread_ts,
+            message.ts,
+            direct=message.direct,
+        )
         reply = await self.run(
             message.key,
             message.author,
@@ -174,12 +185,19 @@ class SlackCommands:
         *,
         event_id: str | None = None,
     ) -> CommandReply:
-        """Run a command in the core; for ``summarize``, with the messages it covers here."""
+        """Run a command in the core; for ``summarize``, with the messages it covers here. The
+        core asks what Slack says about the person only when the command changes something."""
         try:
             transcript = await self._transcript(name, args, place, bot_user_id)
         except UserFacingError as exc:
             return CommandReply(exc.user_message, private=True, ok=False)
-        return await self.service.command(key, author, name, args, transcript, event_id=event_id)
+
+        async def viewer() -> Privileges:
+            return await self.privileges.of(author.id, place.channel, direct=place.direct)
+
+        return await self.service.command(
+            key, author, name, args, transcript, event_id=event_id, viewer=viewer
+        )
 
     async def _transcript(
         self, name: str, args: str, place: Place, bot_user_id: str | None

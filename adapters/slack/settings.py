@@ -6,12 +6,15 @@ adapter; nothing in the Slack adapter reads the core's settings.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from core.settings import ENV_CONFIG
+from core.settings import ENV_CONFIG, split_csv
+
+# Comma-separated Slack ids ("none" or empty: none).
+IdList = Annotated[list[str], NoDecode]
 
 
 class SlackSettings(BaseSettings):
@@ -28,6 +31,19 @@ class SlackSettings(BaseSettings):
     command: str = "/parley"
     follow_threads: bool = False
     update_interval: float = Field(1.0, ge=0.0)
+    # Who may change a channel's settings or reset it, besides workspace admins and owners.
+    admin_users: IdList = Field(default_factory=list)
+    admin_groups: IdList = Field(default_factory=list)
+    channel_creator_is_admin: bool = False
+    # Work in flight: answers run at once per worker (more wait their turn); the HTTP edge.
+    max_concurrent_answers: int = Field(32, ge=1)
+    http_max_body: int = Field(1_000_000, ge=1024)
+    http_read_timeout: float = Field(10.0, gt=0.0)
+
+    @field_validator("admin_users", "admin_groups", mode="before")
+    @classmethod
+    def _split_csv(cls, value: Any) -> Any:
+        return split_csv(value)
 
     @property
     def configured(self) -> bool:

@@ -6,6 +6,10 @@ form or as JSON, so tests check what a user would see. Messages the bot posts, s
 are kept per channel (``thread()``), so tests read the final state of a thread. Faults are
 injected per method: ``rate_limit()`` answers HTTP 429 with Retry-After, ``fail()`` answers
 ``{"ok": false, "error": ...}``; ``streaming=False`` makes the chat streaming methods unknown.
+
+People: ``admins`` are workspace admins (``users.info``; UALICE by default, as the person who
+installs an app usually is), everyone else an ordinary member; ``usergroups`` maps a group id to
+its members and ``creators`` a channel to the person who created it (``conversations.info``).
 """
 
 from __future__ import annotations
@@ -115,8 +119,13 @@ class FakeSlack:
         app_token: str = "xapp-fake-app-token",
         signing_secret: str = "fake-signing-secret",
         streaming: bool = True,
+        admins: tuple[str, ...] = ("UALICE",),
     ) -> None:
         self.team_id = team_id
+        self.admins = set(admins)
+        self.owners: set[str] = set()
+        self.usergroups: dict[str, list[str]] = {}
+        self.creators: dict[str, str] = {}
         self.bot_user_id = bot_user_id
         self.bot_id = bot_id
         self.bot_token = bot_token
@@ -582,6 +591,41 @@ class FakeSlack:
         top.sort(key=lambda m: m.ts, reverse=True)
         limit = int(params.get("limit") or 100)
         return {"messages": [m.as_json() for m in top[:limit]], "has_more": len(top) > limit}
+
+    def _m_users_info(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        user = str(params.get("user") or "")
+        if not user.startswith(("U", "W")):
+            return {"ok": False, "error": "user_not_found"}
+        return {
+            "user": {
+                "id": user,
+                "team_id": self.team_id,
+                "name": user.lower(),
+                "is_admin": user in self.admins or user in self.owners,
+                "is_owner": user in self.owners,
+                "is_primary_owner": False,
+                "is_bot": False,
+            }
+        }
+
+    def _m_usergroups_users_list(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        group = str(params.get("usergroup") or "")
+        if group not in self.usergroups:
+            return {"ok": False, "error": "no_such_subteam"}
+        return {"users": list(self.usergroups[group])}
+
+    def _m_conversations_info(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        channel = str(params.get("channel") or "")
+        if not channel:
+            return {"ok": False, "error": "channel_not_found"}
+        return {
+            "channel": {
+                "id": channel,
+                "is_channel": channel.startswith("C"),
+                "is_im": channel.startswith("D"),
+                "creator": self.creators.get(channel, "UFOUNDER"),
+            }
+        }
 
     def _m_assistant_threads_setStatus(self, params: Mapping[str, Any]) -> dict[str, Any]:
         return self._assistant(params)

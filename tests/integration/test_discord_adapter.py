@@ -411,7 +411,7 @@ async def test_interaction_is_deferred_before_the_database_is_touched(
 
     fake.interaction_deadline = 0.3  # Discord's 3 seconds, shortened
     service.claim_event = slow_claim  # type: ignore[method-assign]
-    interaction = await fake.send_command(command, options)
+    interaction = await fake.send_command(command, options, user=fake.moderator)
     await fake.wait_for(lambda: stack.shown(interaction))
     assert deferred_at_claim == [1]
     [defer] = fake.calls_to("POST", r"/callback$")
@@ -424,7 +424,7 @@ async def test_blank_command_reply_still_replaces_thinking(stack: Stack) -> None
         return CommandReply("  \n ", private=False)
 
     stack.parley.service.command = blank  # type: ignore[method-assign]
-    interaction = await stack.discord.send_command("reset")
+    interaction = await stack.discord.send_command("reset", user=stack.discord.moderator)
     await stack.discord.wait_for(lambda: stack.visible(interaction) == ["Done."])
 
 
@@ -435,7 +435,7 @@ async def test_unexpected_failure_replaces_thinking_with_a_private_message(
         raise RuntimeError("bug")
 
     stack.parley.service.command = broken  # type: ignore[method-assign]
-    interaction = await stack.discord.send_command("reset")
+    interaction = await stack.discord.send_command("reset", user=stack.discord.moderator)
     shown = await stack.discord.wait_for(lambda: stack.shown(interaction))
     assert shown == [GENERIC_FAILURE]
     token = interaction["token"]
@@ -531,11 +531,31 @@ async def test_settings_commands_need_the_permission(stack: Stack) -> None:
     fake = stack.discord
     interaction = await fake.send_command("model", {"name": "gpt-4"}, user=fake.user)
     shown = await fake.wait_for(lambda: stack.shown(interaction))
-    assert shown == ["Only members with the Manage Messages permission can change `/model` here."]
+    assert shown == [
+        sentences.not_allowed("model", "members with the Manage Messages permission", setting=True)
+    ]
     allowed = await fake.send_command("model", {"name": "gpt-4o-mini"}, user=fake.moderator)
     await fake.wait_for(lambda: "gpt-4o-mini" in "".join(stack.visible(allowed)))
     shown_to_all = await fake.send_command("model", user=fake.user)
     await fake.wait_for(lambda: "gpt-4o-mini" in "".join(stack.visible(shown_to_all)))
+
+
+async def test_reset_needs_the_same_permission_as_the_settings(stack: Stack) -> None:
+    fake = stack.discord
+    store = stack.parley.store
+    key = ConversationKey("discord", fake.guild_id, fake.channel_id)
+    state = await store.conversation(key)
+    await store.add_message(state.id, "user", "keep me", 2, author_id=fake.moderator.id)
+    who = "members with the Manage Messages permission"
+    for name in ("reset", "clear", "forget"):
+        refused = await fake.send_command(name, user=fake.user)
+        shown = await fake.wait_for(lambda r=refused: stack.shown(r))  # type: ignore[misc]
+        assert shown == [sentences.not_allowed("reset", who, setting=False)], name
+        callback = fake.calls_to("POST", r"/callback$")[-1]
+        assert callback.body["type"] == 4 and callback.body["data"]["flags"] & EPHEMERAL
+    # Nothing was forgotten: the moderator's reset still finds the message.
+    allowed = await fake.send_command("reset", user=fake.moderator)
+    await fake.wait_for(lambda: "1 message" in "".join(stack.visible(allowed)))
 
 
 async def test_summarize_reads_the_last_messages_of_the_channel(stack: Stack) -> None:

@@ -66,14 +66,15 @@ class Stack:
         channel: str = CHANNEL,
         thread_ts: str | None = None,
         files: list[dict[str, Any]] | None = None,
+        user: str = ALICE,
     ) -> dict[str, Any]:
         """An app_mention event for a new message (also stored in the fake workspace)."""
         message = self.slack.add_message(
-            channel, f"<@{self.slack.bot_user_id}> {text}", user=ALICE, thread_ts=thread_ts
+            channel, f"<@{self.slack.bot_user_id}> {text}", user=user, thread_ts=thread_ts
         )
         event = {
             "type": "app_mention",
-            "user": ALICE,
+            "user": user,
             "text": message.text,
             "ts": message.ts,
             "channel": channel,

@@ -11,9 +11,9 @@ from adapters.discord.files import read_attachments
 from adapters.discord.interactions import help_text
 from adapters.discord.settings import DiscordSettings
 from adapters.discord.translate import AccessPolicy, conversation_key, thread_name
-from core import sentences
+from core import permissions, sentences
 from core.attachments import AttachmentPolicy
-from core.commands import COMMANDS
+from core.commands import BY_NAME, COMMANDS
 from core.errors import ConfigError
 
 GUILD, CHANNEL, THREAD, ROLE, USER = 10, 20, 30, 40, 50
@@ -54,13 +54,21 @@ def test_allowed_roles_gate_use_and_direct_messages() -> None:
 
 def test_settings_need_the_permission_or_an_allowed_role() -> None:
     p = policy(allowed_roles=[ROLE])
+    model = BY_NAME["model"]
     plain = discord.Permissions(send_messages=True)
-    assert not p.may_change_settings(permissions=plain, role_ids=[], in_dm=False)
-    assert p.may_change_settings(permissions=plain, role_ids=[ROLE], in_dm=False)
     mods = discord.Permissions(manage_messages=True)
-    assert p.may_change_settings(permissions=mods, role_ids=[], in_dm=False)
-    assert p.may_change_settings(permissions=None, role_ids=[], in_dm=True)
-    assert "Manage Messages" in p.settings_refusal("model")
+    admins = discord.Permissions(administrator=True)
+
+    def may(perms: discord.Permissions | None, roles: list[int], in_dm: bool) -> bool:
+        viewer = p.privileges(permissions=perms, role_ids=roles, in_dm=in_dm)
+        return permissions.may_change(model, "gpt-4", viewer)
+
+    assert not may(plain, [], False)
+    assert may(plain, [ROLE], False)
+    assert may(mods, [], False) and may(admins, [], False)
+    assert may(None, [], True)
+    viewer = p.privileges(permissions=plain, role_ids=[], in_dm=False)
+    assert "Manage Messages" in permissions.refusal(model, viewer) and "allowed roles" in viewer.who
 
 
 def test_unknown_settings_permission_names_the_variable() -> None:
