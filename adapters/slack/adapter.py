@@ -18,7 +18,6 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp, AsyncBoltContext
 from slack_bolt.response import BoltResponse
@@ -33,6 +32,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from adapters.inflight import InFlight
 from adapters.slack import translate
 from adapters.slack.commands import SlackCommands
+from adapters.slack.edge import HttpEdge, quiet_bolt_error
 from adapters.slack.files import FileFetcher
 from adapters.slack.permissions import SlackPrivileges
 from adapters.slack.render import ReplyTarget, SlackAnswer, describe, error_code
@@ -55,6 +55,7 @@ SUGGESTED_PROMPTS = (
 )
 STOP_GRACE = 6.0  # how long stop() lets answers in progress finish
 CUT_GRACE = 2.0  # then how long answers cut by shutdown get to say so
+HTTP_SHUTDOWN = 1.0  # how long an open HTTP request may hold up shutdown (requests only ack)
 
 
 def _check_tokens(settings: SlackSettings) -> None:
@@ -123,7 +124,9 @@ class SlackAdapter:
             signing_secret=secret.get_secret_value() if secret is not None else "",
             request_verification_enabled=settings.mode == "http",
             process_before_response=False,
+            raise_error_for_unhandled_request=True,
         )
+        self.app.error(quiet_bolt_error)
         self.files = FileFetcher(
             settings.bot_token.get_secret_value(), settings.api_url, attachments
         )
@@ -177,7 +180,8 @@ class SlackAdapter:
 
     async def _listen(self) -> None:
         """HTTP mode: serve ``web_app`` on ``host:port``."""
-        self._runner = web.AppRunner(self.web_app)
+        # aiohttp waits up to twice this for open requests at shutdown (60 s by default).
+        self._runner = web.AppRunner(self.web_app, shutdown_timeout=HTTP_SHUTDOWN)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
@@ -222,12 +226,18 @@ class SlackAdapter:
         if self._socket is not None:
             await self._socket.close_async()  # type: ignore[no-untyped-call]
             self._socket = None
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        # Open HTTP connections close while answers drain, not before (whatever clients do).
+        closing_http = asyncio.create_task(self._close_http())
         if not await self.drain(self.stop_grace):
             await self._cut_unfinished()
+        await closing_http
         await self._close_session()
+
+    async def _close_http(self) -> None:
+        """Stop listening; requests still open get ``HTTP_SHUTDOWN`` s, then are cut."""
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
 
     async def drain(self, grace: float | None = None) -> bool:
         """Wait until every event handler that has been scheduled is done (at most ``grace`` s
@@ -263,16 +273,19 @@ class SlackAdapter:
     def web_app(self) -> web.Application:
         """The aiohttp application that receives Events API, slash command and interactivity posts."""
         if self._web_app is None:
-            app = web.Application()
-            app.router.add_post(EVENTS_PATH, self._http_event)
+            settings = self.settings
+            secret = settings.signing_secret
+            edge = HttpEdge(
+                secret.get_secret_value() if secret is not None else "",
+                self.app.async_dispatch,
+                max_body=settings.http_max_body,
+                read_timeout=settings.http_read_timeout,
+            )
+            app = web.Application(client_max_size=settings.http_max_body)
+            app.router.add_post(EVENTS_PATH, edge.handle)
             app.router.add_get("/healthz", self._healthz)
             self._web_app = app
         return self._web_app
-
-    async def _http_event(self, request: web.Request) -> web.Response:
-        bolt_request = await to_bolt_request(request)
-        bolt_response = await self.app.async_dispatch(bolt_request)
-        return await to_aiohttp_response(bolt_response)
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"ok": True})

@@ -1,0 +1,197 @@
+"""The HTTP edge of Slack's HTTP mode against strangers: malformed, unsigned, oversized and
+slow requests get a 4xx and no traceback; answers in flight are capped per worker.
+
+Real slack_bolt/slack_sdk, the real core on SQLite, the fake Slack; requests are posted with
+aiohttp, as anyone on the network could.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp
+import pytest
+
+from adapters.slack.edge import well_formed
+from core.messages import Inbound, ReplyEvent
+from tests.fakes.slack_server import FakeSlack
+from tests.integration.test_slack_http import CHANNEL, Stack, make_stack
+
+SEED = 20240611
+JSON = "application/json"
+FORM = "application/x-www-form-urlencoded"
+
+
+@pytest.fixture
+async def slack() -> AsyncIterator[FakeSlack]:
+    async with FakeSlack() as fake:
+        yield fake
+
+
+@pytest.fixture
+async def stack(tmp_path: Any, slack: FakeSlack) -> AsyncIterator[Stack]:
+    async with make_stack(tmp_path, slack, http_max_body=4096, http_read_timeout=0.5) as s:
+        yield s
+
+
+def _mangled(rng: random.Random, valid: dict[str, Any]) -> tuple[bytes, str]:
+    """One malformed body (and the content type it claims), from a valid Events API body."""
+    text = json.dumps(valid)
+    pick = rng.randrange(12)
+    junk: list[Callable[[], Any]] = [
+        lambda: None,
+        lambda: [],
+        lambda: "x",
+        lambda: rng.randint(-5, 5),
+        lambda: {"": []},
+        lambda: [{}],
+    ]
+    if pick == 0:
+        return text[: rng.randrange(len(text))].encode(), JSON
+    if pick == 1:
+        return bytes(rng.randrange(256) for _ in range(rng.randrange(1, 300))), JSON
+    if pick == 2:
+        return json.dumps(rng.choice(junk)()).encode(), JSON
+    if pick == 3:  # a field of the event replaced by something of the wrong type
+        broken = json.loads(text)
+        broken["event"][rng.choice(list(broken["event"]))] = rng.choice(junk)()
+        return json.dumps(broken).encode(), JSON
+    if pick == 4:  # a field of the envelope replaced
+        broken = json.loads(text)
+        broken[rng.choice(list(broken))] = rng.choice(junk)()
+        return json.dumps(broken).encode(), JSON
+    if pick == 5:
+        payload = rng.choice(["{bad", "[]", "null", '{"type": "block_actions", "actions": []}'])
+        return urlencode({"payload": payload}).encode(), FORM
+    if pick == 6:
+        return b"%%%&&&==" + bytes(rng.randrange(256) for _ in range(20)), FORM
+    if pick == 7:  # a slash command with fields missing or mistyped
+        form = {"command": "/parley", "text": rng.choice(["", "model", "reset", "\x00"])}
+        if rng.random() < 0.5:
+            form["channel_id"] = rng.choice(["", "C0GENERAL", "D0X", "%"])
+        return urlencode(form).encode(), FORM
+    if pick == 8:
+        return json.dumps(
+            {"type": rng.choice(["url_verification", "event_callback", "x"])}
+        ).encode(), JSON
+    if pick == 9:
+        return b"\xff\xfe" + text.encode("utf-16-le"), JSON
+    if pick == 10:
+        return text.encode(), rng.choice(["text/plain", FORM, "multipart/form-data"])
+    return b"", rng.choice([JSON, FORM])
+
+
+async def test_malformed_bodies_signed_or_not_get_no_5xx_and_no_traceback(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    rng = random.Random(SEED)
+    event = stack.mention("hello")
+    valid = stack.slack.event_body(event)
+    statuses: dict[int, int] = {}
+    async with aiohttp.ClientSession() as session:
+        for i in range(1000):
+            raw, kind = _mangled(rng, valid)
+            headers = {"Content-Type": kind}
+            if i % 2:
+                headers.update(_sign(stack.slack, raw))
+            elif i % 4 == 0:
+                headers.update({"X-Slack-Request-Timestamp": "soon", "X-Slack-Signature": "v0=0"})
+            async with session.post(stack.url, data=raw, headers=headers) as response:
+                await response.read()
+                statuses[response.status] = statuses.get(response.status, 0) + 1
+    await stack.adapter.drain()
+    assert all(status < 500 for status in statuses), statuses
+    assert statuses.get(401, 0) >= 500  # every unsigned one
+    assert not [r for r in caplog.records if r.exc_info and r.levelno >= logging.INFO]
+    assert "Traceback" not in caplog.text
+
+
+def _sign(slack: FakeSlack, raw: bytes) -> dict[str, str]:
+    """Headers signing ``raw`` as sent, bytes and all, the way Slack signs."""
+    stamp = str(int(time.time()))
+    digest = hmac.new(
+        slack.signing_secret.encode(), b"v0:" + stamp.encode() + b":" + raw, hashlib.sha256
+    ).hexdigest()
+    return {"X-Slack-Request-Timestamp": stamp, "X-Slack-Signature": f"v0={digest}"}
+
+
+async def test_the_signature_is_checked_before_the_body_is_read_as_json(stack: Stack) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.post(stack.url, data=b"{not json", headers={"Content-Type": JSON}) as r:
+            assert r.status == 401
+        raw = b"{not json"
+        headers = {"Content-Type": JSON, **_sign(stack.slack, raw)}
+        async with session.post(stack.url, data=raw, headers=headers) as r:
+            assert r.status == 400
+
+
+async def test_oversized_bodies_are_refused(stack: Stack) -> None:
+    raw = json.dumps({"type": "event_callback", "pad": "x" * 5000}).encode()
+    async with aiohttp.ClientSession() as session:
+        headers = {"Content-Type": JSON, **_sign(stack.slack, raw)}
+        async with session.post(stack.url, data=raw, headers=headers) as r:
+            assert r.status == 413
+
+        async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: chunked
+            for _ in range(10):
+                yield b"x" * 1000
+
+        async with session.post(stack.url, data=chunks(), headers=headers) as r:
+            assert r.status == 413
+
+
+async def test_a_slow_body_is_refused(stack: Stack) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.adapter.port)
+    writer.write(
+        b"POST /slack/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 100\r\n\r\n{"type":'
+    )
+    await writer.drain()
+    status_line = await reader.readline()  # the body never comes
+    assert b" 408 " in status_line
+    writer.close()
+
+
+def test_well_formed_payloads() -> None:
+    assert well_formed('{"type": "event_callback"}', JSON)
+    assert well_formed("command=%2Fparley&text=help", FORM)
+    assert well_formed("payload=%7B%7D", FORM)
+    assert not well_formed("[]", JSON)
+    assert not well_formed("payload=%5B%5D", FORM)
+    assert not well_formed("{", FORM)
+
+
+async def test_answers_beyond_the_cap_wait_their_turn(tmp_path: Any, slack: FakeSlack) -> None:
+    async with make_stack(tmp_path, slack, max_concurrent_answers=1) as stack:
+        service = stack.parley.service
+        answer = service.answer
+        running, most = 0, 0
+
+        async def counted(inbound: Inbound) -> AsyncIterator[ReplyEvent]:
+            nonlocal running, most
+            running += 1
+            most = max(most, running)
+            try:
+                async for event in answer(inbound):
+                    yield event
+            finally:
+                running -= 1
+
+        service.answer = counted  # type: ignore[method-assign]
+        events = [stack.mention(f"question {n}") for n in range(4)]
+        for event in events:
+            assert await stack.post(event) == 200
+        await stack.adapter.drain()
+        assert most == 1
+        for n, event in enumerate(events):
+            assert f"question {n}" in stack.slack.thread(CHANNEL, event["ts"])[-1].text
