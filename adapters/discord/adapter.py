@@ -17,12 +17,11 @@ import discord
 from discord import app_commands
 
 from adapters.discord.endpoints import use_endpoints
-from adapters.discord.inbound import MessageHandler
+from adapters.discord.inbound import Answers, MessageHandler
 from adapters.discord.interactions import SlashCommands
 from adapters.discord.render import NO_MENTIONS
 from adapters.discord.settings import DiscordSettings
 from adapters.discord.translate import AccessPolicy
-from adapters.inflight import InFlight
 from core.attachments import AttachmentPolicy
 from core.errors import ConfigError, ParleyError
 from core.service import ConversationService
@@ -105,7 +104,7 @@ class DiscordAdapter:
         self.service = service
         self.policy = AccessPolicy.from_settings(settings)
         self.attachments = attachments
-        self.inflight = InFlight()
+        self.inflight = Answers(settings.max_concurrent_answers)
         self.ready = asyncio.Event()
         self.failed = asyncio.Event()
         self.failure: BaseException | None = None

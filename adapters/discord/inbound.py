@@ -6,6 +6,7 @@ yields nothing), with the reply chain as context, streamed by editing the bot's 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from typing import Any
@@ -35,6 +36,15 @@ log = logging.getLogger("parley.discord")
 RESTARTING = "Parley is restarting; please try again in a minute."
 
 
+class Answers(InFlight):
+    """The handlers in flight, and at most ``limit`` answers running at once per worker
+    (DISCORD_MAX_CONCURRENT_ANSWERS): more wait for a slot, none is dropped."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.slots = asyncio.Semaphore(limit)
+
+
 class MessageHandler:
     """Answers the messages of one discord.py client that are meant for the bot."""
 
@@ -45,7 +55,7 @@ class MessageHandler:
         settings: DiscordSettings,
         policy: AccessPolicy,
         attachments: AttachmentPolicy,
-        inflight: InFlight,
+        inflight: Answers,
     ) -> None:
         self.client = client
         self.service = service
@@ -114,11 +124,12 @@ class MessageHandler:
             chain = await reply_chain(message)
             files, notes = await read_attachments(message.attachments, self.attachments)
         inbound = message_inbound(message, channel, bot_id, chain, files, notes)
-        await deliver(
-            self.service.answer(inbound),
-            DiscordAnswer(surface),
-            Interval(self.settings.edit_interval),
-        )
+        async with self.inflight.slots:
+            await deliver(
+                self.service.answer(inbound),
+                DiscordAnswer(surface),
+                Interval(self.settings.edit_interval),
+            )
 
     async def _channel(self, message: discord.Message) -> Any:
         """The message's channel, fetched when the cache doesn't know it (e.g. an old thread)."""

@@ -21,7 +21,7 @@ import discord
 from discord import app_commands
 
 from adapters.discord.files import read_attachments
-from adapters.discord.inbound import RESTARTING
+from adapters.discord.inbound import RESTARTING, Answers
 from adapters.discord.render import (
     NO_MENTIONS,
     ChannelSurface,
@@ -40,7 +40,6 @@ from adapters.discord.translate import (
     thread_name,
     transcript,
 )
-from adapters.inflight import InFlight
 from core import permissions, sentences
 from core.attachments import AttachmentPolicy
 from core.commands import ALIASES, BY_NAME, COMMANDS, CommandSpec, summary_count
@@ -91,7 +90,7 @@ class SlashCommands:
         settings: DiscordSettings,
         policy: AccessPolicy,
         attachments: AttachmentPolicy,
-        inflight: InFlight,
+        inflight: Answers,
     ) -> None:
         self.client = client
         self.service = service
@@ -259,11 +258,12 @@ class SlashCommands:
         self, inbound: Inbound, surface: InteractionSurface | ChannelSurface
     ) -> Delivered:
         """The core's answer on ``surface``; a redelivery (no events) withdraws "thinking…"."""
-        done = await deliver(
-            self.service.answer(inbound),
-            DiscordAnswer(surface),
-            Interval(self.settings.edit_interval),
-        )
+        async with self.inflight.slots:
+            done = await deliver(
+                self.service.answer(inbound),
+                DiscordAnswer(surface),
+                Interval(self.settings.edit_interval),
+            )
         if done.outcome == "nothing" and isinstance(surface, InteractionSurface):
             log.info("dropping redelivered interaction %s", inbound.event_id)
             await surface.withdraw()

@@ -36,6 +36,7 @@ class DiscordSettings(BaseSettings):
     api_url: str | None = None
     gateway_url: str | None = None
     edit_interval: float = Field(1.0, ge=0.0)
+    max_concurrent_answers: int = Field(32, ge=1)
 
     @field_validator(
         "guild_ids",
