@@ -10,8 +10,10 @@ from pathlib import Path
 from prompt_toolkit import PromptSession
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
+from prompt_toolkit.filters import is_searching
 from prompt_toolkit.history import FileHistory, History, InMemoryHistory
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
+from prompt_toolkit.search import accept_search
 
 PROMPT = "you> "
 CONTINUATION = "...  "
@@ -52,6 +54,12 @@ def _bindings() -> KeyBindings:
     @keys.add("escape", "enter")
     def _new_line(event: KeyPressEvent) -> None:
         event.current_buffer.insert_text("\n")
+
+    @keys.add("enter", filter=is_searching)
+    def _send_found(event: KeyPressEvent) -> None:
+        # Like a shell's Ctrl-R: Enter sends the line found.
+        accept_search()
+        event.app.current_buffer.validate_and_handle()
 
     @keys.add("c-c")
     def _interrupt(event: KeyPressEvent) -> None:
