@@ -4,20 +4,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from core.errors import ConfigError, ParleyError
 from core.settings import Settings, load_settings
 
+if TYPE_CHECKING:
+    from adapters.console.render import Where
+    from bots.bootstrap import Parley
+    from core.service import ConversationService
+
 log = logging.getLogger("parley")
 
+OPENAI_URL = "https://api.openai.com/v1"
 OFFLINE_BANNER = (
     "No OPENAI_API_KEY or OPENAI_BASE_URL set: talking to Parley's offline stand-in model "
     "(canned answers, not GPT-4o). Set OPENAI_API_KEY to use GPT-4o."
 )
-CHAT_HINT = "/help for commands, /quit to leave."
 NO_MODEL = (
     "No OPENAI_API_KEY or OPENAI_BASE_URL set, so Parley would answer your users with its offline "
     "stand-in model. Set OPENAI_API_KEY (or OPENAI_BASE_URL), or PARLEY_ALLOW_OFFLINE=true to "
@@ -46,19 +56,51 @@ def _logging(settings: Settings, level: str | None = None) -> None:
 
 
 async def _chat(settings: Settings, session: str) -> int:
+    """The terminal chat; its prompt shows while the core starts (the first message waits)."""
     from adapters.console.chat import ConsoleChat
+
+    opened: list[Parley] = []
+
+    async def start() -> ConversationService:
+        bootstrap = await asyncio.to_thread(importlib.import_module, "bots.bootstrap")
+        opened.append(await bootstrap.build(settings))
+        return opened[0].service
+
+    service = asyncio.ensure_future(start())
+    history = Path.home() / ".parley_history"
+    try:
+        chat = ConsoleChat(service, _where(settings), session=session, history_file=history)
+        return await chat.run()
+    finally:
+        service.cancel()
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await service
+        for parley in opened:
+            await parley.close()
+
+
+async def _ask(settings: Settings, args: argparse.Namespace) -> int:
+    from adapters.console.ask import Ask, ask_once, question
     from bots.bootstrap import build
 
+    text = await asyncio.to_thread(question, args.question, sys.stdin)
     parley = await build(settings)
     try:
-        if parley.offline:
-            print(f"{OFFLINE_BANNER} {CHAT_HINT}", flush=True)
-        else:
-            print(f"Parley on {settings.parley_model}. {CHAT_HINT}", flush=True)
-        await ConsoleChat(parley.service, session=session).run()
+        ask = Ask(text, args.conversation, args.json)
+        return await ask_once(parley.service, _where(settings), ask)
     finally:
         await parley.close()
-    return 0
+
+
+def _where(settings: Settings) -> Where:
+    """What the terminal talks to: the model, and the server's address without credentials."""
+    from adapters.console.render import Where
+
+    if settings.offline:
+        return Where(settings.parley_model, "the offline stand-in", offline=True)
+    url = urlsplit(settings.openai_base_url or OPENAI_URL)
+    server = f"{url.scheme}://{url.hostname}{f':{url.port}' if url.port else ''}{url.path}"
+    return Where(settings.parley_model, server, offline=False)
 
 
 async def _run(settings: Settings) -> int:
@@ -112,7 +154,17 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="parley", description="Parley, a GPT-4o chat bot.")
     sub = p.add_subparsers(dest="command", required=True)
     chat = sub.add_parser("chat", help="chat with Parley in this terminal")
-    chat.add_argument("--session", default="terminal", help="conversation name (default terminal)")
+    chat.add_argument(
+        "--conversation",
+        "--session",
+        dest="session",
+        default="terminal",
+        help="conversation name (default terminal)",
+    )
+    ask = sub.add_parser("ask", help="ask one question and print the answer (for scripts)")
+    ask.add_argument("question", nargs="*", help="the question (stdin, when piped, is added)")
+    ask.add_argument("--json", action="store_true", help="answer in JSON mode")
+    ask.add_argument("--conversation", help="continue this named conversation")
     sub.add_parser("run", help="run the Slack and Discord workers that are configured")
     db = sub.add_parser("db", help="database schema")
     db.add_argument("action", choices=["upgrade", "current"])
@@ -125,9 +177,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings()
         # In the terminal chat, operator warnings would land in the transcript; the user sees
         # each problem as a sentence anyway.
-        _logging(settings, "ERROR" if args.command == "chat" else None)
+        _logging(settings, "ERROR" if args.command in {"chat", "ask"} else None)
         if args.command == "chat":
             return asyncio.run(_chat(settings, args.session))
+        if args.command == "ask":
+            return asyncio.run(_ask(settings, args))
         if args.command == "run":
             return asyncio.run(_run(settings))
         return asyncio.run(_db(settings, args.action))

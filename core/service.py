@@ -300,9 +300,12 @@ class ConversationService:
         try:
             async for event in self._reply(inbound, state, config, assemble):
                 yield event
-        except Exception:
+        except (Exception, asyncio.CancelledError) as exc:
             # The question stays on record, but out of the context: the user will ask again.
-            await self.store.set_message_status(turn_id, "failed")
+            # An answer stopped before it was complete (the user interrupted it, or shutdown
+            # cancelled it) is "cut": otherwise the next request would carry two user turns.
+            cut = isinstance(exc, asyncio.CancelledError)
+            await self.store.set_message_status(turn_id, "cut" if cut else "failed")
             raise
 
     async def _reply(

@@ -1,108 +1,213 @@
 """The terminal adapter: `parley chat` talks to the same core as Slack and Discord.
 
-Lines starting with "/" are the core's commands (/help, /reset, /usage ...); anything else is
-a message. The answer streams to stdout as the model writes it.
+On a terminal it is an interactive chat (``adapters.console.prompt``) whose answers render as
+Markdown while they stream; Ctrl-C stops an answer and returns to the prompt. With input piped
+in, consecutive lines form one message and a line starting with "/" is a command.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
+import re
+import signal
 import sys
-import threading
-from collections.abc import Callable
-from typing import TextIO
+from collections.abc import Coroutine, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
 
+from adapters.console.render import HelpRow, Screen, TerminalAnswer, Where
+from core import commands
 from core.delivery import Interval, deliver
 from core.messages import Author, ConversationKey, Inbound
-from core.service import ConversationService
 
-PROMPT = "you> "
-ANSWER = "parley> "
+if TYPE_CHECKING:
+    from core.service import ConversationService
+
 QUIT = {"/quit", "/exit", ":q"}
+QUIT_SUMMARY = "Leave the chat (or Ctrl-D)."
+# How often a streaming answer is redrawn on a terminal (each redraw renders its Markdown).
+REDRAW_SECONDS = 0.05
 
 
-def _read_lines(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[str | None]) -> None:
-    """Feed stdin lines to the event loop from a daemon thread (so exit never waits on it)."""
-    for line in sys.stdin:
-        loop.call_soon_threadsafe(queue.put_nowait, line.rstrip("\n"))
-    loop.call_soon_threadsafe(queue.put_nowait, None)
+def console_author() -> Author:
+    """The person at this terminal, by their login name."""
+    user = getpass.getuser()
+    return Author(id=user, name=user)
+
+
+def aliases() -> dict[str, tuple[str, ...]]:
+    """Each command's other names, as the core accepts them."""
+    found: dict[str, list[str]] = {}
+    for alias, name in sorted(commands.ALIASES.items()):
+        found.setdefault(name, []).append(f"/{alias}")
+    return {name: tuple(names) for name, names in found.items()}
+
+
+def help_rows() -> list[HelpRow]:
+    """Every command the chat takes, with its slash: the core's, then the terminal's own."""
+    others = aliases()
+    rows = [
+        HelpRow(f"/{spec.usage}", others.get(spec.name, ()), spec.summary)
+        for spec in commands.COMMANDS
+    ]
+    rows.append(HelpRow("/quit", ("/exit",), QUIT_SUMMARY))
+    return rows
+
+
+def completions() -> list[tuple[str, str]]:
+    """What Tab completes: every command name and alias, with what it does."""
+    summaries = {spec.name: spec.summary for spec in commands.COMMANDS}
+    names = [(f"/{spec.name}", spec.summary) for spec in commands.COMMANDS]
+    names += [(f"/{alias}", summaries[name]) for alias, name in commands.ALIASES.items()]
+    return sorted([*names, ("/quit", QUIT_SUMMARY), ("/exit", QUIT_SUMMARY)])
+
+
+def script_items(text: str) -> Iterator[str]:
+    """Piped input as the chat takes it: a line starting with "/" is a command, and the lines
+    between commands are one message (so a piped file is one message, not one per line)."""
+    lines: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("/"):
+            if "\n".join(lines).strip():
+                yield "\n".join(lines).strip()
+            lines = []
+            yield line.strip()
+        else:
+            lines.append(line)
+    if "\n".join(lines).strip():
+        yield "\n".join(lines).strip()
 
 
 class ConsoleChat:
-    """A read-answer loop on stdin/stdout."""
+    """One terminal conversation: reads messages and commands, shows answers and replies."""
 
     def __init__(
         self,
-        service: ConversationService,
+        service: ConversationService | asyncio.Future[ConversationService],
+        where: Where,
         *,
         session: str = "terminal",
-        out: TextIO = sys.stdout,
+        screen: Screen | None = None,
+        history_file: Path | None = None,
     ) -> None:
-        self.service = service
-        self.out = out
+        """``service`` may still be starting (a future): the prompt shows at once, and the
+        first message waits for it."""
+        self._service = service
+        self.where = where
+        self.screen = screen or Screen()
+        self.history_file = history_file
         self.key = ConversationKey("console", "local", session)
-        user = getpass.getuser()
-        self.author = Author(id=user, name=user)
+        self.author = console_author()
+        self._answer: TerminalAnswer | None = None
+        self._stopped = False
 
-    def _write(self, text: str) -> None:
-        self.out.write(text)
-        self.out.flush()
+    async def service(self) -> ConversationService:
+        if isinstance(self._service, asyncio.Future):
+            # shielded: Ctrl-C while waiting stops the wait, not the start-up
+            return await asyncio.shield(self._service)
+        return self._service
 
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[str | None] = asyncio.Queue()
-        threading.Thread(target=_read_lines, args=(loop, queue), daemon=True).start()
+    async def run(self, stdin: TextIO | None = None) -> int:
+        """Chat until the user leaves (interactive) or the piped input ends."""
+        stdin = stdin or sys.stdin
+        self.screen.note(f"{self.where.banner()} /help for commands, /quit to leave.")
+        if stdin.isatty() and self.screen.console.is_terminal:
+            await self.interactive()
+            return 0
+        await self.service()
+        for item in script_items(await asyncio.to_thread(stdin.read)):
+            if not await self.handle(item):
+                break
+        return 0
+
+    async def interactive(self) -> None:
+        """Prompt until the user leaves; a start-up that fails ends the prompt with its error."""
+        from adapters.console.prompt import Quit, prompt_session
+
+        session = prompt_session(self.history_file, completions())
+
+        starting = self._service
+
+        def failed_start() -> None:
+            if isinstance(starting, asyncio.Future) and starting.done():
+                error = None if starting.cancelled() else starting.exception()
+                if error is not None:
+                    with contextlib.suppress(Exception):  # the prompt is not up: next one
+                        session.app.exit(exception=error)
+
+        if isinstance(starting, asyncio.Future):
+            starting.add_done_callback(lambda _future: failed_start())
         while True:
-            self._write(PROMPT)
-            line = await queue.get()
-            if line is None:
-                self._write("\n")
+            try:
+                text = await session.prompt_async(pre_run=failed_start)
+            except (EOFError, Quit):
                 return
-            line = line.strip()
-            if not line:
-                continue
-            if line in QUIT:
+            if not await self.interruptible(self.handle(text)):
                 return
-            await self.handle(line)
 
-    async def handle(self, line: str) -> None:
-        if line.startswith("/"):
-            name, _, args = line[1:].strip().partition(" ")
-            reply = await self.service.command(self.key, self.author, name, args)
-            self._write(f"{reply.text}\n")
-            return
-        inbound = Inbound(self.key, self.author, line)
-        self._write(ANSWER)
-        done = await deliver(self.service.answer(inbound), TerminalAnswer(self._write), Interval(0))
-        if done.usage is not None:
-            usage = done.usage
-            self._write(
-                f"  [{usage.model}: {usage.input_tokens} in / {usage.output_tokens} out tokens,"
-                f" ${usage.cost_usd:.5f}]\n"
-            )
+    async def interruptible(self, work: Coroutine[Any, Any, bool]) -> bool:
+        """Run ``work``; Ctrl-C stops it (the answer so far stays, marked as stopped) and
+        the chat goes on. True unless the user asked to leave."""
+        task = asyncio.ensure_future(work)
+        self._stopped = False
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signal.SIGINT, self._stop, task)
+        try:
+            return await task
+        except asyncio.CancelledError:
+            if not self._stopped:
+                raise
+            if self._answer is None:
+                self.screen.note("(stopped)", "dim italic")
+            return True
+        finally:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(signal.SIGINT)
 
+    def _stop(self, task: asyncio.Future[bool]) -> None:
+        self._stopped = True
+        if self._answer is not None:
+            self._answer.stopped = True
+        task.cancel()
 
-class TerminalAnswer:
-    """``core.delivery.Renderer`` on a terminal: the answer is printed as it grows."""
-
-    def __init__(self, write: Callable[[str], None]) -> None:
-        self._write = write
-        self._printed = ""
-
-    async def start(self) -> None:
-        return None
-
-    async def progress(self, text: str) -> None:
-        self._write(text[len(self._printed) :])
-        self._printed = text
-
-    async def finish(self, text: str) -> None:
-        # The final text may add to what streamed (notes, "cut off"), or differ (JSON mode).
-        if text.startswith(self._printed):
-            self._write(text[len(self._printed) :] + "\n")
+    async def handle(self, text: str) -> bool:
+        """One message or command; False when it asks to leave."""
+        text = text.strip()
+        if not text:
+            return True
+        if text.lower() in QUIT:
+            return False
+        if text.startswith("/"):
+            name, args = (re.split(r"\s+", text[1:], maxsplit=1) + [""])[:2]
+            await self.command(name, args)
         else:
-            self._write(("\n" if self._printed else "") + text + "\n")
+            await self.send(text)
+        return True
 
-    async def fail(self, text: str) -> None:
-        self._write(("\n" if self._printed else "") + text + "\n")
+    async def command(self, name: str, args: str) -> None:
+        if commands.canonical(name) == "help":
+            keys: tuple[tuple[str, str], ...] = ()
+            if self.screen.rich:
+                from adapters.console.prompt import KEYS
+
+                keys = KEYS
+            self.screen.help(help_rows(), keys)
+            return
+        reply = await (await self.service()).command(self.key, self.author, name, args)
+        self.screen.markdown(reply.text)
+
+    async def send(self, text: str) -> None:
+        """Ask the model and show the answer as it streams, then what it used."""
+        service = await self.service()
+        inbound = Inbound(self.key, self.author, text)
+        self._answer = self.screen.answer()
+        pacing = Interval(REDRAW_SECONDS if self.screen.rich else 0)
+        try:
+            done = await deliver(service.answer(inbound), self._answer, pacing)
+        finally:
+            self._answer = None
+        if done.usage is not None:
+            self.screen.note(self.where.usage_line(done.usage))

@@ -14,34 +14,48 @@ from adapters.standin.server import StandinServer
 # The `parley` script installed next to this interpreter (the project's venv).
 _SCRIPT = Path(sys.executable).with_name("parley")
 PARLEY = str(_SCRIPT) if _SCRIPT.exists() else f"{sys.executable} -m bots.cli"
+PROMPT = "you>"  # prompt_toolkit moves the cursor over the space after it
 
 
-def spawn(tmp_path, **env):
+def chat_env(tmp_path, **env):
+    """The environment of a user with no model configured, a fresh home and no colour wishes."""
     full_env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "DATABASE_URL"))
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("OPENAI_", "DATABASE_URL", "NO_COLOR"))
     }
+    # pexpect's terminal does not answer prompt_toolkit's cursor position requests.
+    full_env.update(HOME=str(tmp_path), TERM="xterm-256color", PROMPT_TOOLKIT_NO_CPR="1")
     full_env.update(env)
-    child = pexpect.spawn(
-        f"{PARLEY} chat", cwd=str(tmp_path), env=full_env, encoding="utf-8", timeout=30
+    return full_env
+
+
+def spawn(tmp_path, command="chat", **env):
+    return pexpect.spawn(
+        f"{PARLEY} {command}",
+        cwd=str(tmp_path),
+        env=chat_env(tmp_path, **env),
+        encoding="utf-8",
+        timeout=30,
+        dimensions=(40, 120),
     )
-    return child
 
 
 def test_offline_chat_streams_answers_runs_commands_and_remembers(tmp_path):
     child = spawn(tmp_path)
     child.expect("offline stand-in model")
-    child.expect_exact("you> ")
+    child.expect_exact(PROMPT)
     child.sendline("my favourite fruit is the mango")
-    child.expect_exact("parley> ")
+    child.expect_exact("parley>")
     child.expect("You said: my favourite fruit is the mango")
-    child.expect(r"\[gpt-4o: \d+ in / \d+ out tokens")
-    child.expect_exact("you> ")
+    child.expect(r"\[gpt-4o \(offline stand-in\): \d+ in / \d+ out tokens\]")
+    child.expect_exact(PROMPT)
     child.sendline("/temperature lots")
     child.expect("not a number")
-    child.expect_exact("you> ")
+    child.expect_exact(PROMPT)
     child.sendline("/usage")
     child.expect(r"This channel: 1 model call,")
-    child.expect_exact("you> ")
+    child.expect_exact(PROMPT)
     child.sendline("/quit")
     child.expect(pexpect.EOF)
     child.close()
@@ -49,11 +63,11 @@ def test_offline_chat_streams_answers_runs_commands_and_remembers(tmp_path):
     assert (tmp_path / "parley.db").exists()
 
     again = spawn(tmp_path)
-    again.expect_exact("you> ")
+    again.expect_exact(PROMPT)
     again.sendline("/summarize")
     again.expect("Summary")
     again.expect("mango")
-    again.expect_exact("you> ")
+    again.expect_exact(PROMPT)
     again.sendeof()
     again.expect(pexpect.EOF)
     again.close()
@@ -70,14 +84,14 @@ async def test_chat_against_a_server_given_as_openai_base_url(tmp_path):
             OPENAI_MAX_RETRIES="0",
         )
         await _expect(child, "Parley on gpt-4o")
-        await _expect(child, "you> ")
+        await _expect(child, PROMPT)
         child.sendline("hello over http")
         await _expect(child, "You said: hello over http")
-        await _expect(child, "you> ")
+        await _expect(child, PROMPT)
         child.sendline("this one fails [[fault:server_error]]")
         await _expect(child, "⚠️ ")
         await _expect(child, "try again")
-        await _expect(child, "you> ")
+        await _expect(child, PROMPT)
         child.sendline("a long one [[fault:long_answer:3000]]")
         await _expect(child, "cut off at the output token limit")
         child.sendline("/quit")
@@ -149,10 +163,10 @@ def test_postgres_schema_must_be_upgraded_first(tmp_path, postgres_url):
     assert upgrade.exitstatus == 0
 
     chat = spawn(tmp_path, DATABASE_URL=postgres_url)
-    chat.expect_exact("you> ")
+    chat.expect_exact(PROMPT)
     chat.sendline("stored in postgres")
     chat.expect("You said: stored in postgres")
-    chat.expect_exact("you> ")
+    chat.expect_exact(PROMPT)
     chat.sendline("/quit")
     chat.expect(pexpect.EOF)
     chat.close()
