@@ -25,7 +25,14 @@ from core.context import (
     summary_message,
     token_budget,
 )
-from core.errors import BadCommand, EmptyAnswer, InvalidJSONReply, OverBudget, UserFacingError
+from core.errors import (
+    BadCommand,
+    EmptyAnswer,
+    InvalidJSONReply,
+    ModelTimeout,
+    OverBudget,
+    UserFacingError,
+)
 from core.messages import (
     Accepted,
     Author,
@@ -325,7 +332,7 @@ class ConversationService:
             json_mode=config.json_mode,
         )
         completion: Completion | None = None
-        async for item in self.llm.stream(request):
+        async for item in self._model_stream(request):
             if isinstance(item, Completion):
                 completion = item
             elif not config.json_mode:
@@ -392,10 +399,47 @@ class ConversationService:
         return completion, f"```json\n{pretty}\n```", []
 
     async def _complete(self, request: ChatRequest) -> Completion:
-        async for item in self.llm.stream(request):
+        async for item in self._model_stream(request):
             if isinstance(item, Completion):
                 return item
         raise RuntimeError("ChatModel.stream ended without a Completion")
+
+    async def _model_stream(self, request: ChatRequest) -> AsyncIterator[str | Completion]:
+        """The model's stream under the core's deadlines: its first item within
+        ``parley_first_token_timeout``, all of it within ``parley_answer_timeout``.
+
+        Only the waits for the model count, never the caller's work between items.
+        """
+        first, whole = self.settings.parley_first_token_timeout, self.settings.parley_answer_timeout
+        loop = asyncio.get_running_loop()
+        waited, started = 0.0, False
+        items = self.llm.stream(request)
+        try:
+            while True:
+                limit = min(first, whole) if not started else whole
+                began = loop.time()
+                try:
+                    async with asyncio.timeout(limit - waited) as timer:
+                        item = await anext(items)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    if not timer.expired():
+                        raise
+                    stalled = not started and first < whole
+                    sentence = (
+                        sentences.model_stalled(first)
+                        if stalled
+                        else sentences.answer_too_slow(whole)
+                    )
+                    raise ModelTimeout(sentence, detail="deadline passed") from None
+                waited += loop.time() - began
+                started = True
+                yield item
+        finally:
+            close = getattr(items, "aclose", None)
+            if close is not None:
+                await close()
 
     def _priced(self, completions: list[Completion]) -> list[UsageEntry]:
         return [
