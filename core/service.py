@@ -12,6 +12,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -224,6 +225,8 @@ class ConversationService:
                 )
                 return
         yield Accepted()
+        if inbound.sent_at is None:  # ordered by when it reached the core, then
+            inbound = replace(inbound, sent_at=datetime.now(UTC))
         try:
             async with self.exclusive(inbound.key):
                 async for event in self._answer(inbound):
@@ -289,6 +292,7 @@ class ConversationService:
             user_tokens,
             author_id=inbound.author.id,
             author_name=inbound.author.name,
+            sent_at=inbound.sent_at,
         )
         if self.settings.parley_log_content:
             log.info("user turn in %s: %s", key, text)
@@ -362,6 +366,7 @@ class ConversationService:
             key.channel_key,
             inbound.author.id,
             entries,
+            sent_at=inbound.sent_at,
         )
         yield FinalText(shown, completion.model)
         yield UsageReport(
@@ -484,7 +489,12 @@ class ConversationService:
         if self.settings.parley_summarize_overflow:
             # the most recent of the overflow, within what one summary request may read
             picked, _ = await newest_turns(
-                self.store, state.id, state.context_start, cut_at + 1, SUMMARY_INPUT_TOKENS
+                self.store,
+                state.id,
+                state.context_start,
+                cut_at,
+                SUMMARY_INPUT_TOKENS,
+                through=True,
             )
             transcript = "\n".join(f"{m.role}: {m.content}" for m in picked)
             max_tokens = max(128, min(1000, self._budget(config) // 8))

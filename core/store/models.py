@@ -102,7 +102,10 @@ class MessageRow(Base):
     """One turn of a conversation with its token count, counted once when stored."""
 
     __tablename__ = "messages"
-    __table_args__ = (Index("ix_messages_conversation_id_id", "conversation_id", "id"),)
+    __table_args__ = (
+        Index("ix_messages_conversation_id_id", "conversation_id", "id"),
+        Index("ix_messages_conversation_order", "conversation_id", "sent_at", "id"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     conversation_id: Mapped[int] = mapped_column(
@@ -116,6 +119,9 @@ class MessageRow(Base):
     # "complete" turns form the context; "failed" answers are kept for the record only.
     status: Mapped[str] = mapped_column(CleanString(16), default="complete")
     model: Mapped[str | None] = mapped_column(CleanString(100), nullable=True)
+    # When the platform says the message was sent, in microseconds since 1970 (an answer takes
+    # its question's): a conversation is ordered by (sent_at, id), not by arrival.
+    sent_at: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
