@@ -323,6 +323,12 @@ class FakeDiscord:
         for ws in list(self._sockets):
             await self._send(ws, event, data)
 
+    async def dispatch_raw(self, event: str, data: Any) -> None:
+        """Send a gateway dispatch whose data may be anything at all (hostile payloads)."""
+        for ws in list(self._sockets):
+            self._seq += 1
+            await ws.send_json({"op": 0, "t": event, "s": self._seq, "d": data})
+
     async def drop_connection(self, *, replay: Sequence[tuple[str, dict[str, Any]]] = ()) -> None:
         """Close the socket as Discord does before a resume; on RESUME, redeliver ``replay``."""
         self._replay = list(replay)
