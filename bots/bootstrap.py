@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import make_url
 from sqlalchemy.exc import DBAPIError
 
+from bots.logs import redact
 from core.attachments import AttachmentPolicy
 from core.errors import ConfigError, SchemaOutOfDate
 from core.llm import ChatModel, OpenAIChat
@@ -58,7 +59,10 @@ def attachment_policy(settings: Settings) -> AttachmentPolicy:
 
 def database_error(url: str, exc: BaseException) -> ConfigError:
     """One line saying which database could not be opened and why (password hidden)."""
-    where = make_url(url).render_as_string(hide_password=True)
+    try:
+        where = make_url(url).render_as_string(hide_password=True)
+    except ValueError:
+        where = redact(url)
     reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:200]
     return ConfigError(f"cannot open the database at DATABASE_URL={where}: {reason}")
 
@@ -84,7 +88,8 @@ async def open_store(settings: Settings, *, auto_upgrade: bool) -> SqlStore:
     )
     try:
         await prepare_schema(store, settings, auto_upgrade=auto_upgrade)
-    except (OSError, DBAPIError) as exc:
+    except (OSError, DBAPIError, TypeError) as exc:
+        # TypeError: the driver refused an option given in the URL's query string
         await store.close()
         raise database_error(settings.database_url, exc) from None
     except BaseException:

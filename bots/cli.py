@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from bots.logs import Redactor, configure
 from core.errors import ConfigError, ParleyError
 from core.settings import Settings, load_settings
 
@@ -40,19 +41,17 @@ NOTHING_TO_RUN = (
 )
 
 
-def _logging(settings: Settings, level: str | None = None) -> None:
-    logging.basicConfig(
-        level=level or settings.parley_log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _logging(settings: Settings, level: str | None = None) -> Redactor:
+    """Log at the configured level, secrets masked; chatty libraries only from WARNING."""
+    redactor = configure(level or settings.parley_log_level, [settings])
     # Request logs of HTTP clients can carry tokens in URLs, and database drivers log query
     # parameters (message text) at DEBUG: keep them quiet unless content logging is on.
-    quiet = ["httpx", "httpcore", "openai", "aiohttp.access", "alembic"]
+    quiet = ["httpx", "httpx2", "httpcore", "httpcore2", "openai", "aiohttp.access", "alembic"]
     if not settings.parley_log_content:
         quiet += ["aiosqlite", "asyncpg", "sqlalchemy.engine", "slack_bolt", "slack_sdk"]
     for name in quiet:
         logging.getLogger(name).setLevel(logging.WARNING)
+    return redactor
 
 
 async def _chat(settings: Settings, session: str) -> int:
@@ -103,12 +102,13 @@ def _where(settings: Settings) -> Where:
     return Where(settings.parley_model, server, offline=False)
 
 
-async def _run(settings: Settings) -> int:
+async def _run(settings: Settings, redactor: Redactor) -> int:
     from bots.bootstrap import build
     from bots.platforms import load_platforms, platform_adapters
     from bots.runtime import run_adapters
 
     platforms = load_platforms()
+    redactor.hide([platforms.slack, platforms.discord])
     if not platforms.configured:
         print(f"parley: {NOTHING_TO_RUN}", file=sys.stderr)
         return 2
@@ -143,7 +143,7 @@ async def _db(settings: Settings, action: str) -> int:
             head = schema.head_revision()
             state = "up to date" if current == head else "out of date: run `parley db upgrade`"
             print(f"database at revision {current or 'none'} (newest {head}): {state}")
-    except (OSError, DBAPIError) as exc:
+    except (OSError, DBAPIError, TypeError) as exc:
         raise database_error(settings.database_url, exc) from None
     finally:
         await engine.dispose()
@@ -175,21 +175,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         settings = load_settings()
+        check_database_url(settings.database_url)
         # In the terminal chat, operator warnings would land in the transcript; the user sees
         # each problem as a sentence anyway.
-        _logging(settings, "ERROR" if args.command in {"chat", "ask"} else None)
+        redactor = _logging(settings, "ERROR" if args.command in {"chat", "ask"} else None)
         if args.command == "chat":
             return asyncio.run(_chat(settings, args.session))
         if args.command == "ask":
             return asyncio.run(_ask(settings, args))
         if args.command == "run":
-            return asyncio.run(_run(settings))
+            return asyncio.run(_run(settings, redactor))
         return asyncio.run(_db(settings, args.action))
     except (ConfigError, ParleyError) as exc:
         print(f"parley: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception:
+        # a bug: its traceback goes through the log, where secrets are masked
+        log.exception("parley stopped on an unexpected error")
+        return 1
+
+
+def check_database_url(url: str) -> None:
+    """Refuse a DATABASE_URL that cannot be parsed, in one sentence without its password."""
+    from sqlalchemy import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        make_url(url)
+    except (ArgumentError, ValueError):
+        raise ConfigError(
+            "DATABASE_URL cannot be read as a database URL: check the port, and percent-encode "
+            "'@', ':' and '/' in the user name and password (postgresql+asyncpg://user:password"
+            "@host:5432/db, or sqlite+aiosqlite:///parley.db)"
+        ) from None
 
 
 if __name__ == "__main__":

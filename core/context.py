@@ -45,17 +45,27 @@ def prompt_tokens(system_prompt: str) -> int:
 
 
 async def newest_turns(
-    store: Store, conversation_id: int, after_id: int, before_id: int, token_limit: int
+    store: Store,
+    conversation_id: int,
+    after_id: int,
+    before_id: int,
+    token_limit: int,
+    *,
+    through: bool = False,
 ) -> tuple[list[StoredMessage], int | None]:
-    """The newest complete turns with after_id < id < before_id that fit ``token_limit``,
-    oldest first, and the id of the newest turn that did not fit (None if all did).
+    """The newest complete turns after turn ``after_id`` and before turn ``before_id`` (or
+    through it) that fit ``token_limit``, oldest first, and the id of the newest turn that did
+    not fit (None if all did). Order is the store's conversation order.
 
     Reads page by page, newest first, so it reads only about as many rows as fit.
     """
     picked: list[StoredMessage] = []
     remaining = token_limit
     while True:
-        page = await store.recent_messages(conversation_id, after_id, before_id, PAGE)
+        page = await store.recent_messages(
+            conversation_id, after_id, before_id, PAGE, through=through
+        )
+        through = False
         for message in page:
             if message.token_count > remaining:
                 picked.reverse()

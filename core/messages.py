@@ -7,6 +7,7 @@ here knows about Slack, Discord or the terminal.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Literal
 
 
@@ -67,7 +68,10 @@ class Inbound:
     """A message addressed to the bot.
 
     ``event_id`` is the platform's id for the delivery; when given, the core answers it once
-    even if the platform delivers it again (also across restarts).
+    even if the platform delivers it again (also across restarts). ``sent_at`` is when the
+    platform says the message was sent (Slack's ``ts``, a Discord snowflake's time, timezone
+    aware): a conversation's turns are kept in that order, whichever worker got them first;
+    without it the time the core receives the message counts.
     """
 
     key: ConversationKey
@@ -76,6 +80,7 @@ class Inbound:
     attachments: tuple[Attachment, ...] = ()
     event_id: str | None = None
     notes: tuple[str, ...] = field(default=())
+    sent_at: datetime | None = None
 
 
 # --- reply events -------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal, Protocol
 
 from core.messages import ChannelKey, ConversationKey
@@ -151,8 +152,12 @@ class Store(Protocol):
         channel: ChannelKey,
         user_id: str,
         usage: Sequence[UsageEntry],
+        *,
+        sent_at: datetime | None = None,
     ) -> int:
-        """Store a complete assistant turn and charge its usage, atomically; returns its id."""
+        """Store a complete assistant turn and charge its usage, atomically; returns its id.
+
+        ``sent_at`` places it in the conversation: give its question's, so it follows it."""
         ...
 
     async def add_message(
@@ -166,8 +171,10 @@ class Store(Protocol):
         author_name: str = "",
         status: str = "complete",
         model: str | None = None,
+        sent_at: datetime | None = None,
     ) -> int:
-        """Store one turn and return its id."""
+        """Store one turn and return its id. Turns are ordered by ``sent_at`` (now when not
+        given), then by id: a message sent earlier comes first even if it was stored later."""
         ...
 
     async def set_message_status(self, message_id: int, status: str) -> None:
@@ -175,9 +182,17 @@ class Store(Protocol):
         ...
 
     async def recent_messages(
-        self, conversation_id: int, after_id: int, before_id: int, limit: int
+        self,
+        conversation_id: int,
+        after_id: int,
+        before_id: int,
+        limit: int,
+        *,
+        through: bool = False,
     ) -> list[StoredMessage]:
-        """Complete turns with after_id < id < before_id, newest first, at most ``limit``."""
+        """Complete turns after turn ``after_id`` and before turn ``before_id`` (or up to and
+        including it, ``through``), in conversation order (``sent_at``, then id), newest first,
+        at most ``limit``. An id that names no turn of the conversation (0) sets no bound."""
         ...
 
     async def set_summary(

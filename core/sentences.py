@@ -98,6 +98,24 @@ MODEL_STREAM_BROKEN = (
     "The answer was cut off because the connection to the model broke; please try again."
 )
 MODEL_TIMEOUT = "The model took too long to answer; please try again in a moment."
+
+
+def model_stalled(seconds: float) -> str:
+    """The model sent nothing within the first-token deadline."""
+    return (
+        f"The model did not start answering within {seconds:g} seconds; "
+        "please try again in a moment."
+    )
+
+
+def answer_too_slow(seconds: float) -> str:
+    """The model had not finished within the whole-answer deadline."""
+    return (
+        f"The model had not finished its answer after {seconds:g} seconds, so I stopped it; "
+        "please try again, perhaps asking for a shorter answer."
+    )
+
+
 MODEL_UNREACHABLE = "Parley could not reach the model service; please try again in a moment."
 MODEL_QUOTA = "The bot's OpenAI account has run out of credit; please tell the bot's operator."
 MODEL_SERVER_ERROR = "The model service had an error; please try again in a moment."
@@ -276,6 +294,7 @@ __all__ = [
     "SYSTEM_PROMPT_UPDATED",
     "WARNING_MARK",
     "answer_text",
+    "answer_too_slow",
     "bad_model_name",
     "conversation_forgotten",
     "count_out_of_range",
@@ -293,6 +312,7 @@ __all__ = [
     "model_rate_limited",
     "model_restored",
     "model_set",
+    "model_stalled",
     "model_shown",
     "not_a_count",
     "not_a_switch",

@@ -12,6 +12,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -25,7 +26,14 @@ from core.context import (
     summary_message,
     token_budget,
 )
-from core.errors import BadCommand, EmptyAnswer, InvalidJSONReply, OverBudget, UserFacingError
+from core.errors import (
+    BadCommand,
+    EmptyAnswer,
+    InvalidJSONReply,
+    ModelTimeout,
+    OverBudget,
+    UserFacingError,
+)
 from core.messages import (
     Accepted,
     Author,
@@ -217,6 +225,8 @@ class ConversationService:
                 )
                 return
         yield Accepted()
+        if inbound.sent_at is None:  # ordered by when it reached the core, then
+            inbound = replace(inbound, sent_at=datetime.now(UTC))
         try:
             async with self.exclusive(inbound.key):
                 async for event in self._answer(inbound):
@@ -282,6 +292,7 @@ class ConversationService:
             user_tokens,
             author_id=inbound.author.id,
             author_name=inbound.author.name,
+            sent_at=inbound.sent_at,
         )
         if self.settings.parley_log_content:
             log.info("user turn in %s: %s", key, text)
@@ -328,7 +339,7 @@ class ConversationService:
             json_mode=config.json_mode,
         )
         completion: Completion | None = None
-        async for item in self.llm.stream(request):
+        async for item in self._model_stream(request):
             if isinstance(item, Completion):
                 completion = item
             elif not config.json_mode:
@@ -358,6 +369,7 @@ class ConversationService:
             key.channel_key,
             inbound.author.id,
             entries,
+            sent_at=inbound.sent_at,
         )
         yield FinalText(shown, completion.model)
         yield UsageReport(
@@ -395,10 +407,47 @@ class ConversationService:
         return completion, f"```json\n{pretty}\n```", []
 
     async def _complete(self, request: ChatRequest) -> Completion:
-        async for item in self.llm.stream(request):
+        async for item in self._model_stream(request):
             if isinstance(item, Completion):
                 return item
         raise RuntimeError("ChatModel.stream ended without a Completion")
+
+    async def _model_stream(self, request: ChatRequest) -> AsyncIterator[str | Completion]:
+        """The model's stream under the core's deadlines: its first item within
+        ``parley_first_token_timeout``, all of it within ``parley_answer_timeout``.
+
+        Only the waits for the model count, never the caller's work between items.
+        """
+        first, whole = self.settings.parley_first_token_timeout, self.settings.parley_answer_timeout
+        loop = asyncio.get_running_loop()
+        waited, started = 0.0, False
+        items = self.llm.stream(request)
+        try:
+            while True:
+                limit = min(first, whole) if not started else whole
+                began = loop.time()
+                try:
+                    async with asyncio.timeout(limit - waited) as timer:
+                        item = await anext(items)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    if not timer.expired():
+                        raise
+                    stalled = not started and first < whole
+                    sentence = (
+                        sentences.model_stalled(first)
+                        if stalled
+                        else sentences.answer_too_slow(whole)
+                    )
+                    raise ModelTimeout(sentence, detail="deadline passed") from None
+                waited += loop.time() - began
+                started = True
+                yield item
+        finally:
+            close = getattr(items, "aclose", None)
+            if close is not None:
+                await close()
 
     def _priced(self, completions: list[Completion]) -> list[UsageEntry]:
         return [
@@ -443,7 +492,12 @@ class ConversationService:
         if self.settings.parley_summarize_overflow:
             # the most recent of the overflow, within what one summary request may read
             picked, _ = await newest_turns(
-                self.store, state.id, state.context_start, cut_at + 1, SUMMARY_INPUT_TOKENS
+                self.store,
+                state.id,
+                state.context_start,
+                cut_at,
+                SUMMARY_INPUT_TOKENS,
+                through=True,
             )
             transcript = "\n".join(f"{m.role}: {m.content}" for m in picked)
             max_tokens = max(128, min(1000, self._budget(config) // 8))

@@ -60,6 +60,11 @@ class Settings(BaseSettings):
     openai_organization: str | None = None
     openai_timeout: float = Field(60.0, gt=0)
     openai_max_retries: int = Field(2, ge=0, le=10)
+    # Deadlines the core puts on every model call, retries included: the first piece of the
+    # answer, and the whole answer. A stalled model is noticed after the first, not after
+    # the client's timeout times its attempts.
+    parley_first_token_timeout: float = Field(20.0, gt=0)
+    parley_answer_timeout: float = Field(300.0, gt=0)
 
     # --- model and conversation defaults --------------------------------------------------
     parley_model: str = "gpt-4o"

@@ -63,6 +63,7 @@ class MessageHandler:
         self.policy = policy
         self.attachments = attachments
         self.inflight = inflight
+        self._unreadable: set[str] = set()
 
     async def handle(self, message: discord.Message) -> None:
         with self.inflight.track():
@@ -83,19 +84,17 @@ class MessageHandler:
 
     async def _handle(self, message: discord.Message) -> None:
         me = self.client.user
-        if me is None or message.author.bot:
+        if me is None:
             return
-        channel = await self._channel(message)
-        reason = ignore_reason(
-            message, channel, me.id, content_intent=self.client.intents.message_content
-        )
-        if reason is None:
-            reason = self.policy.refusal(
-                user_id=message.author.id,
-                role_ids=role_ids(message.author),
-                guild_id=message.guild.id if message.guild else None,
-                channel_ids=channel_ids(channel),
-            )
+        try:
+            if message.author.bot:
+                return
+            channel = await self._channel(message)
+            reason = self._refusal(message, channel, me.id)
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            # a message discord.py could only half read (fields missing or of the wrong type)
+            self._skip_unreadable(exc)
+            return
         if reason is not None:
             # No reply in a place the bot is not enabled for; that would defeat the setting.
             log.debug("not answering message %s: %s", message.id, reason)
@@ -115,6 +114,27 @@ class MessageHandler:
                 await post_text(
                     ChannelSurface(channel), sentences.failure_text(sentences.GENERIC_ERROR)
                 )
+
+    def _refusal(self, message: discord.Message, channel: Any, bot_id: int) -> str | None:
+        """Why ``message`` is not answered (not addressed, not allowed), or None."""
+        reason = ignore_reason(
+            message, channel, bot_id, content_intent=self.client.intents.message_content
+        )
+        if reason is None:
+            reason = self.policy.refusal(
+                user_id=message.author.id,
+                role_ids=role_ids(message.author),
+                guild_id=message.guild.id if message.guild else None,
+                channel_ids=channel_ids(channel),
+            )
+        return reason
+
+    def _skip_unreadable(self, exc: Exception) -> None:
+        """Log an unreadable message once per kind of problem (never its content)."""
+        kind = type(exc).__name__
+        level = logging.DEBUG if kind in self._unreadable else logging.WARNING
+        self._unreadable.add(kind)
+        log.log(level, "skipped a malformed message from Discord (%s)", kind)
 
     async def _answer(
         self, message: discord.Message, channel: Any, bot_id: int, surface: ChannelSurface

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import discord
@@ -247,6 +248,15 @@ def replies_in_place(message: discord.Message, channel: Any, bot_id: int) -> boo
     return message.guild is None or own_thread(channel, bot_id)
 
 
+def sent_time(snowflake: int) -> datetime | None:
+    """When Discord made the id ``snowflake`` (a message's: when it was sent); None for an id
+    that names no real time."""
+    try:
+        return discord.utils.snowflake_time(snowflake)
+    except (OverflowError, ValueError, OSError):
+        return None
+
+
 def message_inbound(
     message: discord.Message,
     channel: Any,
@@ -263,6 +273,7 @@ def message_inbound(
         attachments=files,
         event_id=str(message.id),
         notes=notes,
+        sent_at=sent_time(message.id),
     )
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -14,13 +16,44 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
     func,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # SQLite only autoincrements INTEGER PRIMARY KEY; PostgreSQL gets BIGINT identities.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+# What no text column can hold: NUL (PostgreSQL refuses it in text) and lone surrogates
+# (not encodable as UTF-8, e.g. from a "\ud800" escape in a platform's JSON).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable(value: str) -> str:
+    """``value`` as every database can store it: NUL dropped, lone surrogates replaced."""
+    if not _UNSTORABLE.search(value):
+        return value
+    return _UNSTORABLE.sub(lambda m: "" if m.group() == "\x00" else "\ufffd", value)
+
+
+class CleanString(TypeDecorator[str]):
+    """A VARCHAR that stores any Python string (see ``storable``), the same on every database."""
+
+    impl = String
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        return storable(value) if isinstance(value, str) else value
+
+
+class CleanText(CleanString):
+    """A TEXT column that stores any Python string (see ``storable``)."""
+
+    impl = Text
+    cache_ok = True
 
 
 class Base(DeclarativeBase):
@@ -34,11 +67,11 @@ class ChannelSettingsRow(Base):
     __table_args__ = (UniqueConstraint("platform", "workspace", "channel"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    platform: Mapped[str] = mapped_column(String(32))
-    workspace: Mapped[str] = mapped_column(String(64))
-    channel: Mapped[str] = mapped_column(String(64))
-    system_prompt: Mapped[str | None] = mapped_column(Text, nullable=True)
-    model: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    platform: Mapped[str] = mapped_column(CleanString(32))
+    workspace: Mapped[str] = mapped_column(CleanString(64))
+    channel: Mapped[str] = mapped_column(CleanString(64))
+    system_prompt: Mapped[str | None] = mapped_column(CleanText, nullable=True)
+    model: Mapped[str | None] = mapped_column(CleanString(100), nullable=True)
     temperature: Mapped[float | None] = mapped_column(Float, nullable=True)
     max_output_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     json_mode: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
@@ -54,11 +87,11 @@ class ConversationRow(Base):
     __table_args__ = (UniqueConstraint("platform", "workspace", "channel", "thread"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    platform: Mapped[str] = mapped_column(String(32))
-    workspace: Mapped[str] = mapped_column(String(64))
-    channel: Mapped[str] = mapped_column(String(64))
-    thread: Mapped[str] = mapped_column(String(64), default="")
-    summary: Mapped[str] = mapped_column(Text, default="")
+    platform: Mapped[str] = mapped_column(CleanString(32))
+    workspace: Mapped[str] = mapped_column(CleanString(64))
+    channel: Mapped[str] = mapped_column(CleanString(64))
+    thread: Mapped[str] = mapped_column(CleanString(64), default="")
+    summary: Mapped[str] = mapped_column(CleanText, default="")
     summary_tokens: Mapped[int] = mapped_column(Integer, default=0)
     # Messages with id <= context_start are folded into the summary or dropped.
     context_start: Mapped[int] = mapped_column(BigInteger, default=0)
@@ -69,20 +102,26 @@ class MessageRow(Base):
     """One turn of a conversation with its token count, counted once when stored."""
 
     __tablename__ = "messages"
-    __table_args__ = (Index("ix_messages_conversation_id_id", "conversation_id", "id"),)
+    __table_args__ = (
+        Index("ix_messages_conversation_id_id", "conversation_id", "id"),
+        Index("ix_messages_conversation_order", "conversation_id", "sent_at", "id"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     conversation_id: Mapped[int] = mapped_column(
         BigInteger, ForeignKey("conversations.id", ondelete="CASCADE")
     )
-    role: Mapped[str] = mapped_column(String(16))
-    author_id: Mapped[str] = mapped_column(String(64), default="")
-    author_name: Mapped[str] = mapped_column(String(100), default="")
-    content: Mapped[str] = mapped_column(Text)
+    role: Mapped[str] = mapped_column(CleanString(16))
+    author_id: Mapped[str] = mapped_column(CleanString(64), default="")
+    author_name: Mapped[str] = mapped_column(CleanString(100), default="")
+    content: Mapped[str] = mapped_column(CleanText)
     token_count: Mapped[int] = mapped_column(Integer)
     # "complete" turns form the context; "failed" answers are kept for the record only.
-    status: Mapped[str] = mapped_column(String(16), default="complete")
-    model: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    status: Mapped[str] = mapped_column(CleanString(16), default="complete")
+    model: Mapped[str | None] = mapped_column(CleanString(100), nullable=True)
+    # When the platform says the message was sent, in microseconds since 1970 (an answer takes
+    # its question's): a conversation is ordered by (sent_at, id), not by arrival.
+    sent_at: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
@@ -96,11 +135,11 @@ class UsageRow(Base):
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    platform: Mapped[str] = mapped_column(String(32))
-    workspace: Mapped[str] = mapped_column(String(64))
-    channel: Mapped[str] = mapped_column(String(64))
-    user_id: Mapped[str] = mapped_column(String(64))
-    model: Mapped[str] = mapped_column(String(100))
+    platform: Mapped[str] = mapped_column(CleanString(32))
+    workspace: Mapped[str] = mapped_column(CleanString(64))
+    channel: Mapped[str] = mapped_column(CleanString(64))
+    user_id: Mapped[str] = mapped_column(CleanString(64))
+    model: Mapped[str] = mapped_column(CleanString(100))
     input_tokens: Mapped[int] = mapped_column(Integer)
     output_tokens: Mapped[int] = mapped_column(Integer)
     cost_usd: Mapped[float] = mapped_column(Float)
@@ -117,6 +156,6 @@ class ProcessedEventRow(Base):
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    platform: Mapped[str] = mapped_column(String(32))
-    event_id: Mapped[str] = mapped_column(String(128))
+    platform: Mapped[str] = mapped_column(CleanString(32))
+    event_id: Mapped[str] = mapped_column(CleanString(128))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -8,7 +8,19 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, delete, event, func, insert, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    CursorResult,
+    and_,
+    delete,
+    event,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -70,8 +82,40 @@ def lock_key(name: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MICROSECOND = timedelta(microseconds=1)
+
+
+def micros(moment: datetime | None) -> int:
+    """``moment`` (now when None; UTC when naive) in microseconds since 1970, the unit of
+    ``sent_at``."""
+    moment = moment or datetime.now(UTC)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - EPOCH) // MICROSECOND
+
+
 def _insert(dialect: str, table: Any) -> Any:
     return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+
+
+def _beyond(
+    conversation_id: int, message_id: int, *, later: bool, inclusive: bool = False
+) -> ColumnElement[bool]:
+    """Turns after (``later``) or before turn ``message_id`` in conversation order, that is
+    by (sent_at, id); no bound if ``message_id`` is no turn of the conversation."""
+    sent_at = (
+        select(MessageRow.sent_at)
+        .where(MessageRow.id == message_id, MessageRow.conversation_id == conversation_id)
+        .scalar_subquery()
+    )
+    if later:
+        tie = MessageRow.id >= message_id if inclusive else MessageRow.id > message_id
+        ordered = or_(MessageRow.sent_at > sent_at, and_(MessageRow.sent_at == sent_at, tie))
+    else:
+        tie = MessageRow.id <= message_id if inclusive else MessageRow.id < message_id
+        ordered = or_(MessageRow.sent_at < sent_at, and_(MessageRow.sent_at == sent_at, tie))
+    return or_(sent_at.is_(None), ordered)
 
 
 class SqlStore:
@@ -165,10 +209,18 @@ class SqlStore:
         channel: ChannelKey,
         user_id: str,
         usage: Sequence[UsageEntry],
+        *,
+        sent_at: datetime | None = None,
     ) -> int:
         async with self._sessions.begin() as session:
             message_id = await self._add_message(
-                session, conversation_id, "assistant", content, token_count, model=model
+                session,
+                conversation_id,
+                "assistant",
+                content,
+                token_count,
+                model=model,
+                sent_at=sent_at,
             )
             await self._record_usage(session, channel, user_id, usage)
         return message_id
@@ -185,6 +237,7 @@ class SqlStore:
         author_name: str = "",
         status: str = "complete",
         model: str | None = None,
+        sent_at: datetime | None = None,
     ) -> int:
         stmt = (
             insert(MessageRow)
@@ -197,6 +250,7 @@ class SqlStore:
                 author_name=author_name[:100],
                 status=status,
                 model=model,
+                sent_at=micros(sent_at),
             )
             .returning(MessageRow.id)
         )
@@ -213,6 +267,7 @@ class SqlStore:
         author_name: str = "",
         status: str = "complete",
         model: str | None = None,
+        sent_at: datetime | None = None,
     ) -> int:
         async with self._sessions.begin() as session:
             return await self._add_message(
@@ -225,6 +280,7 @@ class SqlStore:
                 author_name=author_name,
                 status=status,
                 model=model,
+                sent_at=sent_at,
             )
 
     async def set_message_status(self, message_id: int, status: str) -> None:
@@ -234,7 +290,13 @@ class SqlStore:
             )
 
     async def recent_messages(
-        self, conversation_id: int, after_id: int, before_id: int, limit: int
+        self,
+        conversation_id: int,
+        after_id: int,
+        before_id: int,
+        limit: int,
+        *,
+        through: bool = False,
     ) -> list[StoredMessage]:
         stmt = (
             select(
@@ -246,11 +308,11 @@ class SqlStore:
             )
             .where(
                 MessageRow.conversation_id == conversation_id,
-                MessageRow.id > after_id,
-                MessageRow.id < before_id,
+                _beyond(conversation_id, after_id, later=True),
+                _beyond(conversation_id, before_id, later=False, inclusive=through),
                 MessageRow.status == "complete",
             )
-            .order_by(MessageRow.id.desc())
+            .order_by(MessageRow.sent_at.desc(), MessageRow.id.desc())
             .limit(limit)
         )
         async with self._sessions() as session:

@@ -11,7 +11,6 @@ one that comes after ``interaction_deadline`` seconds (10062 Unknown interaction
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import re
 import time
@@ -21,6 +20,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import WSMsgType, web
+
+# Discord's snowflakes count milliseconds from the start of 2015.
+DISCORD_EPOCH_MS = 1_420_070_400_000
 
 API_PREFIX = "/api/v10"
 MESSAGE_CONTENT_INTENT = 1 << 15
@@ -110,7 +112,7 @@ class FakeDiscord:
     """
 
     def __init__(self, *, refuse_intents: int = 0, identify_close_code: int | None = None) -> None:
-        self._ids = itertools.count(1_300_000_000_000_000_000)
+        self._last_id = 0
         self.refuse_intents = refuse_intents
         self.identify_close_code = identify_close_code
         self.app_id = self.new_id()
@@ -183,7 +185,10 @@ class FakeDiscord:
         return f"ws://127.0.0.1:{self.port}/gateway"
 
     def new_id(self) -> str:
-        return str(next(self._ids))
+        """A snowflake of the current time, as Discord makes them (later ids, later times)."""
+        now = (int(time.time() * 1000) - DISCORD_EPOCH_MS) << 22
+        self._last_id = max(self._last_id + 1, now)
+        return str(self._last_id)
 
     # --- fault injection ------------------------------------------------------------------
 
@@ -317,6 +322,12 @@ class FakeDiscord:
         """Send a gateway event to every connected client."""
         for ws in list(self._sockets):
             await self._send(ws, event, data)
+
+    async def dispatch_raw(self, event: str, data: Any) -> None:
+        """Send a gateway dispatch whose data may be anything at all (hostile payloads)."""
+        for ws in list(self._sockets):
+            self._seq += 1
+            await ws.send_json({"op": 0, "t": event, "s": self._seq, "d": data})
 
     async def drop_connection(self, *, replay: Sequence[tuple[str, dict[str, Any]]] = ()) -> None:
         """Close the socket as Discord does before a resume; on RESUME, redeliver ``replay``."""

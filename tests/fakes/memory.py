@@ -6,6 +6,7 @@ import itertools
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from core.errors import LLMError
 from core.messages import ChannelKey, ConversationKey
@@ -30,6 +31,7 @@ class _Message:
     token_count: int
     author_name: str
     status: str
+    sent_at: datetime
 
 
 @dataclass
@@ -83,10 +85,12 @@ class MemoryStore:
         channel: ChannelKey,
         user_id: str,
         usage: Sequence[UsageEntry],
+        *,
+        sent_at: datetime | None = None,
     ) -> int:
         await self.record_usage(channel, user_id, usage)
         return await self.add_message(
-            conversation_id, "assistant", content, token_count, model=model
+            conversation_id, "assistant", content, token_count, model=model, sent_at=sent_at
         )
 
     async def add_message(
@@ -100,10 +104,12 @@ class MemoryStore:
         author_name: str = "",
         status: str = "complete",
         model: str | None = None,
+        sent_at: datetime | None = None,
     ) -> int:
         mid = next(self._ids)
+        moment = sent_at or datetime.now(UTC)
         self.messages.append(
-            _Message(mid, conversation_id, role, content, token_count, author_name, status)
+            _Message(mid, conversation_id, role, content, token_count, author_name, status, moment)
         )
         return mid
 
@@ -113,16 +119,26 @@ class MemoryStore:
                 message.status = status
 
     async def recent_messages(
-        self, conversation_id: int, after_id: int, before_id: int, limit: int
+        self,
+        conversation_id: int,
+        after_id: int,
+        before_id: int,
+        limit: int,
+        *,
+        through: bool = False,
     ) -> list[StoredMessage]:
+        """In conversation order, (sent_at, id), as the SQL store keeps it."""
         self.recent_calls += 1
-        rows = [
-            m
-            for m in reversed(self.messages)
-            if m.conversation_id == conversation_id
-            and after_id < m.id < before_id
-            and m.status == "complete"
-        ]
+        turns = sorted(
+            (m for m in self.messages if m.conversation_id == conversation_id),
+            key=lambda m: (m.sent_at, m.id),
+        )
+        place = {m.id: i for i, m in enumerate(turns)}
+        low = place.get(after_id, -1)
+        high = place.get(before_id, len(turns))
+        if through and before_id in place:
+            high += 1
+        rows = [m for m in reversed(turns[low + 1 : high]) if m.status == "complete"]
         return [
             StoredMessage(m.id, m.role, m.content, m.token_count, m.author_name)
             for m in rows[:limit]
