@@ -199,8 +199,11 @@ class _Answer:
     async def settle(self, final: bool, text: str) -> None:
         """The one final write: ``finish`` or ``fail``, after its turn under the pacing."""
         self.settled = True
-        await asyncio.sleep(self.pacing.delay())
-        await _admitted(self.pacing, True)
+        admit = getattr(self.pacing, "admit", None)
+        if admit is not None:
+            await admit(True)  # the budget is the write limit; it waits for the final write
+        else:
+            await asyncio.sleep(self.pacing.delay())
         self.pacing.wrote()
         try:
             with budget.writing("final"):
