@@ -12,12 +12,13 @@ from sqlalchemy import make_url
 from sqlalchemy.exc import DBAPIError
 
 from bots.logs import redact
+from bots.shared import RedisSettings, open_shared
 from core.attachments import AttachmentPolicy
 from core.errors import ConfigError, SchemaOutOfDate
 from core.llm import ChatModel, OpenAIChat
 from core.ports import Store
 from core.service import ConversationService
-from core.settings import Settings
+from core.settings import Settings, load
 from core.store import schema
 from core.store.sql import SqlStore, make_engine
 from core.tokens import encoding
@@ -121,15 +122,19 @@ async def build(
     store: Store | None = None,
     llm: ChatModel | None = None,
     auto_upgrade: bool = True,
+    redis: RedisSettings | None = None,
 ) -> Parley:
     """Build Parley's core from ``settings``, or around the ``store`` and ``llm`` given.
 
     A given store or model is used as it is: no schema check, no stand-in server, not closed by
     ``Parley.close()``. Without a model and without a key, the offline stand-in is started.
+    With ``REDIS_URL`` (``redis``, else read from the environment) the write budgets and the
+    per-user message limit are shared with every worker through Redis.
     """
     opened = AsyncExitStack()
     offline_server = None
     try:
+        rate = await open_shared(settings, redis or load(RedisSettings), opened)
         if store is None:
             store = await open_store(settings, auto_upgrade=auto_upgrade)
             opened.push_async_callback(store.close)
@@ -138,7 +143,7 @@ async def build(
         # The service counts tokens whatever the model: load the tokenizer now, off the event
         # loop, rather than on the first message.
         await asyncio.to_thread(encoding)
-        service = ConversationService(store, llm, settings)
+        service = ConversationService(store, llm, settings, rate=rate)
     except BaseException:
         await opened.aclose()
         raise

@@ -17,6 +17,11 @@ the finished answer, the sentence ending a request that got no answer) and calls
 
 A ``progress`` write that fails is logged and skipped: the next one (or the final one) shows
 the text.
+
+Write budgets (``core.budget``): every renderer call runs marked as a ``progress`` or ``final``
+write (``core.budget.current_kind()``), so a platform client can budget each of its calls; a
+``Pacing`` that also has ``admit(final)`` (``BudgetPacing``) is asked before each write: a
+progress write it refuses is skipped (the text shows with a later write), a final one waits.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from core import sentences
+from core import budget, sentences
 from core.messages import (
     Accepted,
     FinalText,
@@ -95,6 +100,53 @@ class Interval:
         self._last = time.monotonic()
 
 
+class Admitting(Pacing, Protocol):
+    """A pacing that also budgets writes: whether one may go out now."""
+
+    async def admit(self, final: bool) -> bool:
+        """A progress write: True if it may go now (else skip it). A final write: wait until
+        it may go, then True."""
+        ...
+
+
+class BudgetPacing:
+    """At most one progress write per ``seconds``, and every write within the deployment's
+    write budget for ``key`` (a channel, an interaction token). A refused progress write holds
+    the next one back until the budget would admit it."""
+
+    def __init__(
+        self,
+        seconds: float,
+        key: str,
+        rate: budget.Rate,
+        write_budget: budget.WriteBudget | None = None,
+    ) -> None:
+        self.interval = Interval(seconds)
+        self.key = key
+        self.rate = rate
+        self.budget = write_budget
+        self._held_until = float("-inf")
+
+    def delay(self) -> float:
+        return max(self.interval.delay(), self._held_until - time.monotonic())
+
+    def wrote(self) -> None:
+        self.interval.wrote()
+
+    async def admit(self, final: bool) -> bool:
+        spent = self.budget if self.budget is not None else budget.shared()
+        if final:
+            return await budget.admit(spent, self.key, self.rate, final=True)
+        wait = await spent.take(self.key, self.rate, self.rate.progress_reserve)
+        self._held_until = time.monotonic() + wait
+        return wait <= 0
+
+
+async def _admitted(pacing: Pacing, final: bool) -> bool:
+    admit = getattr(pacing, "admit", None)
+    return True if admit is None else bool(await admit(final))
+
+
 @dataclass(frozen=True, slots=True)
 class Delivered:
     """How an answer ended: ``answered``, ``failed`` (a sentence was shown), ``nothing`` (the
@@ -125,31 +177,45 @@ class _Answer:
     async def start(self) -> None:
         self.started = True
         self.pacing.wrote()
+        if not await _admitted(self.pacing, False):
+            return  # no budget to spare: the answer itself shows that it came
         try:
-            await self.renderer.start()
+            with budget.writing("progress"):
+                await self.renderer.start()
         except Exception as exc:  # the answer itself still comes
             log.warning("showing that an answer is coming failed (%s)", type(exc).__name__)
 
     async def progress(self) -> None:
-        self.shown = self.text
         self.pacing.wrote()
+        if not await _admitted(self.pacing, False):
+            return  # skipped: a later write shows the text
+        self.shown = self.text
         try:
-            await self.renderer.progress(self.text)
+            with budget.writing("progress"):
+                await self.renderer.progress(self.text)
         except Exception as exc:  # the next write catches up
             log.warning("showing part of an answer failed (%s); skipped", type(exc).__name__)
 
     async def settle(self, final: bool, text: str) -> None:
         """The one final write: ``finish`` or ``fail``, after its turn under the pacing."""
         self.settled = True
-        await asyncio.sleep(self.pacing.delay())
+        admit = getattr(self.pacing, "admit", None)
+        if admit is not None:
+            await admit(True)  # the budget is the write limit; it waits for the final write
+        else:
+            await asyncio.sleep(self.pacing.delay())
         self.pacing.wrote()
         try:
-            if final:
-                await self.renderer.finish(sentences.answer_text(text, self.notes))
-            else:
-                await self.renderer.fail(sentences.failure_text(text, self.notes))
+            with budget.writing("final"):
+                await self._final(final, text)
         except Exception as exc:  # raised once the events are drained
             self.refused = exc
+
+    async def _final(self, final: bool, text: str) -> None:
+        if final:
+            await self.renderer.finish(sentences.answer_text(text, self.notes))
+        else:
+            await self.renderer.fail(sentences.failure_text(text, self.notes))
 
 
 async def deliver(
@@ -229,4 +295,13 @@ async def _stop(pump: asyncio.Task[None]) -> None:
         await pump
 
 
-__all__ = ["Delivered", "Interval", "Outcome", "Pacing", "Renderer", "deliver"]
+__all__ = [
+    "Admitting",
+    "BudgetPacing",
+    "Delivered",
+    "Interval",
+    "Outcome",
+    "Pacing",
+    "Renderer",
+    "deliver",
+]

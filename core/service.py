@@ -63,7 +63,7 @@ from core.ports import (
 from core.pricing import cost_usd, window_for
 from core.sentences import GENERIC_ERROR
 from core.settings import Settings
-from core.throttle import MessageRate
+from core.throttle import MessageRate, UserRate
 from core.tokens import count_message, count_text
 
 log = logging.getLogger("parley.core")
@@ -138,14 +138,17 @@ class ConversationLocks:
 class ConversationService:
     """Answers messages and runs commands for every adapter."""
 
-    def __init__(self, store: Store, llm: ChatModel, settings: Settings) -> None:
+    def __init__(
+        self, store: Store, llm: ChatModel, settings: Settings, *, rate: UserRate | None = None
+    ) -> None:
         self.store = store
         self.llm = llm
         self.settings = settings
         self.locks = ConversationLocks()
         self._claims = 0
         per_minute = settings.parley_user_messages_per_minute
-        self.rate = MessageRate(per_minute) if per_minute else None
+        # Shared by every worker when given (Redis); else counted in this process.
+        self.rate: UserRate | None = rate or (MessageRate(per_minute) if per_minute else None)
 
     @asynccontextmanager
     async def exclusive(self, key: ConversationKey) -> AsyncIterator[None]:
@@ -218,7 +221,7 @@ class ConversationService:
             yield UserError(GENERIC_ERROR, "internal")
             return
         if self.rate is not None:
-            wait = self.rate.wait_for(inbound.key.platform, inbound.author.id)
+            wait = await self.rate.check(inbound.key.platform, inbound.author.id)
             if wait > 0:
                 yield UserError(
                     sentences.user_rate_limited(self.rate.limit, wait), "user_rate_limited"

@@ -1,10 +1,25 @@
-"""Per-user message rate limits, so one person cannot flood the bot or run up the bill."""
+"""Per-user message rate limits, so one person cannot flood the bot or run up the bill.
+
+``UserRate`` is what the conversation service asks; ``MessageRate`` counts in this process
+(one worker), ``adapters.budget_redis.RedisMessageRate`` across every worker of a deployment.
+"""
 
 from __future__ import annotations
 
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Protocol
+
+
+class UserRate(Protocol):
+    """At most ``limit`` messages per ``window`` seconds per user."""
+
+    limit: int
+
+    async def check(self, platform: str, user_id: str) -> float:
+        """0 if the user may send now (and counts the message), else seconds until they may."""
+        ...
 
 
 class MessageRate:
@@ -35,6 +50,10 @@ class MessageRate:
             return hits[0] + self.window - now
         hits.append(now)
         return 0.0
+
+    async def check(self, platform: str, user_id: str) -> float:
+        """``wait_for`` as a ``UserRate``."""
+        return self.wait_for(platform, user_id)
 
     def _sweep(self, now: float) -> None:
         idle = [k for k, hits in self._hits.items() if not hits or hits[-1] <= now - self.window]

@@ -14,7 +14,13 @@ from typing import Any
 import discord
 
 from adapters.discord.files import read_attachments
-from adapters.discord.render import ChannelSurface, DiscordAnswer, post_text, restart_note
+from adapters.discord.render import (
+    ChannelSurface,
+    DiscordAnswer,
+    pacing,
+    post_text,
+    restart_note,
+)
 from adapters.discord.settings import DiscordSettings
 from adapters.discord.translate import (
     REPLY_CHAIN_DEPTH,
@@ -28,7 +34,7 @@ from adapters.discord.translate import (
 from adapters.inflight import InFlight
 from core import sentences
 from core.attachments import AttachmentPolicy
-from core.delivery import Interval, deliver
+from core.delivery import deliver
 from core.service import ConversationService
 
 log = logging.getLogger("parley.discord")
@@ -148,7 +154,7 @@ class MessageHandler:
             await deliver(
                 self.service.answer(inbound),
                 DiscordAnswer(surface),
-                Interval(self.settings.edit_interval),
+                pacing(surface, self.settings.edit_interval),
             )
 
     async def _channel(self, message: discord.Message) -> Any:

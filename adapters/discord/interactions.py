@@ -27,6 +27,7 @@ from adapters.discord.render import (
     ChannelSurface,
     DiscordAnswer,
     InteractionSurface,
+    pacing,
     post_text,
     restart_note,
 )
@@ -43,7 +44,7 @@ from adapters.discord.translate import (
 from core import permissions, sentences
 from core.attachments import AttachmentPolicy
 from core.commands import ALIASES, BY_NAME, COMMANDS, CommandSpec, summary_count
-from core.delivery import Delivered, Interval, deliver
+from core.delivery import Delivered, deliver
 from core.errors import BadCommand
 from core.messages import CommandReply, Inbound
 from core.service import ConversationService
@@ -262,7 +263,7 @@ class SlashCommands:
             done = await deliver(
                 self.service.answer(inbound),
                 DiscordAnswer(surface),
-                Interval(self.settings.edit_interval),
+                pacing(surface, self.settings.edit_interval),
             )
         if done.outcome == "nothing" and isinstance(surface, InteractionSurface):
             log.info("dropping redelivered interaction %s", inbound.event_id)

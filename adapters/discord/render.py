@@ -25,6 +25,8 @@ import discord
 
 from adapters.discord.layout import MessageLayout
 from core import sentences
+from core.budget import Rate
+from core.delivery import BudgetPacing
 from core.splitting import split_message
 
 log = logging.getLogger("parley.discord")
@@ -34,6 +36,10 @@ NO_MENTIONS = discord.AllowedMentions.none()
 # Discord accepts edits of an interaction's reply for 15 minutes; switch to the channel before.
 TOKEN_SAFE_SECONDS = 14 * 60.0
 TOKEN_GONE = (401, 404)  # Invalid Webhook Token / Unknown Webhook, Message or Interaction
+# Discord allows 5 message writes per 5 seconds per channel and per interaction token. Its
+# buckets reset in fixed windows, which discord.py follows (it waits when one is empty), so
+# the bucket here may be as large: a progress write needs 2 tokens, a final write 1.
+WRITES = Rate(per_second=1.0, burst=5.0, reserve=1.0)
 
 
 class Poster(Protocol):
@@ -270,6 +276,16 @@ class DiscordAnswer:
         except discord.Forbidden as exc:
             self.refused = exc
             raise
+
+
+def pacing(surface: Surface, seconds: float) -> BudgetPacing:
+    """An answer's pacing on ``surface``: one edit per ``seconds`` at most, within the
+    deployment's write budget of its channel or interaction token (shared by every answer)."""
+    if isinstance(surface, InteractionSurface):
+        place = f"interaction:{surface.interaction.id}"
+    else:
+        place = f"channel:{getattr(getattr(surface, 'channel', None), 'id', '')}"
+    return BudgetPacing(seconds, f"discord:{discord.http.Route.BASE}:{place}", WRITES)
 
 
 async def post_text(surface: Poster, text: str) -> None:

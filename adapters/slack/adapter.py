@@ -31,6 +31,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.inflight import InFlight
 from adapters.slack import translate
+from adapters.slack.budget import BudgetedWebClient
 from adapters.slack.commands import SlackCommands
 from adapters.slack.edge import HttpEdge, quiet_bolt_error
 from adapters.slack.files import FileFetcher
@@ -73,7 +74,7 @@ def _check_tokens(settings: SlackSettings) -> None:
 
 def _web_client(settings: SlackSettings, logger: logging.Logger) -> AsyncWebClient:
     assert settings.bot_token is not None
-    return AsyncWebClient(
+    return BudgetedWebClient(
         token=settings.bot_token.get_secret_value(),
         base_url=settings.api_url,
         logger=logger,

@@ -26,6 +26,7 @@ from typing import Any
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from adapters.slack.budget import WriteDeferred
 from adapters.slack.layout import LIMIT, Layout, fit
 from adapters.slack.mrkdwn import to_markdown_text, to_mrkdwn
 from adapters.slack.translate import ReplyTarget
@@ -124,6 +125,8 @@ class SlackAnswer:
             pieces = self._layout.pieces(text, final=False)
             for index, piece in enumerate(pieces):
                 await self._put(index, piece, done=index < len(pieces) - 1)
+        except WriteDeferred:
+            pass  # the write budget is tight: a later write shows the text
         except Exception as exc:
             log.warning("slack: showing part of an answer failed (%s); skipped", describe(exc))
 
