@@ -14,6 +14,7 @@ from sqlalchemy.exc import DBAPIError
 from core.errors import ConfigError, SchemaOutOfDate
 from core.llm import ChatModel, OpenAIChat
 from core.ports import Store
+from core.pricing import STANDIN_MODEL
 from core.service import ConversationService
 from core.settings import Settings
 from core.store import schema
@@ -95,7 +96,7 @@ async def open_model(
     if settings.offline:
         from adapters.standin.server import StandinServer
 
-        offline_server = StandinServer(record=False)
+        offline_server = StandinServer(record=False, model_name=STANDIN_MODEL)
         base_url = await offline_server.start()
         opened.push_async_callback(offline_server.stop)
     llm = OpenAIChat.from_settings(settings, base_url=base_url)

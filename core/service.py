@@ -25,7 +25,14 @@ from core.context import (
     summary_message,
     token_budget,
 )
-from core.errors import BadCommand, EmptyAnswer, InvalidJSONReply, OverBudget, UserFacingError
+from core.errors import (
+    BadCommand,
+    ContextTooLong,
+    EmptyAnswer,
+    InvalidJSONReply,
+    OverBudget,
+    UserFacingError,
+)
 from core.messages import (
     Accepted,
     Author,
@@ -103,6 +110,17 @@ class CommandCall:
     transcript: str | None = None
 
 
+Assemble = Callable[[ConversationState, int], Awaitable[Context]]
+
+
+@dataclass(slots=True)
+class _Streamed:
+    """What one answer's stream gave so far: how many deltas, and its Completion."""
+
+    completion: Completion | None = None
+    deltas: int = 0
+
+
 class ConversationLocks:
     """One asyncio lock per conversation, dropped when nobody holds or waits for it."""
 
@@ -135,6 +153,9 @@ class ConversationService:
         self.llm = llm
         self.settings = settings
         self.locks = ConversationLocks()
+        # Context windows the model server reported or revealed by an error, in Parley's
+        # tokens, by the model name asked for; they take precedence over the built-in table.
+        self.windows: dict[str, int] = {}
         self._claims = 0
         per_minute = settings.parley_user_messages_per_minute
         self.rate = MessageRate(per_minute) if per_minute else None
@@ -168,7 +189,7 @@ class ConversationService:
 
     def _budget(self, config: ChannelConfig) -> int:
         s = self.settings
-        window = window_for(config.model, s.parley_model_window)
+        window = self.windows.get(config.model) or window_for(config.model, s.parley_model_window)
         return token_budget(s.parley_input_budget, window, config.max_output_tokens)
 
     @property
@@ -286,7 +307,7 @@ class ConversationService:
         if self.settings.parley_log_content:
             log.info("user turn in %s: %s", key, text)
 
-        async def assemble(current: ConversationState) -> Context:
+        async def assemble(current: ConversationState, budget: int) -> Context:
             return await build_context(
                 self.store,
                 current,
@@ -305,18 +326,40 @@ class ConversationService:
             await self.store.set_message_status(turn_id, "failed")
             raise
 
+    async def _fitted(
+        self,
+        inbound: Inbound,
+        state: ConversationState,
+        config: ChannelConfig,
+        assemble: Assemble,
+    ) -> tuple[ConversationState, Context]:
+        """The context for this turn within the budget, older turns folded if they overflow."""
+        budget = self._budget(config)
+        context = await assemble(state, budget)
+        if context.cut_at is not None:
+            state = await self._fold(
+                inbound.key, inbound.author, state, fold_point(context), config
+            )
+            context = await assemble(state, budget)
+        return state, context
+
+    def _learn_window(self, model: str, exc: ContextTooLong, sent: Context, output: int) -> None:
+        """Remember the window a context-length error revealed: what the server named, and
+        below what was just sent (Parley's token count may differ from the server's)."""
+        below_sent = (sent.tokens + output) * 9 // 10
+        window = min(exc.window or below_sent, below_sent)
+        log.info("model %s: context window learned from the server: %d tokens", model, window)
+        self.windows[model] = window
+
     async def _reply(
         self,
         inbound: Inbound,
         state: ConversationState,
         config: ChannelConfig,
-        assemble: Callable[[ConversationState], Awaitable[Context]],
+        assemble: Assemble,
     ) -> AsyncIterator[ReplyEvent]:
         key = inbound.key
-        context = await assemble(state)
-        if context.cut_at is not None:
-            state = await self._fold(key, inbound.author, state, fold_point(context), config)
-            context = await assemble(state)
+        state, context = await self._fitted(inbound, state, config, assemble)
         request = ChatRequest(
             model=config.model,
             messages=context.messages,
@@ -324,13 +367,23 @@ class ConversationService:
             max_output_tokens=config.max_output_tokens,
             json_mode=config.json_mode,
         )
-        completion: Completion | None = None
-        async for item in self.llm.stream(request):
-            if isinstance(item, Completion):
-                completion = item
-            elif not config.json_mode:
-                yield TextDelta(item)
+        streamed = _Streamed()
+        try:
+            async for event in self._deltas(request, streamed):
+                yield event
+        except ContextTooLong as exc:
+            if streamed.deltas:
+                raise
+            # Fold the history into the window the server revealed, and try once more.
+            self._learn_window(config.model, exc, context, config.max_output_tokens)
+            state, context = await self._fitted(inbound, state, config, assemble)
+            request = replace(request, messages=context.messages)
+            async for event in self._deltas(request, streamed):
+                yield event
+        completion = streamed.completion
         assert completion is not None, "ChatModel.stream ended without a Completion"
+        if completion.window and config.model not in self.windows:
+            self.windows[config.model] = completion.window
         if not completion.text.strip():
             await self._charge(key.channel_key, inbound.author.id, completion)
             raise EmptyAnswer(sentences.MODEL_EMPTY_ANSWER)
@@ -357,20 +410,29 @@ class ConversationService:
             entries,
         )
         yield FinalText(shown, completion.model)
-        yield UsageReport(
-            completion.model,
-            sum(e.input_tokens for e in entries),
-            sum(e.output_tokens for e in entries),
-            sum(e.cost_usd for e in entries),
-        )
+        yield _usage_report(completion.model, entries)
+
+    async def _deltas(self, request: ChatRequest, into: _Streamed) -> AsyncIterator[ReplyEvent]:
+        """Stream ``request``: text deltas out (none in JSON mode), the Completion ``into``."""
+        async for item in self.llm.stream(request):
+            if isinstance(item, Completion):
+                into.completion = item
+            elif not request.json_mode:
+                into.deltas += 1
+                yield TextDelta(item)
 
     async def _valid_json(
         self, request: ChatRequest, completion: Completion
     ) -> tuple[Completion, str, list[Completion]]:
-        """Check a JSON-mode reply parses; ask once more with the parse error if not."""
+        """Check a JSON-mode reply parses; ask once more with the parse error if not.
+
+        A reply cut at the output token limit is reported as cut off: asking again would
+        only cut it again."""
         try:
             parsed = json.loads(completion.text)
         except json.JSONDecodeError as first:
+            if completion.finish_reason == "length":
+                raise InvalidJSONReply(sentences.json_cut_off(request.max_output_tokens)) from None
             retry_request = replace(
                 request,
                 messages=[
@@ -383,9 +445,10 @@ class ConversationService:
             try:
                 parsed = json.loads(retried.text)
             except json.JSONDecodeError as second:
-                raise InvalidJSONReply(
-                    sentences.invalid_json(second.msg), completions=[retried]
-                ) from None
+                sentence = sentences.invalid_json(second.msg)
+                if retried.finish_reason == "length":
+                    sentence = sentences.json_cut_off(request.max_output_tokens)
+                raise InvalidJSONReply(sentence, completions=[retried]) from None
             pretty = json.dumps(parsed, indent=2, ensure_ascii=False)
             return retried, f"```json\n{pretty}\n```", [retried]
         pretty = json.dumps(parsed, indent=2, ensure_ascii=False)
@@ -398,12 +461,14 @@ class ConversationService:
         raise RuntimeError("ChatModel.stream ended without a Completion")
 
     def _priced(self, completions: list[Completion]) -> list[UsageEntry]:
+        """Ledger entries for model calls, priced by the model that actually answered."""
         return [
             UsageEntry(
                 c.model,
                 c.input_tokens,
                 c.output_tokens,
                 cost_usd(c.model, c.input_tokens, c.output_tokens, self.prices),
+                c.estimated,
             )
             for c in completions
         ]
@@ -439,11 +504,13 @@ class ConversationService:
         summary, summary_tokens = state.summary, state.summary_tokens
         if self.settings.parley_summarize_overflow:
             # the most recent of the overflow, within what one summary request may read
+            budget = self._budget(config)
+            limit = min(SUMMARY_INPUT_TOKENS, budget // 2)
             picked, _ = await newest_turns(
-                self.store, state.id, state.context_start, cut_at + 1, SUMMARY_INPUT_TOKENS
+                self.store, state.id, state.context_start, cut_at + 1, limit
             )
             transcript = "\n".join(f"{m.role}: {m.content}" for m in picked)
-            max_tokens = max(128, min(1000, self._budget(config) // 8))
+            max_tokens = max(128, min(1000, budget // 8))
             try:
                 done = await self._summarize_text(transcript, summary, config, max_tokens)
             except UserFacingError as exc:
@@ -563,7 +630,24 @@ class ConversationService:
 
 def _usage_line(totals: UsageTotals) -> str:
     return sentences.usage_line(
-        totals.turns, totals.input_tokens, totals.output_tokens, totals.cost_usd
+        totals.turns,
+        totals.input_tokens,
+        totals.output_tokens,
+        totals.cost_usd,
+        estimated_calls=totals.estimated_calls,
+        unpriced_calls=totals.unpriced_calls,
+    )
+
+
+def _usage_report(model: str, entries: list[UsageEntry]) -> UsageReport:
+    """One answer's usage: no dollar figure unless every call in it has a known price."""
+    costs = [e.cost_usd for e in entries]
+    return UsageReport(
+        model,
+        sum(e.input_tokens for e in entries),
+        sum(e.output_tokens for e in entries),
+        None if None in costs else sum(c for c in costs if c is not None),
+        any(e.estimated for e in entries),
     )
 
 

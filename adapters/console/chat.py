@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 from typing import TextIO
 
+from core import sentences
 from core.delivery import Interval, deliver
 from core.messages import Author, ConversationKey, Inbound
 from core.service import ConversationService
@@ -79,7 +80,7 @@ class ConsoleChat:
             usage = done.usage
             self._write(
                 f"  [{usage.model}: {usage.input_tokens} in / {usage.output_tokens} out tokens,"
-                f" ${usage.cost_usd:.5f}]\n"
+                f" {sentences.cost_text(usage.cost_usd, estimated=usage.estimated)}]\n"
             )
 
 

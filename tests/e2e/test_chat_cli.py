@@ -34,7 +34,8 @@ def test_offline_chat_streams_answers_runs_commands_and_remembers(tmp_path):
     child.sendline("my favourite fruit is the mango")
     child.expect_exact("parley> ")
     child.expect("You said: my favourite fruit is the mango")
-    child.expect(r"\[gpt-4o: \d+ in / \d+ out tokens")
+    # the stand-in answers as itself, and costs nothing
+    child.expect(r"\[parley-standin: \d+ in / \d+ out tokens, \$0\.00000\]")
     child.expect_exact("you> ")
     child.sendline("/temperature lots")
     child.expect("not a number")

@@ -39,5 +39,5 @@ def test_lists_prices_and_empty_values_from_the_environment(monkeypatch):
     assert settings.parley_fallback_models == ["gpt-4o-mini", "gpt-4-turbo"]
     assert settings.discord_guild_ids == [1, 2]
     assert settings.parley_prices["my-model"] == (1.0, 2.0)
-    assert settings.parley_prices["gpt-4o"] == (5.0, 15.0)
+    assert settings.parley_prices["gpt-4o"] == (2.5, 10.0)
     assert settings.offline

@@ -1,0 +1,34 @@
+"""usage: estimated token counts, calls of unknown price
+
+Revision ID: 0003
+Revises: 0002
+Create Date: 2026-12-01 16:30:00
+
+The ledger says which entries count tokens Parley estimated (the server reported no usage) and
+which have no known price (``cost_usd`` NULL instead of a made-up $0).
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0003"
+down_revision: str | None = "0002"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("usage_ledger", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column("estimated", sa.Boolean(), nullable=False, server_default=sa.false())
+        )
+        batch_op.alter_column("cost_usd", existing_type=sa.Float(), nullable=True)
+
+
+def downgrade() -> None:
+    op.execute("UPDATE usage_ledger SET cost_usd = 0 WHERE cost_usd IS NULL")
+    with op.batch_alter_table("usage_ledger", schema=None) as batch_op:
+        batch_op.alter_column("cost_usd", existing_type=sa.Float(), nullable=False)
+        batch_op.drop_column("estimated")
