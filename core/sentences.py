@@ -245,7 +245,10 @@ def not_a_switch(value: str) -> str:
 
 
 def bad_model_name(name: str) -> str:
-    return f"'{name[:60]}' is not a valid model name (letters, digits and . _ : / - only)."
+    return (
+        f"'{name[:60]}' is not a valid model name: give the id as the model server lists it "
+        "(no spaces, quotes or angle brackets)."
+    )
 
 
 def system_prompt_too_long(length: int, limit: int) -> str:

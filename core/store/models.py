@@ -20,6 +20,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+# Model ids as servers list them (a llama.cpp server's id is a file path).
+MODEL_ID_CHARS = 300
+
 # SQLite only autoincrements INTEGER PRIMARY KEY; PostgreSQL gets BIGINT identities.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -39,7 +42,7 @@ class ChannelSettingsRow(Base):
     workspace: Mapped[str] = mapped_column(String(64))
     channel: Mapped[str] = mapped_column(String(64))
     system_prompt: Mapped[str | None] = mapped_column(Text, nullable=True)
-    model: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    model: Mapped[str | None] = mapped_column(String(MODEL_ID_CHARS), nullable=True)
     temperature: Mapped[float | None] = mapped_column(Float, nullable=True)
     max_output_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     json_mode: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
@@ -83,7 +86,7 @@ class MessageRow(Base):
     token_count: Mapped[int] = mapped_column(Integer)
     # "complete" turns form the context; "failed" answers are kept for the record only.
     status: Mapped[str] = mapped_column(String(16), default="complete")
-    model: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    model: Mapped[str | None] = mapped_column(String(MODEL_ID_CHARS), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
@@ -101,7 +104,7 @@ class UsageRow(Base):
     workspace: Mapped[str] = mapped_column(String(64))
     channel: Mapped[str] = mapped_column(String(64))
     user_id: Mapped[str] = mapped_column(String(64))
-    model: Mapped[str] = mapped_column(String(100))
+    model: Mapped[str] = mapped_column(String(MODEL_ID_CHARS))
     input_tokens: Mapped[int] = mapped_column(Integer)
     output_tokens: Mapped[int] = mapped_column(Integer)
     # NULL: no price known for the model; ``estimated``: Parley counted the tokens itself
