@@ -78,6 +78,8 @@ EVENT_MEMORY_SECONDS = 7 * 24 * 3600
 PRUNE_EVERY = 1000
 # Turns folded into the summary at once are capped so the summary request stays cheap.
 SUMMARY_INPUT_TOKENS = 12000
+# The least output a request may ask for when a small context window caps it.
+MIN_OUTPUT_TOKENS = 256
 
 
 def json_retry_prompt(error: json.JSONDecodeError) -> str:
@@ -190,7 +192,15 @@ class ConversationService:
     def _budget(self, config: ChannelConfig) -> int:
         s = self.settings
         window = self.windows.get(config.model) or window_for(config.model, s.parley_model_window)
-        return token_budget(s.parley_input_budget, window, config.max_output_tokens)
+        return token_budget(s.parley_input_budget, window, self._output_tokens(config))
+
+    def _output_tokens(self, config: ChannelConfig) -> int:
+        """The output limit of a request: the channel's, but at most a quarter of a small
+        window the server revealed, so the history keeps room in it."""
+        learned = self.windows.get(config.model)
+        if learned is None:
+            return config.max_output_tokens
+        return min(config.max_output_tokens, max(MIN_OUTPUT_TOKENS, learned // 4))
 
     @property
     def prices(self) -> Mapping[str, tuple[float, float]]:
@@ -358,13 +368,12 @@ class ConversationService:
         config: ChannelConfig,
         assemble: Assemble,
     ) -> AsyncIterator[ReplyEvent]:
-        key = inbound.key
         state, context = await self._fitted(inbound, state, config, assemble)
         request = ChatRequest(
             model=config.model,
             messages=context.messages,
             temperature=config.temperature,
-            max_output_tokens=config.max_output_tokens,
+            max_output_tokens=self._output_tokens(config),
             json_mode=config.json_mode,
         )
         streamed = _Streamed()
@@ -375,17 +384,18 @@ class ConversationService:
             if streamed.deltas:
                 raise
             # Fold the history into the window the server revealed, and try once more.
-            self._learn_window(config.model, exc, context, config.max_output_tokens)
+            self._learn_window(config.model, exc, context, request.max_output_tokens)
             state, context = await self._fitted(inbound, state, config, assemble)
-            request = replace(request, messages=context.messages)
+            output = self._output_tokens(config)
+            request = replace(request, messages=context.messages, max_output_tokens=output)
             async for event in self._deltas(request, streamed):
                 yield event
         completion = streamed.completion
         assert completion is not None, "ChatModel.stream ended without a Completion"
-        if completion.window and config.model not in self.windows:
-            self.windows[config.model] = completion.window
+        if completion.window:  # the server reports its window: use it from the next turn
+            self.windows.setdefault(config.model, completion.window)
         if not completion.text.strip():
-            await self._charge(key.channel_key, inbound.author.id, completion)
+            await self._charge(inbound.key.channel_key, inbound.author.id, completion)
             raise EmptyAnswer(sentences.MODEL_EMPTY_ANSWER)
         usage = [completion]
         shown = completion.text
@@ -394,7 +404,7 @@ class ConversationService:
                 completion, shown, retry = await self._valid_json(request, completion)
             except InvalidJSONReply as exc:
                 entries = self._priced([completion, *exc.completions])
-                await self.store.record_usage(key.channel_key, inbound.author.id, entries)
+                await self.store.record_usage(inbound.key.channel_key, inbound.author.id, entries)
                 raise
             usage += retry
         if completion.finish_reason == "length":
@@ -405,7 +415,7 @@ class ConversationService:
             completion.text,
             count_message(completion.text),
             completion.model,
-            key.channel_key,
+            inbound.key.channel_key,
             inbound.author.id,
             entries,
         )
