@@ -567,6 +567,7 @@ __all__ = [
     "ImageInput",
     "OpenAIChat",
     "PromptMessage",
+    "ServerModels",
     "count_input_tokens",
     "image_url",
     "message_text_and_images",

@@ -13,7 +13,7 @@ from aiohttp import web
 from adapters.standin import StandinServer
 from bots.bootstrap import build
 from core.errors import ContextTooLong, EndpointNotFound, LLMError, ModelNotFound
-from core.llm import ChatRequest, Completion, OpenAIChat
+from core.llm import ChatRequest, Completion, OpenAIChat, ServerModels
 from core.messages import Author, ConversationKey, FinalText, Inbound, UsageReport, UserError
 from core.ports import PromptMessage
 from core.settings import Settings
@@ -249,3 +249,33 @@ async def test_model_accepts_any_id_a_server_lists(database_url: str) -> None:
             await parley.close()
     assert reply.ok and "SmolLM2-135M.Q4_1.gguf" in reply.text
     assert not bad.ok
+
+
+async def test_ollama_window_from_its_model_info() -> None:
+    async def models(request: web.Request) -> web.Response:
+        names = ["llama3.1:8b", "qwen2:0.5b"]
+        return web.json_response({"object": "list", "data": [{"id": n} for n in names]})
+
+    async def show(request: web.Request) -> web.Response:
+        name = (await request.json())["model"]
+        if name == "llama3.1:8b":
+            return web.json_response({"parameters": "num_ctx 8192\nstop <|eot_id|>"})
+        return web.json_response({"model_info": {"qwen2.context_length": 32768}})
+
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    app.router.add_post("/api/show", show)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    host, port = runner.addresses[0][:2]
+    client = openai.AsyncOpenAI(base_url=f"http://{host}:{port}/v1", api_key="k")
+    server = ServerModels(client)
+    try:
+        tuned = await server.identify(Completion("x", "llama3.1:8b", 1, 1, "stop"), "llama3.1:8b")
+        trained = await server.identify(Completion("x", "qwen2:0.5b", 1, 1, "stop"), "qwen2:0.5b")
+    finally:
+        await client.close()
+        await runner.cleanup()
+    assert tuned.window == 8192 and tuned.model == "llama3.1:8b"
+    assert trained.window == 32768
