@@ -17,6 +17,7 @@ from core.attachments import AttachmentPolicy
 from core.errors import ConfigError, SchemaOutOfDate
 from core.llm import ChatModel, OpenAIChat
 from core.ports import Store
+from core.pricing import STANDIN_MODEL
 from core.service import ConversationService
 from core.settings import Settings, load
 from core.store import schema
@@ -108,7 +109,7 @@ async def open_model(
     if settings.offline:
         from adapters.standin.server import StandinServer
 
-        offline_server = StandinServer(record=False)
+        offline_server = StandinServer(record=False, model_name=STANDIN_MODEL)
         base_url = await offline_server.start()
         opened.push_async_callback(offline_server.stop)
     llm = OpenAIChat.from_settings(settings, base_url=base_url)

@@ -81,7 +81,9 @@ COMMANDS: tuple[CommandSpec, ...] = (
 BY_NAME = {spec.name: spec for spec in COMMANDS}
 ALIASES = {"summarise": "summarize", "forget": "reset", "clear": "reset", "temp": "temperature"}
 SUMMARY_MESSAGES = 50
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,99}$")
+# Any id a server may list: OpenAI's names, Ollama's "llama3:8b", vLLM's "org/model", a
+# llama.cpp server's file path; no spaces, control characters, quotes or angle brackets.
+_MODEL_NAME = re.compile(r"^[^\s\x00-\x1f\x7f<>\"'`]{1,300}$")
 MAX_SYSTEM_PROMPT_CHARS = 8000
 
 

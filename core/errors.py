@@ -78,6 +78,24 @@ class ModelNotFound(ModelUnavailable):
     code = "model_not_found"
 
 
+class EndpointNotFound(ModelUnavailable):
+    """The server has no chat completions route at the configured address (often a base URL
+    without /v1); no fallback model can help."""
+
+    code = "endpoint_not_found"
+
+
+class ContextTooLong(LLMError):
+    """The prompt and output limit exceed the model's context window; ``window`` is the
+    window the server named, in Parley's tokens, when it said."""
+
+    code = "context_too_long"
+
+    def __init__(self, user_message: str, *, detail: str = "", window: int | None = None) -> None:
+        super().__init__(user_message, detail=detail)
+        self.window = window
+
+
 class BrokenStream(LLMError):
     code = "broken_stream"
 

@@ -12,8 +12,9 @@ import base64
 import contextlib
 import logging
 import math
+import re
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import openai
@@ -23,6 +24,8 @@ from core.errors import (
     BrokenStream,
     ConfigError,
     ContentRefused,
+    ContextTooLong,
+    EndpointNotFound,
     LLMError,
     ModelNotFound,
     ModelTimeout,
@@ -34,13 +37,14 @@ from core.ports import ChatModel, ChatRequest, Completion, ImageInput, PromptMes
 from core.tokens import TOKENS_REPLY_PRIMER, count_message, count_prompt, count_text
 
 if TYPE_CHECKING:
-    from openai.types.chat import ChatCompletionChunk
+    from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
     from core.settings import Settings
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+OPENAI_HOST = "api.openai.com"
 OFFLINE_API_KEY = "offline"
 
 
@@ -103,9 +107,14 @@ class _Answer:
     finish_reason: str | None = None
     input_tokens: int | None = None
     output_tokens: int | None = None
+    model: str | None = None
+    chunks: int = 0
 
     def add(self, chunk: ChatCompletionChunk) -> str:
         """Take in one chunk; returns the text it adds to the answer."""
+        self.chunks += 1
+        if chunk.model and self.model is None:
+            self.model = chunk.model
         if chunk.usage is not None:
             self.input_tokens = chunk.usage.prompt_tokens
             self.output_tokens = chunk.usage.completion_tokens
@@ -141,12 +150,106 @@ class _Answer:
                 request_id,
             )
             raise _refused()
-        input_tokens, output_tokens = self.input_tokens, self.output_tokens
-        if input_tokens is None or output_tokens is None:
-            # Some OpenAI-compatible servers omit usage; estimate it the way the API counts.
-            input_tokens = count_prompt(request.messages)
-            output_tokens = count_text(text)
-        return Completion(text, model, input_tokens, output_tokens, self.finish_reason)
+        return _completion(
+            request,
+            text,
+            self.model or model,
+            self.finish_reason,
+            self.input_tokens,
+            self.output_tokens,
+        )
+
+
+def _completion(
+    request: ChatRequest,
+    text: str,
+    model: str,
+    finish_reason: str,
+    input_tokens: int | None,
+    output_tokens: int | None,
+) -> Completion:
+    """A Completion with the server's usage, or Parley's estimate marked as one."""
+    if input_tokens is None or output_tokens is None:
+        # Some OpenAI-compatible servers omit usage; estimate it the way the API counts.
+        estimate = count_prompt(request.messages), count_text(text)
+        return Completion(text, model, *estimate, finish_reason, estimated=True)
+    return Completion(text, model, input_tokens, output_tokens, finish_reason)
+
+
+# --- what the server says about its models ------------------------------------------------
+
+
+class ServerModels:
+    """The models an OpenAI-compatible server lists, and their context windows where it
+    says (vLLM's ``max_model_len`` in ``/models``, Ollama's ``/api/show``); asked once.
+
+    It names the model that really answered: a server with one model loaded (llama.cpp's)
+    answers any model name and echoes the name it was asked for.
+    """
+
+    def __init__(self, client: openai.AsyncOpenAI) -> None:
+        self._client = client.with_options(max_retries=0)
+        self._listed: dict[str, int | None] | None = None
+        self._shown: dict[str, int | None] = {}
+
+    async def listed(self) -> dict[str, int | None]:
+        """Model ids the server lists, each with its window if the listing gives it."""
+        if self._listed is None:
+            self._listed = {}
+            try:
+                page = await self._client.models.list()
+            except (openai.APIError, ValueError) as exc:
+                log.info("the model server lists no models (%s)", type(exc).__name__)
+                return self._listed
+            for entry in page.data:
+                window = (entry.model_extra or {}).get("max_model_len")
+                self._listed[entry.id] = window if isinstance(window, int) else None
+        return self._listed
+
+    async def identify(self, completion: Completion, requested: str) -> Completion:
+        """``completion`` named by the model that answered, with the window the server
+        reports for it."""
+        listed = await self.listed()
+        model = completion.model
+        if model not in listed and len(listed) == 1:
+            model = next(iter(listed))
+            if model != requested:
+                log.info("the server answered %s with its only model, %s", requested, model)
+        window = listed.get(model)
+        if window is None and model in listed and self._client.base_url.host != OPENAI_HOST:
+            window = await self._ollama_window(model)
+        return replace(completion, model=model, window=window)
+
+    async def _ollama_window(self, model: str) -> int | None:
+        """The context Ollama runs ``model`` with: ``num_ctx`` if set, else what the model
+        was trained for (``<architecture>.context_length``); None from other servers."""
+        if model in self._shown:
+            return self._shown[model]
+        self._shown[model] = None
+        root = str(self._client.base_url).rstrip("/").removesuffix("/v1")
+        try:
+            shown = await self._client.post(
+                f"{root}/api/show", cast_to=object, body={"model": model}
+            )
+        except (openai.APIError, ValueError):
+            return None
+        self._shown[model] = _ollama_context(shown)
+        return self._shown[model]
+
+
+def _ollama_context(shown: object) -> int | None:
+    """The context window in an Ollama ``/api/show`` answer, if it gives one."""
+    if not isinstance(shown, Mapping):
+        return None
+    found = re.search(r"num_ctx\s+(\d+)", str(shown.get("parameters") or ""))
+    if found:
+        return int(found.group(1))
+    info = shown.get("model_info")
+    if isinstance(info, Mapping):
+        for key, value in info.items():
+            if str(key).endswith(".context_length") and isinstance(value, int):
+                return value
+    return None
 
 
 class OpenAIChat:
@@ -155,6 +258,7 @@ class OpenAIChat:
     def __init__(self, client: openai.AsyncOpenAI, fallback_models: Sequence[str] = ()) -> None:
         self._client = client
         self._fallback_models = tuple(fallback_models)
+        self._server = ServerModels(client)
 
     @classmethod
     def from_settings(cls, settings: Settings, base_url: str | None = None) -> OpenAIChat:
@@ -194,7 +298,7 @@ class OpenAIChat:
             except openai.APIStatusError as exc:
                 if not _is_model_missing(exc):
                     _log_failure(exc, model)
-                    raise _user_error(exc, model) from exc
+                    raise _user_error(exc, model, request) from exc
                 following = models[index + 1] if index + 1 < len(models) else None
                 log.warning(
                     "model %s unavailable (%s status=%s request_id=%s); %s",
@@ -207,7 +311,7 @@ class OpenAIChat:
                 continue
             except openai.APIError as exc:
                 _log_failure(exc, model)
-                raise _user_error(exc, model) from exc
+                raise _user_error(exc, model, request) from exc
             async with contextlib.aclosing(self._read(chunks, request, model)) as items:
                 async for item in items:
                     yield item
@@ -220,12 +324,6 @@ class OpenAIChat:
     async def _open(
         self, request: ChatRequest, model: str
     ) -> openai.AsyncStream[ChatCompletionChunk]:
-        # The messages are plain JSON. Sent through ``extra_body`` they skip the client's
-        # per-field type transform, whose CPU cost grows with every message in the context
-        # (it dominated Parley's per-turn overhead in bench/core_overhead.py).
-        body: dict[str, Any] = {"messages": [wire_message(m) for m in request.messages]}
-        if request.json_mode:
-            body["response_format"] = {"type": "json_object"}
         return await self._client.chat.completions.create(
             model=model,
             messages=[],
@@ -233,7 +331,35 @@ class OpenAIChat:
             max_tokens=request.max_output_tokens,
             stream=True,
             stream_options={"include_usage": True},
-            extra_body=body,
+            extra_body=_body(request),
+        )
+
+    async def _whole(self, request: ChatRequest, model: str) -> Completion:
+        """The same request without streaming: some servers (llama.cpp's) fail a stream with
+        an empty body, and only a plain request says why. Its errors are raised as ours."""
+        client = self._client.with_options(max_retries=max(1, self._client.max_retries))
+        try:
+            done: ChatCompletion = await client.chat.completions.create(
+                model=model,
+                messages=[],
+                temperature=request.temperature,
+                max_tokens=request.max_output_tokens,
+                extra_body=_body(request),
+            )
+        except openai.APIError as exc:
+            _log_failure(exc, model)
+            raise _user_error(exc, model, request) from exc
+        if not done.choices:
+            raise _broken("empty answer to a plain request")
+        choice = done.choices[0]
+        usage = done.usage
+        return _completion(
+            request,
+            choice.message.content or "",
+            done.model or model,
+            choice.finish_reason or "stop",
+            usage.prompt_tokens if usage else None,
+            usage.completion_tokens if usage else None,
         )
 
     async def _read(
@@ -251,7 +377,7 @@ class OpenAIChat:
                     yield added
         except openai.APIError as exc:
             _log_failure(exc, model, request_id=_request_id(chunks))
-            raise _stream_error(exc, model, started=bool(answer.parts)) from exc
+            raise _stream_error(exc, model, request, started=bool(answer.parts)) from exc
         except ValueError as exc:  # a chunk that is not JSON: the server broke the protocol
             log.warning(
                 "model call failed: unreadable stream chunk model=%s request_id=%s",
@@ -261,14 +387,89 @@ class OpenAIChat:
             raise _broken("unreadable stream chunk") from exc
         finally:
             await chunks.close()
-        yield answer.completion(request, model, _request_id(chunks))
+        if answer.chunks == 0 and answer.finish_reason is None:
+            log.warning(
+                "model stream was empty; asking again without streaming model=%s request_id=%s",
+                model,
+                _request_id(chunks),
+            )
+            completion = await self._whole(request, model)
+            if completion.text:
+                yield completion.text
+        else:
+            completion = answer.completion(request, model, _request_id(chunks))
+        yield await self._server.identify(completion, model)
+
+
+def _body(request: ChatRequest) -> dict[str, Any]:
+    """The request's messages (and JSON mode) as plain JSON for ``extra_body``.
+
+    Sent this way they skip the client's per-field type transform, whose CPU cost grows with
+    every message in the context (it dominated Parley's per-turn overhead in
+    bench/core_overhead.py)."""
+    body: dict[str, Any] = {"messages": [wire_message(m) for m in request.messages]}
+    if request.json_mode:
+        body["response_format"] = {"type": "json_object"}
+    return body
+
+
+def _error_text(exc: openai.APIError) -> str:
+    """What the server said about an error, lower-cased: its message and its body."""
+    return f"{exc.message} {exc.body!r}".lower()
+
+
+def _names_model(exc: openai.APIError) -> bool:
+    """The error is about the model (or Azure deployment) asked for, not about the request."""
+    if exc.code in {"model_not_found", "DeploymentNotFound"}:
+        return True
+    text = _error_text(exc)
+    return "model" in text or "deployment" in text
 
 
 def _is_model_missing(exc: openai.APIStatusError) -> bool:
-    """The model does not exist or this key may not use it: worth trying the next one."""
-    if isinstance(exc, openai.NotFoundError | openai.PermissionDeniedError):
+    """The model does not exist or this key may not use it: worth trying the next one.
+
+    A 404 that does not name a model is a route the server lacks (a base URL without /v1):
+    no other model would fare better."""
+    if isinstance(exc, openai.NotFoundError):
+        return _names_model(exc)
+    if isinstance(exc, openai.PermissionDeniedError):
         return True
     return isinstance(exc, openai.BadRequestError) and exc.code == "model_not_found"
+
+
+_WINDOW = re.compile(r"(?:maximum context length|context window|n_ctx)\D{0,20}?(\d+)")
+_SERVER_PROMPT = re.compile(
+    r"(\d+) in the messages|messages resulted in (\d+) tokens|request has (\d+) input tokens"
+    r"|n_prompt_tokens\D{0,5}(\d+)"
+)
+_CONTEXT_WORDS = ("context length", "context_length", "context size", "context window")
+
+
+def _is_context_error(exc: openai.APIError) -> bool:
+    """The prompt and the output limit do not fit the model's context window."""
+    if exc.code == "context_length_exceeded" or exc.type == "exceed_context_size_error":
+        return True
+    text = _error_text(exc)
+    return any(word in text for word in _CONTEXT_WORDS)
+
+
+def _context_too_long(exc: openai.APIError, request: ChatRequest | None) -> ContextTooLong:
+    """The error for an over-long prompt, with the window the server named, in Parley's
+    tokens: scaled by how many tokens the server counted in a prompt Parley counts
+    differently (its tokenizer is not the model's)."""
+    text = _error_text(exc)
+    found = _WINDOW.search(text)
+    window = int(found.group(1)) if found else None
+    counted = _SERVER_PROMPT.search(text)
+    if window and counted and request is not None:
+        theirs = int(next(g for g in counted.groups() if g))
+        ours = count_prompt(request.messages)
+        if theirs > ours > 0:
+            window = window * ours // theirs
+    return ContextTooLong(
+        sentences.MODEL_CONTEXT_TOO_LONG, detail=f"server window={window}", window=window
+    )
 
 
 def _request_id(chunks: openai.AsyncStream[ChatCompletionChunk]) -> str | None:
@@ -313,18 +514,30 @@ def _broken(detail: str) -> BrokenStream:
     return BrokenStream(sentences.MODEL_STREAM_BROKEN, detail=detail)
 
 
-def _stream_error(exc: openai.APIError, model: str, *, started: bool) -> LLMError:
-    """The error for a stream that failed after it opened (``started``: text had arrived)."""
+def _stream_error(
+    exc: openai.APIError, model: str, request: ChatRequest, *, started: bool
+) -> LLMError:
+    """The error for a stream that failed after it opened (``started``: text had arrived).
+
+    An error the server reported inside the stream gets the sentence the same error gets
+    before a stream opens: missing model, over-long prompt, content filter."""
     if isinstance(exc, openai.APITimeoutError) and not started:
-        return _user_error(exc, model)
+        return _user_error(exc, model, request)
     if exc.code == "content_filter":
         return _refused()
+    if not isinstance(exc, openai.APIConnectionError) and exc.body is not None:
+        if _is_context_error(exc):
+            return _context_too_long(exc, request)
+        if exc.code == "model_not_found":
+            return ModelNotFound(sentences.model_not_found(model, ()), detail="in stream")
     return _broken(f"stream failed: {type(exc).__name__}")
 
 
-def _user_error(exc: openai.APIError, model: str) -> LLMError:
+def _user_error(exc: openai.APIError, model: str, request: ChatRequest | None = None) -> LLMError:
     """The ``core.errors`` class and user sentence for an error the openai client raised."""
     detail = f"{type(exc).__name__} model={model} code={exc.code}"
+    if isinstance(exc, openai.NotFoundError) and not _names_model(exc):
+        return EndpointNotFound(sentences.MODEL_ENDPOINT_MISSING, detail=detail)
     if isinstance(exc, openai.APITimeoutError):
         return ModelTimeout(sentences.MODEL_TIMEOUT, detail=detail)
     if isinstance(exc, openai.APIConnectionError):
@@ -340,8 +553,8 @@ def _user_error(exc: openai.APIError, model: str) -> LLMError:
         return ModelUnavailable(sentences.MODEL_SERVER_ERROR, detail=detail)
     if isinstance(exc, openai.AuthenticationError):
         return LLMError(sentences.MODEL_KEY_REJECTED, detail=detail)
-    if exc.code == "context_length_exceeded":
-        return LLMError(sentences.MODEL_CONTEXT_TOO_LONG, detail=detail)
+    if _is_context_error(exc):
+        return _context_too_long(exc, request)
     if isinstance(exc, openai.BadRequestError):
         return LLMError(sentences.MODEL_BAD_REQUEST, detail=detail)
     return LLMError(sentences.MODEL_FAILED, detail=detail)
@@ -354,6 +567,7 @@ __all__ = [
     "ImageInput",
     "OpenAIChat",
     "PromptMessage",
+    "ServerModels",
     "count_input_tokens",
     "image_url",
     "message_text_and_images",

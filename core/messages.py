@@ -110,12 +110,14 @@ class FinalText:
 
 @dataclass(frozen=True, slots=True)
 class UsageReport:
-    """Tokens and cost of one answer, as the API reported them."""
+    """Tokens and cost of one answer: ``cost_usd`` is None when the model has no known price,
+    ``estimated`` when some tokens were counted by Parley because the server did not say."""
 
     model: str
     input_tokens: int
     output_tokens: int
-    cost_usd: float
+    cost_usd: float | None
+    estimated: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,13 +51,20 @@ class ChatRequest:
 
 @dataclass(frozen=True, slots=True)
 class Completion:
-    """The end of a streamed answer: the whole text, who wrote it and what it cost in tokens."""
+    """The end of a streamed answer: the whole text, the model that wrote it (as the server
+    named it) and what it cost in tokens.
+
+    ``estimated``: the server reported no usage, so Parley counted the tokens itself.
+    ``window``: the context window the server reports for that model, when it says.
+    """
 
     text: str
     model: str
     input_tokens: int
     output_tokens: int
     finish_reason: str
+    estimated: bool = False
+    window: int | None = None
 
 
 class ChatModel(Protocol):
@@ -108,20 +115,27 @@ class ConversationState:
 
 @dataclass(frozen=True, slots=True)
 class UsageEntry:
-    """Tokens and cost of one model call."""
+    """Tokens and cost of one model call; ``cost_usd`` is None when the model has no known
+    price, ``estimated`` when Parley counted the tokens because the server did not say."""
 
     model: str
     input_tokens: int
     output_tokens: int
-    cost_usd: float
+    cost_usd: float | None
+    estimated: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class UsageTotals:
+    """Sums over ledger entries: ``cost_usd`` adds up the priced calls only, and the calls
+    with estimated tokens or no known price are counted apart so a reader knows."""
+
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
     turns: int = 0
+    estimated_calls: int = 0
+    unpriced_calls: int = 0
 
 
 class Store(Protocol):

@@ -1,4 +1,11 @@
-"""What a model call costs, from a price table of USD per 1M input and output tokens."""
+"""What a model call costs, from a price table of USD per 1M input and output tokens.
+
+Prices are looked up by the exact model name the server reported (a snapshot such as
+``gpt-4o-2024-08-06`` or an alias such as ``gpt-4o``), never by prefix: models that share a
+prefix (gpt-4, gpt-4.1, gpt-4.5) cost very different amounts. A model missing from the table
+has no price: Parley shows its tokens and says the price is unknown, never a made-up dollar
+figure. ``PARLEY_PRICES`` adds or overrides entries.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +14,60 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
+Prices = Mapping[str, tuple[float, float]]
+
+# The model name the offline stand-in server answers as; it costs nothing.
+STANDIN_MODEL = "parley-standin"
+
+# OpenAI's standard-tier prices, USD per 1M tokens (input, output), as published on
+# https://openai.com/api/pricing; checked on this date. An alias costs what the snapshot it
+# points to costs today (gpt-4o is gpt-4o-2024-08-06); a snapshot keeps its own price.
+PRICES_CHECKED = "2026-06-21"
+DEFAULT_PRICES: dict[str, tuple[float, float]] = {
+    "gpt-4o": (2.5, 10.0),
+    "gpt-4o-2024-11-20": (2.5, 10.0),
+    "gpt-4o-2024-08-06": (2.5, 10.0),
+    "gpt-4o-2024-05-13": (5.0, 15.0),  # gpt-4o's launch price
+    "chatgpt-4o-latest": (5.0, 15.0),
+    "gpt-4o-mini": (0.15, 0.6),
+    "gpt-4o-mini-2024-07-18": (0.15, 0.6),
+    "gpt-4.1": (2.0, 8.0),
+    "gpt-4.1-2025-04-14": (2.0, 8.0),
+    "gpt-4.1-mini": (0.4, 1.6),
+    "gpt-4.1-mini-2025-04-14": (0.4, 1.6),
+    "gpt-4.1-nano": (0.1, 0.4),
+    "gpt-4.1-nano-2025-04-14": (0.1, 0.4),
+    "gpt-4.5-preview": (75.0, 150.0),
+    "gpt-4.5-preview-2025-02-27": (75.0, 150.0),
+    "gpt-4-turbo": (10.0, 30.0),
+    "gpt-4-turbo-2024-04-09": (10.0, 30.0),
+    "gpt-4-turbo-preview": (10.0, 30.0),
+    "gpt-4-0125-preview": (10.0, 30.0),
+    "gpt-4-1106-preview": (10.0, 30.0),
+    "gpt-4": (30.0, 60.0),
+    "gpt-4-0613": (30.0, 60.0),
+    "gpt-4-32k": (60.0, 120.0),
+    "gpt-3.5-turbo": (0.5, 1.5),
+    "gpt-3.5-turbo-0125": (0.5, 1.5),
+    "o1": (15.0, 60.0),
+    "o1-2024-12-17": (15.0, 60.0),
+    "o1-mini": (1.1, 4.4),
+    "o1-mini-2024-09-12": (1.1, 4.4),
+    "o3": (2.0, 8.0),
+    "o3-2025-04-16": (2.0, 8.0),
+    "o3-mini": (1.1, 4.4),
+    "o3-mini-2025-01-31": (1.1, 4.4),
+    "o4-mini": (1.1, 4.4),
+    "o4-mini-2025-04-16": (1.1, 4.4),
+    STANDIN_MODEL: (0.0, 0.0),
+}
 
 # Context windows (input and output together) of models whose window is known; others use
-# PARLEY_MODEL_WINDOW.
+# what the server reports, or PARLEY_MODEL_WINDOW.
 MODEL_WINDOWS: dict[str, int] = {
     "gpt-4o": 128_000,
     "gpt-4o-mini": 128_000,
+    "chatgpt-4o-latest": 128_000,
     "gpt-4-turbo": 128_000,
     "gpt-4": 8_192,
     "gpt-4-0613": 8_192,
@@ -23,6 +78,10 @@ MODEL_WINDOWS: dict[str, int] = {
     "gpt-4.5": 128_000,
     "gpt-4.1": 1_047_576,
     "gpt-3.5-turbo": 16_385,
+    "o1": 200_000,
+    "o1-mini": 128_000,
+    "o3": 200_000,
+    "o4-mini": 200_000,
 }
 
 
@@ -35,21 +94,32 @@ def lookup(model: str, table: Mapping[str, T]) -> T | None:
     return table[max(matches, key=len)] if matches else None
 
 
-def price_for(model: str, prices: Mapping[str, tuple[float, float]]) -> tuple[float, float] | None:
-    """USD per 1M (input, output) tokens of ``model``, if known."""
-    return lookup(model, prices)
+def price_for(model: str, prices: Prices) -> tuple[float, float] | None:
+    """USD per 1M (input, output) tokens of exactly ``model``, if known."""
+    return prices.get(model)
 
 
 def window_for(model: str, default: int) -> int:
-    """Tokens ``model`` accepts for input and output together."""
+    """Tokens ``model`` accepts for input and output together (by name; prefixes match)."""
     return lookup(model, MODEL_WINDOWS) or default
 
 
-def cost_usd(
-    model: str, input_tokens: int, output_tokens: int, prices: Mapping[str, tuple[float, float]]
-) -> float:
-    """Cost in USD; an unpriced model costs 0 (and /usage says so)."""
+def cost_usd(model: str, input_tokens: int, output_tokens: int, prices: Prices) -> float | None:
+    """Cost in USD, or None when ``model`` has no price (never a guess)."""
     price = price_for(model, prices)
     if price is None:
-        return 0.0
+        return None
     return (input_tokens * price[0] + output_tokens * price[1]) / 1_000_000
+
+
+__all__ = [
+    "DEFAULT_PRICES",
+    "MODEL_WINDOWS",
+    "PRICES_CHECKED",
+    "STANDIN_MODEL",
+    "Prices",
+    "cost_usd",
+    "lookup",
+    "price_for",
+    "window_for",
+]

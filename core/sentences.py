@@ -83,6 +83,14 @@ def input_too_long(tokens: int, limit: int) -> str:
     )
 
 
+def json_cut_off(limit: int) -> str:
+    """JSON mode: the reply stopped at the output token limit, so it is not whole JSON."""
+    return (
+        f"The JSON answer was cut off at the output token limit ({limit:,} tokens), so it is "
+        "not complete JSON. Ask for a shorter answer, or switch JSON mode off with 'json off'."
+    )
+
+
 def invalid_json(reason: str) -> str:
     """JSON mode: the reply did not parse, twice."""
     return (
@@ -120,7 +128,14 @@ MODEL_UNREACHABLE = "Parley could not reach the model service; please try again 
 MODEL_QUOTA = "The bot's OpenAI account has run out of credit; please tell the bot's operator."
 MODEL_SERVER_ERROR = "The model service had an error; please try again in a moment."
 MODEL_KEY_REJECTED = "The bot's OpenAI API key was rejected; please tell the bot's operator."
-MODEL_CONTEXT_TOO_LONG = "This conversation is too long for the model; use reset to start afresh."
+MODEL_CONTEXT_TOO_LONG = (
+    "This message and conversation are too long for the model's context window; "
+    "send a shorter message, or use reset to start afresh."
+)
+MODEL_ENDPOINT_MISSING = (
+    "The model server has no chat completions endpoint at the configured address "
+    "(OPENAI_BASE_URL usually ends in /v1); please tell the bot's operator."
+)
 MODEL_BAD_REQUEST = (
     "The model service rejected this request; please rephrase it or reset the conversation."
 )
@@ -182,12 +197,34 @@ def usage_report(channel: str, person: str) -> str:
     return f"This channel: {channel}\nYou: {person}"
 
 
-def usage_line(turns: int, input_tokens: int, output_tokens: int, cost_usd: float) -> str:
+def cost_text(cost_usd: float | None, *, estimated: bool = False) -> str:
+    """One answer's cost: dollars (marked when the tokens were estimated), or no price."""
+    if cost_usd is None:
+        return "price unknown"
+    return f"${cost_usd:.5f}" + (" (estimated)" if estimated else "")
+
+
+def usage_line(
+    turns: int,
+    input_tokens: int,
+    output_tokens: int,
+    cost_usd: float,
+    *,
+    estimated_calls: int = 0,
+    unpriced_calls: int = 0,
+) -> str:
+    """One line of ``/usage``: calls, tokens and dollars, saying which figures are estimates
+    (the server reported no usage) and which calls have no known price."""
     calls = "model call" if turns == 1 else "model calls"
-    return (
-        f"{turns} {calls}, {input_tokens:,} input + {output_tokens:,} output tokens, "
-        f"${cost_usd:.4f}"
-    )
+    line = f"{turns} {calls}, {input_tokens:,} input + {output_tokens:,} output tokens"
+    if estimated_calls:
+        line += f" (estimated for {estimated_calls} of them: the server did not report usage)"
+    if unpriced_calls >= turns and turns:
+        return line + ", price unknown"
+    line += f", ${cost_usd:.4f}"
+    if unpriced_calls:
+        line += f" plus {unpriced_calls} call{'s' if unpriced_calls != 1 else ''} of unknown price"
+    return line
 
 
 def system_prompt_shown(prompt: str) -> str:
@@ -203,7 +240,7 @@ def model_restored(default: str) -> str:
 
 
 def model_set(model: str, *, priced: bool) -> str:
-    note = "" if priced else " (no price known for it: cost shows $0)"
+    note = "" if priced else " (no price known for it: usage shows its tokens, price unknown)"
     return f"This channel now uses {model}{note}."
 
 
@@ -236,7 +273,10 @@ def not_a_switch(value: str) -> str:
 
 
 def bad_model_name(name: str) -> str:
-    return f"'{name[:60]}' is not a valid model name (letters, digits and . _ : / - only)."
+    return (
+        f"'{name[:60]}' is not a valid model name: give the id as the model server lists it "
+        "(no spaces, quotes or angle brackets)."
+    )
 
 
 def system_prompt_too_long(length: int, limit: int) -> str:
@@ -279,6 +319,7 @@ __all__ = [
     "MODEL_BAD_REQUEST",
     "MODEL_CONTEXT_TOO_LONG",
     "MODEL_EMPTY_ANSWER",
+    "MODEL_ENDPOINT_MISSING",
     "MODEL_FAILED",
     "MODEL_KEY_REJECTED",
     "MODEL_QUOTA",
@@ -297,6 +338,7 @@ __all__ = [
     "answer_too_slow",
     "bad_model_name",
     "conversation_forgotten",
+    "cost_text",
     "count_out_of_range",
     "failure_text",
     "file_not_downloaded",
@@ -306,6 +348,7 @@ __all__ = [
     "image_unsupported",
     "input_too_long",
     "invalid_json",
+    "json_cut_off",
     "json_mode_set",
     "json_mode_shown",
     "model_not_found",

@@ -28,6 +28,7 @@ from core.context import (
 )
 from core.errors import (
     BadCommand,
+    ContextTooLong,
     EmptyAnswer,
     InvalidJSONReply,
     ModelTimeout,
@@ -79,6 +80,8 @@ EVENT_MEMORY_SECONDS = 7 * 24 * 3600
 PRUNE_EVERY = 1000
 # Turns folded into the summary at once are capped so the summary request stays cheap.
 SUMMARY_INPUT_TOKENS = 12000
+# The least output a request may ask for when a small context window caps it.
+MIN_OUTPUT_TOKENS = 256
 
 
 def json_retry_prompt(error: json.JSONDecodeError) -> str:
@@ -109,6 +112,17 @@ class CommandCall:
     author: Author
     args: str
     transcript: str | None = None
+
+
+Assemble = Callable[[ConversationState, int], Awaitable[Context]]
+
+
+@dataclass(slots=True)
+class _Streamed:
+    """What one answer's stream gave so far: how many deltas, and its Completion."""
+
+    completion: Completion | None = None
+    deltas: int = 0
 
 
 class ConversationLocks:
@@ -145,6 +159,9 @@ class ConversationService:
         self.llm = llm
         self.settings = settings
         self.locks = ConversationLocks()
+        # Context windows the model server reported or revealed by an error, in Parley's
+        # tokens, by the model name asked for; they take precedence over the built-in table.
+        self.windows: dict[str, int] = {}
         self._claims = 0
         per_minute = settings.parley_user_messages_per_minute
         # Shared by every worker when given (Redis); else counted in this process.
@@ -179,8 +196,16 @@ class ConversationService:
 
     def _budget(self, config: ChannelConfig) -> int:
         s = self.settings
-        window = window_for(config.model, s.parley_model_window)
-        return token_budget(s.parley_input_budget, window, config.max_output_tokens)
+        window = self.windows.get(config.model) or window_for(config.model, s.parley_model_window)
+        return token_budget(s.parley_input_budget, window, self._output_tokens(config))
+
+    def _output_tokens(self, config: ChannelConfig) -> int:
+        """The output limit of a request: the channel's, but at most a quarter of a small
+        window the server revealed, so the history keeps room in it."""
+        learned = self.windows.get(config.model)
+        if learned is None:
+            return config.max_output_tokens
+        return min(config.max_output_tokens, max(MIN_OUTPUT_TOKENS, learned // 4))
 
     @property
     def prices(self) -> Mapping[str, tuple[float, float]]:
@@ -300,7 +325,7 @@ class ConversationService:
         if self.settings.parley_log_content:
             log.info("user turn in %s: %s", key, text)
 
-        async def assemble(current: ConversationState) -> Context:
+        async def assemble(current: ConversationState, budget: int) -> Context:
             return await build_context(
                 self.store,
                 current,
@@ -322,35 +347,87 @@ class ConversationService:
             await self.store.set_message_status(turn_id, "cut" if cut else "failed")
             raise
 
+    async def _fitted(
+        self,
+        inbound: Inbound,
+        state: ConversationState,
+        config: ChannelConfig,
+        assemble: Assemble,
+    ) -> tuple[ConversationState, Context]:
+        """The context for this turn within the budget, older turns folded if they overflow."""
+        budget = self._budget(config)
+        context = await assemble(state, budget)
+        if context.cut_at is not None:
+            state = await self._fold(
+                inbound.key, inbound.author, state, fold_point(context), config
+            )
+            context = await assemble(state, budget)
+        return state, context
+
+    def _learn_window(self, model: str, exc: ContextTooLong, sent: Context, output: int) -> None:
+        """Remember the window a context-length error revealed: what the server named, and
+        below what was just sent (Parley's token count may differ from the server's)."""
+        below_sent = (sent.tokens + output) * 9 // 10
+        window = min(exc.window or below_sent, below_sent)
+        log.info("model %s: context window learned from the server: %d tokens", model, window)
+        self.windows[model] = window
+
     async def _reply(
         self,
         inbound: Inbound,
         state: ConversationState,
         config: ChannelConfig,
-        assemble: Callable[[ConversationState], Awaitable[Context]],
+        assemble: Assemble,
     ) -> AsyncIterator[ReplyEvent]:
-        key = inbound.key
-        context = await assemble(state)
-        if context.cut_at is not None:
-            state = await self._fold(key, inbound.author, state, fold_point(context), config)
-            context = await assemble(state)
+        state, context = await self._fitted(inbound, state, config, assemble)
         request = ChatRequest(
             model=config.model,
             messages=context.messages,
             temperature=config.temperature,
-            max_output_tokens=config.max_output_tokens,
+            max_output_tokens=self._output_tokens(config),
             json_mode=config.json_mode,
         )
-        completion: Completion | None = None
-        async for item in self._model_stream(request):
-            if isinstance(item, Completion):
-                completion = item
-            elif not config.json_mode:
-                yield TextDelta(item)
+        streamed = _Streamed()
+        try:
+            async for event in self._deltas(request, streamed):
+                yield event
+        except ContextTooLong as exc:
+            if streamed.deltas:
+                raise
+            # Fold the history into the window the server revealed, and try once more.
+            self._learn_window(config.model, exc, context, request.max_output_tokens)
+            state, context = await self._fitted(inbound, state, config, assemble)
+            output = self._output_tokens(config)
+            request = replace(request, messages=context.messages, max_output_tokens=output)
+            async for event in self._deltas(request, streamed):
+                yield event
+        completion = streamed.completion
         assert completion is not None, "ChatModel.stream ended without a Completion"
+        if completion.window:  # the server reports its window: use it from the next turn
+            self.windows.setdefault(config.model, completion.window)
         if not completion.text.strip():
-            await self._charge(key.channel_key, inbound.author.id, completion)
+            await self._charge(inbound.key.channel_key, inbound.author.id, completion)
             raise EmptyAnswer(sentences.MODEL_EMPTY_ANSWER)
+        completion, shown, usage = await self._shown(inbound, config, request, completion)
+        entries = self._priced(usage)
+        await self.store.finish_turn(
+            state.id,
+            completion.text,
+            count_message(completion.text),
+            completion.model,
+            inbound.key.channel_key,
+            inbound.author.id,
+            entries,
+            sent_at=inbound.sent_at,
+        )
+        yield FinalText(shown, completion.model)
+        yield _usage_report(completion.model, entries)
+
+    async def _shown(
+        self, inbound: Inbound, config: ChannelConfig, request: ChatRequest, completion: Completion
+    ) -> tuple[Completion, str, list[Completion]]:
+        """The answer as shown (JSON checked and pretty-printed, a cut marked), the completion
+        it comes from and every model call it took."""
         usage = [completion]
         shown = completion.text
         if config.json_mode:
@@ -358,37 +435,34 @@ class ConversationService:
                 completion, shown, retry = await self._valid_json(request, completion)
             except InvalidJSONReply as exc:
                 entries = self._priced([completion, *exc.completions])
-                await self.store.record_usage(key.channel_key, inbound.author.id, entries)
+                await self.store.record_usage(inbound.key.channel_key, inbound.author.id, entries)
                 raise
             usage += retry
         if completion.finish_reason == "length":
             shown += f"\n\n{sentences.CUT_OFF}"
-        entries = self._priced(usage)
-        await self.store.finish_turn(
-            state.id,
-            completion.text,
-            count_message(completion.text),
-            completion.model,
-            key.channel_key,
-            inbound.author.id,
-            entries,
-            sent_at=inbound.sent_at,
-        )
-        yield FinalText(shown, completion.model)
-        yield UsageReport(
-            completion.model,
-            sum(e.input_tokens for e in entries),
-            sum(e.output_tokens for e in entries),
-            sum(e.cost_usd for e in entries),
-        )
+        return completion, shown, usage
+
+    async def _deltas(self, request: ChatRequest, into: _Streamed) -> AsyncIterator[ReplyEvent]:
+        """Stream ``request``: text deltas out (none in JSON mode), the Completion ``into``."""
+        async for item in self._model_stream(request):
+            if isinstance(item, Completion):
+                into.completion = item
+            elif not request.json_mode:
+                into.deltas += 1
+                yield TextDelta(item)
 
     async def _valid_json(
         self, request: ChatRequest, completion: Completion
     ) -> tuple[Completion, str, list[Completion]]:
-        """Check a JSON-mode reply parses; ask once more with the parse error if not."""
+        """Check a JSON-mode reply parses; ask once more with the parse error if not.
+
+        A reply cut at the output token limit is reported as cut off: asking again would
+        only cut it again."""
         try:
             parsed = json.loads(completion.text)
         except json.JSONDecodeError as first:
+            if completion.finish_reason == "length":
+                raise InvalidJSONReply(sentences.json_cut_off(request.max_output_tokens)) from None
             retry_request = replace(
                 request,
                 messages=[
@@ -401,9 +475,10 @@ class ConversationService:
             try:
                 parsed = json.loads(retried.text)
             except json.JSONDecodeError as second:
-                raise InvalidJSONReply(
-                    sentences.invalid_json(second.msg), completions=[retried]
-                ) from None
+                sentence = sentences.invalid_json(second.msg)
+                if retried.finish_reason == "length":
+                    sentence = sentences.json_cut_off(request.max_output_tokens)
+                raise InvalidJSONReply(sentence, completions=[retried]) from None
             pretty = json.dumps(parsed, indent=2, ensure_ascii=False)
             return retried, f"```json\n{pretty}\n```", [retried]
         pretty = json.dumps(parsed, indent=2, ensure_ascii=False)
@@ -453,12 +528,14 @@ class ConversationService:
                 await close()
 
     def _priced(self, completions: list[Completion]) -> list[UsageEntry]:
+        """Ledger entries for model calls, priced by the model that actually answered."""
         return [
             UsageEntry(
                 c.model,
                 c.input_tokens,
                 c.output_tokens,
                 cost_usd(c.model, c.input_tokens, c.output_tokens, self.prices),
+                c.estimated,
             )
             for c in completions
         ]
@@ -494,16 +571,18 @@ class ConversationService:
         summary, summary_tokens = state.summary, state.summary_tokens
         if self.settings.parley_summarize_overflow:
             # the most recent of the overflow, within what one summary request may read
+            budget = self._budget(config)
+            limit = min(SUMMARY_INPUT_TOKENS, budget // 2)
             picked, _ = await newest_turns(
                 self.store,
                 state.id,
                 state.context_start,
                 cut_at,
-                SUMMARY_INPUT_TOKENS,
+                limit,
                 through=True,
             )
             transcript = "\n".join(f"{m.role}: {m.content}" for m in picked)
-            max_tokens = max(128, min(1000, self._budget(config) // 8))
+            max_tokens = max(128, min(1000, budget // 8))
             try:
                 done = await self._summarize_text(transcript, summary, config, max_tokens)
             except UserFacingError as exc:
@@ -643,7 +722,24 @@ async def _refusal(
 
 def _usage_line(totals: UsageTotals) -> str:
     return sentences.usage_line(
-        totals.turns, totals.input_tokens, totals.output_tokens, totals.cost_usd
+        totals.turns,
+        totals.input_tokens,
+        totals.output_tokens,
+        totals.cost_usd,
+        estimated_calls=totals.estimated_calls,
+        unpriced_calls=totals.unpriced_calls,
+    )
+
+
+def _usage_report(model: str, entries: list[UsageEntry]) -> UsageReport:
+    """One answer's usage: no dollar figure unless every call in it has a known price."""
+    costs = [e.cost_usd for e in entries]
+    return UsageReport(
+        model,
+        sum(e.input_tokens for e in entries),
+        sum(e.output_tokens for e in entries),
+        None if None in costs else sum(c for c in costs if c is not None),
+        any(e.estimated for e in entries),
     )
 
 

@@ -16,15 +16,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from core.errors import ConfigError
-
-DEFAULT_PRICES: dict[str, tuple[float, float]] = {
-    # USD per 1M tokens (input, output)
-    "gpt-4o": (5.0, 15.0),
-    "gpt-4o-mini": (0.15, 0.6),
-    "gpt-4-turbo": (10.0, 30.0),
-    "gpt-4": (30.0, 60.0),
-}
-
+from core.pricing import DEFAULT_PRICES
 
 # How every section reads its variables: the environment first, then ``.env``; an empty value
 # counts as unset; variables of other sections are ignored.
@@ -135,7 +127,8 @@ class Settings(BaseSettings):
     @field_validator("parley_prices", mode="before")
     @classmethod
     def _merge_prices(cls, value: Any) -> Any:
-        """PARLEY_PRICES is JSON like {"gpt-4o": [5, 15]}; it overrides entries of the defaults."""
+        """PARLEY_PRICES is JSON like {"gpt-4o": [2.5, 10]}: USD per 1M input and output tokens
+        by exact model name; it adds to or overrides the defaults of ``core.pricing``."""
         if isinstance(value, str):
             try:
                 value = json.loads(value) if value.strip() else {}

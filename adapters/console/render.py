@@ -20,6 +20,7 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
+from core import sentences
 from core.messages import UsageReport
 
 ANSWER = "parley> "
@@ -53,7 +54,8 @@ class Where:
         tokens = f"{usage.input_tokens} in / {usage.output_tokens} out tokens"
         if self.offline:
             return f"[{usage.model} (offline stand-in): {tokens}]"
-        return f"[{usage.model}: {tokens}, ${usage.cost_usd:.5f}]"
+        cost = sentences.cost_text(usage.cost_usd, estimated=usage.estimated)
+        return f"[{usage.model}: {tokens}, {cost}]"
 
 
 @dataclass(frozen=True, slots=True)

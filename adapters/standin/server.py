@@ -17,7 +17,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from types import TracebackType
 from typing import Any
@@ -63,6 +63,14 @@ class StandinServer:
     ``requests`` holds the JSON body of every chat completions request, in order of arrival.
     Models in ``unknown_models`` and any model named ``missing-*`` answer 404 model_not_found.
     ``latency`` seconds are waited before each streamed chunk, for realistic benchmarks.
+
+    It can also play other OpenAI-compatible servers: ``model_name`` makes it one model that
+    answers every request under that name (the offline stand-in is ``parley-standin``), or,
+    with ``echo_model``, under the name asked for (as llama.cpp's server does) while listing
+    only its own. ``context_window`` refuses prompts that do not fit with the real API's
+    context-length error; with ``empty_stream_overflow`` a streamed request over the window
+    gets a 200 and an empty body instead (llama.cpp's way); ``list_window`` puts the window in
+    ``/v1/models`` as vLLM's ``max_model_len``.
     """
 
     def __init__(
@@ -73,7 +81,17 @@ class StandinServer:
         unknown_models: Iterable[str] = frozenset(),
         *,
         record: bool = True,
+        model_name: str | None = None,
+        echo_model: bool = False,
+        context_window: int | None = None,
+        empty_stream_overflow: bool = False,
+        list_window: bool = False,
     ) -> None:
+        self.model_name = model_name
+        self.echo_model = echo_model
+        self.context_window = context_window
+        self.empty_stream_overflow = empty_stream_overflow
+        self.list_window = list_window
         self.host = host
         self.port = port
         self.latency = latency
@@ -155,7 +173,11 @@ class StandinServer:
     # --- handlers ---------------------------------------------------------------------------
 
     async def _models(self, request: web.Request) -> web.StreamResponse:
-        data = [_model_object(name) for name in KNOWN_MODELS]
+        names = (self.model_name,) if self.model_name else KNOWN_MODELS
+        data = [_model_object(name) for name in names]
+        if self.list_window and self.context_window:
+            for entry in data:
+                entry["max_model_len"] = self.context_window
         return web.json_response({"object": "list", "data": data})
 
     async def _model(self, request: web.Request) -> web.StreamResponse:
@@ -178,13 +200,17 @@ class StandinServer:
         faults = self._take_faults(body.get("messages"))
         if "stall" in faults:
             await asyncio.sleep(faults["stall"] or 0.0)
-        failure = _fault_response(faults, body, request_id)
+        failure: web.StreamResponse | None = _fault_response(faults, body, request_id)
         if failure is None:
             failure = self._rejection(body, request_id)
+        if failure is None:
+            failure = await self._overflow(request, body, request_id)
         if failure is not None:
             return failure
 
         reply = _reply(body, faults, request_id)
+        if self.model_name and not self.echo_model:
+            reply = replace(reply, model=self.model_name)
         if body.get("stream"):
             options = body.get("stream_options")
             include_usage = isinstance(options, Mapping) and bool(options.get("include_usage"))
@@ -217,6 +243,31 @@ class StandinServer:
                 param="messages",
             )
         return None
+
+    async def _overflow(
+        self, request: web.Request, body: Mapping[str, Any], request_id: str
+    ) -> web.StreamResponse | None:
+        """The answer to a prompt over ``context_window``, if it is one."""
+        if self.context_window is None:
+            return None
+        prompt = count_input_tokens(body["messages"])
+        output = _output_limit(body) or 0
+        if prompt + output <= self.context_window:
+            return None
+        if body.get("stream") and self.empty_stream_overflow:
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            await response.write_eof()
+            return response
+        return _error(
+            400,
+            f"This model's maximum context length is {self.context_window} tokens. However, "
+            f"you requested {prompt + output} tokens ({prompt} in the messages, {output} in the "
+            "completion). Please reduce the length of the messages or completion.",
+            request_id,
+            param="messages",
+            code="context_length_exceeded",
+        )
 
     async def _stream(
         self,

@@ -18,10 +18,14 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
     func,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Model ids as servers list them (a llama.cpp server's id is a file path).
+MODEL_ID_CHARS = 300
 
 # SQLite only autoincrements INTEGER PRIMARY KEY; PostgreSQL gets BIGINT identities.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -71,7 +75,7 @@ class ChannelSettingsRow(Base):
     workspace: Mapped[str] = mapped_column(CleanString(64))
     channel: Mapped[str] = mapped_column(CleanString(64))
     system_prompt: Mapped[str | None] = mapped_column(CleanText, nullable=True)
-    model: Mapped[str | None] = mapped_column(CleanString(100), nullable=True)
+    model: Mapped[str | None] = mapped_column(CleanString(MODEL_ID_CHARS), nullable=True)
     temperature: Mapped[float | None] = mapped_column(Float, nullable=True)
     max_output_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     json_mode: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
@@ -118,7 +122,7 @@ class MessageRow(Base):
     token_count: Mapped[int] = mapped_column(Integer)
     # "complete" turns form the context; "failed" answers are kept for the record only.
     status: Mapped[str] = mapped_column(CleanString(16), default="complete")
-    model: Mapped[str | None] = mapped_column(CleanString(100), nullable=True)
+    model: Mapped[str | None] = mapped_column(CleanString(MODEL_ID_CHARS), nullable=True)
     # When the platform says the message was sent, in microseconds since 1970 (an answer takes
     # its question's): a conversation is ordered by (sent_at, id), not by arrival.
     sent_at: Mapped[int] = mapped_column(BigInteger)
@@ -139,10 +143,12 @@ class UsageRow(Base):
     workspace: Mapped[str] = mapped_column(CleanString(64))
     channel: Mapped[str] = mapped_column(CleanString(64))
     user_id: Mapped[str] = mapped_column(CleanString(64))
-    model: Mapped[str] = mapped_column(CleanString(100))
+    model: Mapped[str] = mapped_column(CleanString(MODEL_ID_CHARS))
     input_tokens: Mapped[int] = mapped_column(Integer)
     output_tokens: Mapped[int] = mapped_column(Integer)
-    cost_usd: Mapped[float] = mapped_column(Float)
+    # NULL: no price known for the model; ``estimated``: Parley counted the tokens itself
+    cost_usd: Mapped[float | None] = mapped_column(Float, nullable=True)
+    estimated: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 

@@ -419,6 +419,7 @@ class SqlStore:
                 "input_tokens": entry.input_tokens,
                 "output_tokens": entry.output_tokens,
                 "cost_usd": entry.cost_usd,
+                "estimated": entry.estimated,
             }
             for entry in usage
         ]
@@ -436,10 +437,14 @@ class SqlStore:
             func.coalesce(func.sum(UsageRow.output_tokens), 0),
             func.coalesce(func.sum(UsageRow.cost_usd), 0.0),
             func.count(UsageRow.id),
+            func.count(UsageRow.id).filter(UsageRow.estimated.is_(True)),
+            func.count(UsageRow.id).filter(UsageRow.cost_usd.is_(None)),
         ).where(*where)
         async with self._sessions() as session:
             row = (await session.execute(stmt)).one()
-        return UsageTotals(int(row[0]), int(row[1]), float(row[2]), int(row[3]))
+        return UsageTotals(
+            int(row[0]), int(row[1]), float(row[2] or 0.0), int(row[3]), int(row[4]), int(row[5])
+        )
 
     async def channel_usage(self, channel: ChannelKey) -> UsageTotals:
         return await self._totals(

@@ -48,7 +48,7 @@ def test_offline_chat_streams_answers_runs_commands_and_remembers(tmp_path):
     child.sendline("my favourite fruit is the mango")
     child.expect_exact("parley>")
     child.expect("You said: my favourite fruit is the mango")
-    child.expect(r"\[gpt-4o \(offline stand-in\): \d+ in / \d+ out tokens\]")
+    child.expect(r"\[parley-standin \(offline stand-in\): \d+ in / \d+ out tokens\]")
     child.expect_exact(PROMPT)
     child.sendline("/temperature lots")
     child.expect("not a number")

@@ -41,7 +41,8 @@ class _Usage:
     model: str
     input_tokens: int
     output_tokens: int
-    cost_usd: float
+    cost_usd: float | None
+    estimated: bool = False
 
 
 class MemoryStore:
@@ -178,15 +179,25 @@ class MemoryStore:
     ) -> None:
         for e in usage:
             self.usage.append(
-                _Usage(channel, user_id, e.model, e.input_tokens, e.output_tokens, e.cost_usd)
+                _Usage(
+                    channel,
+                    user_id,
+                    e.model,
+                    e.input_tokens,
+                    e.output_tokens,
+                    e.cost_usd,
+                    e.estimated,
+                )
             )
 
     def _totals(self, rows: list[_Usage]) -> UsageTotals:
         return UsageTotals(
             sum(r.input_tokens for r in rows),
             sum(r.output_tokens for r in rows),
-            sum(r.cost_usd for r in rows),
+            sum(r.cost_usd or 0.0 for r in rows),
             len(rows),
+            sum(r.estimated for r in rows),
+            sum(r.cost_usd is None for r in rows),
         )
 
     async def channel_usage(self, channel: ChannelKey) -> UsageTotals:

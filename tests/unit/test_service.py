@@ -393,7 +393,7 @@ async def test_channel_settings_show_set_and_restore_with_their_sentences():
     assert await say("model") == "This channel uses gpt-4o."
     assert await say("model", "gpt-4o-mini") == "This channel now uses gpt-4o-mini."
     assert await say("model", "my-own") == (
-        "This channel now uses my-own (no price known for it: cost shows $0)."
+        "This channel now uses my-own (no price known for it: usage shows its tokens, price unknown)."
     )
     assert await say("model", "default") == "Model restored to the default, gpt-4o."
     assert await say("system") == "System prompt for this channel:\n> Be kind."

@@ -47,7 +47,7 @@ def test_lists_prices_and_empty_values_from_the_environment(monkeypatch):
     settings = load_settings(_env_file=None)
     assert settings.parley_fallback_models == ["gpt-4o-mini", "gpt-4-turbo"]
     assert settings.parley_prices["my-model"] == (1.0, 2.0)
-    assert settings.parley_prices["gpt-4o"] == (5.0, 15.0)
+    assert settings.parley_prices["gpt-4o"] == (2.5, 10.0)
     assert settings.offline
 
 

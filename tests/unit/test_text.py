@@ -18,11 +18,21 @@ def test_bundled_encoding_matches_known_token_ids():
     assert count_message("hi", images=1) > count_message("hi")
 
 
-def test_prices_match_longest_prefix():
-    assert price_for("gpt-4o-2024-08-06", DEFAULT_PRICES) == (5.0, 15.0)
+def test_prices_are_matched_by_exact_model_and_snapshot():
+    assert price_for("gpt-4o-2024-08-06", DEFAULT_PRICES) == (2.5, 10.0)
+    assert price_for("gpt-4o-2024-05-13", DEFAULT_PRICES) == (5.0, 15.0)  # launch price
     assert price_for("gpt-4o-mini", DEFAULT_PRICES) == (0.15, 0.6)
+    assert price_for("gpt-4.1", DEFAULT_PRICES) == (2.0, 8.0)
+    assert price_for("gpt-4.1-mini", DEFAULT_PRICES) == (0.4, 1.6)
+    assert price_for("gpt-4.5-preview", DEFAULT_PRICES) == (75.0, 150.0)
+    assert price_for("o3-mini", DEFAULT_PRICES) == (1.1, 4.4)
+    # no prefix matching: an unknown snapshot or a look-alike name has no price
+    assert price_for("gpt-4o-2099-01-01", DEFAULT_PRICES) is None
+    assert price_for("gpt-4-some-proxy-alias", DEFAULT_PRICES) is None
     assert price_for("llama3", DEFAULT_PRICES) is None
-    assert cost_usd("gpt-4o", 1_000_000, 1_000_000, DEFAULT_PRICES) == pytest.approx(20.0)
+    assert cost_usd("llama3", 1000, 1000, DEFAULT_PRICES) is None
+    assert cost_usd("parley-standin", 10_000, 10_000, DEFAULT_PRICES) == 0.0
+    assert cost_usd("gpt-4o", 1_000_000, 1_000_000, DEFAULT_PRICES) == pytest.approx(12.5)
     assert cost_usd("gpt-4", 1000, 500, DEFAULT_PRICES) == pytest.approx(0.06)
 
 

@@ -1,0 +1,281 @@
+"""Parley against servers that are OpenAI-compatible but not OpenAI: the stand-in plays a
+one-model server (llama.cpp's), a server with a small context window that fails streams with
+an empty body, vLLM's window in ``/v1/models``; plus prices, estimated usage and the ledger."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import openai
+import pytest
+from aiohttp import web
+
+from adapters.standin import StandinServer
+from bots.bootstrap import build
+from core.errors import ContextTooLong, EndpointNotFound, LLMError, ModelNotFound
+from core.llm import ChatRequest, Completion, OpenAIChat, ServerModels
+from core.messages import Author, ConversationKey, FinalText, Inbound, UsageReport, UserError
+from core.ports import PromptMessage
+from core.settings import Settings
+from core.store import schema
+from core.store.sql import make_engine
+from core.tokens import count_prompt
+
+KEY = ConversationKey("test", "w", "c")
+LONG = "Tell me about the history of the harbour, the ships and the people there. " * 12
+
+
+def request(text: str = "hello", model: str = "gpt-4o", **options: object) -> ChatRequest:
+    messages = [PromptMessage("system", "You are Parley."), PromptMessage("user", text)]
+    defaults: dict[str, object] = {"temperature": 0.7, "max_output_tokens": 64}
+    return ChatRequest(model=model, messages=messages, **{**defaults, **options})  # type: ignore[arg-type]
+
+
+def chat_on(base_url: str, fallbacks: tuple[str, ...] = ()) -> OpenAIChat:
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="k", max_retries=1, timeout=5.0)
+    return OpenAIChat(client, fallbacks)
+
+
+async def complete(model: OpenAIChat, chat_request: ChatRequest) -> Completion:
+    items = [item async for item in model.stream(chat_request)]
+    assert isinstance(items[-1], Completion)
+    return items[-1]
+
+
+async def failure(model: OpenAIChat, chat_request: ChatRequest) -> LLMError:
+    with pytest.raises(LLMError) as caught:
+        async for _ in model.stream(chat_request):
+            pass
+    return caught.value
+
+
+async def test_a_one_model_server_names_the_model_that_answered() -> None:
+    async with StandinServer(model_name="/models/smol.gguf", echo_model=True) as server:
+        chat = chat_on(server.base_url)
+        done = await complete(chat, request(model="gpt-4o"))
+        await chat.close()
+    # the server echoed "gpt-4o"; the model it lists is the one that answered
+    assert server.requests[-1]["model"] == "gpt-4o"
+    assert done.model == "/models/smol.gguf"
+
+
+async def test_usage_is_marked_estimated_when_the_server_sends_none() -> None:
+    async with StandinServer() as server:
+        chat = chat_on(server.base_url)
+        reported = await complete(chat, request())
+        server.inject("no_usage")
+        estimated = await complete(chat, request())
+        await chat.close()
+    assert not reported.estimated
+    assert estimated.estimated
+    assert estimated.input_tokens == count_prompt(request().messages)
+
+
+async def test_a_missing_route_is_not_a_missing_model() -> None:
+    async with StandinServer() as server:
+        root = server.base_url.removesuffix("/v1")
+        chat = chat_on(root, ("gpt-4o-mini",))
+        error = await failure(chat, request())
+        await chat.close()
+        chat = chat_on(server.base_url)
+        missing = await failure(chat, request(model="missing-model"))
+        await chat.close()
+    assert isinstance(error, EndpointNotFound)
+    assert "/v1" in error.user_message and "not available" not in error.user_message
+    assert isinstance(missing, ModelNotFound)
+    assert "missing-model is not available" in missing.user_message
+
+
+async def test_a_context_error_names_the_window_in_parleys_tokens() -> None:
+    async with StandinServer(context_window=300) as server:
+        chat = chat_on(server.base_url)
+        error = await failure(chat, request(LONG, max_output_tokens=100))
+        await chat.close()
+    assert isinstance(error, ContextTooLong)
+    assert error.window == 300
+    assert "too long for the model's context window" in error.user_message
+
+
+async def test_an_empty_stream_is_asked_again_and_says_why() -> None:
+    async with StandinServer(context_window=300, empty_stream_overflow=True) as server:
+        chat = chat_on(server.base_url)
+        error = await failure(chat, request(LONG, max_output_tokens=100))
+        short = await complete(chat, request("hi", max_output_tokens=100))
+        await chat.close()
+    assert isinstance(error, ContextTooLong) and error.window == 300
+    assert [r.get("stream") for r in server.requests[:2]] == [True, None]
+    assert short.text and short.finish_reason == "stop"
+
+
+async def test_errors_inside_a_stream_get_their_own_sentence() -> None:
+    async def broken(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        body = (await request.json())["messages"][-1]["content"]
+        code = "context_length_exceeded" if "long" in body else "model_not_found"
+        message = (
+            "This model's maximum context length is 512 tokens."
+            if "long" in body
+            else "The model `x` does not exist."
+        )
+        error = f'{{"error": {{"message": "{message}", "type": "invalid_request_error", "code": "{code}"}}}}'
+        await response.write(f"data: {error}\n\n".encode())
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", broken)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    chat = chat_on(f"http://{host}:{port}/v1")
+    try:
+        too_long = await failure(chat, request("a long one"))
+        missing = await failure(chat, request("anything"))
+    finally:
+        await chat.close()
+        await runner.cleanup()
+    assert isinstance(too_long, ContextTooLong) and too_long.window == 512
+    assert isinstance(missing, ModelNotFound)
+
+
+# --- through the whole core ------------------------------------------------------------------
+
+
+@pytest.fixture
+async def small_server() -> AsyncIterator[StandinServer]:
+    async with StandinServer(
+        model_name="/models/small.gguf",
+        echo_model=True,
+        context_window=1200,
+        empty_stream_overflow=True,
+    ) as server:
+        yield server
+
+
+async def parley_on(base_url: str, database_url: str, **settings: object):
+    engine = make_engine(database_url)
+    await schema.upgrade(engine)
+    await engine.dispose()
+    options: dict[str, object] = {"parley_max_output_tokens": 200, **settings}
+    return await build(
+        Settings(_env_file=None, database_url=database_url, openai_base_url=base_url, **options)
+    )
+
+
+async def ask(parley, text: str) -> list[object]:
+    return [e async for e in parley.service.answer(Inbound(KEY, Author("u1", "Ann"), text))]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_a_small_window_is_learned_and_every_turn_answered(
+    small_server: StandinServer, database_url: str
+) -> None:
+    parley = await parley_on(small_server.base_url, database_url)
+    try:
+        for turn in range(12):
+            events = await ask(parley, f"Turn {turn}. {LONG}")
+            errors = [e for e in events if isinstance(e, UserError)]
+            assert not errors, (turn, errors)
+        usage = await parley.service.command(KEY, Author("u1", "Ann"), "usage")
+    finally:
+        await parley.close()
+    window = parley.service.windows["gpt-4o"]
+    assert window <= 1200
+    # answers are named, stored and priced by the model that answered: no price known
+    final = next(e for e in events if isinstance(e, FinalText))
+    report = next(e for e in events if isinstance(e, UsageReport))
+    assert final.model == report.model == "/models/small.gguf"
+    assert report.cost_usd is None
+    assert "price unknown" in usage.text and "$" not in usage.text
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_vllm_window_from_the_model_list(database_url: str) -> None:
+    async with StandinServer(model_name="served", context_window=4000, list_window=True) as server:
+        parley = await parley_on(server.base_url, database_url, parley_model="served")
+        try:
+            events = await ask(parley, "hello")
+        finally:
+            await parley.close()
+    assert not [e for e in events if isinstance(e, UserError)]
+    assert parley.service.windows["served"] == 4000
+
+
+async def test_estimated_and_unpriced_calls_in_the_ledger(database_url: str) -> None:
+    async with StandinServer() as server:
+        parley = await parley_on(server.base_url, database_url, openai_api_key="k")
+        try:
+            server.inject("no_usage")
+            events = await ask(parley, "hello")
+            await ask(parley, "again")
+            usage = await parley.service.command(KEY, Author("u1", "Ann"), "usage")
+            here = await parley.service.store.channel_usage(KEY.channel_key)
+        finally:
+            await parley.close()
+    report = next(e for e in events if isinstance(e, UsageReport))
+    assert report.estimated and report.cost_usd is not None
+    assert here.turns == 2 and here.estimated_calls == 1 and here.unpriced_calls == 0
+    assert "estimated for 1 of them" in usage.text
+
+
+async def test_json_cut_at_the_token_limit_is_reported_as_cut_off(database_url: str) -> None:
+    async with StandinServer() as server:
+        parley = await parley_on(
+            server.base_url, database_url, openai_api_key="k", parley_max_output_tokens=16
+        )
+        try:
+            await parley.service.command(KEY, Author("u1", "Ann"), "json", "on")
+            events = await ask(parley, "give me a long JSON answer about harbours please")
+        finally:
+            await parley.close()
+    error = next(e for e in events if isinstance(e, UserError))
+    assert "cut off at the output token limit (16 tokens)" in error.text
+    assert len(server.requests) == 1  # no second try that would be cut again
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_model_accepts_any_id_a_server_lists(database_url: str) -> None:
+    async with StandinServer(model_name="/home/me/models/SmolLM2-135M.Q4_1.gguf") as server:
+        parley = await parley_on(server.base_url, database_url)
+        try:
+            reply = await parley.service.command(
+                KEY, Author("u1", "Ann"), "model", "/home/me/models/SmolLM2-135M.Q4_1.gguf"
+            )
+            bad = await parley.service.command(KEY, Author("u1", "Ann"), "model", "two words")
+        finally:
+            await parley.close()
+    assert reply.ok and "SmolLM2-135M.Q4_1.gguf" in reply.text
+    assert not bad.ok
+
+
+async def test_ollama_window_from_its_model_info() -> None:
+    async def models(request: web.Request) -> web.Response:
+        names = ["llama3.1:8b", "qwen2:0.5b"]
+        return web.json_response({"object": "list", "data": [{"id": n} for n in names]})
+
+    async def show(request: web.Request) -> web.Response:
+        name = (await request.json())["model"]
+        if name == "llama3.1:8b":
+            return web.json_response({"parameters": "num_ctx 8192\nstop <|eot_id|>"})
+        return web.json_response({"model_info": {"qwen2.context_length": 32768}})
+
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    app.router.add_post("/api/show", show)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    host, port = runner.addresses[0][:2]
+    client = openai.AsyncOpenAI(base_url=f"http://{host}:{port}/v1", api_key="k")
+    server = ServerModels(client)
+    try:
+        tuned = await server.identify(Completion("x", "llama3.1:8b", 1, 1, "stop"), "llama3.1:8b")
+        trained = await server.identify(Completion("x", "qwen2:0.5b", 1, 1, "stop"), "qwen2:0.5b")
+    finally:
+        await client.close()
+        await runner.cleanup()
+    assert tuned.window == 8192 and tuned.model == "llama3.1:8b"
+    assert trained.window == 32768
