@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from adapters.slack.mrkdwn import to_plain
@@ -81,6 +82,11 @@ class SlackMessage:
         return Author(self.user, self.user_name)
 
     @property
+    def sent_at(self) -> datetime | None:
+        """When Slack says the message was sent (its ``ts``), which orders the turns."""
+        return time_of(self.ts)
+
+    @property
     def dedupe_id(self) -> str:
         """One id per Slack message, shared by its retries and by its app_mention/message pair."""
         return f"msg:{self.team}:{self.channel}:{self.ts}"
@@ -121,7 +127,18 @@ class SlackMessage:
             attachments=attachments,
             event_id=self.dedupe_id,
             notes=notes,
+            sent_at=self.sent_at,
         )
+
+
+def time_of(ts: str) -> datetime | None:
+    """A Slack ``ts`` ("1700000000.000123": seconds, then microseconds) as an exact UTC time,
+    without going through a float; None when it is not one."""
+    seconds, _, fraction = ts.partition(".")
+    if not seconds.isdigit() or not (fraction.isdigit() or fraction == "") or len(fraction) > 6:
+        return None
+    micros = int(fraction.ljust(6, "0"))
+    return datetime.fromtimestamp(int(seconds), UTC) + timedelta(microseconds=micros)
 
 
 def route(

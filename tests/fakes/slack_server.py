@@ -10,6 +10,9 @@ injected per method: ``rate_limit()`` answers HTTP 429 with Retry-After, ``fail(
 People: ``admins`` are workspace admins (``users.info``; UALICE by default, as the person who
 installs an app usually is), everyone else an ordinary member; ``usergroups`` maps a group id to
 its members and ``creators`` a channel to the person who created it (``conversations.info``).
+
+``write_delay`` seconds pass before the fake answers a write (``WRITE_METHODS``), as when
+Slack is slow; other calls answer at once.
 """
 
 from __future__ import annotations
@@ -30,6 +33,13 @@ import aiohttp
 from aiohttp import WSMsgType, web
 
 STREAM_METHODS = frozenset({"chat.startStream", "chat.appendStream", "chat.stopStream"})
+# Methods that write to the workspace: ``write_delay`` slows these down.
+WRITE_METHODS = STREAM_METHODS | {
+    "chat.postMessage",
+    "chat.update",
+    "chat.delete",
+    "assistant.threads.setStatus",
+}
 
 
 @dataclass
@@ -120,8 +130,10 @@ class FakeSlack:
         signing_secret: str = "fake-signing-secret",
         streaming: bool = True,
         admins: tuple[str, ...] = ("UALICE",),
+        write_delay: float = 0.0,
     ) -> None:
         self.team_id = team_id
+        self.write_delay = write_delay
         self.admins = set(admins)
         self.owners: set[str] = set()
         self.usergroups: dict[str, list[str]] = {}
@@ -439,6 +451,8 @@ class FakeSlack:
         token = self._token(request, params)
         call = Call(method, params)
         self.calls.append(call)
+        if self.write_delay and method in WRITE_METHODS:
+            await asyncio.sleep(self.write_delay)
         try:
             fault = self._take_fault(method)
             if fault is not None:

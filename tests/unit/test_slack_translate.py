@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ from adapters.slack.translate import (
     parse_message,
     parse_slash,
     route,
+    time_of,
     transcript,
 )
 from core.attachments import AttachmentPolicy, FileOffer, kind_of
@@ -131,6 +133,40 @@ def test_the_core_message_carries_the_dedupe_id() -> None:
     m = parse_message(BODY, event(type="app_mention"))
     inbound = m.inbound("hi")
     assert inbound.event_id == m.dedupe_id and inbound.key == m.key
+
+
+def test_the_core_message_is_placed_at_the_messages_ts_not_the_events() -> None:
+    m = parse_message(
+        BODY, event(type="app_mention", ts="1700000000.000123", event_ts="1700000009.000999")
+    )
+    sent_at = m.inbound("hi").sent_at
+    assert sent_at == datetime(2023, 11, 14, 22, 13, 20, 123, tzinfo=UTC)
+    assert sent_at is not None and sent_at.utcoffset() is not None
+
+
+@pytest.mark.parametrize(
+    ("ts", "expected"),
+    [
+        # Exact to the microsecond, with no float in between.
+        ("1700000000.999999", datetime(2023, 11, 14, 22, 13, 20, 999999, tzinfo=UTC)),
+        ("1700000001.000001", datetime(2023, 11, 14, 22, 13, 21, 1, tzinfo=UTC)),
+        ("10.5", datetime(1970, 1, 1, 0, 0, 10, 500000, tzinfo=UTC)),
+        ("10", datetime(1970, 1, 1, 0, 0, 10, tzinfo=UTC)),
+        ("", None),
+        ("abc.000001", None),
+        ("-1.000001", None),
+        ("1700000000.1234567", None),
+    ],
+)
+def test_a_slack_ts_is_read_exactly(ts: str, expected: datetime | None) -> None:
+    assert time_of(ts) == expected
+
+
+def test_consecutive_ts_keep_their_order() -> None:
+    stamps = ["1700000000.000009", "1700000000.000010", "1700000000.100000", "1700000001.000000"]
+    times = [time_of(ts) for ts in stamps]
+    assert times == sorted(times, key=lambda t: t or datetime.min.replace(tzinfo=UTC))
+    assert len(set(times)) == len(stamps)
 
 
 @pytest.mark.parametrize(
