@@ -13,6 +13,7 @@ from sqlalchemy.exc import DBAPIError
 
 from bots.logs import redact
 from bots.shared import RedisSettings, open_shared
+from core import budget
 from core.attachments import AttachmentPolicy
 from core.errors import ConfigError, SchemaOutOfDate
 from core.llm import ChatModel, OpenAIChat
@@ -22,10 +23,12 @@ from core.service import ConversationService
 from core.settings import Settings, load
 from core.store import schema
 from core.store.sql import SqlStore, make_engine
+from core.throttle import UserRate
 from core.tokens import encoding
 
 if TYPE_CHECKING:
     from adapters.standin.server import StandinServer
+    from bots.metrics import Metrics
 
 log = logging.getLogger("parley")
 
@@ -45,6 +48,7 @@ class Parley:
     attachments: AttachmentPolicy
     offline_server: StandinServer | None = None
     opened: AsyncExitStack = field(default_factory=AsyncExitStack, repr=False)
+    metrics: Metrics | None = None
 
     @property
     def offline(self) -> bool:
@@ -124,13 +128,15 @@ async def build(
     llm: ChatModel | None = None,
     auto_upgrade: bool = True,
     redis: RedisSettings | None = None,
+    metrics: Metrics | None = None,
 ) -> Parley:
     """Build Parley's core from ``settings``, or around the ``store`` and ``llm`` given.
 
     A given store or model is used as it is: no schema check, no stand-in server, not closed by
     ``Parley.close()``. Without a model and without a key, the offline stand-in is started.
     With ``REDIS_URL`` (``redis``, else read from the environment) the write budgets and the
-    per-user message limit are shared with every worker through Redis.
+    per-user message limit are shared with every worker through Redis. With ``metrics``,
+    answers and the write budget are counted there.
     """
     opened = AsyncExitStack()
     offline_server = None
@@ -144,10 +150,38 @@ async def build(
         # The service counts tokens whatever the model: load the tokenizer now, off the event
         # loop, rather than on the first message.
         await asyncio.to_thread(encoding)
-        service = ConversationService(store, llm, settings, rate=rate)
+        service = new_service(store, llm, settings, rate, metrics, opened)
     except BaseException:
         await opened.aclose()
         raise
     return Parley(
-        settings, store, llm, service, attachment_policy(settings), offline_server, opened
+        settings,
+        store,
+        llm,
+        service,
+        attachment_policy(settings),
+        offline_server,
+        opened,
+        metrics,
     )
+
+
+def new_service(
+    store: Store,
+    llm: ChatModel,
+    settings: Settings,
+    rate: UserRate | None,
+    metrics: Metrics | None,
+    opened: AsyncExitStack,
+) -> ConversationService:
+    """The conversation service; with ``metrics``, one whose answers are counted, and the
+    deployment's write budget counted too (until ``opened`` closes)."""
+    if metrics is None:
+        return ConversationService(store, llm, settings, rate=rate)
+    from bots.metrics import MeteredBudget, MeteredService
+
+    previous = budget.use(MeteredBudget(budget.shared(), metrics))
+    opened.callback(budget.use, previous)
+    service = MeteredService(store, llm, settings, rate=rate)
+    service.metrics = metrics
+    return service

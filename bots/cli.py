@@ -104,10 +104,12 @@ def _where(settings: Settings) -> Where:
 
 async def _run(settings: Settings, redactor: Redactor) -> int:
     from bots.bootstrap import build
-    from bots.platforms import load_platforms, platform_adapters
-    from bots.runtime import run_adapters
+    from bots.ops import OpsSettings, metrics_for, run_worker
+    from bots.platforms import load_platforms
+    from core.settings import load
 
     platforms = load_platforms()
+    ops = load(OpsSettings)
     redactor.hide([platforms.slack, platforms.discord])
     if not platforms.configured:
         print(f"parley: {NOTHING_TO_RUN}", file=sys.stderr)
@@ -115,13 +117,13 @@ async def _run(settings: Settings, redactor: Redactor) -> int:
     if settings.offline and not settings.parley_allow_offline:
         print(f"parley: {NO_MODEL}", file=sys.stderr)
         return 2
-    parley = await build(settings, auto_upgrade=True)
+    parley = await build(settings, auto_upgrade=True, metrics=metrics_for(ops))
     try:
         if parley.offline:
             log.warning(OFFLINE_BANNER)
         # Run until a signal, or until an adapter's connection ends for good (then exit non-zero
         # so the process supervisor restarts the worker).
-        return await run_adapters(platform_adapters(parley, platforms))
+        return await run_worker(parley, platforms, ops)
     finally:
         await parley.close()
 

@@ -41,7 +41,7 @@ def slack_adapter(
     """The Slack adapter on ``parley``'s core (slack-bolt is imported only now)."""
     from adapters.slack import SlackAdapter
 
-    return SlackAdapter(
+    adapter = SlackAdapter(
         settings,
         parley.service,
         attachments=parley.attachments,
@@ -49,17 +49,28 @@ def slack_adapter(
         host=host,
         port=port,
     )
+    if parley.metrics is not None:
+        from bots.metrics import watch_slack
+
+        watch_slack(adapter.client, parley.metrics)
+    return adapter
 
 
 def discord_adapter(parley: Parley, settings: DiscordSettings) -> DiscordAdapter:
     """The Discord adapter on ``parley``'s core (discord.py is imported only now)."""
     from adapters.discord import DiscordAdapter
 
+    trace = None
+    if parley.metrics is not None:
+        from bots.metrics import discord_trace
+
+        trace = discord_trace(parley.metrics)
     return DiscordAdapter(
         settings,
         parley.service,
         attachments=parley.attachments,
         log_content=parley.settings.parley_log_content,
+        http_trace=trace,
     )
 
 

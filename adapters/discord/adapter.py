@@ -72,14 +72,17 @@ class DispatchGuard:
 
 
 class ParleyClient(discord.Client):
-    """A discord.py client wired to Parley's slash commands and message handler."""
+    """A discord.py client wired to Parley's slash commands and message handler.
 
-    def __init__(self, adapter: DiscordAdapter, *, message_content: bool) -> None:
+    ``options`` go to discord.py: the shard (``shard_id``, ``shard_count``), ``http_trace``.
+    """
+
+    def __init__(self, adapter: DiscordAdapter, *, message_content: bool, **options: Any) -> None:
         intents = discord.Intents.default()
         intents.message_content = message_content
         # Parley has no voice features; don't warn at start-up that voice libraries are missing.
         discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
-        super().__init__(intents=intents, allowed_mentions=NO_MENTIONS)
+        super().__init__(intents=intents, allowed_mentions=NO_MENTIONS, **options)
         self.adapter = adapter
         self.tree: app_commands.CommandTree[ParleyClient] = app_commands.CommandTree(self)
         args = (
@@ -109,6 +112,35 @@ class ParleyClient(discord.Client):
     async def on_message(self, message: discord.Message) -> None:
         await self.messages.handle(message)
 
+    @property
+    def connected(self) -> bool:
+        """Whether the gateway connection is up and ready (every shard of it)."""
+        if not self.is_ready() or self.is_closed():
+            return False
+        ws: Any = self.ws
+        return ws is not None and bool(ws.open)
+
+
+class ShardedParleyClient(ParleyClient, discord.AutoShardedClient):
+    """A ``ParleyClient`` that runs several shards of the bot on one worker (``shard_ids``)."""
+
+    @property
+    def connected(self) -> bool:
+        if not self.is_ready() or self.is_closed():
+            return False
+        return all(not shard.is_closed() for shard in self.shards.values())
+
+
+def client_options(settings: DiscordSettings) -> tuple[type[ParleyClient], dict[str, Any]]:
+    """The client class and discord.py options for the shards this worker runs: one plain
+    client unsharded or for one shard, an auto-sharded one for several."""
+    shards = settings.shards
+    if shards is None:
+        return ParleyClient, {}
+    if len(shards) == 1:
+        return ParleyClient, {"shard_id": shards[0], "shard_count": settings.shard_count}
+    return ShardedParleyClient, {"shard_ids": list(shards), "shard_count": settings.shard_count}
+
 
 class DiscordAdapter:
     """Runs Parley on Discord: ``await start()`` logs in and connects in the background,
@@ -129,7 +161,9 @@ class DiscordAdapter:
         *,
         attachments: AttachmentPolicy,
         log_content: bool,
+        http_trace: aiohttp.TraceConfig | None = None,
     ) -> None:
+        """``http_trace`` sees every REST request discord.py makes (metrics count them)."""
         if settings.token is None:
             raise ConfigError(
                 "DISCORD_TOKEN: not set; copy the bot token from the Developer Portal."
@@ -144,6 +178,7 @@ class DiscordAdapter:
         self.failure: BaseException | None = None
         self.message_content = True
         self.client: ParleyClient | None = None
+        self.http_trace = http_trace
         self._task: asyncio.Task[None] | None = None
         self._synced = False
         self._stopping = False
@@ -153,6 +188,11 @@ class DiscordAdapter:
         if not log_content and discord_log.getEffectiveLevel() < logging.INFO:
             # discord.py's debug logs carry request bodies and gateway events: message content.
             discord_log.setLevel(logging.INFO)
+
+    @property
+    def connected(self) -> bool:
+        """Whether Discord is connected now (health checks ask)."""
+        return self.client is not None and self.ready.is_set() and self.client.connected
 
     async def start(self) -> None:
         """Log in (a rejected token raises ConfigError here) and connect in a background task."""
@@ -184,7 +224,10 @@ class DiscordAdapter:
         self.ready.clear()
 
     async def _login(self, *, message_content: bool) -> ParleyClient:
-        client = ParleyClient(self, message_content=message_content)
+        kind, options = client_options(self.settings)
+        if self.http_trace is not None:
+            options["http_trace"] = self.http_trace
+        client = kind(self, message_content=message_content, **options)
         token = self.settings.token
         assert token is not None
         try:

@@ -58,6 +58,9 @@ STOP_GRACE = 6.0  # how long stop() lets answers in progress finish
 CUT_GRACE = 2.0  # then how long answers cut by shutdown get to say so
 HTTP_SHUTDOWN = 1.0  # how long an open HTTP request may hold up shutdown (requests only ack)
 
+# A worker's health: (healthy, a short JSON-able reason), what /healthz answers in HTTP mode.
+HealthCheck = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
+
 
 def _check_tokens(settings: SlackSettings) -> None:
     """Stop start-up with a clear message when a token the mode needs is missing."""
@@ -152,9 +155,22 @@ class SlackAdapter:
         self._runner: web.AppRunner | None = None
         self._socket: AsyncSocketModeHandler | None = None
         self._session: aiohttp.ClientSession | None = None
+        # What /healthz answers in HTTP mode (the composition root sets the worker's check).
+        self.health: HealthCheck | None = None
         self._register()
 
     # --- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """Whether Slack can reach this worker now: the Socket Mode connection is open, or
+        (HTTP mode) the server listens."""
+        if self._closing:
+            return False
+        if self.settings.mode == "http":
+            return self._runner is not None
+        session = self._socket.client.current_session if self._socket is not None else None
+        return session is not None and not session.closed
 
     async def start(self) -> None:
         """Check the token, then connect over Socket Mode or listen for HTTP requests."""
@@ -289,7 +305,10 @@ class SlackAdapter:
         return self._web_app
 
     async def _healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"ok": True})
+        if self.health is None:
+            return web.json_response({"ok": True})
+        healthy, body = await self.health()
+        return web.json_response(body, status=200 if healthy else 503)
 
     # --- listeners ------------------------------------------------------------------------
 

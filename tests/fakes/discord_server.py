@@ -6,6 +6,10 @@ call is recorded (``calls``) so tests check what a user would see; faults (429 w
 rate-limit headers, 401 for an expired interaction token, 403 Missing Permissions) can be
 injected per route. Like Discord, it refuses a second response to one interaction (40060) and
 one that comes after ``interaction_deadline`` seconds (10062 Unknown interaction).
+
+Sharding as Discord does it: each connection IDENTIFYs with ``shard: [id, count]`` and gets the
+guilds whose ``(guild_id >> 22) % count`` is its id, and only their events; direct messages go
+to shard 0. ``add_guild(shard=(id, count))`` adds a guild that lands on a given shard.
 """
 
 from __future__ import annotations
@@ -117,6 +121,7 @@ class FakeDiscord:
         self.identify_close_code = identify_close_code
         self.app_id = self.new_id()
         self.guild_id = self.new_id()
+        self.guild_ids = [self.guild_id]
         self.channel_id = self.new_id()
         self.other_channel_id = self.new_id()
         self.moderator_role_id = self.new_id()
@@ -146,6 +151,7 @@ class FakeDiscord:
         self._dispatched_at: dict[str, float] = {}
         self.interaction_deadline = 3.0
         self._sockets: list[web.WebSocketResponse] = []
+        self._shard_of: dict[web.WebSocketResponse, tuple[int, int]] = {}
         self._seq = 0
         self._replay: list[tuple[str, dict[str, Any]]] = []
         self._changed = asyncio.Condition()
@@ -183,6 +189,20 @@ class FakeDiscord:
     @property
     def gateway_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/gateway"
+
+    def add_guild(self, *, shard: tuple[int, int] = (0, 1)) -> tuple[str, str]:
+        """A new guild (with one text channel, "general") whose id lands on ``shard``
+        ``(id, count)``; before clients connect. Returns (guild id, channel id)."""
+        wanted, count = shard
+        guild = int(self.new_id())
+        while (guild >> 22) % count != wanted:
+            guild += 1 << 22
+        self._last_id = max(self._last_id, guild)
+        guild_id = str(guild)
+        channel_id = self.new_id()
+        self.guild_ids.append(guild_id)
+        self.channels[channel_id] = self._text_channel(channel_id, "general", guild_id)
+        return guild_id, channel_id
 
     def new_id(self) -> str:
         """A snowflake of the current time, as Discord makes them (later ids, later times)."""
@@ -296,13 +316,18 @@ class FakeDiscord:
                     self.close_codes.append(4014)
                     await ws.close(code=4014, message=b"Disallowed intent(s).")
                     break
+                shard_id, count = payload["d"].get("shard") or (0, 1)
+                self._shard_of[ws] = (shard_id, count)
                 self._sockets.append(ws)
-                await self._send(ws, "READY", self._ready_payload())
-                await self._send(ws, "GUILD_CREATE", self._guild_payload())
+                guilds = [g for g in self.guild_ids if self._in_shard(g, (shard_id, count))]
+                await self._send(ws, "READY", self._ready_payload(guilds, (shard_id, count)))
+                for guild_id in guilds:
+                    await self._send(ws, "GUILD_CREATE", self._guild_payload(guild_id))
                 self.connected.set()
                 await self._notify()
             elif op == 6:
                 self.resumes.append(payload["d"])
+                self._shard_of[ws] = _session_shard(payload["d"].get("session_id"))
                 self._sockets.append(ws)
                 for event, data in self._replay:
                     await self._send(ws, event, data)
@@ -312,15 +337,30 @@ class FakeDiscord:
                 await self._notify()
         if ws in self._sockets:
             self._sockets.remove(ws)
+        self._shard_of.pop(ws, None)
         return ws
+
+    @staticmethod
+    def _in_shard(guild_id: str | None, shard: tuple[int, int]) -> bool:
+        """Whether a guild's events go to ``shard`` (no guild: a DM, which shard 0 gets)."""
+        shard_id, count = shard
+        if guild_id is None:
+            return shard_id == 0
+        return (int(guild_id) >> 22) % count == shard_id
+
+    def _receivers(self, data: Any) -> list[web.WebSocketResponse]:
+        """The connections an event is sent to: the shard of its guild."""
+        guild_id = data.get("guild_id") if isinstance(data, dict) else None
+        guild = str(guild_id) if guild_id else None
+        return [ws for ws in self._sockets if self._in_shard(guild, self._shard_of.get(ws, (0, 1)))]
 
     async def _send(self, ws: web.WebSocketResponse, event: str, data: dict[str, Any]) -> None:
         self._seq += 1
         await ws.send_json({"op": 0, "t": event, "s": self._seq, "d": data})
 
     async def dispatch(self, event: str, data: dict[str, Any]) -> None:
-        """Send a gateway event to every connected client."""
-        for ws in list(self._sockets):
+        """Send a gateway event to every connected client (of the event's shard)."""
+        for ws in self._receivers(data):
             await self._send(ws, event, data)
 
     async def dispatch_raw(self, event: str, data: Any) -> None:
@@ -337,23 +377,24 @@ class FakeDiscord:
             self._sockets.remove(ws)
             await ws.close(code=4000, message=b"Unknown error")
 
-    def _ready_payload(self) -> dict[str, Any]:
+    def _ready_payload(self, guilds: list[str], shard: tuple[int, int]) -> dict[str, Any]:
+        session = "fake-session" if shard == (0, 1) else f"fake-session-{shard[0]}-of-{shard[1]}"
         return {
             "v": 10,
             "user": {**self.bot.payload(), "verified": True, "mfa_enabled": False, "flags": 0},
-            "guilds": [{"id": self.guild_id, "unavailable": True}],
-            "session_id": "fake-session",
+            "guilds": [{"id": g, "unavailable": True} for g in guilds],
+            "session_id": session,
             "resume_gateway_url": self.gateway_url,
             "application": {"id": self.app_id, "flags": 1 << 19},
             "private_channels": [],
             "relationships": [],
             "presences": [],
-            "shard": [0, 1],
+            "shard": list(shard),
         }
 
-    def _guild_payload(self) -> dict[str, Any]:
+    def _guild_payload(self, guild_id: str) -> dict[str, Any]:
         everyone = {
-            "id": self.guild_id,
+            "id": guild_id,
             "name": "@everyone",
             "permissions": MEMBER_PERMISSIONS,
             "position": 0,
@@ -364,18 +405,18 @@ class FakeDiscord:
             "flags": 0,
         }
         moderators = {**everyone, "id": self.moderator_role_id, "name": "moderators", "position": 1}
-        channels = []
-        for c in self.channels.values():
-            if c["type"] != 11:
-                channels.append({k: v for k, v in c.items() if k != "guild_id"})
+        mine = [c for c in self.channels.values() if c.get("guild_id") == guild_id]
+        channels = [
+            {k: v for k, v in c.items() if k != "guild_id"} for c in mine if c["type"] != 11
+        ]
         return {
-            "id": self.guild_id,
+            "id": guild_id,
             "name": "Fake Guild",
             "icon": None,
             "owner_id": self.moderator.id,
-            "roles": [everyone, moderators],
+            "roles": [everyone, moderators] if guild_id == self.guild_id else [everyone],
             "channels": channels,
-            "threads": [c for c in self.channels.values() if c["type"] == 11],
+            "threads": [c for c in mine if c["type"] == 11],
             "members": [u.member() for u in self.users.values()],
             "member_count": len(self.users),
             "large": False,
@@ -401,11 +442,13 @@ class FakeDiscord:
             "afk_timeout": 300,
         }
 
-    def _text_channel(self, channel_id: str, name: str) -> dict[str, Any]:
+    def _text_channel(
+        self, channel_id: str, name: str, guild_id: str | None = None
+    ) -> dict[str, Any]:
         return {
             "id": channel_id,
             "type": 0,
-            "guild_id": self.guild_id,
+            "guild_id": guild_id or self.guild_id,
             "name": name,
             "position": 0,
             "permission_overwrites": [],
@@ -433,12 +476,13 @@ class FakeDiscord:
         """A MESSAGE_CREATE payload (also stored, so history and fetches find it)."""
         author = author or self.user
         channel_id = channel_id or self.channel_id
+        guild_id = self.channels.get(channel_id, {}).get("guild_id", self.guild_id)
         if mention_bot:
             content = f"<@{self.bot.id}> {content}"
         data: dict[str, Any] = {
             "id": message_id or self.new_id(),
             "channel_id": channel_id,
-            "guild_id": self.guild_id,
+            "guild_id": guild_id,
             "author": author.payload(),
             "member": author.member(with_user=False),
             "content": content,
@@ -462,7 +506,7 @@ class FakeDiscord:
                 "type": 0,
                 "message_id": reply_to["id"],
                 "channel_id": reply_to["channel_id"],
-                "guild_id": self.guild_id,
+                "guild_id": guild_id,
             }
             # like Discord, only one level: the referenced message's own reference is unresolved
             data["referenced_message"] = {
@@ -553,8 +597,9 @@ class FakeDiscord:
                 for k, v in (options or {}).items()
             ],
         }
-        if self.guild_id:
-            data["guild_id"] = self.guild_id
+        guild_id = channel.get("guild_id", self.guild_id)
+        if guild_id:
+            data["guild_id"] = guild_id
         if resolved_attachments:
             data["resolved"] = {"attachments": resolved_attachments}
         payload = {
@@ -562,7 +607,7 @@ class FakeDiscord:
             "application_id": self.app_id,
             "type": 2,
             "data": data,
-            "guild_id": self.guild_id,
+            "guild_id": guild_id,
             "channel_id": channel["id"],
             "channel": channel,
             "member": {**user.member(), "permissions": user.permissions},
@@ -572,7 +617,7 @@ class FakeDiscord:
             "locale": "en-US",
             "guild_locale": "en-US",
             "entitlements": [],
-            "authorizing_integration_owners": {"0": self.guild_id},
+            "authorizing_integration_owners": {"0": guild_id},
             "context": 0,
             "attachment_size_limit": 10 * 1024 * 1024,
         }
@@ -809,7 +854,7 @@ class FakeDiscord:
         thread = {
             "id": thread_id,
             "type": body.get("type", 11),
-            "guild_id": self.guild_id,
+            "guild_id": self.channels.get(parent_id, {}).get("guild_id", self.guild_id),
             "parent_id": parent_id,
             "owner_id": self.bot.id,
             "name": body.get("name", ""),
@@ -886,3 +931,9 @@ def _fault_response(fault: _Fault) -> web.Response:
     if fault.status == 403:
         return _json({"message": "Missing Permissions", "code": 50013}, 403)
     return _json({"message": "Internal Server Error", "code": 0}, fault.status)
+
+
+def _session_shard(session_id: Any) -> tuple[int, int]:
+    """The shard a session was opened for (its id says so; "fake-session" is unsharded)."""
+    found = re.fullmatch(r"fake-session-(\d+)-of-(\d+)", str(session_id or ""))
+    return (int(found.group(1)), int(found.group(2))) if found else (0, 1)
