@@ -7,6 +7,7 @@ budget, not on how long the conversation has grown.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -25,6 +26,7 @@ SPEAKERS_NOTE = (
     "them by name when it helps; do not begin your own replies with a name."
 )
 UNNAMED = "Someone"
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 MAX_SPEAKER_CHARS = 60
 
 
@@ -62,8 +64,12 @@ def with_memory(system_prompt: str, facts: Sequence[str], limit: int) -> str:
 
 
 def speaker(name: str) -> str:
-    """How a person is named to the model: their display name on one line, never empty."""
-    return " ".join(name.split())[:MAX_SPEAKER_CHARS] or UNNAMED
+    """How a person is named to the model: their display name on one line, never empty.
+
+    The name is read as stored turns keep it (its first 100 characters, NUL dropped, lone
+    surrogates replaced), so a person's new turn and their stored ones name them alike."""
+    kept = _UNSTORABLE.sub(lambda m: "" if m.group() == "\x00" else "\ufffd", name[:100])
+    return " ".join(kept.split())[:MAX_SPEAKER_CHARS] or UNNAMED
 
 
 @lru_cache(maxsize=4096)
