@@ -26,6 +26,7 @@ class CommandSpec:
     changes_settings: bool = False
     private: bool = True
     guarded: bool = False  # changes what the channel shares even without an argument (reset)
+    shown_by: str = ""  # the command that shows what this one changes, when it is another
 
     @property
     def usage(self) -> str:
@@ -67,6 +68,25 @@ COMMANDS: tuple[CommandSpec, ...] = (
         changes_settings=True,
         private=False,
     ),
+    CommandSpec("memory", "Show the facts this channel remembers in every conversation."),
+    CommandSpec(
+        "remember",
+        "Add a fact every conversation in this channel keeps in mind.",
+        "fact",
+        "The fact to remember, e.g. 'we release on Thursdays'",
+        changes_settings=True,
+        private=False,
+        shown_by="memory",
+    ),
+    CommandSpec(
+        "forget",
+        "Remove fact N (as 'memory' numbers it) from this channel's memory.",
+        "number",
+        "The number of the fact to forget, as 'memory' lists it",
+        changes_settings=True,
+        private=False,
+        shown_by="memory",
+    ),
     CommandSpec("usage", "Tokens and cost for this channel and for you."),
     CommandSpec(
         "summarize",
@@ -79,12 +99,16 @@ COMMANDS: tuple[CommandSpec, ...] = (
 )
 
 BY_NAME = {spec.name: spec for spec in COMMANDS}
-ALIASES = {"summarise": "summarize", "forget": "reset", "clear": "reset", "temp": "temperature"}
+ALIASES = {"summarise": "summarize", "clear": "reset", "temp": "temperature"}
 SUMMARY_MESSAGES = 50
 # Any id a server may list: OpenAI's names, Ollama's "llama3:8b", vLLM's "org/model", a
 # llama.cpp server's file path; no spaces, control characters, quotes or angle brackets.
 _MODEL_NAME = re.compile(r"^[^\s\x00-\x1f\x7f<>\"'`]{1,300}$")
 MAX_SYSTEM_PROMPT_CHARS = 8000
+# A channel's memory: a short list, at most this share of the input budget.
+MAX_FACT_CHARS = 500
+MAX_FACTS = 30
+MEMORY_BUDGET_SHARE = 8  # memory may take 1/8 of the input budget
 
 
 def canonical(name: str) -> str:
@@ -151,6 +175,25 @@ def parse_system_prompt(value: str) -> str:
     if len(value) > MAX_SYSTEM_PROMPT_CHARS:
         raise BadCommand(sentences.system_prompt_too_long(len(value), MAX_SYSTEM_PROMPT_CHARS))
     return value
+
+
+def parse_fact(value: str) -> str:
+    """A fact for ``remember``: one line (line breaks would break the numbered list)."""
+    fact = " ".join(value.split())
+    if len(fact) > MAX_FACT_CHARS:
+        raise BadCommand(sentences.fact_too_long(len(fact), MAX_FACT_CHARS))
+    return fact
+
+
+def parse_fact_number(value: str) -> int:
+    """The N of ``forget N`` (1 is the first fact ``memory`` lists)."""
+    try:
+        number = int(value.strip().lstrip("#"))
+    except ValueError:
+        raise BadCommand(sentences.not_a_fact_number(value)) from None
+    if number < 1:
+        raise BadCommand(sentences.not_a_fact_number(value))
+    return number
 
 
 def parse_count(value: str, *, low: int = 1, high: int = 500) -> int:

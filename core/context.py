@@ -7,15 +7,27 @@ budget, not on how long the conversation has grown.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 from core import sentences
 from core.errors import InputTooLong
 from core.ports import ConversationState, PromptMessage, Store, StoredMessage
-from core.tokens import TOKENS_REPLY_PRIMER, count_message
+from core.tokens import TOKENS_REPLY_PRIMER, count_message, count_text
 
 PAGE = 64
+# Said to the model when several people share a conversation (their turns carry their names).
+SPEAKERS_NOTE = (
+    "Several people take part in this conversation. Each of their messages begins with the "
+    "name of the person who wrote it and a colon. Tell them apart by those names and address "
+    "them by name when it helps; do not begin your own replies with a name."
+)
+UNNAMED = "Someone"
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+MAX_SPEAKER_CHARS = 60
 
 
 def token_budget(input_budget: int, window: int, max_output_tokens: int) -> int:
@@ -25,6 +37,55 @@ def token_budget(input_budget: int, window: int, max_output_tokens: int) -> int:
 
 def summary_message(summary: str) -> str:
     return f"Summary of the earlier conversation:\n{summary}"
+
+
+def memory_block(facts: Sequence[str]) -> str:
+    """A channel's memory as the system prompt carries it ("" when it remembers nothing)."""
+    if not facts:
+        return ""
+    lines = "\n".join(f"{number}. {fact}" for number, fact in enumerate(facts, 1))
+    return f"Facts this channel asked you to remember:\n{lines}"
+
+
+@lru_cache(maxsize=256)
+def _fitting(facts: tuple[str, ...], limit: int) -> str:
+    block = memory_block(facts)
+    while facts and count_text(block) > limit:
+        facts = facts[:-1]
+        block = memory_block(facts)
+    return block
+
+
+def with_memory(system_prompt: str, facts: Sequence[str], limit: int) -> str:
+    """The system prompt followed by the channel's memory: the facts that fit in ``limit``
+    tokens (all of them, unless the budget shrank since they were added: a smaller model)."""
+    block = _fitting(tuple(facts), limit)
+    return f"{system_prompt}\n\n{block}" if block else system_prompt
+
+
+def speaker(name: str) -> str:
+    """How a person is named to the model: their display name on one line, never empty.
+
+    The name is read as stored turns keep it (its first 100 characters, NUL dropped, lone
+    surrogates replaced), so a person's new turn and their stored ones name them alike."""
+    kept = _UNSTORABLE.sub(lambda m: "" if m.group() == "\x00" else "\ufffd", name[:100])
+    return " ".join(kept.split())[:MAX_SPEAKER_CHARS] or UNNAMED
+
+
+@lru_cache(maxsize=4096)
+def _name_tokens(name: str) -> int:
+    """Tokens the "Name: " prefix adds to a turn (a little over, never under)."""
+    return count_text(f"{speaker(name)}: ") + 1
+
+
+@lru_cache(maxsize=1)
+def _note_tokens() -> int:
+    return count_text(f"\n\n{SPEAKERS_NOTE}") + 1
+
+
+def named(text: str, name: str) -> str:
+    """A user turn as the model reads it in a conversation of several people."""
+    return f"{speaker(name)}: {text}"
 
 
 @dataclass(slots=True)
@@ -95,9 +156,14 @@ async def build_context(
     user_tokens: int,
     user_turn_id: int,
     budget: int,
+    speaker_name: str = "",
 ) -> Context:
     """Assemble system prompt, rolling summary, the history that fits, and the new user turn
-    (``user``, whose tokens are ``user_tokens``).
+    (``user``, whose tokens are ``user_tokens``, written by ``speaker_name``).
+
+    When more than one person speaks in what is sent, each user turn begins with its
+    speaker's name and the system prompt says so; names cost tokens, so older turns may
+    give way to them.
 
     Raises InputTooLong when the new turn alone (with the system prompt) exceeds the budget.
     """
@@ -114,13 +180,58 @@ async def build_context(
         store, state.id, state.context_start, user_turn_id, remaining
     )
     remaining -= sum(m.token_count for m in history)
+    names = _Speakers.fit(history, cut_at, speaker_name, remaining)
+    remaining -= names.tokens
+    if names.several:
+        system_prompt = f"{system_prompt}\n\n{SPEAKERS_NOTE}"
+        user = replace(user, text=named(user.text, speaker_name))
     messages = [PromptMessage("system", system_prompt)]
     if summary:
         messages.append(PromptMessage("system", summary))
-    messages.extend(PromptMessage(m.role, m.content) for m in history)
+    messages.extend(names.prompt(m) for m in names.history)
     messages.append(user)
     tokens = budget - remaining
-    return Context(messages, tokens, cut_at, history)
+    return Context(messages, tokens, names.cut_at, names.history)
+
+
+@dataclass(slots=True)
+class _Speakers:
+    """The history that fits once several people's turns carry their names: ``several`` when
+    more than one person speaks in it (with the new turn), and the ``tokens`` that costs."""
+
+    history: list[StoredMessage]
+    cut_at: int | None
+    several: bool
+    tokens: int
+
+    @classmethod
+    def fit(
+        cls, history: list[StoredMessage], cut_at: int | None, current: str, room: int
+    ) -> _Speakers:
+        """Drop the oldest turns until the names (and the note saying so) fit in ``room``.
+
+        One person alone is unchanged: no names, no note, nothing dropped."""
+        kept = list(history)
+        people = Counter(speaker(m.author_name) for m in kept if m.role == "user")
+        people[speaker(current)] += 1
+        cost = _note_tokens() + _name_tokens(current)
+        cost += sum(_name_tokens(m.author_name) for m in kept if m.role == "user")
+        start = 0
+        while len(+people) > 1 and cost > room and start < len(kept):
+            dropped = kept[start]
+            start += 1
+            room += dropped.token_count
+            cut_at = dropped.id
+            if dropped.role == "user":
+                people[speaker(dropped.author_name)] -= 1
+                cost -= _name_tokens(dropped.author_name)
+        several = len(+people) > 1
+        return cls(kept[start:], cut_at, several, cost if several else 0)
+
+    def prompt(self, message: StoredMessage) -> PromptMessage:
+        if self.several and message.role == "user":
+            return PromptMessage("user", named(message.content, message.author_name))
+        return PromptMessage(message.role, message.content)
 
 
 def fold_point(context: Context) -> int:

@@ -55,7 +55,9 @@ def may_change(spec: CommandSpec, args: str, viewer: Privileges) -> bool:
 
 def refusal(spec: CommandSpec, viewer: Privileges) -> str:
     """The sentence for someone who may not run ``spec`` here."""
-    return sentences.not_allowed(spec.name, viewer.who, setting=spec.changes_settings)
+    return sentences.not_allowed(
+        spec.name, viewer.who, setting=spec.changes_settings, shown_by=spec.shown_by
+    )
 
 
 __all__ = [

@@ -93,6 +93,14 @@ class ChannelOverrides:
 
 
 @dataclass(frozen=True, slots=True)
+class MemoryFact:
+    """One fact a channel keeps in every prompt (``remember``); ``id`` is the store's."""
+
+    id: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class StoredMessage:
     """A turn as context assembly needs it."""
 
@@ -228,6 +236,18 @@ class Store(Protocol):
     async def save_channel_overrides(
         self, channel: ChannelKey, overrides: ChannelOverrides
     ) -> None: ...
+
+    async def channel_memory(self, channel: ChannelKey) -> list[MemoryFact]:
+        """The facts ``channel`` remembers, oldest first (the order ``memory`` numbers them)."""
+        ...
+
+    async def add_memory(self, channel: ChannelKey, text: str, *, author_id: str = "") -> int:
+        """Remember one more fact for ``channel``; returns its id."""
+        ...
+
+    async def remove_memory(self, channel: ChannelKey, fact_id: int) -> bool:
+        """Forget fact ``fact_id`` of ``channel``; False when it was already gone."""
+        ...
 
     async def record_usage(
         self, channel: ChannelKey, user_id: str, usage: Sequence[UsageEntry]

@@ -174,8 +174,13 @@ def unknown_command(name: str, help_text: str = "") -> str:
     return f"Unknown command '{name}'. Try 'help'.\n\n{help_text}"
 
 
-def not_allowed(command: str, who: str, *, setting: bool) -> str:
-    """Someone asked to change a setting or reset a conversation they may not change."""
+def not_allowed(command: str, who: str, *, setting: bool, shown_by: str = "") -> str:
+    """Someone asked to change a setting or reset a conversation they may not change.
+
+    ``shown_by`` names the command that shows what ``command`` changes, when it is another
+    (``memory`` for ``remember`` and ``forget``)."""
+    if shown_by:
+        return f"Only {who} can `{command}` here. Anyone can see what it changes: `{shown_by}`."
     if setting:
         return (
             f"Only {who} can change `{command}` here. Anyone can see it: `{command}` with "
@@ -291,6 +296,65 @@ def count_out_of_range(number: int, low: int, high: int) -> str:
     return f"Give a number of messages from {low} to {high} (got {number})."
 
 
+# --- channel memory (remember, forget, memory) ------------------------------------------------
+
+MEMORY_EMPTY = (
+    "This channel remembers nothing yet. `remember <fact>` adds a fact every conversation here "
+    "keeps in mind."
+)
+
+
+def memory_shown(facts: Sequence[str]) -> str:
+    """``memory``: the facts, numbered as ``forget N`` counts them."""
+    if not facts:
+        return MEMORY_EMPTY
+    lines = [f"{number}. {fact}" for number, fact in enumerate(facts, 1)]
+    return "**This channel remembers**\n" + "\n".join(lines) + "\n`forget N` removes fact N."
+
+
+def remembered(number: int) -> str:
+    return f"Remembered as fact {number}: every conversation in this channel now keeps it in mind."
+
+
+def fact_forgotten(number: int, fact: str) -> str:
+    return f"Forgot fact {number}: {fact}"
+
+
+def which_fact(facts: Sequence[str]) -> str:
+    """``forget`` without a number."""
+    return "Say which fact to forget by its number, e.g. `forget 1`.\n\n" + memory_shown(facts)
+
+
+def no_such_fact(number: int, count: int) -> str:
+    if count == 0:
+        return f"There is no fact {number}: this channel remembers nothing."
+    facts = "fact" if count == 1 else "facts"
+    return f"There is no fact {number}: this channel remembers {count} {facts} (see `memory`)."
+
+
+def not_a_fact_number(value: str) -> str:
+    return f"'{value[:60]}' is not a fact number: `forget 2` forgets fact 2 of `memory`."
+
+
+def fact_too_long(length: int, limit: int) -> str:
+    return f"That fact is {length:,} characters; a fact may have at most {limit:,}."
+
+
+def memory_too_large(tokens: int, limit: int) -> str:
+    """The memory with the new fact would take more than its share of the input budget."""
+    return (
+        f"With that fact this channel's memory would be {tokens:,} tokens; it may take at most "
+        f"{limit:,}. Say it shorter, or `forget` a fact first (`memory` lists them)."
+    )
+
+
+def memory_full(count: int) -> str:
+    return (
+        f"This channel already remembers {count} facts, the most it keeps. `forget` one first "
+        "(`memory` lists them)."
+    )
+
+
 # --- rendering --------------------------------------------------------------------------------
 
 
@@ -316,6 +380,7 @@ __all__ = [
     "EMPTY_ANSWER",
     "EMPTY_MESSAGE",
     "GENERIC_ERROR",
+    "MEMORY_EMPTY",
     "MODEL_BAD_REQUEST",
     "MODEL_CONTEXT_TOO_LONG",
     "MODEL_EMPTY_ANSWER",
@@ -340,6 +405,8 @@ __all__ = [
     "conversation_forgotten",
     "cost_text",
     "count_out_of_range",
+    "fact_forgotten",
+    "fact_too_long",
     "failure_text",
     "file_not_downloaded",
     "file_too_large",
@@ -351,16 +418,22 @@ __all__ = [
     "json_cut_off",
     "json_mode_set",
     "json_mode_shown",
+    "memory_full",
+    "memory_shown",
+    "memory_too_large",
     "model_not_found",
     "model_rate_limited",
     "model_restored",
     "model_set",
-    "model_stalled",
     "model_shown",
+    "model_stalled",
+    "no_such_fact",
     "not_a_count",
+    "not_a_fact_number",
     "not_a_switch",
     "not_a_temperature",
     "over_budget",
+    "remembered",
     "summary",
     "system_prompt_shown",
     "system_prompt_too_long",
@@ -371,5 +444,6 @@ __all__ = [
     "usage_line",
     "usage_report",
     "user_rate_limited",
+    "which_fact",
     "with_notes",
 ]

@@ -22,9 +22,12 @@ from core.context import (
     build_context,
     fold_point,
     input_limit,
+    memory_block,
     newest_turns,
+    speaker,
     summary_message,
     token_budget,
+    with_memory,
 )
 from core.errors import (
     BadCommand,
@@ -58,6 +61,7 @@ from core.ports import (
     ImageInput,
     PromptMessage,
     Store,
+    StoredMessage,
     UsageEntry,
     UsageTotals,
 )
@@ -305,9 +309,7 @@ class ConversationService:
             yield Notice(note)
         if not text and not images:
             raise BadCommand(sentences.EMPTY_MESSAGE)
-        system_prompt = config.system_prompt
-        if config.json_mode and "json" not in system_prompt.lower():
-            system_prompt = f"{system_prompt}\n\n{JSON_INSTRUCTION}"
+        system_prompt = await self._system_prompt(key.channel_key, config)
         user_tokens = count_message(text, images=len(images))
         user = PromptMessage("user", text, images)
         budget = self._budget(config)
@@ -334,6 +336,7 @@ class ConversationService:
                 user_tokens=user_tokens,
                 user_turn_id=turn_id,
                 budget=budget,
+                speaker_name=inbound.author.name,
             )
 
         try:
@@ -371,6 +374,16 @@ class ConversationService:
         window = min(exc.window or below_sent, below_sent)
         log.info("model %s: context window learned from the server: %d tokens", model, window)
         self.windows[model] = window
+
+    async def _system_prompt(self, channel: ChannelKey, config: ChannelConfig) -> str:
+        """The channel's system prompt, the JSON instruction in JSON mode, then its memory
+        (within its share of the input budget)."""
+        system_prompt = config.system_prompt
+        if config.json_mode and "json" not in system_prompt.lower():
+            system_prompt = f"{system_prompt}\n\n{JSON_INSTRUCTION}"
+        facts = await self.store.channel_memory(channel)
+        limit = self._budget(config) // commands.MEMORY_BUDGET_SHARE
+        return with_memory(system_prompt, [fact.text for fact in facts], limit)
 
     async def _reply(
         self,
@@ -581,7 +594,7 @@ class ConversationService:
                 limit,
                 through=True,
             )
-            transcript = "\n".join(f"{m.role}: {m.content}" for m in picked)
+            transcript = "\n".join(f"{_said_by(m)}: {m.content}" for m in picked)
             max_tokens = max(128, min(1000, budget // 8))
             try:
                 done = await self._summarize_text(transcript, summary, config, max_tokens)
@@ -657,6 +670,44 @@ class ConversationService:
         count = commands.summary_count(call.args)
         return await self._summary_command(call.key, call.author, config, call.transcript, count)
 
+    # --- channel memory -------------------------------------------------------------------
+
+    async def _memory(self, call: CommandCall) -> str:
+        facts = await self.store.channel_memory(call.key.channel_key)
+        return sentences.memory_shown([fact.text for fact in facts])
+
+    async def _remember(self, call: CommandCall) -> str:
+        """Add a fact to the channel's memory, within its share of the input budget."""
+        fact = commands.parse_fact(call.args)
+        if not fact:
+            return await self._memory(call)
+        channel = call.key.channel_key
+        async with self.exclusive(_memory_lock(channel)):
+            texts = [known.text for known in await self.store.channel_memory(channel)]
+            if len(texts) >= commands.MAX_FACTS:
+                raise BadCommand(sentences.memory_full(len(texts)))
+            config = await self.channel_config(channel)
+            limit = self._budget(config) // commands.MEMORY_BUDGET_SHARE
+            tokens = count_text(memory_block([*texts, fact]))
+            if tokens > limit:
+                raise BadCommand(sentences.memory_too_large(tokens, limit))
+            await self.store.add_memory(channel, fact, author_id=call.author.id)
+        return sentences.remembered(len(texts) + 1)
+
+    async def _forget(self, call: CommandCall) -> str:
+        """Remove fact N, as ``memory`` numbers them."""
+        channel = call.key.channel_key
+        if not call.args:
+            facts = await self.store.channel_memory(channel)
+            raise BadCommand(sentences.which_fact([fact.text for fact in facts]))
+        number = commands.parse_fact_number(call.args)
+        async with self.exclusive(_memory_lock(channel)):
+            facts = await self.store.channel_memory(channel)
+            if number > len(facts):
+                raise BadCommand(sentences.no_such_fact(number, len(facts)))
+            await self.store.remove_memory(channel, facts[number - 1].id)
+        return sentences.fact_forgotten(number, facts[number - 1].text)
+
     async def _channel_setting(self, call: CommandCall, setting: commands.ChannelSetting) -> str:
         """Show the channel's value of ``setting``, restore its default, or set it."""
         channel = call.key.channel_key
@@ -697,7 +748,7 @@ class ConversationService:
             )
             if len(picked) > count:
                 picked, previous = picked[-count:], ""
-            transcript = "\n".join(f"{m.author_name or m.role}: {m.content}" for m in picked)
+            transcript = "\n".join(f"{_said_by(m)}: {m.content}" for m in picked)
         elif count_text(transcript) > budget - 512:
             raise BadCommand(sentences.SUMMARY_TOO_LONG)
         if not transcript.strip() and not previous:
@@ -705,6 +756,12 @@ class ConversationService:
         done = await self._summarize_text(transcript, previous, config, min(1000, budget // 4))
         await self._charge(key.channel_key, author.id, done)
         return sentences.summary(done.text)
+
+
+def _memory_lock(channel: ChannelKey) -> ConversationKey:
+    """The lock that makes changes to ``channel``'s memory one at a time (checked, then
+    written); a thread name no platform uses, so it never waits for an answer."""
+    return ConversationKey(channel.platform, channel.workspace, channel.channel, "#memory")
 
 
 async def _refusal(
@@ -718,6 +775,11 @@ async def _refusal(
         return None
     facts = viewer if isinstance(viewer, permissions.Privileges) else await viewer()
     return None if permissions.may_change(spec, args, facts) else permissions.refusal(spec, facts)
+
+
+def _said_by(message: StoredMessage) -> str:
+    """Who wrote a stored turn, for a summary's transcript: the person's name, or the bot."""
+    return speaker(message.author_name) if message.role == "user" else message.role
 
 
 def _usage_line(totals: UsageTotals) -> str:
@@ -752,6 +814,9 @@ COMMAND_HANDLERS: dict[str, CommandHandler] = {
     "reset": ConversationService._reset,
     "usage": ConversationService._usage,
     "summarize": ConversationService._summarize,
+    "memory": ConversationService._memory,
+    "remember": ConversationService._remember,
+    "forget": ConversationService._forget,
     **{
         setting.command: partial(ConversationService._channel_setting, setting=setting)
         for setting in commands.CHANNEL_SETTINGS

@@ -35,6 +35,7 @@ from adapters.slack.budget import BudgetedWebClient
 from adapters.slack.commands import SlackCommands
 from adapters.slack.edge import HttpEdge, quiet_bolt_error
 from adapters.slack.files import FileFetcher
+from adapters.slack.people import SlackNames
 from adapters.slack.permissions import SlackPrivileges
 from adapters.slack.render import ReplyTarget, SlackAnswer, describe, error_code
 from adapters.slack.settings import SlackSettings
@@ -142,6 +143,7 @@ class SlackAdapter:
             privileges=SlackPrivileges(self.client, settings),
         )
         self.threads = FollowedThreads(self.client)
+        self.names = SlackNames(self.client)
         self.streaming = True
         self.stop_grace = STOP_GRACE
         self.failure: BaseException | None = None
@@ -417,6 +419,7 @@ class SlackAdapter:
                 await self.commands.typed(message, *command, bot_user)
                 return None
             fetched = await self.files.fetch(message.files)
+            message = await self.names.named(message)
             return message.inbound(text, fetched.attachments, fetched.notes)
         except asyncio.CancelledError:
             await self._apologise(message.target, sentences.RESTARTED)

@@ -176,6 +176,22 @@ def ignore_reason(
     return None
 
 
+def display_name(user: Mapping[str, Any]) -> str:
+    """The name people see for a ``users.info`` user: their display name, else their full
+    name, else their handle ("" when Slack gives none)."""
+    profile = user.get("profile")
+    places = [profile] if isinstance(profile, Mapping) else []
+    for place, field in [
+        *((p, f) for p in places for f in ("display_name", "real_name")),
+        (user, "real_name"),
+        (user, "name"),
+    ]:
+        value = str(place.get(field) or "").strip()
+        if value:
+            return value
+    return ""
+
+
 def _user_name(event: Mapping[str, Any]) -> str:
     profile = event.get("user_profile")
     if isinstance(profile, Mapping):

@@ -165,3 +165,18 @@ class ProcessedEventRow(Base):
     platform: Mapped[str] = mapped_column(CleanString(32))
     event_id: Mapped[str] = mapped_column(CleanString(128))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class ChannelMemoryRow(Base):
+    """A fact a channel remembers (``remember``): included in every prompt of that channel."""
+
+    __tablename__ = "channel_memory"
+    __table_args__ = (Index("ix_channel_memory_channel", "platform", "workspace", "channel", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    platform: Mapped[str] = mapped_column(CleanString(32))
+    workspace: Mapped[str] = mapped_column(CleanString(64))
+    channel: Mapped[str] = mapped_column(CleanString(64))
+    text: Mapped[str] = mapped_column(CleanText)
+    author_id: Mapped[str] = mapped_column(CleanString(64), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -33,12 +33,14 @@ from core.messages import ChannelKey, ConversationKey
 from core.ports import (
     ChannelOverrides,
     ConversationState,
+    MemoryFact,
     Role,
     StoredMessage,
     UsageEntry,
     UsageTotals,
 )
 from core.store.models import (
+    ChannelMemoryRow,
     ChannelSettingsRow,
     ConversationRow,
     MessageRow,
@@ -455,3 +457,45 @@ class SqlStore:
 
     async def user_usage(self, platform: str, user_id: str) -> UsageTotals:
         return await self._totals(UsageRow.platform == platform, UsageRow.user_id == user_id)
+
+    # --- channel memory -------------------------------------------------------------------
+
+    def _memory_where(self, channel: ChannelKey) -> tuple[Any, ...]:
+        return (
+            ChannelMemoryRow.platform == channel.platform,
+            ChannelMemoryRow.workspace == channel.workspace,
+            ChannelMemoryRow.channel == channel.channel,
+        )
+
+    async def channel_memory(self, channel: ChannelKey) -> list[MemoryFact]:
+        stmt = (
+            select(ChannelMemoryRow.id, ChannelMemoryRow.text)
+            .where(*self._memory_where(channel))
+            .order_by(ChannelMemoryRow.id)
+        )
+        async with self._sessions() as session:
+            rows = (await session.execute(stmt)).all()
+        return [MemoryFact(int(r[0]), str(r[1])) for r in rows]
+
+    async def add_memory(self, channel: ChannelKey, text: str, *, author_id: str = "") -> int:
+        stmt = (
+            insert(ChannelMemoryRow)
+            .values(
+                platform=channel.platform,
+                workspace=channel.workspace,
+                channel=channel.channel,
+                text=text,
+                author_id=author_id[:64],
+            )
+            .returning(ChannelMemoryRow.id)
+        )
+        async with self._sessions.begin() as session:
+            return int((await session.execute(stmt)).scalar_one())
+
+    async def remove_memory(self, channel: ChannelKey, fact_id: int) -> bool:
+        stmt = delete(ChannelMemoryRow).where(
+            ChannelMemoryRow.id == fact_id, *self._memory_where(channel)
+        )
+        async with self._sessions.begin() as session:
+            result = await session.execute(stmt)
+        return bool(cast(CursorResult[Any], result).rowcount)

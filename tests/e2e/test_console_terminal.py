@@ -72,7 +72,7 @@ def test_help_is_a_table_and_every_command_it_lists_works(tmp_path):
     child.expect_exact("What it does")
     for shown in (
         "/reset",
-        "/clear, /forget",
+        "/clear",
         "/system [prompt]",
         "/temperature [value]",
         "/temp",
@@ -90,7 +90,9 @@ def test_help_is_a_table_and_every_command_it_lists_works(tmp_path):
         ("/system", "System prompt"),
         ("/usage", "This channel"),
         ("/summarise", "nothing to summarise"),
-        ("/forget", "Done: I forgot"),
+        ("/memory", "remembers nothing"),
+        ("/remember we ship on Thursdays", "Remembered as fact 1"),
+        ("/forget 1", "Forgot fact 1"),
         ("/clear", "Done: I forgot"),
         ("/reset", "Done: I forgot"),
         ("/nonsense", "Unknown command"),

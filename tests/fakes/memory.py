@@ -15,6 +15,7 @@ from core.ports import (
     ChatRequest,
     Completion,
     ConversationState,
+    MemoryFact,
     StoredMessage,
     UsageEntry,
     UsageTotals,
@@ -54,6 +55,7 @@ class MemoryStore:
         self.messages: list[_Message] = []
         self.overrides: dict[ChannelKey, ChannelOverrides] = {}
         self.usage: list[_Usage] = []
+        self.memory: dict[ChannelKey, list[MemoryFact]] = {}
         self.recent_calls = 0
         self.pruned = 0
         self.locked: list[str] = []
@@ -173,6 +175,20 @@ class MemoryStore:
         self, channel: ChannelKey, overrides: ChannelOverrides
     ) -> None:
         self.overrides[channel] = overrides
+
+    async def channel_memory(self, channel: ChannelKey) -> list[MemoryFact]:
+        return list(self.memory.get(channel, []))
+
+    async def add_memory(self, channel: ChannelKey, text: str, *, author_id: str = "") -> int:
+        fact = MemoryFact(next(self._ids), text)
+        self.memory.setdefault(channel, []).append(fact)
+        return fact.id
+
+    async def remove_memory(self, channel: ChannelKey, fact_id: int) -> bool:
+        facts = self.memory.get(channel, [])
+        kept = [f for f in facts if f.id != fact_id]
+        self.memory[channel] = kept
+        return len(kept) < len(facts)
 
     async def record_usage(
         self, channel: ChannelKey, user_id: str, usage: Sequence[UsageEntry]

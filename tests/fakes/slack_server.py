@@ -9,7 +9,8 @@ injected per method: ``rate_limit()`` answers HTTP 429 with Retry-After, ``fail(
 
 People: ``admins`` are workspace admins (``users.info``; UALICE by default, as the person who
 installs an app usually is), everyone else an ordinary member; ``usergroups`` maps a group id to
-its members and ``creators`` a channel to the person who created it (``conversations.info``).
+its members and ``creators`` a channel to the person who created it (``conversations.info``);
+``display_names`` gives people the display name ``users.info`` shows.
 
 ``write_delay`` seconds pass before the fake answers a write (``WRITE_METHODS``), as when
 Slack is slow; other calls answer at once.
@@ -138,6 +139,7 @@ class FakeSlack:
         self.owners: set[str] = set()
         self.usergroups: dict[str, list[str]] = {}
         self.creators: dict[str, str] = {}
+        self.display_names: dict[str, str] = {}  # users.info profile.display_name
         self.bot_user_id = bot_user_id
         self.bot_id = bot_id
         self.bot_token = bot_token
@@ -619,6 +621,7 @@ class FakeSlack:
                 "is_owner": user in self.owners,
                 "is_primary_owner": False,
                 "is_bot": False,
+                "profile": {"display_name": self.display_names.get(user, ""), "real_name": ""},
             }
         }
 

@@ -547,7 +547,7 @@ async def test_reset_needs_the_same_permission_as_the_settings(stack: Stack) -> 
     state = await store.conversation(key)
     await store.add_message(state.id, "user", "keep me", 2, author_id=fake.moderator.id)
     who = "members with the Manage Messages permission"
-    for name in ("reset", "clear", "forget"):
+    for name in ("reset", "clear"):
         refused = await fake.send_command(name, user=fake.user)
         shown = await fake.wait_for(lambda r=refused: stack.shown(r))  # type: ignore[misc]
         assert shown == [sentences.not_allowed("reset", who, setting=False)], name

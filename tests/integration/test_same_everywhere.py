@@ -390,7 +390,7 @@ def _on(platform: str, name: str) -> Any:
 
 
 @pytest.mark.parametrize(
-    ("platform", "name"), [_on(p, n) for p in PLATFORMS for n in ("reset", "clear", "forget")]
+    ("platform", "name"), [_on(p, n) for p in PLATFORMS for n in ("reset", "clear")]
 )
 async def test_reset_and_its_aliases_forget_the_conversation(
     open_place: PlaceFactory, platform: str, name: str
