@@ -15,7 +15,6 @@ from typing import TextIO
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
-from rich.markdown import Markdown
 from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
@@ -124,7 +123,7 @@ class Screen:
     def markdown(self, text: str) -> None:
         """A command's reply (Markdown, its line breaks meant as such)."""
         if self.rich:
-            self.console.print(Markdown(hard_breaks(text)))
+            self.console.print(_markdown(hard_breaks(text)))
         else:
             self.write(f"{text}\n")
 
@@ -229,7 +228,7 @@ class LiveAnswer(TerminalAnswer):
         if self._done == 0 and self._label:
             parts.append(Text(self._label.strip(), style="bold cyan"))
         if text[self._done :].strip():
-            parts.append(Markdown(text[self._done :]))
+            parts.append(_markdown(text[self._done :]))
         return Group(*parts, *extra)
 
     async def start(self) -> None:
@@ -272,3 +271,11 @@ class LiveAnswer(TerminalAnswer):
             self._failure(text + "\n")
         else:
             self._end(self._tail(self._printed, Text(text, style="yellow")))
+
+
+def _markdown(text: str) -> RenderableType:
+    """rich's Markdown, imported on first use: its parser is a tenth of a second of start-up
+    that the first prompt need not wait for."""
+    from rich.markdown import Markdown
+
+    return Markdown(text)
