@@ -28,6 +28,7 @@ from core.attachments import AttachmentPolicy
 from core.errors import ConfigError
 from core.messages import Author, CommandReply, ConversationKey
 from core.settings import Settings
+from tests.fakes.concurrency import AnswersAtOnce
 from tests.fakes.discord_server import EPHEMERAL, MESSAGE_CONTENT_INTENT, FakeDiscord
 
 FENCE = re.compile(r"^\s*(```|~~~)")
@@ -770,25 +771,11 @@ async def test_a_failed_final_edit_of_a_mention_answer_is_not_left_silent(stack:
 
 async def test_answers_beyond_the_cap_wait_their_turn(make_stack: StackFactory) -> None:
     async with make_stack(settings_for=lambda fake: {"max_concurrent_answers": 1}) as stack:
-        service = stack.parley.service
-        answer = service.answer
-        running, most = 0, 0
-
-        async def counted(inbound: Any) -> AsyncIterator[Any]:
-            nonlocal running, most
-            running += 1
-            most = max(most, running)
-            try:
-                async for event in answer(inbound):
-                    yield event
-            finally:
-                running -= 1
-
-        service.answer = counted  # type: ignore[method-assign]
+        at_once = AnswersAtOnce(stack.parley.service)
         fake = stack.discord
         asked = [await fake.send_command("ask", {"prompt": f"question {n}"}) for n in range(3)]
         for n, interaction in enumerate(asked):
             await fake.wait_for(
                 lambda i=interaction, n=n: f"question {n}" in "".join(stack.visible(i))  # type: ignore[misc]
             )
-        assert most == 1
+        assert at_once.most == 1

@@ -22,7 +22,7 @@ import aiohttp
 import pytest
 
 from adapters.slack.edge import well_formed
-from core.messages import Inbound, ReplyEvent
+from tests.fakes.concurrency import AnswersAtOnce
 from tests.fakes.slack_server import FakeSlack
 from tests.integration.test_slack_http import CHANNEL, Stack, make_stack
 
@@ -173,25 +173,11 @@ def test_well_formed_payloads() -> None:
 
 async def test_answers_beyond_the_cap_wait_their_turn(tmp_path: Any, slack: FakeSlack) -> None:
     async with make_stack(tmp_path, slack, max_concurrent_answers=1) as stack:
-        service = stack.parley.service
-        answer = service.answer
-        running, most = 0, 0
-
-        async def counted(inbound: Inbound) -> AsyncIterator[ReplyEvent]:
-            nonlocal running, most
-            running += 1
-            most = max(most, running)
-            try:
-                async for event in answer(inbound):
-                    yield event
-            finally:
-                running -= 1
-
-        service.answer = counted  # type: ignore[method-assign]
+        at_once = AnswersAtOnce(stack.parley.service)
         events = [stack.mention(f"question {n}") for n in range(4)]
         for event in events:
             assert await stack.post(event) == 200
         await stack.adapter.drain()
-        assert most == 1
+        assert at_once.most == 1
         for n, event in enumerate(events):
             assert f"question {n}" in stack.slack.thread(CHANNEL, event["ts"])[-1].text
