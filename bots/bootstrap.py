@@ -90,7 +90,7 @@ async def open_store(settings: Settings, *, auto_upgrade: bool) -> SqlStore:
     """The SQL store at ``DATABASE_URL``, its schema checked (and upgraded where allowed)."""
     store = SqlStore(
         make_engine(settings.database_url, log_parameters=settings.parley_log_content),
-        lock_connections=settings.database_lock_connections,
+        patience=settings.database_retry_seconds,
     )
     try:
         await prepare_schema(store, settings, auto_upgrade=auto_upgrade)

@@ -16,7 +16,7 @@ from functools import lru_cache
 from core import sentences
 from core.errors import InputTooLong
 from core.ports import ConversationState, PromptMessage, Store, StoredMessage
-from core.tokens import TOKENS_REPLY_PRIMER, count_message, count_text
+from core.tokens import TOKENS_PER_MESSAGE, TOKENS_REPLY_PRIMER, count_message, count_text
 
 PAGE = 64
 # Said to the model when several people share a conversation (their turns carry their names).
@@ -123,8 +123,11 @@ async def newest_turns(
     picked: list[StoredMessage] = []
     remaining = token_limit
     while True:
+        # Every turn costs at least its message overhead: this many rows can hold the
+        # budget, so the store reads the context in one call.
+        rows = max(PAGE, remaining // TOKENS_PER_MESSAGE + 1)
         page = await store.recent_messages(
-            conversation_id, after_id, before_id, PAGE, through=through
+            conversation_id, after_id, before_id, rows, through=through, tokens=remaining
         )
         through = False
         for message in page:
@@ -133,7 +136,7 @@ async def newest_turns(
                 return picked, message.id
             remaining -= message.token_count
             picked.append(message)
-        if len(page) < PAGE:
+        if len(page) < rows:
             picked.reverse()
             return picked, None
         before_id = page[-1].id

@@ -122,6 +122,17 @@ class ConversationState:
 
 
 @dataclass(frozen=True, slots=True)
+class TurnFacts:
+    """What answering a message needs to know first, read together: the conversation, its
+    channel's settings and memory, and (when asked) what the person has spent so far."""
+
+    state: ConversationState
+    overrides: ChannelOverrides
+    memory: tuple[str, ...] = ()
+    spent_usd: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class UsageEntry:
     """Tokens and cost of one model call; ``cost_usd`` is None when the model has no known
     price, ``estimated`` when Parley counted the tokens because the server did not say."""
@@ -149,8 +160,15 @@ class UsageTotals:
 class Store(Protocol):
     """Persistence of conversations, settings, usage and processed event ids."""
 
-    async def claim_event(self, platform: str, event_id: str) -> bool:
-        """Record ``event_id``; True if it was new, False if it was already handled."""
+    async def claim_event(self, platform: str, event_id: str, *, settled: bool = True) -> bool:
+        """Record ``event_id``; True if it was new, False if it was already handled.
+
+        ``settled=False`` claims it as being answered until ``settle_event``: a redelivery
+        of it is then not dropped if the worker that claimed it died meanwhile."""
+        ...
+
+    async def settle_event(self, platform: str, event_id: str, state: str) -> None:
+        """How a claimed event ended: "answered" or "failed"."""
         ...
 
     async def prune_events(self, older_than_seconds: float) -> int:
@@ -161,8 +179,9 @@ class Store(Protocol):
         """The conversation at ``key``, created if it does not exist."""
         ...
 
-    async def open_turn(self, key: ConversationKey) -> tuple[ConversationState, ChannelOverrides]:
-        """The conversation (created if needed) and its channel's settings, in one round trip."""
+    async def open_turn(self, key: ConversationKey, *, spender: str | None = None) -> TurnFacts:
+        """The conversation (created if needed), its channel's settings and memory, and with
+        ``spender`` (a user id on ``key``'s platform) their spending: one transaction."""
         ...
 
     async def finish_turn(
@@ -176,10 +195,14 @@ class Store(Protocol):
         usage: Sequence[UsageEntry],
         *,
         sent_at: datetime | None = None,
+        question_id: int | None = None,
+        event: tuple[str, str] | None = None,
     ) -> int:
         """Store a complete assistant turn and charge its usage, atomically; returns its id.
 
-        ``sent_at`` places it in the conversation: give its question's, so it follows it."""
+        ``sent_at`` places it in the conversation: give its question's, so it follows it.
+        ``question_id``: the question's turn, "pending" until now, becomes complete with it;
+        ``event``: the claimed (platform, event id) it answers, settled as answered."""
         ...
 
     async def add_message(
@@ -211,10 +234,14 @@ class Store(Protocol):
         limit: int,
         *,
         through: bool = False,
+        tokens: int | None = None,
     ) -> list[StoredMessage]:
         """Complete turns after turn ``after_id`` and before turn ``before_id`` (or up to and
         including it, ``through``), in conversation order (``sent_at``, then id), newest first,
-        at most ``limit``. An id that names no turn of the conversation (0) sets no bound."""
+        at most ``limit``. An id that names no turn of the conversation (0) sets no bound.
+
+        With ``tokens``, only as many as fit in that many tokens, and the first that does not
+        (so a context is read in one call, however short its turns)."""
         ...
 
     async def set_summary(
@@ -222,8 +249,8 @@ class Store(Protocol):
     ) -> None: ...
 
     def conversation_lock(self, name: str) -> AbstractAsyncContextManager[None]:
-        """Hold ``name`` exclusively across every worker sharing this store, waiters in order;
-        released when the block ends, or when a worker dies. A store only one process can use
+        """Hold ``name`` exclusively across every worker sharing this store; released when the
+        block ends, or soon after a worker dies, and holding no connection meanwhile. A store only one process can use
         (SQLite, memory) may make this a no-op: the service's in-process lock is enough."""
         ...
 

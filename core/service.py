@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -217,12 +217,13 @@ class ConversationService:
 
     # --- answering ----------------------------------------------------------------------
 
-    async def claim_event(self, platform: str, event_id: str) -> bool:
-        """True the first time ``event_id`` is seen on ``platform`` (persisted)."""
+    async def claim_event(self, platform: str, event_id: str, *, settled: bool = True) -> bool:
+        """True the first time ``event_id`` is seen on ``platform`` (persisted); see
+        ``Store.claim_event`` for ``settled``."""
         self._claims += 1
         if self._claims % PRUNE_EVERY == 0:
             await self._prune_events()
-        return await self.store.claim_event(platform, event_id)
+        return await self.store.claim_event(platform, event_id, settled=settled)
 
     async def _prune_events(self) -> None:
         """Forget old event ids (platforms redeliver within minutes; a week is plenty).
@@ -237,11 +238,12 @@ class ConversationService:
     async def answer(self, inbound: Inbound) -> AsyncIterator[ReplyEvent]:
         """Answer ``inbound``: deltas, then FinalText and UsageReport, or one UserError.
 
-        A redelivered event (same ``event_id``) yields nothing.
+        A redelivered event (same ``event_id``) yields nothing, unless the worker that was
+        answering it died before it was answered.
         """
         try:
             if inbound.event_id and not await self.claim_event(
-                inbound.key.platform, inbound.event_id
+                inbound.key.platform, inbound.event_id, settled=False
             ):
                 log.info("dropping redelivered event %s on %s", inbound.event_id, inbound.key)
                 return
@@ -249,6 +251,26 @@ class ConversationService:
             log.exception("checking event %s in %s failed", inbound.event_id, inbound.key)
             yield UserError(GENERIC_ERROR, "internal")
             return
+        answered = False
+        try:
+            async for event in self._accepted(inbound):
+                answered = answered or isinstance(event, FinalText)
+                yield event
+        finally:
+            if inbound.event_id and not answered:
+                await self._settle_failed(inbound)
+
+    async def _settle_failed(self, inbound: Inbound) -> None:
+        """Record that ``inbound`` got no answer (it was told why, or cut by a restart)."""
+        assert inbound.event_id is not None
+        try:
+            await asyncio.shield(
+                self.store.settle_event(inbound.key.platform, inbound.event_id, "failed")
+            )
+        except Exception:
+            log.warning("recording the end of event %s failed", inbound.event_id, exc_info=True)
+
+    async def _accepted(self, inbound: Inbound) -> AsyncIterator[ReplyEvent]:
         if self.rate is not None:
             wait = await self.rate.check(inbound.key.platform, inbound.author.id)
             if wait > 0:
@@ -291,30 +313,28 @@ class ConversationService:
                 notes.append(sentences.file_unsupported(attachment.name))
         return text.strip(), tuple(images), notes
 
-    async def _check_budget(self, inbound: Inbound) -> None:
-        limit = self.settings.parley_user_budget_usd
-        if limit is None:
-            return
-        spent = await self.store.user_usage(inbound.key.platform, inbound.author.id)
-        if spent.cost_usd >= limit:
-            raise OverBudget(sentences.over_budget(spent.cost_usd, limit))
-
     async def _answer(self, inbound: Inbound) -> AsyncIterator[ReplyEvent]:
         key = inbound.key
-        state, overrides = await self.store.open_turn(key)
-        config = self._config(overrides)
-        await self._check_budget(inbound)
+        limit = self.settings.parley_user_budget_usd
+        facts = await self.store.open_turn(
+            key, spender=inbound.author.id if limit is not None else None
+        )
+        state, config = facts.state, self._config(facts.overrides)
+        if limit is not None and facts.spent_usd is not None and facts.spent_usd >= limit:
+            raise OverBudget(sentences.over_budget(facts.spent_usd, limit))
         text, images, notes = self._user_content(inbound, config.model)
         for note in notes:
             yield Notice(note)
         if not text and not images:
             raise BadCommand(sentences.EMPTY_MESSAGE)
-        system_prompt = await self._system_prompt(key.channel_key, config)
+        system_prompt = self._system_prompt(config, facts.memory)
         user_tokens = count_message(text, images=len(images))
         user = PromptMessage("user", text, images)
         budget = self._budget(config)
         # Over-long input is rejected before it is stored, so it cannot crowd out the history.
         input_limit(system_prompt, user_tokens, budget)
+        # "pending" until its answer is stored with it: a question whose worker died before
+        # answering never reaches a later context as a dangling turn.
         turn_id = await self.store.add_message(
             state.id,
             "user",
@@ -322,6 +342,7 @@ class ConversationService:
             user_tokens,
             author_id=inbound.author.id,
             author_name=inbound.author.name,
+            status="pending",
             sent_at=inbound.sent_at,
         )
         if self.settings.parley_log_content:
@@ -340,7 +361,7 @@ class ConversationService:
             )
 
         try:
-            async for event in self._reply(inbound, state, config, assemble):
+            async for event in self._reply(inbound, state, config, assemble, turn_id):
                 yield event
         except (Exception, asyncio.CancelledError) as exc:
             # The question stays on record, but out of the context: the user will ask again.
@@ -375,15 +396,14 @@ class ConversationService:
         log.info("model %s: context window learned from the server: %d tokens", model, window)
         self.windows[model] = window
 
-    async def _system_prompt(self, channel: ChannelKey, config: ChannelConfig) -> str:
+    def _system_prompt(self, config: ChannelConfig, memory: Sequence[str]) -> str:
         """The channel's system prompt, the JSON instruction in JSON mode, then its memory
         (within its share of the input budget)."""
         system_prompt = config.system_prompt
         if config.json_mode and "json" not in system_prompt.lower():
             system_prompt = f"{system_prompt}\n\n{JSON_INSTRUCTION}"
-        facts = await self.store.channel_memory(channel)
         limit = self._budget(config) // commands.MEMORY_BUDGET_SHARE
-        return with_memory(system_prompt, [fact.text for fact in facts], limit)
+        return with_memory(system_prompt, memory, limit)
 
     async def _reply(
         self,
@@ -391,6 +411,7 @@ class ConversationService:
         state: ConversationState,
         config: ChannelConfig,
         assemble: Assemble,
+        question_id: int,
     ) -> AsyncIterator[ReplyEvent]:
         state, context = await self._fitted(inbound, state, config, assemble)
         request = ChatRequest(
@@ -432,6 +453,8 @@ class ConversationService:
             inbound.author.id,
             entries,
             sent_at=inbound.sent_at,
+            question_id=question_id,
+            event=(inbound.key.platform, inbound.event_id) if inbound.event_id else None,
         )
         yield FinalText(shown, completion.model)
         yield _usage_report(completion.model, entries)

@@ -87,9 +87,9 @@ class Settings(BaseSettings):
     # --- storage --------------------------------------------------------------------------
     # Left out of reprs: a PostgreSQL URL may carry a password.
     database_url: str = Field("sqlite+aiosqlite:///parley.db", repr=False)
-    # PostgreSQL: answers running at once in one worker, each holding its conversation's lock
-    # on a connection of its own (plus up to 20 connections for short queries).
-    database_lock_connections: int = Field(30, ge=1, le=500)
+    # How long a store call waits for an unreachable database (refusing connections,
+    # restarting, failing over) before the message it serves fails.
+    database_retry_seconds: float = Field(60.0, ge=0, le=3600)
 
     @field_validator("parley_fallback_models", mode="before")
     @classmethod

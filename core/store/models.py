@@ -164,7 +164,29 @@ class ProcessedEventRow(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     platform: Mapped[str] = mapped_column(CleanString(32))
     event_id: Mapped[str] = mapped_column(CleanString(128))
+    # received → answering → answered | failed; a claim left unfinished by a worker that died
+    # (its ``holder`` no longer holds a live worker lease) may be taken over by a redelivery.
+    state: Mapped[str] = mapped_column(
+        CleanString(16), default="answered", server_default="answered"
+    )
+    holder: Mapped[str] = mapped_column(CleanString(64), default="", server_default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class LeaseRow(Base):
+    """Who holds a name (a conversation, or a worker's own liveness) until when.
+
+    A conversation's turns run one at a time across workers by holding its lease; nothing
+    holds a database connection meanwhile. ``until`` is microseconds since 1970 and is
+    renewed by the holder's heartbeat, so a lease of a worker that died expires on its own.
+    """
+
+    __tablename__ = "leases"
+    __table_args__ = (Index("ix_leases_holder", "holder"),)
+
+    name: Mapped[str] = mapped_column(CleanString(300), primary_key=True)
+    holder: Mapped[str] = mapped_column(CleanString(64))
+    until: Mapped[int] = mapped_column(BigInteger)
 
 
 class ChannelMemoryRow(Base):

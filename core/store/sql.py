@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import AsyncIterator, Sequence
+import functools
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, cast
 
 from sqlalchemy import (
     ColumnElement,
     CursorResult,
+    String,
     and_,
     delete,
     event,
     func,
     insert,
+    literal,
     or_,
     select,
-    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -36,17 +39,24 @@ from core.ports import (
     MemoryFact,
     Role,
     StoredMessage,
+    TurnFacts,
     UsageEntry,
     UsageTotals,
 )
+from core.store.leases import LEASE_SECONDS, Leases, now_micros
 from core.store.models import (
     ChannelMemoryRow,
     ChannelSettingsRow,
     ConversationRow,
+    LeaseRow,
     MessageRow,
     ProcessedEventRow,
     UsageRow,
 )
+from core.store.retry import PATIENCE, retrying
+
+# Claims still in progress: a redelivery may take one over when its holder is gone.
+UNSETTLED = ("received", "answering")
 
 
 def make_engine(url: str, *, log_parameters: bool = False, **kwargs: Any) -> AsyncEngine:
@@ -75,13 +85,10 @@ def make_engine(url: str, *, log_parameters: bool = False, **kwargs: Any) -> Asy
     kwargs.setdefault("max_overflow", 10)
     # Connections are recycled rather than pinged: a ping is one more round trip per query.
     kwargs.setdefault("pool_recycle", 1800)
+    # Thousands of answers in flight share the pool: a short query waiting for a connection
+    # is queueing, not failing.
+    kwargs.setdefault("pool_timeout", 600)
     return create_async_engine(url, **kwargs)
-
-
-def lock_key(name: str) -> int:
-    """The 64-bit advisory lock key of a conversation name."""
-    digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -120,40 +127,126 @@ def _beyond(
     return or_(sent_at.is_(None), ordered)
 
 
-class SqlStore:
-    """Implements ``core.ports.Store``; each method is one short transaction."""
+def _settle(platform: str, event_id: str, state: str) -> Any:
+    return (
+        update(ProcessedEventRow)
+        .where(ProcessedEventRow.platform == platform, ProcessedEventRow.event_id == event_id)
+        .values(state=state)
+    )
 
-    def __init__(self, engine: AsyncEngine, *, lock_connections: int = 30) -> None:
+
+def _take_over(platform: str, event_id: str, holder: str) -> Any:
+    """Claim an unsettled event whose holder is a worker no longer alive (never one this
+    worker or another live one is still answering: that would answer it twice)."""
+    alive = (
+        select(LeaseRow.name)
+        .where(
+            LeaseRow.name == literal("worker:", String) + ProcessedEventRow.holder,
+            LeaseRow.until >= now_micros(),
+        )
+        .exists()
+    )
+    return (
+        update(ProcessedEventRow)
+        .where(
+            ProcessedEventRow.platform == platform,
+            ProcessedEventRow.event_id == event_id,
+            ProcessedEventRow.state.in_(UNSETTLED),
+            ~alive,
+        )
+        .values(holder=holder, state="answering")
+    )
+
+
+def _fitting(recent: Any, tokens: int) -> Any:
+    """Of ``recent`` (turns newest first), those whose running token sum fits ``tokens``,
+    and the first that does not: the whole context read in one statement."""
+    newest_first = (recent.c.sent_at.desc(), recent.c.id.desc())
+    summed = select(
+        *recent.c, func.sum(recent.c.token_count).over(order_by=newest_first).label("running")
+    ).subquery()
+    return (
+        select(summed.c.id, summed.c.role, summed.c.content, summed.c.token_count)
+        .add_columns(summed.c.author_name)
+        .where(summed.c.running - summed.c.token_count <= tokens)
+        .order_by(summed.c.sent_at.desc(), summed.c.id.desc())
+    )
+
+
+async def _sum(session: AsyncSession, where: Sequence[Any]) -> UsageTotals:
+    """Sums over the ledger entries matching ``where``."""
+    stmt = select(
+        func.coalesce(func.sum(UsageRow.input_tokens), 0),
+        func.coalesce(func.sum(UsageRow.output_tokens), 0),
+        func.coalesce(func.sum(UsageRow.cost_usd), 0.0),
+        func.count(UsageRow.id),
+        func.count(UsageRow.id).filter(UsageRow.estimated.is_(True)),
+        func.count(UsageRow.id).filter(UsageRow.cost_usd.is_(None)),
+    ).where(*where)
+    row = (await session.execute(stmt)).one()
+    return UsageTotals(
+        int(row[0]), int(row[1]), float(row[2] or 0.0), int(row[3]), int(row[4]), int(row[5])
+    )
+
+
+class SqlStore:
+    """Implements ``core.ports.Store``; each method is one short transaction, tried again while
+    the database is unreachable (``core.store.retry``) for up to ``patience`` seconds."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        patience: float = PATIENCE,
+        lease_seconds: float = LEASE_SECONDS,
+    ) -> None:
         self.engine = engine
+        self.patience = patience
         self._dialect = engine.dialect.name
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
-        # Conversation locks hold a connection for a whole answer: a pool of their own, so they
-        # never starve the short queries. At most ``lock_connections`` answers run at once in
-        # this worker; more wait (not fail) for a connection.
-        self._lock_engine: AsyncEngine | None = None
-        if self._dialect == "postgresql":
-            self._lock_engine = create_async_engine(
-                engine.url,
-                pool_size=lock_connections,
-                max_overflow=0,
-                pool_timeout=3600,
-                hide_parameters=True,
-            )
+        # Turns of a conversation run one at a time across workers under its lease; no
+        # connection is held while the model answers.
+        self.leases = Leases(engine, seconds=lease_seconds)
+        self._announced = False
 
     async def close(self) -> None:
-        if self._lock_engine is not None:
-            await self._lock_engine.dispose()
+        await self.leases.close()
         await self.engine.dispose()
 
-    async def claim_event(self, platform: str, event_id: str) -> bool:
+    async def _announce(self) -> None:
+        """Make this worker's own lease exist before its first claim names it as holder."""
+        if not self._announced:
+            await self.leases.start()
+            self._announced = True
+
+    async def claim_event(self, platform: str, event_id: str, *, settled: bool = True) -> bool:
+        """True the first time ``event_id`` arrives, or when the claim it had was left
+        unfinished by a worker that is gone.
+
+        ``settled=False`` claims it "answering" until ``settle_event`` says how it ended."""
+        if not settled:
+            await self._announce()
+        holder = self.leases.holder
         stmt = (
             _insert(self._dialect, ProcessedEventRow)
-            .values(platform=platform, event_id=event_id)
+            .values(
+                platform=platform,
+                event_id=event_id,
+                state="answered" if settled else "answering",
+                holder=holder,
+            )
             .on_conflict_do_nothing(index_elements=["platform", "event_id"])
         )
         async with self._sessions.begin() as session:
             result = await session.execute(stmt)
-        return bool(cast(CursorResult[Any], result).rowcount)
+            if cast(CursorResult[Any], result).rowcount:
+                return True
+            taken = await session.execute(_take_over(platform, event_id, holder))
+        return bool(cast(CursorResult[Any], taken).rowcount)
+
+    async def settle_event(self, platform: str, event_id: str, state: str) -> None:
+        async with self._sessions.begin() as session:
+            await session.execute(_settle(platform, event_id, state))
 
     async def prune_events(self, older_than_seconds: float) -> int:
         cutoff = datetime.now(UTC) - timedelta(seconds=older_than_seconds)
@@ -195,12 +288,17 @@ class SqlStore:
             row = await self._conversation(session, key)
             return ConversationState(row.id, row.summary, row.summary_tokens, row.context_start)
 
-    async def open_turn(self, key: ConversationKey) -> tuple[ConversationState, ChannelOverrides]:
+    async def open_turn(self, key: ConversationKey, *, spender: str | None = None) -> TurnFacts:
         async with self._sessions.begin() as session:
             row = await self._conversation(session, key)
             state = ConversationState(row.id, row.summary, row.summary_tokens, row.context_start)
             overrides = await self._overrides(session, key.channel_key)
-        return state, overrides
+            memory = await self._memory(session, key.channel_key)
+            spent = None
+            if spender is not None:
+                where = (UsageRow.platform == key.platform, UsageRow.user_id == spender)
+                spent = (await _sum(session, where)).cost_usd
+        return TurnFacts(state, overrides, tuple(fact.text for fact in memory), spent)
 
     async def finish_turn(
         self,
@@ -213,8 +311,16 @@ class SqlStore:
         usage: Sequence[UsageEntry],
         *,
         sent_at: datetime | None = None,
+        question_id: int | None = None,
+        event: tuple[str, str] | None = None,
     ) -> int:
         async with self._sessions.begin() as session:
+            if question_id is not None:
+                await session.execute(
+                    update(MessageRow).where(MessageRow.id == question_id).values(status="complete")
+                )
+            if event is not None:
+                await session.execute(_settle(*event, "answered"))
             message_id = await self._add_message(
                 session,
                 conversation_id,
@@ -299,14 +405,16 @@ class SqlStore:
         limit: int,
         *,
         through: bool = False,
+        tokens: int | None = None,
     ) -> list[StoredMessage]:
-        stmt = (
+        recent = (
             select(
                 MessageRow.id,
                 MessageRow.role,
                 MessageRow.content,
                 MessageRow.token_count,
                 MessageRow.author_name,
+                MessageRow.sent_at,
             )
             .where(
                 MessageRow.conversation_id == conversation_id,
@@ -317,6 +425,7 @@ class SqlStore:
             .order_by(MessageRow.sent_at.desc(), MessageRow.id.desc())
             .limit(limit)
         )
+        stmt = recent if tokens is None else _fitting(recent.subquery(), tokens)
         async with self._sessions() as session:
             rows = (await session.execute(stmt)).all()
         return [StoredMessage(r[0], cast(Role, r[1]), r[2], r[3], r[4]) for r in rows]
@@ -333,16 +442,13 @@ class SqlStore:
 
     @asynccontextmanager
     async def conversation_lock(self, name: str) -> AsyncIterator[None]:
-        """A PostgreSQL advisory lock held in an open transaction on a connection of its own.
-
-        PostgreSQL queues the waiters in order and releases the lock when the transaction
-        ends, also when a worker dies. SQLite serves a single worker: nothing to do there.
-        """
-        if self._lock_engine is None:
+        """The lease on ``name`` (PostgreSQL, several workers): held without a connection,
+        renewed by this worker's heartbeat, expired when it dies. SQLite serves a single
+        worker: the service's in-process lock is enough there."""
+        if self._dialect != "postgresql":
             yield
             return
-        async with self._lock_engine.begin() as conn:
-            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key(name)})
+        async with self.leases.hold(name):
             yield
 
     async def reset_conversation(self, key: ConversationKey) -> int:
@@ -434,19 +540,8 @@ class SqlStore:
             await self._record_usage(session, channel, user_id, usage)
 
     async def _totals(self, *where: Any) -> UsageTotals:
-        stmt = select(
-            func.coalesce(func.sum(UsageRow.input_tokens), 0),
-            func.coalesce(func.sum(UsageRow.output_tokens), 0),
-            func.coalesce(func.sum(UsageRow.cost_usd), 0.0),
-            func.count(UsageRow.id),
-            func.count(UsageRow.id).filter(UsageRow.estimated.is_(True)),
-            func.count(UsageRow.id).filter(UsageRow.cost_usd.is_(None)),
-        ).where(*where)
         async with self._sessions() as session:
-            row = (await session.execute(stmt)).one()
-        return UsageTotals(
-            int(row[0]), int(row[1]), float(row[2] or 0.0), int(row[3]), int(row[4]), int(row[5])
-        )
+            return await _sum(session, where)
 
     async def channel_usage(self, channel: ChannelKey) -> UsageTotals:
         return await self._totals(
@@ -467,15 +562,18 @@ class SqlStore:
             ChannelMemoryRow.channel == channel.channel,
         )
 
-    async def channel_memory(self, channel: ChannelKey) -> list[MemoryFact]:
+    async def _memory(self, session: AsyncSession, channel: ChannelKey) -> list[MemoryFact]:
         stmt = (
             select(ChannelMemoryRow.id, ChannelMemoryRow.text)
             .where(*self._memory_where(channel))
             .order_by(ChannelMemoryRow.id)
         )
-        async with self._sessions() as session:
-            rows = (await session.execute(stmt)).all()
+        rows = (await session.execute(stmt)).all()
         return [MemoryFact(int(r[0]), str(r[1])) for r in rows]
+
+    async def channel_memory(self, channel: ChannelKey) -> list[MemoryFact]:
+        async with self._sessions() as session:
+            return await self._memory(session, channel)
 
     async def add_memory(self, channel: ChannelKey, text: str, *, author_id: str = "") -> int:
         stmt = (
@@ -499,3 +597,27 @@ class SqlStore:
         async with self._sessions.begin() as session:
             result = await session.execute(stmt)
         return bool(cast(CursorResult[Any], result).rowcount)
+
+
+def _retried(cls: type[SqlStore]) -> type[SqlStore]:
+    """Every public store call, tried again while the database is unreachable."""
+    for name, method in list(vars(cls).items()):
+        if name.startswith("_") or name in NOT_RETRIED or not inspect.iscoroutinefunction(method):
+            continue
+        setattr(cls, name, _retry(method))
+    return cls
+
+
+# Closing is not worth waiting for; a lease is taken by its own loop (``Leases.hold``).
+NOT_RETRIED = frozenset({"close", "conversation_lock"})
+
+
+def _retry(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    @functools.wraps(method)
+    async def retried(self: SqlStore, *args: Any, **kwargs: Any) -> Any:
+        return await retrying(partial(method, self, *args, **kwargs), patience=self.patience)
+
+    return retried
+
+
+_retried(SqlStore)

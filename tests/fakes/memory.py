@@ -17,6 +17,7 @@ from core.ports import (
     ConversationState,
     MemoryFact,
     StoredMessage,
+    TurnFacts,
     UsageEntry,
     UsageTotals,
 )
@@ -51,6 +52,7 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self.events: set[tuple[str, str]] = set()
+        self.event_states: dict[tuple[str, str], str] = {}
         self.conversations: dict[ConversationKey, ConversationState] = {}
         self.messages: list[_Message] = []
         self.overrides: dict[ChannelKey, ChannelOverrides] = {}
@@ -61,11 +63,15 @@ class MemoryStore:
         self.locked: list[str] = []
         self._ids = itertools.count(1)
 
-    async def claim_event(self, platform: str, event_id: str) -> bool:
+    async def claim_event(self, platform: str, event_id: str, *, settled: bool = True) -> bool:
         if (platform, event_id) in self.events:
             return False
         self.events.add((platform, event_id))
+        self.event_states[(platform, event_id)] = "answered" if settled else "answering"
         return True
+
+    async def settle_event(self, platform: str, event_id: str, state: str) -> None:
+        self.event_states[(platform, event_id)] = state
 
     async def prune_events(self, older_than_seconds: float) -> int:
         self.pruned += 1
@@ -76,8 +82,15 @@ class MemoryStore:
             self.conversations[key] = ConversationState(next(self._ids), "", 0, 0)
         return self.conversations[key]
 
-    async def open_turn(self, key: ConversationKey) -> tuple[ConversationState, ChannelOverrides]:
-        return await self.conversation(key), await self.channel_overrides(key.channel_key)
+    async def open_turn(self, key: ConversationKey, *, spender: str | None = None) -> TurnFacts:
+        memory = await self.channel_memory(key.channel_key)
+        spent = None if spender is None else (await self.user_usage(key.platform, spender)).cost_usd
+        return TurnFacts(
+            await self.conversation(key),
+            await self.channel_overrides(key.channel_key),
+            tuple(fact.text for fact in memory),
+            spent,
+        )
 
     async def finish_turn(
         self,
@@ -90,7 +103,13 @@ class MemoryStore:
         usage: Sequence[UsageEntry],
         *,
         sent_at: datetime | None = None,
+        question_id: int | None = None,
+        event: tuple[str, str] | None = None,
     ) -> int:
+        if question_id is not None:
+            await self.set_message_status(question_id, "complete")
+        if event is not None:
+            await self.settle_event(*event, "answered")
         await self.record_usage(channel, user_id, usage)
         return await self.add_message(
             conversation_id, "assistant", content, token_count, model=model, sent_at=sent_at
@@ -129,6 +148,7 @@ class MemoryStore:
         limit: int,
         *,
         through: bool = False,
+        tokens: int | None = None,
     ) -> list[StoredMessage]:
         """In conversation order, (sent_at, id), as the SQL store keeps it."""
         self.recent_calls += 1
@@ -141,7 +161,15 @@ class MemoryStore:
         high = place.get(before_id, len(turns))
         if through and before_id in place:
             high += 1
-        rows = [m for m in reversed(turns[low + 1 : high]) if m.status == "complete"]
+        rows = [m for m in reversed(turns[low + 1 : high]) if m.status == "complete"][:limit]
+        if tokens is not None:
+            fitting, total = [], 0
+            for m in rows:
+                fitting.append(m)
+                total += m.token_count
+                if total > tokens:
+                    break
+            rows = fitting
         return [
             StoredMessage(m.id, m.role, m.content, m.token_count, m.author_name)
             for m in rows[:limit]

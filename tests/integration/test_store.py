@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from sqlalchemy import event
 
 from bots.bootstrap import prepare_schema
+from core.context import newest_turns
 from core.errors import SchemaOutOfDate
 from core.messages import ChannelKey, ConversationKey
 from core.ports import ChannelOverrides, UsageEntry
@@ -102,7 +104,8 @@ async def test_channel_overrides_and_usage(store):
 async def test_a_turn_opens_and_finishes_in_single_transactions(store):
     channel = ChannelKey("slack", "T1", "C1")
     await store.save_channel_overrides(channel, ChannelOverrides(temperature=1.5))
-    state, overrides = await store.open_turn(KEY)
+    facts = await store.open_turn(KEY)
+    state, overrides = facts.state, facts.overrides
     assert overrides.temperature == 1.5 and state.id == (await store.conversation(KEY)).id
     user_id = await store.add_message(state.id, "user", "q", 4)
     answer_id = await store.finish_turn(
@@ -126,3 +129,20 @@ async def test_old_event_ids_are_pruned(store):
     assert await store.prune_events(3600) == 0
     assert await store.prune_events(-60) == 1  # everything is "older" than a minute from now
     assert await store.claim_event("slack", "old")
+
+
+async def test_a_context_of_many_short_turns_is_read_in_one_statement(store):
+    """However short the turns, the context that fits is one query, not a page at a time."""
+    state = await store.conversation(KEY)
+    for i in range(600):
+        await store.add_message(state.id, "user" if i % 2 == 0 else "assistant", f"t{i}", 3)
+    statements: list[str] = []
+    listener = lambda *args: statements.append(args[2])  # noqa: E731
+    event.listen(store.engine.sync_engine, "before_cursor_execute", listener)
+    try:
+        picked, cut_at = await newest_turns(store, state.id, 0, 10**12, 1000)
+    finally:
+        event.remove(store.engine.sync_engine, "before_cursor_execute", listener)
+    assert [m.content for m in picked] == [f"t{i}" for i in range(267, 600)]
+    assert cut_at is not None
+    assert len(statements) == 1

@@ -6,14 +6,13 @@ import asyncio
 import contextlib
 
 import pytest
-from sqlalchemy import text
 
 from bots.bootstrap import Parley, build
 from core.delivery import Interval, deliver
 from core.messages import Author, ConversationKey, FinalText, Inbound
 from core.settings import Settings
 from core.store import schema
-from core.store.sql import SqlStore, lock_key, make_engine
+from core.store.sql import SqlStore, make_engine
 from tests.fakes.memory import ScriptedModel
 
 
@@ -81,9 +80,10 @@ async def test_two_workers_answer_one_conversation_in_turn(database):
 
 async def _lock_is_free(store: SqlStore, name: str) -> bool:
     """Whether another worker could take the conversation right now (without waiting)."""
-    async with store.engine.begin() as conn:
-        query = text("SELECT pg_try_advisory_xact_lock(:key)")
-        return bool((await conn.execute(query, {"key": lock_key(name)})).scalar())
+    if not await store.leases.try_take(name):
+        return False
+    await store.leases.give_back(name)
+    return True
 
 
 async def test_a_cancelled_answer_frees_its_conversation_at_once(database):

@@ -1,0 +1,139 @@
+"""Leases: one holder of a name at a time across workers, without holding a connection.
+
+A conversation's turns run one at a time in every worker sharing the database: the worker
+answering holds the conversation's lease, a row saying who holds it until when. Taking,
+renewing and giving it back are one short statement each; between them no connection is held,
+so a worker can keep thousands of answers in flight on a small pool. Each worker also holds a
+lease on its own name while it lives: a claim it left unfinished is known to be orphaned once
+that lease has expired.
+
+A heartbeat renews every lease of this worker at once (one statement, a third of the lease
+time), so a lease outlives a slow model but not a dead worker. Times are the workers' clocks in
+microseconds; they need to agree to well within the lease time (NTP does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from functools import partial
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, delete, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from core.store.models import LeaseRow
+from core.store.retry import retrying
+
+log = logging.getLogger("parley.store")
+
+# How long a lease outlives its holder's last heartbeat.
+LEASE_SECONDS = 30.0
+# Waits between attempts to take a lease someone else holds.
+FIRST_WAIT, LONGEST_WAIT = 0.02, 0.5
+
+
+def now_micros() -> int:
+    return time.time_ns() // 1000
+
+
+def worker_name(holder: str) -> str:
+    """The lease a worker holds on itself while it lives."""
+    return f"worker:{holder}"
+
+
+class Leases:
+    """Take, renew and give back named leases for one worker (``holder``)."""
+
+    def __init__(self, engine: AsyncEngine, *, seconds: float = LEASE_SECONDS) -> None:
+        self.engine = engine
+        self.holder = uuid.uuid4().hex[:16]
+        self.seconds = seconds
+        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    def _until(self) -> int:
+        return now_micros() + int(self.seconds * 1_000_000)
+
+    async def try_take(self, name: str) -> bool:
+        """Take ``name`` if nobody holds it (or its holder's lease has run out)."""
+        self._start_heartbeat()
+        stmt = self._insert(LeaseRow).values(name=name, holder=self.holder, until=self._until())
+        taking = stmt.on_conflict_do_update(
+            index_elements=[LeaseRow.name],
+            set_={"holder": stmt.excluded.holder, "until": stmt.excluded.until},
+            where=LeaseRow.until < now_micros(),
+        ).returning(LeaseRow.holder)
+        async with self.engine.begin() as conn:
+            taken = (await conn.execute(taking)).scalar_one_or_none()
+        return taken == self.holder
+
+    async def give_back(self, name: str) -> None:
+        where = (LeaseRow.name == name, LeaseRow.holder == self.holder)
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(LeaseRow).where(*where))
+
+    @asynccontextmanager
+    async def hold(self, name: str) -> AsyncIterator[None]:
+        """Hold ``name`` for the block, waiting (never failing) while another worker has it."""
+        wait = FIRST_WAIT
+        while not await retrying(partial(self.try_take, name)):
+            await asyncio.sleep(wait)
+            wait = min(LONGEST_WAIT, wait * 2)
+        try:
+            yield
+        finally:
+            # A lease not given back (database gone, task cancelled) expires on its own.
+            with suppress(Exception):
+                await asyncio.shield(retrying(partial(self.give_back, name), patience=5.0))
+
+    async def renew(self) -> int:
+        """Push back the expiry of every lease this worker holds, itself included."""
+        async with self.engine.begin() as conn:
+            await self._take_self(conn)
+            result = await conn.execute(
+                update(LeaseRow).where(LeaseRow.holder == self.holder).values(until=self._until())
+            )
+        return int(cast(CursorResult[Any], result).rowcount or 0)
+
+    async def _take_self(self, conn: Any) -> None:
+        stmt = self._insert(LeaseRow).values(
+            name=worker_name(self.holder), holder=self.holder, until=self._until()
+        )
+        await conn.execute(stmt.on_conflict_do_nothing(index_elements=[LeaseRow.name]))
+
+    def _start_heartbeat(self) -> None:
+        if self._heartbeat is None or self._heartbeat.done():
+            self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
+
+    async def start(self) -> None:
+        """Announce this worker (its own lease) and keep its leases alive from now on."""
+        await retrying(self.renew)
+        self._start_heartbeat()
+
+    async def _beat(self) -> None:
+        while True:
+            try:
+                await self.renew()
+            except Exception as exc:  # the next beat tries again; the lease time is the margin
+                log.warning("renewing leases failed (%s)", type(exc).__name__)
+            await asyncio.sleep(self.seconds / 3)
+
+    async def close_heartbeat(self) -> None:
+        """Stop renewing: from now on this worker's leases run out."""
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with suppress(asyncio.CancelledError, Exception):
+                await self._heartbeat
+            self._heartbeat = None
+
+    async def close(self) -> None:
+        """Stop renewing and give back this worker's own lease (others expire)."""
+        await self.close_heartbeat()
+        with suppress(Exception):
+            await self.give_back(worker_name(self.holder))

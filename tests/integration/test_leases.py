@@ -1,0 +1,157 @@
+"""Leases and claim states: answers hold no connection, a dead worker's question is not lost,
+and a database that refuses connections for a while costs time, not messages."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from sqlalchemy import update
+
+from bots.bootstrap import Parley, build
+from core.messages import Author, ConversationKey, FinalText, Inbound
+from core.settings import Settings
+from core.store import schema
+from core.store.models import LeaseRow
+from core.store.sql import SqlStore, make_engine
+from tests.conftest import PG_PORT
+from tests.fakes.memory import ScriptedModel
+from tests.fakes.tcp_proxy import Proxy
+
+KEY = ConversationKey("slack", "T1", "C1", "1700000000.000100")
+
+
+async def _store(url: str, **engine: object) -> SqlStore:
+    store = SqlStore(make_engine(url, **engine), patience=30)
+    await schema.upgrade(store.engine)
+    return store
+
+
+async def _die(store: SqlStore) -> None:
+    """What a `kill -9` leaves: the worker's leases stop being renewed and run out."""
+    await store.leases.close_heartbeat()
+    async with store.engine.begin() as conn:
+        await conn.execute(
+            update(LeaseRow).where(LeaseRow.holder == store.leases.holder).values(until=0)
+        )
+
+
+async def test_an_unfinished_claim_is_taken_over_only_once_its_worker_is_gone(database_url):
+    first, second = await _store(database_url), await _store(database_url)
+    try:
+        assert await first.claim_event("slack", "Ev1", settled=False)
+        assert not await first.claim_event("slack", "Ev1", settled=False)  # same worker, again
+        assert not await second.claim_event("slack", "Ev1", settled=False)  # its worker lives
+        await _die(first)
+        assert await second.claim_event("slack", "Ev1", settled=False)
+        await second.settle_event("slack", "Ev1", "answered")
+        third = await _store(database_url)
+        try:
+            await _die(second)
+            assert not await third.claim_event("slack", "Ev1", settled=False)  # answered
+        finally:
+            await third.close()
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_a_question_waiting_for_its_answer_stays_out_of_the_context(database_url):
+    store = await _store(database_url)
+    try:
+        state = await store.conversation(KEY)
+        answered = await store.add_message(state.id, "user", "first", 2, status="pending")
+        await store.finish_turn(
+            state.id, "reply", 2, "gpt-4o", KEY.channel_key, "U1", [], question_id=answered
+        )
+        await store.add_message(state.id, "user", "orphan", 2, status="pending")
+        turns = await store.recent_messages(state.id, 0, 10**12, 10)
+        assert [t.content for t in reversed(turns)] == ["first", "reply"]
+    finally:
+        await store.close()
+
+
+async def test_a_conversation_lease_passes_on_when_its_holder_dies(postgres_url):
+    first, second = await _store(postgres_url), await _store(postgres_url)
+    try:
+        assert await first.leases.try_take(str(KEY))
+        assert not await second.leases.try_take(str(KEY))
+        await _die(first)
+        assert await second.leases.try_take(str(KEY))
+    finally:
+        await first.close()
+        await second.close()
+
+
+class Gathering(ScriptedModel):
+    """Answers only once ``expected`` requests are inside the model at the same time."""
+
+    def __init__(self, expected: int) -> None:
+        super().__init__(reply=lambda r: f"answer to {r.messages[-1].text}")
+        self.expected = expected
+        self.inside = 0
+        self.all_in = asyncio.Event()
+
+    async def stream(self, request):
+        self.inside += 1
+        if self.inside >= self.expected:
+            self.all_in.set()
+        await self.all_in.wait()
+        async for item in super().stream(request):
+            yield item
+
+
+async def _ask(parley: Parley, key: ConversationKey, text: str) -> str | None:
+    events = [e async for e in parley.service.answer(Inbound(key, Author("u"), text))]
+    return next((e.text for e in events if isinstance(e, FinalText)), None)
+
+
+async def test_more_answers_in_flight_than_connections(postgres_url):
+    """200 conversations answered at once by one worker whose pool has 3 connections: with a
+    connection held per answer, the model would never see them all at once."""
+    store = await _store(postgres_url, pool_size=3, max_overflow=0)
+    model = Gathering(200)
+    parley = await build(
+        Settings(_env_file=None, database_url=postgres_url), store=store, llm=model
+    )
+    try:
+        keys = [ConversationKey("slack", "T1", f"C{i}") for i in range(200)]
+        answers = await asyncio.wait_for(
+            asyncio.gather(*(_ask(parley, key, f"q{i}") for i, key in enumerate(keys))), 120
+        )
+        assert answers == [f"answer to q{i}" for i in range(200)]
+    finally:
+        await parley.close()
+
+
+@pytest.fixture
+async def proxy():
+    proxy = await Proxy(PG_PORT).start()
+    yield proxy
+    await proxy.close()
+
+
+async def test_a_database_outage_costs_time_not_messages(postgres_url, proxy):
+    """The database drops every connection and refuses new ones for a while: questions asked
+    meanwhile, and answers finishing meanwhile, are all stored and charged once it is back."""
+    url = postgres_url.replace(f":{PG_PORT}/", f":{proxy.port}/")
+    store = await _store(url)
+    model = ScriptedModel(reply=lambda r: f"answer to {r.messages[-1].text}")
+    parley = await build(Settings(_env_file=None, database_url=url), store=store, llm=model)
+    try:
+        assert await _ask(parley, KEY, "before") == "answer to before"
+        proxy.cut()
+        keys = [ConversationKey("slack", "T1", f"C{i}") for i in range(20)]
+        asked = [asyncio.create_task(_ask(parley, key, f"q{i}")) for i, key in enumerate(keys)]
+        await asyncio.wait_for(proxy.knocked(5), 30)  # the worker retries at a closed door
+        assert not any(task.done() for task in asked)
+        proxy.restore()
+        answers = await asyncio.wait_for(asyncio.gather(*asked), 60)
+        assert answers == [f"answer to q{i}" for i in range(20)]
+        for i, key in enumerate(keys):
+            state = await store.conversation(key)
+            turns = await store.recent_messages(state.id, 0, 10**12, 10)
+            assert [t.content for t in reversed(turns)] == [f"q{i}", f"answer to q{i}"]
+        assert (await store.user_usage("slack", "u")).turns == 1 + 20
+    finally:
+        await parley.close()
