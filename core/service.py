@@ -175,7 +175,7 @@ class ConversationService:
     async def exclusive(self, key: ConversationKey) -> AsyncIterator[None]:
         """Hold ``key``'s conversation: one turn at a time, in this process and across workers.
 
-        The store decides what "across workers" takes (an advisory lock on PostgreSQL,
+        The store decides what "across workers" takes (a lease on PostgreSQL,
         nothing on a database only one process uses)."""
         async with self.locks.hold(key), self.store.conversation_lock(str(key)):
             yield
