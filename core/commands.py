@@ -96,6 +96,11 @@ COMMANDS: tuple[CommandSpec, ...] = (
         "How many recent messages to summarise (1-500, default 50)",
         private=False,
     ),
+    CommandSpec(
+        "speak",
+        "Read this conversation's last answer aloud: an audio file, posted here.",
+        private=False,
+    ),
 )
 
 BY_NAME = {spec.name: spec for spec in COMMANDS}

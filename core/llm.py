@@ -9,13 +9,15 @@ options, never a loop of ours.
 from __future__ import annotations
 
 import base64
+import binascii
 import contextlib
+import json
 import logging
 import math
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import openai
 
@@ -33,7 +35,15 @@ from core.errors import (
     QuotaExhausted,
     RateLimited,
 )
-from core.ports import ChatModel, ChatRequest, Completion, ImageInput, PromptMessage
+from core.ports import (
+    ChatModel,
+    ChatRequest,
+    Completion,
+    ImageInput,
+    PromptMessage,
+    Speech,
+    SpeechRequest,
+)
 from core.tokens import TOKENS_REPLY_PRIMER, count_message, count_prompt, count_text
 
 if TYPE_CHECKING:
@@ -220,6 +230,14 @@ class ServerModels:
             window = await self._ollama_window(model)
         return replace(completion, model=model, window=window)
 
+    async def named(self, requested: str) -> str:
+        """The model that answers a request for ``requested``: itself, or the only model of
+        a server that has one (the offline stand-in answers every model as itself)."""
+        listed = await self.listed()
+        if requested not in listed and len(listed) == 1:
+            return next(iter(listed))
+        return requested
+
     async def _ollama_window(self, model: str) -> int | None:
         """The context Ollama runs ``model`` with: ``num_ctx`` if set, else what the model
         was trained for (``<architecture>.context_length``); None from other servers."""
@@ -321,6 +339,38 @@ class OpenAIChat:
             detail=f"no model available among {models}",
         )
 
+    async def speak(self, request: SpeechRequest) -> Speech:
+        """``request.text`` read aloud by the speech endpoint (``SpeechModel``).
+
+        Models billed by tokens are asked for server-sent events, whose last event reports
+        the tokens; ``tts-1`` and ``tts-1-hd`` (billed by character) answer the audio itself."""
+        by_tokens = not request.model.startswith("tts-1")
+        extra: dict[str, Any] = {"stream_format": "sse"} if by_tokens else {}
+        try:
+            answer = await self._client.audio.speech.create(
+                input=request.text,
+                model=request.model,
+                voice=request.voice,
+                response_format=cast(Any, request.audio_format),
+                **extra,
+            )
+        except openai.APIError as exc:
+            _log_failure(exc, request.model)
+            raise _speech_error(exc, request.model) from exc
+        model = await self._server.named(request.model)
+        kind = answer.response.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind == "text/event-stream":
+            audio, tokens = _speech_events(answer.text)
+        else:
+            audio, tokens = answer.content, None
+        if not audio:
+            log.warning("speech call failed: no audio in the answer model=%s", request.model)
+            raise _broken("speech without audio")
+        audio_format = _sniffed(audio) or AUDIO_FORMATS.get(kind, request.audio_format)
+        if tokens is None:
+            return Speech(audio, audio_format, model)
+        return Speech(audio, audio_format, model, tokens[0], tokens[1])
+
     async def _open(
         self, request: ChatRequest, model: str
     ) -> openai.AsyncStream[ChatCompletionChunk]:
@@ -399,6 +449,68 @@ class OpenAIChat:
         else:
             completion = answer.completion(request, model, _request_id(chunks))
         yield await self._server.identify(completion, model)
+
+
+# The audio format of a speech answer by its Content-Type (else the format asked for).
+AUDIO_FORMATS = {
+    "audio/mpeg": "mp3",
+    "audio/mp3": "mp3",
+    "audio/ogg": "opus",
+    "audio/opus": "opus",
+    "audio/wav": "wav",
+    "audio/x-wav": "wav",
+    "audio/wave": "wav",
+    "audio/aac": "aac",
+    "audio/flac": "flac",
+}
+
+
+def _sniffed(audio: bytes) -> str | None:
+    """The audio format the bytes themselves show (their magic numbers), if one we know."""
+    if len(audio) > 1 and audio[0] == 0xFF and audio[1] & 0xE0 == 0xE0:
+        # a frame sync: layer bits 00 are AAC's ADTS, any other layer is MPEG audio
+        return "aac" if audio[1] & 0x06 == 0 else "mp3"
+    if audio.startswith(b"ID3"):
+        return "mp3"
+    if audio.startswith(b"OggS"):
+        return "opus"
+    if audio.startswith(b"RIFF") and audio[8:12] == b"WAVE":
+        return "wav"
+    if audio.startswith(b"fLaC"):
+        return "flac"
+    return None
+
+
+def _speech_events(body: str) -> tuple[bytes, tuple[int, int] | None]:
+    """The audio of a speech answer sent as server-sent events (``speech.audio.delta``
+    pieces in base64) and the tokens its ``speech.audio.done`` event reports."""
+    audio = bytearray()
+    tokens: tuple[int, int] | None = None
+    for line in body.splitlines():
+        data = line.removeprefix("data:").strip() if line.startswith("data:") else ""
+        if not data or data == "[DONE]":
+            continue
+        try:
+            event = json.loads(data)
+            if event.get("type") == "speech.audio.delta":
+                audio += base64.b64decode(event.get("audio") or "", validate=True)
+            elif event.get("type") == "speech.audio.done":
+                usage = event.get("usage") or {}
+                tokens = int(usage["input_tokens"]), int(usage["output_tokens"])
+        except (ValueError, TypeError, KeyError, AttributeError, binascii.Error) as exc:
+            log.warning("speech call failed: unreadable event (%s)", type(exc).__name__)
+            raise _broken("unreadable speech event") from exc
+    return bytes(audio), tokens
+
+
+def _speech_error(exc: openai.APIError, model: str) -> LLMError:
+    """The error for a failed speech call: a missing speech model or endpoint says so, the
+    rest get the sentences every model call gets."""
+    missing = isinstance(exc, openai.NotFoundError | openai.PermissionDeniedError)
+    if missing or exc.code == "model_not_found":
+        detail = f"{type(exc).__name__} model={model} code={exc.code}"
+        return ModelNotFound(sentences.speech_model_missing(model), detail=detail)
+    return _user_error(exc, model)
 
 
 def _body(request: ChatRequest) -> dict[str, Any]:
@@ -568,6 +680,8 @@ __all__ = [
     "OpenAIChat",
     "PromptMessage",
     "ServerModels",
+    "Speech",
+    "SpeechRequest",
     "count_input_tokens",
     "image_url",
     "message_text_and_images",

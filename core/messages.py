@@ -139,12 +139,23 @@ ReplyEvent = Accepted | TextDelta | FinalText | UsageReport | Notice | UserError
 
 
 @dataclass(frozen=True, slots=True)
+class AudioFile:
+    """A sound file a command made (``speak``), for the adapter to upload where it was asked:
+    ``name`` ends with the extension that matches ``mime_type``."""
+
+    name: str
+    mime_type: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class CommandReply:
     """What a command answers. ``private`` replies are shown only to the person who asked,
     where the platform can do that. ``redelivered`` replies (a command the platform delivered
-    again) are not shown at all."""
+    again) are not shown at all. ``audio``, when given, goes with the text (an upload)."""
 
     text: str
     private: bool = False
     ok: bool = True
     redelivered: bool = False
+    audio: AudioFile | None = None

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 from core.messages import ChannelKey, ConversationKey
 
@@ -75,6 +75,38 @@ class ChatModel(Protocol):
 
         Raise ``core.errors.LLMError`` subclasses on failure.
         """
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechRequest:
+    """Text to read aloud: the speech model, its voice and the audio format (mp3, opus)."""
+
+    text: str
+    model: str
+    voice: str
+    audio_format: str = "mp3"
+
+
+@dataclass(frozen=True, slots=True)
+class Speech:
+    """The audio of a ``SpeechRequest``: its bytes, their format (the file extension: mp3,
+    opus, wav), the model that spoke (as the server named it) and the tokens the server
+    reported, None when it did not say."""
+
+    audio: bytes
+    audio_format: str
+    model: str
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+
+@runtime_checkable
+class SpeechModel(Protocol):
+    """Text to speech, for ``speak``; ``core.llm.OpenAIChat`` implements it too."""
+
+    async def speak(self, request: SpeechRequest) -> Speech:
+        """The audio of ``request``; raise ``core.errors.LLMError`` subclasses on failure."""
         ...
 
 
@@ -283,5 +315,16 @@ class Store(Protocol):
     async def channel_usage(self, channel: ChannelKey) -> UsageTotals: ...
 
     async def user_usage(self, platform: str, user_id: str) -> UsageTotals: ...
+
+    async def record_feedback(
+        self, channel: ChannelKey, message_id: str, user_id: str, helpful: bool
+    ) -> None:
+        """Record what ``user_id`` thinks of the answer ``message_id`` (the platform's id of
+        the message); a second click by the same person replaces the first."""
+        ...
+
+    async def channel_feedback(self, channel: ChannelKey) -> tuple[int, int]:
+        """How many (helpful, unhelpful) ratings the answers in ``channel`` got."""
+        ...
 
     async def close(self) -> None: ...

@@ -59,7 +59,20 @@ DEFAULT_PRICES: dict[str, tuple[float, float]] = {
     "o3-mini-2025-01-31": (1.1, 4.4),
     "o4-mini": (1.1, 4.4),
     "o4-mini-2025-04-16": (1.1, 4.4),
+    # Text to speech billed by tokens: text in, audio out (checked on SPEECH_PRICES_CHECKED).
+    "gpt-4o-mini-tts": (0.6, 12.0),
+    "gpt-4o-mini-tts-2025-03-20": (0.6, 12.0),
     STANDIN_MODEL: (0.0, 0.0),
+}
+
+# Text to speech billed by characters of input, USD per 1M characters (tts-1, tts-1-hd), as
+# published on https://openai.com/api/pricing; checked on this date.
+SPEECH_PRICES_CHECKED = "2026-12-01"
+SPEECH_CHARACTER_PRICES: dict[str, float] = {
+    "tts-1": 15.0,
+    "tts-1-1106": 15.0,
+    "tts-1-hd": 30.0,
+    "tts-1-hd-1106": 30.0,
 }
 
 # Context windows (input and output together) of models whose window is known; others use
@@ -99,6 +112,24 @@ def price_for(model: str, prices: Prices) -> tuple[float, float] | None:
     return prices.get(model)
 
 
+def speech_cost_usd(
+    model: str,
+    characters: int,
+    tokens: tuple[int, int] | None,
+    prices: Prices,
+    character_prices: Mapping[str, float] = SPEECH_CHARACTER_PRICES,
+) -> float | None:
+    """What reading ``characters`` aloud with ``model`` cost: by character for the models
+    billed that way, else by the (text in, audio out) ``tokens`` the server reported; None
+    when neither price nor tokens are known (never a guess)."""
+    per_character = character_prices.get(model)
+    if per_character is not None:
+        return characters * per_character / 1_000_000
+    if tokens is None:
+        return None
+    return cost_usd(model, tokens[0], tokens[1], prices)
+
+
 def window_for(model: str, default: int) -> int:
     """Tokens ``model`` accepts for input and output together (by name; prefixes match)."""
     return lookup(model, MODEL_WINDOWS) or default
@@ -116,10 +147,13 @@ __all__ = [
     "DEFAULT_PRICES",
     "MODEL_WINDOWS",
     "PRICES_CHECKED",
+    "SPEECH_CHARACTER_PRICES",
+    "SPEECH_PRICES_CHECKED",
     "STANDIN_MODEL",
     "Prices",
     "cost_usd",
     "lookup",
     "price_for",
+    "speech_cost_usd",
     "window_for",
 ]

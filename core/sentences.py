@@ -197,9 +197,44 @@ def summary(text: str) -> str:
     return f"**Summary**\n{text}"
 
 
-def usage_report(channel: str, person: str) -> str:
-    """``/usage``: one line for the channel, one for the person who asked."""
-    return f"This channel: {channel}\nYou: {person}"
+def usage_report(channel: str, person: str, feedback: str = "") -> str:
+    """``/usage``: one line for the channel, one for the person who asked, and the feedback
+    people gave the channel's answers (when any)."""
+    report = f"This channel: {channel}\nYou: {person}"
+    return f"{report}\n{feedback}" if feedback else report
+
+
+def feedback_line(helpful: int, unhelpful: int) -> str:
+    """``/usage``: how the answers in a channel were rated with the feedback buttons."""
+    return f"Feedback on answers here: 👍 {helpful:,}, 👎 {unhelpful:,}"
+
+
+FEEDBACK_RECORDED = "Thanks: your feedback on this answer is recorded."
+NOTHING_TO_SPEAK = (
+    "There is no answer to read aloud here yet: ask me something first, then use speak."
+)
+SPEECH_UNAVAILABLE = "Reading answers aloud is not available with this model service."
+
+
+def spoken(cost: str) -> str:
+    """``speak``: the audio file of the last answer comes with this line."""
+    return f"🔊 The last answer, read aloud ({cost})."
+
+
+def speech_model_missing(model: str) -> str:
+    """The model service has no speech endpoint, or not the speech model configured."""
+    return (
+        f"The model service can't read answers aloud with {model} (no such speech model or "
+        "endpoint); please tell the bot's operator (PARLEY_TTS_MODEL)."
+    )
+
+
+def speech_cut(limit: int) -> str:
+    """``speak``: the answer was longer than the speech service reads at once."""
+    return (
+        f"The answer is longer than the {limit:,} characters the speech service reads at "
+        "once, so the audio stops there."
+    )
 
 
 def cost_text(cost_usd: float | None, *, estimated: bool = False) -> str:
@@ -379,6 +414,7 @@ __all__ = [
     "CUT_OFF",
     "EMPTY_ANSWER",
     "EMPTY_MESSAGE",
+    "FEEDBACK_RECORDED",
     "GENERIC_ERROR",
     "MEMORY_EMPTY",
     "MODEL_BAD_REQUEST",
@@ -393,8 +429,10 @@ __all__ = [
     "MODEL_STREAM_BROKEN",
     "MODEL_TIMEOUT",
     "MODEL_UNREACHABLE",
+    "NOTHING_TO_SPEAK",
     "NOTHING_TO_SUMMARISE",
     "RESTARTED",
+    "SPEECH_UNAVAILABLE",
     "SUMMARY_TOO_LONG",
     "SYSTEM_PROMPT_RESTORED",
     "SYSTEM_PROMPT_UPDATED",
@@ -407,6 +445,7 @@ __all__ = [
     "count_out_of_range",
     "fact_forgotten",
     "fact_too_long",
+    "feedback_line",
     "failure_text",
     "file_not_downloaded",
     "file_too_large",
@@ -434,6 +473,9 @@ __all__ = [
     "not_a_temperature",
     "over_budget",
     "remembered",
+    "speech_cut",
+    "speech_model_missing",
+    "spoken",
     "summary",
     "system_prompt_shown",
     "system_prompt_too_long",

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-from core import commands, permissions, sentences
+from core import commands, permissions, sentences, speech
 from core.context import (
     Context,
     build_context,
@@ -60,12 +60,14 @@ from core.ports import (
     ConversationState,
     ImageInput,
     PromptMessage,
+    SpeechModel,
+    SpeechRequest,
     Store,
     StoredMessage,
     UsageEntry,
     UsageTotals,
 )
-from core.pricing import cost_usd, window_for
+from core.pricing import cost_usd, speech_cost_usd, window_for
 from core.sentences import GENERIC_ERROR
 from core.settings import Settings
 from core.throttle import MessageRate, UserRate
@@ -86,6 +88,8 @@ PRUNE_EVERY = 1000
 SUMMARY_INPUT_TOKENS = 12000
 # The least output a request may ask for when a small context window caps it.
 MIN_OUTPUT_TOKENS = 256
+# ``speak`` looks this far back (newest first) for the conversation's last answer.
+SPEAK_LOOKBACK = 20
 
 
 def json_retry_prompt(error: json.JSONDecodeError) -> str:
@@ -157,10 +161,18 @@ class ConversationService:
     """Answers messages and runs commands for every adapter."""
 
     def __init__(
-        self, store: Store, llm: ChatModel, settings: Settings, *, rate: UserRate | None = None
+        self,
+        store: Store,
+        llm: ChatModel,
+        settings: Settings,
+        *,
+        rate: UserRate | None = None,
+        speech: SpeechModel | None = None,
     ) -> None:
         self.store = store
         self.llm = llm
+        # Reads answers aloud (``speak``): the chat model's client when it can, as OpenAI's does.
+        self.speech = speech if speech is not None else _speech_of(llm)
         self.settings = settings
         self.locks = ConversationLocks()
         # Context windows the model server reported or revealed by an error, in Parley's
@@ -312,6 +324,14 @@ class ConversationService:
             else:
                 notes.append(sentences.file_unsupported(attachment.name))
         return text.strip(), tuple(images), notes
+
+    async def _check_spending(self, platform: str, user_id: str) -> None:
+        limit = self.settings.parley_user_budget_usd
+        if limit is None:
+            return
+        spent = await self.store.user_usage(platform, user_id)
+        if spent.cost_usd >= limit:
+            raise OverBudget(sentences.over_budget(spent.cost_usd, limit))
 
     async def _answer(self, inbound: Inbound) -> AsyncIterator[ReplyEvent]:
         key = inbound.key
@@ -667,13 +687,15 @@ class ConversationService:
             if refused is not None:
                 log.info("refused command %s in %s for %s", name, key, author.id)
                 return CommandReply(refused, private=True, ok=False)
-            text = await handler(self, CommandCall(key, author, args.strip(), transcript))
+            result = await handler(self, CommandCall(key, author, args.strip(), transcript))
         except UserFacingError as exc:
             return CommandReply(exc.user_message, private=True, ok=False)
         except Exception:
             log.exception("command %s in %s failed", name, key)
             return CommandReply(GENERIC_ERROR, private=True, ok=False)
-        return CommandReply(text, private=spec.private)
+        if isinstance(result, CommandReply):
+            return result
+        return CommandReply(result, private=spec.private)
 
     async def _help(self, call: CommandCall) -> str:
         return commands.help_text()
@@ -686,7 +708,58 @@ class ConversationService:
     async def _usage(self, call: CommandCall) -> str:
         here = await self.store.channel_usage(call.key.channel_key)
         mine = await self.store.user_usage(call.key.platform, call.author.id)
-        return sentences.usage_report(_usage_line(here), _usage_line(mine))
+        helpful, unhelpful = await self.store.channel_feedback(call.key.channel_key)
+        rated = sentences.feedback_line(helpful, unhelpful) if helpful + unhelpful else ""
+        return sentences.usage_report(_usage_line(here), _usage_line(mine), rated)
+
+    # --- voice answers and feedback -------------------------------------------------------
+
+    async def _speak(self, call: CommandCall) -> CommandReply:
+        """Read the conversation's last answer aloud: an audio file, charged in the ledger."""
+        if self.speech is None:
+            raise BadCommand(sentences.SPEECH_UNAVAILABLE)
+        state = await self.store.conversation(call.key)
+        recent = await self.store.recent_messages(state.id, 0, 0, SPEAK_LOOKBACK)
+        last = next((m for m in recent if m.role == "assistant"), None)
+        if last is None:
+            raise BadCommand(sentences.NOTHING_TO_SPEAK)
+        text, cut = speech.spoken_text(last.content)
+        if not text:
+            raise BadCommand(sentences.NOTHING_TO_SPEAK)
+        await self._check_spending(call.key.platform, call.author.id)
+        s = self.settings
+        request = SpeechRequest(text, s.parley_tts_model, s.parley_tts_voice, s.parley_tts_format)
+        spoken = await self.speech.speak(request)
+        tokens = (
+            (spoken.input_tokens, spoken.output_tokens)
+            if spoken.input_tokens is not None and spoken.output_tokens is not None
+            else None
+        )
+        cost = speech_cost_usd(spoken.model, len(text), tokens, self.prices)
+        entry = UsageEntry(
+            spoken.model,
+            tokens[0] if tokens else count_text(text),
+            tokens[1] if tokens else 0,
+            cost,
+            estimated=tokens is None,
+        )
+        await self.store.record_usage(call.key.channel_key, call.author.id, [entry])
+        notes = [sentences.speech_cut(speech.MAX_SPEECH_CHARS)] if cut else []
+        said = sentences.with_notes(sentences.spoken(sentences.cost_text(cost)), notes)
+        audio = speech.audio_file(spoken.audio, spoken.audio_format)
+        return CommandReply(said, private=False, audio=audio)
+
+    async def feedback(
+        self, channel: ChannelKey, message_id: str, user_id: str, *, helpful: bool
+    ) -> str:
+        """Record a person's rating of an answer (a platform's feedback buttons); the sentence
+        to show them, never an exception."""
+        try:
+            await self.store.record_feedback(channel, message_id, user_id, helpful)
+        except Exception:
+            log.exception("recording feedback in %s failed", channel)
+            return GENERIC_ERROR
+        return sentences.FEEDBACK_RECORDED
 
     async def _summarize(self, call: CommandCall) -> str:
         config = await self.channel_config(call.key.channel_key)
@@ -781,6 +854,11 @@ class ConversationService:
         return sentences.summary(done.text)
 
 
+def _speech_of(llm: ChatModel) -> SpeechModel | None:
+    """The chat model's client, when it can read text aloud too."""
+    return llm if isinstance(llm, SpeechModel) else None
+
+
 def _memory_lock(channel: ChannelKey) -> ConversationKey:
     """The lock that makes changes to ``channel``'s memory one at a time (checked, then
     written); a thread name no platform uses, so it never waits for an answer."""
@@ -828,7 +906,7 @@ def _usage_report(model: str, entries: list[UsageEntry]) -> UsageReport:
     )
 
 
-CommandHandler = Callable[[ConversationService, CommandCall], Awaitable[str]]
+CommandHandler = Callable[[ConversationService, CommandCall], Awaitable[str | CommandReply]]
 
 # Every command of ``core.commands.COMMANDS`` and the method that runs it; the commands that
 # show or set one channel setting share one handler, told apart by their ``ChannelSetting``.
@@ -840,6 +918,7 @@ COMMAND_HANDLERS: dict[str, CommandHandler] = {
     "memory": ConversationService._memory,
     "remember": ConversationService._remember,
     "forget": ConversationService._forget,
+    "speak": ConversationService._speak,
     **{
         setting.command: partial(ConversationService._channel_setting, setting=setting)
         for setting in commands.CHANNEL_SETTINGS

@@ -74,6 +74,10 @@ class Settings(BaseSettings):
     parley_prices: Annotated[dict[str, tuple[float, float]], NoDecode] = Field(
         default_factory=lambda: dict(DEFAULT_PRICES)
     )
+    # Voice answers (``speak``): OpenAI's speech model and voice, and the audio file format.
+    parley_tts_model: str = "gpt-4o-mini-tts"
+    parley_tts_voice: str = "alloy"
+    parley_tts_format: Literal["mp3", "opus"] = "mp3"
     parley_max_image_bytes: int = Field(5_000_000, ge=1)
     parley_max_text_file_bytes: int = Field(100_000, ge=1)
     parley_user_budget_usd: float | None = Field(None, ge=0)

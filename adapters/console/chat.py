@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from adapters.console.render import HelpRow, Screen, TerminalAnswer, Where
 from core import commands
 from core.delivery import Interval, deliver
-from core.messages import Author, ConversationKey, Inbound
+from core.messages import AudioFile, Author, ConversationKey, Inbound
 
 if TYPE_CHECKING:
     from core.service import ConversationService
@@ -80,6 +80,22 @@ def script_items(text: str) -> Iterator[str]:
         yield "\n".join(lines).strip()
 
 
+def save_audio(audio: AudioFile, directory: Path) -> Path:
+    """Write ``audio`` into ``directory`` under its name, numbered so no file is overwritten
+    (parley-answer.mp3, parley-answer-2.mp3, ...); returns the path."""
+    stem, dot, extension = audio.name.rpartition(".")
+    for number in range(1, 10_000):
+        name = audio.name if number == 1 else f"{stem}-{number}{dot}{extension}"
+        path = directory / name
+        try:
+            with path.open("xb") as file:
+                file.write(audio.data)
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"too many audio files in {directory}")
+
+
 class ConsoleChat:
     """One terminal conversation: reads messages and commands, shows answers and replies."""
 
@@ -91,9 +107,12 @@ class ConsoleChat:
         session: str = "terminal",
         screen: Screen | None = None,
         history_file: Path | None = None,
+        audio_dir: Path | None = None,
     ) -> None:
         """``service`` may still be starting (a future): the prompt shows at once, and the
-        first message waits for it."""
+        first message waits for it. Audio files (``/speak``) are written to ``audio_dir``
+        (the working directory when not given)."""
+        self.audio_dir = audio_dir
         self._service = service
         self.where = where
         self.screen = screen or Screen()
@@ -198,6 +217,15 @@ class ConsoleChat:
             return
         reply = await (await self.service()).command(self.key, self.author, name, args)
         self.screen.markdown(reply.text)
+        if reply.audio is not None:
+            try:
+                path = await asyncio.to_thread(
+                    save_audio, reply.audio, self.audio_dir or Path.cwd()
+                )
+            except OSError as exc:
+                self.screen.note(f"Could not save the audio file: {exc.strerror or exc}")
+            else:
+                self.screen.note(f"Audio saved to {path}")
 
     async def send(self, text: str) -> None:
         """Ask the model and show the answer as it streams, then what it used."""

@@ -11,6 +11,7 @@ interaction. Answers go through ``core.delivery.deliver``, like on every platfor
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import re
 import time
@@ -46,7 +47,7 @@ from core.attachments import AttachmentPolicy
 from core.commands import ALIASES, BY_NAME, COMMANDS, CommandSpec, summary_count
 from core.delivery import Delivered, deliver
 from core.errors import BadCommand
-from core.messages import CommandReply, Inbound
+from core.messages import AudioFile, CommandReply, Inbound
 from core.service import ConversationService
 
 log = logging.getLogger("parley.discord")
@@ -57,6 +58,9 @@ _OPTION_NAME = re.compile(r"^[a-z0-9_-]{1,32}$")
 NO_THREAD_PERMISSION = (
     "I can't open a thread here: I need the Create Public Threads and Send Messages in Threads "
     "permissions in this channel. Use `/ask` instead, or ask an admin to grant them."
+)
+NO_ATTACH_PERMISSION = (
+    "I couldn't attach the audio file here: I need the Attach Files permission in this channel."
 )
 NO_HISTORY_PERMISSION = (
     "I can't read this channel's history: I need the Read Message History permission here."
@@ -383,6 +387,25 @@ class SlashCommands:
             await post_text(_Followups(interaction), text)
             return
         await post_text(surface, text)
+        if reply.audio is not None:
+            await self._attach(interaction, reply.audio)
+
+    async def _attach(self, interaction: discord.Interaction, audio: AudioFile) -> None:
+        """A follow-up carrying ``audio`` as an attachment (``/speak``)."""
+        try:
+            await interaction.followup.send(
+                file=discord.File(io.BytesIO(audio.data), filename=audio.name),
+                allowed_mentions=NO_MENTIONS,
+            )
+        except discord.HTTPException as exc:
+            log.warning(
+                "interaction %s: attaching the audio failed: HTTP %s (code %s)",
+                interaction.id,
+                exc.status,
+                exc.code,
+            )
+            with contextlib.suppress(discord.HTTPException):
+                await interaction.followup.send(NO_ATTACH_PERMISSION, ephemeral=True)
 
     async def _command_reply(
         self,

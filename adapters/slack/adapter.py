@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
@@ -37,14 +38,20 @@ from adapters.slack.edge import HttpEdge, quiet_bolt_error
 from adapters.slack.files import FileFetcher
 from adapters.slack.people import SlackNames
 from adapters.slack.permissions import SlackPrivileges
-from adapters.slack.render import ReplyTarget, SlackAnswer, describe, error_code
+from adapters.slack.render import (
+    FEEDBACK_ACTION,
+    ReplyTarget,
+    SlackAnswer,
+    describe,
+    error_code,
+)
 from adapters.slack.settings import SlackSettings
 from adapters.slack.threads import FollowedThreads
 from core import sentences
 from core.attachments import AttachmentPolicy
 from core.delivery import Delivered, Interval, deliver
 from core.errors import ConfigError
-from core.messages import ConversationKey, Inbound
+from core.messages import ChannelKey, ConversationKey, Inbound
 from core.service import ConversationService
 
 log = logging.getLogger("parley.slack")
@@ -323,6 +330,8 @@ class SlackAdapter:
         )
         self.app.event("assistant_thread_context_changed")(self._on_ignored)
         self.app.command(self.settings.command, middleware=track)(self._on_command)
+        feedback = re.compile(f"^{FEEDBACK_ACTION}_(up|down)$")
+        self.app.action(feedback, middleware=track)(self._on_feedback)
 
     async def _track(
         self, context: AsyncBoltContext, next: Callable[[], Awaitable[Any]]
@@ -376,6 +385,36 @@ class SlackAdapter:
             await self.commands.slash(
                 body, team_id=context.team_id, bot_user_id=context.bot_user_id
             )
+
+    async def _on_feedback(
+        self,
+        ack: Callable[[], Awaitable[Any]],
+        body: dict[str, Any],
+        action: dict[str, Any],
+        context: AsyncBoltContext,
+    ) -> None:
+        """A 👍/👎 click under an answer: recorded once per person and answer (a second click
+        replaces the first); the person is told, privately."""
+        await ack()
+        with self._handling(context):
+            channel = str((body.get("channel") or {}).get("id") or "")
+            container = body.get("container") or {}
+            user = str((body.get("user") or {}).get("id") or "")
+            team = context.team_id or str((body.get("team") or {}).get("id") or "")
+            message_ts = str(container.get("message_ts") or "")
+            if not (channel and user and message_ts):
+                log.info("slack: a feedback click without its channel, user or message")
+                return
+            helpful = str(action.get("action_id") or "").endswith("_up")
+            where = ChannelKey(translate.PLATFORM, team, channel)
+            said = await self.service.feedback(where, message_ts, user, helpful=helpful)
+            thread_ts = container.get("thread_ts")
+            try:
+                await self.client.chat_postEphemeral(
+                    channel=channel, user=user, text=said, thread_ts=thread_ts or None
+                )
+            except SlackApiError as exc:
+                log.info("slack: thanking for feedback failed (%s)", error_code(exc))
 
     async def _on_message_like(
         self,
@@ -441,6 +480,7 @@ class SlackAdapter:
             stream=self.streaming,
             status=status,
             on_streaming_unsupported=self._streaming_unsupported,
+            feedback=self.settings.feedback_buttons,
         )
         pacing = Interval(self.settings.update_interval)
         try:

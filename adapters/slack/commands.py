@@ -40,6 +40,10 @@ from core.service import ConversationService
 log = logging.getLogger("parley.slack")
 
 THREAD_PAGE = 1000  # conversations.replies: the most Slack gives in one page
+SPEAK_IN_THREADS = (
+    "My answers here are in threads, each a conversation of its own: write `@parley speak` "
+    "in a thread to hear its last answer."
+)
 RESET_SCOPE = (
     "`{command} reset` resets the top-level conversation here (in a DM with me: the messages "
     "outside threads). Every thread, assistant threads included, is a conversation of its "
@@ -95,6 +99,8 @@ class SlackCommands:
                 scope = RESET_SCOPE.format(command=self.slash_name)
                 private = reply.private or not command.direct
                 reply = CommandReply(f"{reply.text}\n{scope}", private=private)
+            if canonical(command.name) == "speak":
+                reply = await self._speak_reply(reply, command.key.channel, None, command.direct)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 restarted = CommandReply(sentences.RESTARTED, private=True, ok=False)
@@ -105,6 +111,8 @@ class SlackCommands:
                 "slack: running a slash command in %s failed (%s)", command.key, describe(exc)
             )
             reply = CommandReply(sentences.GENERIC_ERROR, private=True, ok=False)
+        if canonical(command.name) == "speak" and not reply.text:
+            return  # said with the upload
         try:
             await self.respond(command.response_url, reply)
         except Exception as exc:
@@ -158,6 +166,10 @@ class SlackCommands:
             log.info("slack: dropping a redelivered command in %s", message.channel)
             return
         target = message.target
+        if reply.audio is not None:
+            reply = await self._speak_reply(reply, message.channel, target.thread_ts, True)
+            if not reply.text:
+                return
         for piece in fit(reply.text):
             if reply.private and not message.direct:
                 await self.client.chat_postEphemeral(
@@ -171,6 +183,41 @@ class SlackCommands:
             if target.thread_ts:
                 where["thread_ts"] = target.thread_ts
             await self.client.chat_postMessage(**where)
+
+    # --- audio files -----------------------------------------------------------------------
+
+    async def _speak_reply(
+        self, reply: CommandReply, channel: str, thread_ts: str | None, direct: bool
+    ) -> CommandReply:
+        """Upload the audio of ``speak`` where it was asked, its text as the file's comment:
+        what is left to say afterwards (nothing once uploaded; why not, when it failed)."""
+        if reply.audio is None:
+            if not reply.ok and reply.text == sentences.NOTHING_TO_SPEAK and not direct:
+                return CommandReply(f"{reply.text}\n{SPEAK_IN_THREADS}", private=True, ok=False)
+            return reply
+        try:
+            await self.upload(channel, thread_ts, reply)
+        except SlackApiError as exc:
+            code = error_code(exc)
+            log.warning("slack: uploading an audio file failed (%s)", code)
+            hint = " I need the files:write scope." if code == "missing_scope" else ""
+            text = f"I couldn't upload the audio file here (Slack answered {code}).{hint}"
+            return CommandReply(text, private=True, ok=False)
+        return CommandReply("", private=reply.private)
+
+    async def upload(self, channel: str, thread_ts: str | None, reply: CommandReply) -> None:
+        """Slack's external upload: an upload URL, the bytes posted to it, then the file
+        shared in ``channel`` (and thread) with the reply's text as its comment."""
+        assert reply.audio is not None
+        audio = reply.audio
+        await self.client.files_upload_v2(
+            channel=channel,
+            thread_ts=thread_ts or None,
+            file=audio.data,
+            filename=audio.name,
+            title="Parley's answer, read aloud",
+            initial_comment=to_mrkdwn(reply.text),
+        )
 
     # --- running --------------------------------------------------------------------------
 

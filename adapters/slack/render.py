@@ -35,6 +35,8 @@ from core import sentences
 log = logging.getLogger("parley.slack")
 
 THINKING = "_Thinking…_"
+FEEDBACK_ACTION = "parley_feedback"  # action ids: parley_feedback_up, parley_feedback_down
+SECTION_LIMIT = 3000  # characters of text in one section block
 THINKING_STATUS = "is thinking…"
 # Answers from chat.startStream meaning "this workspace/app/channel cannot stream": fall back.
 STREAMING_UNSUPPORTED = frozenset(
@@ -91,6 +93,7 @@ class SlackAnswer:
         status: bool = False,
         limit: int = LIMIT,
         on_streaming_unsupported: Callable[[str], None] | None = None,
+        feedback: bool = False,
     ) -> None:
         self._client = client
         self._target = target
@@ -101,6 +104,9 @@ class SlackAnswer:
         self._on_unsupported = on_streaming_unsupported
         self._messages: list[_Message] = []
         self._status_shown = False
+        self._feedback = feedback
+        # The feedback buttons, while the final write of the last piece still has to carry them.
+        self._buttons: list[dict[str, Any]] | None = None
         self.finished = False
 
     # --- the Renderer ---------------------------------------------------------------------
@@ -139,6 +145,8 @@ class SlackAnswer:
         try:
             pieces = self._layout.pieces(text, final=True) or [sentences.EMPTY_ANSWER]
             for index, piece in enumerate(pieces):
+                if self._feedback and index == len(pieces) - 1:
+                    self._buttons = feedback_buttons()
                 try:
                     await self._put(index, piece, done=True)
                 except Exception as exc:
@@ -152,6 +160,7 @@ class SlackAnswer:
                 await self._retire(stale)
             del self._messages[len(pieces) :]
         finally:
+            self._buttons = None
             await self._end()
 
     async def fail(self, text: str) -> None:
@@ -194,7 +203,8 @@ class SlackAnswer:
 
     async def _post(self, piece: str) -> None:
         text = to_mrkdwn(piece)
-        response = await self._client.chat_postMessage(**self._where(), text=text)
+        extra = self._text_blocks(text)
+        response = await self._client.chat_postMessage(**self._where(), text=text, **extra)
         self._messages.append(_Message(str(response["ts"]), text, False, False))
 
     async def _change(self, message: _Message, piece: str, *, done: bool) -> None:
@@ -219,7 +229,7 @@ class SlackAnswer:
         channel = self._target.channel
         if done:
             await self._client.chat_stopStream(
-                channel=channel, ts=message.ts, markdown_text=delta or None
+                channel=channel, ts=message.ts, markdown_text=delta or None, **self._take_buttons()
             )
             message.streaming = False
         elif delta:
@@ -230,13 +240,15 @@ class SlackAnswer:
 
     async def _update(self, message: _Message, text: str) -> None:
         """Replace a message's text (``text`` already converted for its kind)."""
-        if message.shown == text:
+        if message.shown == text and (message.markdown or self._buttons is None):
             return
         channel = self._target.channel
         if message.markdown:
+            # Markdown text takes no blocks: such a message goes without the buttons.
             await self._client.chat_update(channel=channel, ts=message.ts, markdown_text=text)
         else:
-            await self._client.chat_update(channel=channel, ts=message.ts, text=text)
+            extra = self._text_blocks(text)
+            await self._client.chat_update(channel=channel, ts=message.ts, text=text, **extra)
         message.shown = text
 
     async def _start_stream(self, piece: str, *, done: bool) -> bool:
@@ -285,13 +297,29 @@ class SlackAnswer:
             return False
         return True
 
+    # --- feedback buttons -----------------------------------------------------------------
+
+    def _take_buttons(self) -> dict[str, Any]:
+        """The buttons for the write that closes the answer's last stream (then none)."""
+        buttons, self._buttons = self._buttons, None
+        return {"blocks": buttons} if buttons else {}
+
+    def _text_blocks(self, text: str) -> dict[str, Any]:
+        """For the answer's last message in mrkdwn: its text as sections, then the buttons."""
+        buttons = self._take_buttons().get("blocks")
+        if not buttons:
+            return {}
+        return {"blocks": [*text_sections(text), *buttons]}
+
     # --- closing --------------------------------------------------------------------------
 
     async def _stop(self, message: _Message) -> None:
         """Close a stream, best effort."""
         message.streaming = False
         try:
-            await self._client.chat_stopStream(channel=self._target.channel, ts=message.ts)
+            await self._client.chat_stopStream(
+                channel=self._target.channel, ts=message.ts, **self._take_buttons()
+            )
         except Exception as exc:
             log.warning("chat.stopStream failed (%s)", describe(exc))
 
@@ -326,6 +354,39 @@ class SlackAnswer:
             log.debug("slack: assistant.threads.setStatus failed (%s)", describe(exc))
 
 
+def feedback_buttons() -> list[dict[str, Any]]:
+    """The 👍/👎 buttons under an answer (block actions ``parley_feedback_up``/``_down``)."""
+    return [
+        {
+            "type": "actions",
+            "block_id": FEEDBACK_ACTION,
+            "elements": [
+                {
+                    "type": "button",
+                    "action_id": f"{FEEDBACK_ACTION}_{kind}",
+                    "text": {"type": "plain_text", "text": label, "emoji": True},
+                    "value": kind,
+                }
+                for kind, label in (("up", "👍 Helpful"), ("down", "👎 Not helpful"))
+            ],
+        }
+    ]
+
+
+def text_sections(text: str) -> list[dict[str, Any]]:
+    """Mrkdwn ``text`` as section blocks (a message with blocks shows them, not its text),
+    cut at line ends to fit a section."""
+    sections: list[dict[str, Any]] = []
+    rest = text
+    while rest:
+        cut = len(rest) if len(rest) <= SECTION_LIMIT else rest.rfind("\n", 0, SECTION_LIMIT)
+        if cut <= 0:
+            cut = SECTION_LIMIT
+        sections.append({"type": "section", "text": {"type": "mrkdwn", "text": rest[:cut]}})
+        rest = rest[cut:].lstrip("\n")
+    return sections
+
+
 __all__ = [
     "LIMIT",
     "ReplyTarget",
@@ -333,5 +394,6 @@ __all__ = [
     "THINKING",
     "THINKING_STATUS",
     "describe",
+    "feedback_buttons",
     "error_code",
 ]

@@ -31,6 +31,8 @@ class SlackSettings(BaseSettings):
     command: str = "/parley"
     follow_threads: bool = False
     update_interval: float = Field(1.0, ge=0.0)
+    # 👍/👎 buttons under each answer (needs interactivity in the app's settings).
+    feedback_buttons: bool = True
     # Who may change a channel's settings or reset it, besides workspace admins and owners.
     admin_users: IdList = Field(default_factory=list)
     admin_groups: IdList = Field(default_factory=list)

@@ -24,6 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
+from adapters.standin.speech import speech_problem, speech_response
 from core.llm import count_input_tokens, message_text_and_images
 from core.tokens import count_text, encoding
 
@@ -98,6 +99,7 @@ class StandinServer:
         self.unknown_models = frozenset(unknown_models)
         self.record = record
         self.requests: list[dict[str, Any]] = []
+        self.speech_requests: list[dict[str, Any]] = []
         self._faults: deque[_Queued] = deque()
         self._runner: web.AppRunner | None = None
         self._base_url = ""
@@ -116,6 +118,7 @@ class StandinServer:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/v1/models/{model}", self._model)
+        app.router.add_post("/v1/audio/speech", self._speech)
         # handler_cancellation: a client that gives up (timeout) ends its stalled handler.
         runner = web.AppRunner(
             app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0
@@ -218,6 +221,24 @@ class StandinServer:
         if "cut_stream" in faults:
             return await _cut_plain(request, reply, request_id)
         return web.json_response(reply.completion(), headers={"x-request-id": request_id})
+
+    async def _speech(self, request: web.Request) -> web.StreamResponse:
+        """Text to speech: a short silent MP3 (see ``adapters.standin.speech``)."""
+        request_id = self._request_id()
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, "We could not parse the JSON body of your request.", request_id)
+        if self.record and isinstance(body, dict):
+            self.speech_requests.append(body)
+        problem = speech_problem(body)
+        if problem is not None:
+            return _error(400, problem, request_id)
+        faults = self._take_faults([{"role": "user", "content": body["input"]}])
+        failure = _fault_response(faults, body, request_id)
+        if failure is None and self._unknown(str(body["model"])):
+            failure = _not_found(str(body["model"]), request_id)
+        return failure or await speech_response(request, body, request_id)
 
     def _rejection(self, body: Mapping[str, Any], request_id: str) -> web.Response | None:
         """The 400 (or 404) the real API would answer to this request body, if any."""

@@ -202,3 +202,25 @@ class ChannelMemoryRow(Base):
     text: Mapped[str] = mapped_column(CleanText)
     author_id: Mapped[str] = mapped_column(CleanString(64), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class FeedbackRow(Base):
+    """A person's rating of one answer (a platform's feedback buttons): one per person and
+    answer, the latest click wins. ``message_id`` is the platform's id of the answer."""
+
+    __tablename__ = "answer_feedback"
+    __table_args__ = (
+        UniqueConstraint("platform", "workspace", "channel", "message_id", "user_id"),
+        Index("ix_answer_feedback_channel", "platform", "workspace", "channel"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    platform: Mapped[str] = mapped_column(CleanString(32))
+    workspace: Mapped[str] = mapped_column(CleanString(64))
+    channel: Mapped[str] = mapped_column(CleanString(64))
+    message_id: Mapped[str] = mapped_column(CleanString(64))
+    user_id: Mapped[str] = mapped_column(CleanString(64))
+    helpful: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )

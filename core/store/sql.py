@@ -48,6 +48,7 @@ from core.store.models import (
     ChannelMemoryRow,
     ChannelSettingsRow,
     ConversationRow,
+    FeedbackRow,
     LeaseRow,
     MessageRow,
     ProcessedEventRow,
@@ -597,6 +598,42 @@ class SqlStore:
         async with self._sessions.begin() as session:
             result = await session.execute(stmt)
         return bool(cast(CursorResult[Any], result).rowcount)
+
+    # --- feedback on answers --------------------------------------------------------------
+
+    async def record_feedback(
+        self, channel: ChannelKey, message_id: str, user_id: str, helpful: bool
+    ) -> None:
+        stmt = (
+            _insert(self._dialect, FeedbackRow)
+            .values(
+                platform=channel.platform,
+                workspace=channel.workspace,
+                channel=channel.channel,
+                message_id=message_id[:64],
+                user_id=user_id[:64],
+                helpful=helpful,
+            )
+            .on_conflict_do_update(
+                index_elements=["platform", "workspace", "channel", "message_id", "user_id"],
+                set_={"helpful": helpful, "created_at": func.now()},
+            )
+        )
+        async with self._sessions.begin() as session:
+            await session.execute(stmt)
+
+    async def channel_feedback(self, channel: ChannelKey) -> tuple[int, int]:
+        stmt = select(
+            func.count(FeedbackRow.id).filter(FeedbackRow.helpful.is_(True)),
+            func.count(FeedbackRow.id).filter(FeedbackRow.helpful.is_(False)),
+        ).where(
+            FeedbackRow.platform == channel.platform,
+            FeedbackRow.workspace == channel.workspace,
+            FeedbackRow.channel == channel.channel,
+        )
+        async with self._sessions() as session:
+            row = (await session.execute(stmt)).one()
+        return int(row[0]), int(row[1])
 
 
 def _retried(cls: type[SqlStore]) -> type[SqlStore]:

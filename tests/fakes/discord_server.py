@@ -18,7 +18,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -137,6 +137,7 @@ class FakeDiscord:
         }
         self.messages: dict[str, list[dict[str, Any]]] = {}
         self.webhook_messages: dict[str, dict[str, Any]] = {}
+        self.uploads: dict[str, bytes] = {}  # attachment id → the bytes a message carried
         self.commands: dict[str, list[dict[str, Any]]] = {}
         self.calls: list[Call] = []
         self.identifies: list[dict[str, Any]] = []
@@ -633,10 +634,21 @@ class FakeDiscord:
         body: Any = None
         if request.can_read_body:
             if request.content_type.startswith("multipart/"):
-                body = {}
+                body, files = {}, []
                 async for part in await request.multipart():
-                    if getattr(part, "name", None) == "payload_json":
+                    name = getattr(part, "name", None) or ""
+                    if name == "payload_json":
                         body = json.loads(await part.text())  # type: ignore[union-attr]
+                    elif name.startswith("files["):
+                        files.append(
+                            {
+                                "filename": getattr(part, "filename", None) or "",
+                                "content_type": part.headers.get("Content-Type", ""),
+                                "data": await part.read(),  # type: ignore[union-attr]
+                            }
+                        )
+                if files:
+                    body["_files"] = files
             else:
                 raw = await request.read()
                 body = json.loads(raw) if raw else None
@@ -728,6 +740,7 @@ class FakeDiscord:
                 flags=(body or {}).get("flags", 0),
                 webhook=True,
             )
+            msg["attachments"] = self._uploaded(body or {})
             self.webhook_messages[f"{r.group(1)}:{msg['id']}"] = msg
             return 200, msg
         if r := m(r"/channels/(\d+)", path):
@@ -785,6 +798,29 @@ class FakeDiscord:
             "summary": "",
             "interactions_endpoint_url": None,
         }
+
+    def _uploaded(self, body: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The attachments of a multipart message: the files, described by the payload's
+        ``attachments`` (``files[N]`` matches the attachment with id N)."""
+        files = body.get("_files") or []
+        described = {str(a.get("id")): a for a in body.get("attachments") or []}
+        attachments = []
+        for index, file in enumerate(files):
+            meta = described.get(str(index), {})
+            attachment_id = self.new_id()
+            name = meta.get("filename") or file["filename"]
+            self.uploads[attachment_id] = file["data"]
+            attachments.append(
+                {
+                    "id": attachment_id,
+                    "filename": name,
+                    "size": len(file["data"]),
+                    "content_type": file["content_type"] or "application/octet-stream",
+                    "url": f"{self.base_url}/attachments/{attachment_id}-{name}",
+                    "proxy_url": f"{self.base_url}/attachments/{attachment_id}-{name}",
+                }
+            )
+        return attachments
 
     def _bot_message(
         self, channel_id: str, content: str, *, flags: int = 0, webhook: bool = False

@@ -16,6 +16,8 @@ from core.ports import (
     Completion,
     ConversationState,
     MemoryFact,
+    Speech,
+    SpeechRequest,
     StoredMessage,
     TurnFacts,
     UsageEntry,
@@ -58,6 +60,7 @@ class MemoryStore:
         self.overrides: dict[ChannelKey, ChannelOverrides] = {}
         self.usage: list[_Usage] = []
         self.memory: dict[ChannelKey, list[MemoryFact]] = {}
+        self.feedback: dict[tuple[ChannelKey, str, str], bool] = {}
         self.recent_calls = 0
         self.pruned = 0
         self.locked: list[str] = []
@@ -252,6 +255,15 @@ class MemoryStore:
             [r for r in self.usage if r.channel.platform == platform and r.user_id == user_id]
         )
 
+    async def record_feedback(
+        self, channel: ChannelKey, message_id: str, user_id: str, helpful: bool
+    ) -> None:
+        self.feedback[(channel, message_id, user_id)] = helpful
+
+    async def channel_feedback(self, channel: ChannelKey) -> tuple[int, int]:
+        votes = [v for (c, _, _), v in self.feedback.items() if c == channel]
+        return sum(votes), len(votes) - sum(votes)
+
     async def close(self) -> None:
         return None
 
@@ -267,6 +279,7 @@ class ScriptedModel:
     requests: list[ChatRequest] = field(default_factory=list)
     failures: list[LLMError] = field(default_factory=list)
     fail_after_deltas: int | None = None
+    speeches: list[SpeechRequest] = field(default_factory=list)
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[str | Completion]:
         self.requests.append(request)
@@ -285,3 +298,10 @@ class ScriptedModel:
 
     async def close(self) -> None:
         return None
+
+    async def speak(self, request: SpeechRequest) -> Speech:
+        """A few bytes standing for audio; records the request; ``failures`` apply too."""
+        self.speeches.append(request)
+        if self.failures:
+            raise self.failures.pop(0)
+        return Speech(b"ID3fake-audio", request.audio_format, request.model, None, None)

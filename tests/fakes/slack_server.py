@@ -81,6 +81,8 @@ class Message:
     thread_ts: str | None = None
     markdown: bool = False
     streaming: bool = False
+    blocks: list[dict[str, Any]] | None = None
+    files: list[dict[str, Any]] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"type": "message", "ts": self.ts, "text": self.text}
@@ -151,6 +153,8 @@ class FakeSlack:
         self.sockets: list[SocketClient] = []
         self._faults: dict[str, list[_Fault]] = {}
         self._files: dict[str, _File] = {}
+        # files.getUploadURLExternal → POST /upload/{id} → files.completeUploadExternal
+        self.uploads: dict[str, dict[str, Any]] = {}
         self._ts = itertools.count(1)
         self._ids = itertools.count(1)
         self._changed = asyncio.Condition()
@@ -166,6 +170,7 @@ class FakeSlack:
         app.router.add_get("/api/{method}", self._api)
         app.router.add_get("/files/{file_id}/{name}", self._file)
         app.router.add_post("/response/{token}", self._response_url)
+        app.router.add_post("/upload/{file_id}", self._upload)
         app.router.add_get("/socket", self._socket)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
@@ -529,6 +534,7 @@ class FakeSlack:
         if len(text) > 40_000:
             return {"ok": False, "error": "msg_too_long"}
         message = self._post(channel, text, params.get("thread_ts"))
+        message.blocks = _blocks(params)
         return {"channel": channel, "ts": message.ts, "message": message.as_json()}
 
     def _m_chat_update(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -542,6 +548,7 @@ class FakeSlack:
             message.text, message.markdown = str(params["markdown_text"]), True
         else:
             message.text, message.markdown = str(params.get("text") or ""), False
+            message.blocks = _blocks(params)
         message.streaming = False
         return {"channel": channel, "ts": ts, "text": message.text}
 
@@ -590,6 +597,7 @@ class FakeSlack:
         message.text += text
         if stop:
             message.streaming = False
+            message.blocks = _blocks(params)
         return {"channel": channel, "ts": ts}
 
     def _m_conversations_replies(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -663,6 +671,90 @@ class FakeSlack:
             return {"ok": False, "error": "invalid_arguments"}
         return {}
 
+    # --- file uploads (Slack's external upload flow) ------------------------------------------
+
+    def _m_files_getUploadURLExternal(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        filename, length = params.get("filename"), params.get("length")
+        if not filename or not str(length or "").isdigit() or int(length) < 1:
+            return {"ok": False, "error": "invalid_arguments"}
+        file_id = f"F{next(self._ids):08d}"
+        self.uploads[file_id] = {"filename": filename, "length": int(length), "data": None}
+        return {"upload_url": f"{self.url}/upload/{file_id}", "file_id": file_id}
+
+    async def _upload(self, request: web.Request) -> web.Response:
+        upload = self.uploads.get(request.match_info["file_id"])
+        if upload is None:
+            return web.Response(status=404, text="not found")
+        upload["data"] = await request.read()
+        return web.Response(text=f"OK - {len(upload['data'])}")
+
+    def _m_files_completeUploadExternal(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        files = params.get("files")
+        listed = json.loads(files) if isinstance(files, str) else files
+        channel = str(params.get("channel_id") or "")
+        shared = []
+        for item in listed or []:
+            upload = self.uploads.get(str(item.get("id")))
+            if upload is None or upload["data"] is None:
+                return {"ok": False, "error": "file_not_found"}
+            if len(upload["data"]) != upload["length"]:
+                return {"ok": False, "error": "file_size_mismatch"}
+            shared.append({"id": item["id"], "name": upload["filename"], **item, **upload})
+        if channel:
+            comment = str(params.get("initial_comment") or "")
+            message = self._post(channel, comment, params.get("thread_ts"))
+            message.files = shared
+        return {"files": [{"id": f["id"], "title": f.get("title") or f["name"]} for f in shared]}
+
+    # --- interactivity ------------------------------------------------------------------------
+
+    async def post_action(
+        self,
+        url: str,
+        message: Message,
+        action_id: str,
+        *,
+        user: str = "UALICE",
+        secret: str | None = None,
+    ) -> int:
+        """A button click on ``message``: a block_actions payload, signed, posted like Slack."""
+        payload = {
+            "type": "block_actions",
+            "team": {"id": self.team_id, "domain": "parley-test"},
+            "user": {"id": user, "team_id": self.team_id},
+            "api_app_id": "A0PARLEY",
+            "token": "legacy-verification-token",
+            "container": {
+                "type": "message",
+                "message_ts": message.ts,
+                "channel_id": message.channel,
+                "is_ephemeral": False,
+                "thread_ts": message.thread_ts,
+            },
+            "trigger_id": f"{next(self._ids)}.trigger",
+            "channel": {"id": message.channel, "name": "general"},
+            "message": message.as_json(),
+            "response_url": f"{self.url}/response/{uuid.uuid4().hex}",
+            "actions": [
+                {
+                    "type": "button",
+                    "action_id": action_id,
+                    "block_id": "parley_feedback",
+                    "value": action_id.rsplit("_", 1)[-1],
+                    "action_ts": str(time.time()),
+                }
+            ],
+        }
+        raw = urlencode({"payload": json.dumps(payload)})
+        headers = {
+            "Content-Type": "application/x-www-form-urlencoded",
+            **self.signed_headers(raw, secret=secret),
+        }
+        assert self._session is not None
+        async with self._session.post(url, data=raw, headers=headers) as response:
+            await response.read()
+            return response.status
+
     # --- files and response URLs ----------------------------------------------------------------
 
     async def _file(self, request: web.Request) -> web.Response:
@@ -680,3 +772,9 @@ class FakeSlack:
         self.calls.append(Call("response_url", params))
         await self._notify()
         return web.Response(text="ok")
+
+
+def _blocks(params: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+    """The ``blocks`` of a message call, sent as JSON or as a JSON string in a form."""
+    blocks = params.get("blocks")
+    return json.loads(blocks) if isinstance(blocks, str) else blocks
