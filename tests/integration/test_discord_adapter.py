@@ -405,10 +405,10 @@ async def test_interaction_is_deferred_before_the_database_is_touched(
     deferred_at_claim: list[int] = []
     claim = service.claim_event
 
-    async def slow_claim(platform: str, event_id: str, *, settled: bool = True) -> bool:
+    async def slow_claim(platform: str, event_id: str, **options: Any) -> bool:
         deferred_at_claim.append(len(fake.calls_to("POST", r"/callback$")))
         await asyncio.sleep(0.5)  # a slow database: longer than the (shortened) deadline
-        return await claim(platform, event_id, settled=settled)
+        return await claim(platform, event_id, **options)
 
     fake.interaction_deadline = 0.3  # Discord's 3 seconds, shortened
     service.claim_event = slow_claim  # type: ignore[method-assign]
