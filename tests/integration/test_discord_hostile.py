@@ -65,6 +65,7 @@ def malformed(event: str, valid: dict[str, dict[str, Any]], junk: Junk) -> Any:
     return junk.value() if base is None else junk.broken(base)
 
 
+@pytest.mark.timeout(300)  # a loaded machine; speed is not what this test measures
 @pytest.mark.parametrize("seed", [1, 2])
 async def test_malformed_dispatches_are_skipped_and_the_worker_still_answers(
     make_stack: StackFactory, caplog: pytest.LogCaptureFixture, seed: int
