@@ -177,6 +177,7 @@ class SlackAdapter:
         self.bot_user_id: str | None = None
         self._closing = False
         self._inflight: set[asyncio.Future[None]] = set()
+        self._cleanups: set[asyncio.Task[None]] = set()
         self._tasks = InFlight()
         # Answers running at once; more wait here (Slack has been acked: none is dropped).
         self._answers = asyncio.Semaphore(settings.max_concurrent_answers)
@@ -184,8 +185,7 @@ class SlackAdapter:
         self._runner: web.AppRunner | None = None
         self._socket: AsyncSocketModeHandler | None = None
         self._session: aiohttp.ClientSession | None = None
-        # What /healthz answers in HTTP mode (the composition root sets the worker's check).
-        self.health: HealthCheck | None = None
+        self.health: HealthCheck | None = None  # /healthz in HTTP mode, set by the composition root
         self._register()
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -277,6 +277,8 @@ class SlackAdapter:
         closing_http = asyncio.create_task(self._close_http())
         if not await self.drain(self.stop_grace):
             await self._cut_unfinished()
+        for cleanup in set(self._cleanups):
+            cleanup.cancel()  # a replaced message not deleted yet stays (its answer is whole)
         await closing_http
         await self._close_session()
 
@@ -521,8 +523,9 @@ class SlackAdapter:
         """Run ``work`` (an answer's clean-up) in the background; ``drain()`` and ``stop()``
         wait for it like for a handler."""
         task = asyncio.create_task(work)
-        self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
+        for tasks in (self._inflight, self._cleanups):
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
 
     async def resume(self, resumed: Resumed) -> None:
         """Finish an answer a stopped worker left (``core.recovery``): take down what it
