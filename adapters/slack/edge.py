@@ -51,6 +51,16 @@ _IDS = ("team", "user", "channel", "enterprise")  # an id, or an object holding 
 _OBJECT_LISTS = ("authorizations", "actions")  # lists of objects
 
 
+def _action_readable(action: Any) -> bool:
+    """A block action as bolt's action matchers read it: a string ``action_id`` (and
+    ``block_id``, when it has one)."""
+    return (
+        isinstance(action, dict)
+        and all(isinstance(action.get(name, ""), str) for name in ("action_id", "block_id"))
+        and "action_id" in action
+    )
+
+
 def slack_shaped(payload: dict[str, Any], depth: int = 2) -> bool:
     """Whether the parts of ``payload`` bolt reads have the types Slack gives them (checked
     ``depth`` objects deep: an event's message, a view's state)."""
@@ -65,6 +75,8 @@ def slack_shaped(payload: dict[str, Any], depth: int = 2) -> bool:
         if not (isinstance(items, list) and all(isinstance(i, dict) for i in items)):
             return False
     if payload.get("actions") == []:  # bolt reads the first action
+        return False
+    if not all(_action_readable(a) for a in payload.get("actions", ())):
         return False
     inner = [payload[name] for name in _OBJECTS if name in payload]
     if not all(isinstance(part, dict) for part in inner):
