@@ -27,6 +27,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from adapters.slack.render import THINKING  # noqa: E402
 from adapters.slack.settings import SlackSettings  # noqa: E402
 from bots.bootstrap import build  # noqa: E402
 from bots.platforms import slack_adapter  # noqa: E402
@@ -46,6 +47,11 @@ class SlowModel:
     def __init__(self, chars: int, seconds: float) -> None:
         self.chars = chars
         self.seconds = seconds
+        self.ended: dict[str, float] = {}  # question -> time.monotonic() its stream ended
+
+    def text(self, question: str) -> str:
+        """The whole answer to ``question`` (e.g. ``q7``)."""
+        return WORD * (self.chars // len(WORD)) + f"end-of-{question}"
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[str | Completion]:
         question = request.messages[-1].text.split()[-1]
@@ -56,6 +62,7 @@ class SlowModel:
             yield WORD
         tail = f"end-of-{question}"
         yield tail
+        self.ended[question] = time.monotonic()
         yield Completion(WORD * words + tail, request.model, 100, words, "stop")
 
 
@@ -114,11 +121,14 @@ def questions(
 
 def count_complete(
     slack: TieredSlack, threads: list[tuple[str, str, str]], args: argparse.Namespace
-) -> int:
-    """How many threads show their whole answer."""
-    complete = 0
+) -> tuple[int, int]:
+    """How many threads show their whole answer, and how many show exactly the model's text
+    (the bot's messages of the thread, joined)."""
+    complete = exact = 0
+    model = SlowModel(args.chars, args.seconds)
     for channel, ts, marker in threads:
         shown = "".join(m.text for m in slack.thread(channel, ts) if m.bot_id)
+        exact += shown == model.text(marker.removeprefix("end-of-"))
         if shown.count("lorem") == args.chars // len(WORD) and shown.rstrip().endswith(marker):
             complete += 1
         elif args.verbose:
@@ -129,16 +139,30 @@ def count_complete(
                 repr(shown[-60:]),
                 [(m.ts, len(m.text), m.streaming) for m in slack.thread(channel, ts) if m.bot_id],
             )
-    return complete
+    return complete, exact
+
+
+def leftovers(slack: TieredSlack) -> dict[str, int]:
+    """Bot messages left half done: streams never stopped, "Thinking…" placeholders."""
+    bot = [m for messages in slack.messages.values() for m in messages if m.bot_id]
+    return {
+        "open_streams": sum(m.streaming for m in bot),
+        "placeholders": sum(m.text == THINKING for m in bot),
+    }
+
+
+def lateness(model: SlowModel, finished: dict[str, float]) -> float | None:
+    """The most seconds an answer's final write came after its model stream ended."""
+    late = [finished[q] - end for q, end in model.ended.items() if q in finished]
+    return round(max(late), 1) if late else None
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     slack = await TieredSlack().start()
     redis = RedisSettings(_env_file=None, url=args.redis, key_prefix=f"bench:{uuid.uuid4().hex}:")
     settings = Settings(_env_file=None, database_url="sqlite+aiosqlite:///:memory:")
-    parley = await build(
-        settings, store=MemoryStore(), llm=SlowModel(args.chars, args.seconds), redis=redis
-    )
+    model = SlowModel(args.chars, args.seconds)
+    parley = await build(settings, store=MemoryStore(), llm=model, redis=redis)
     section = SlackSettings(
         _env_file=None,
         bot_token=slack.bot_token,
@@ -149,6 +173,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     adapter = slack_adapter(parley, section, host="127.0.0.1", port=0)
     durations: list[float] = []
+    finished: dict[str, float] = {}  # question -> time.monotonic() of its final write
     answer = adapter.answer
 
     async def timed(*a: Any, **kw: Any) -> Any:  # time from the event to the final write
@@ -157,6 +182,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             return await answer(*a, **kw)
         finally:
             durations.append(time.monotonic() - begun)
+            finished[a[0].text.split()[-1]] = time.monotonic()
 
     adapter.answer = timed  # type: ignore[method-assign]
     await adapter.start()
@@ -168,8 +194,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     elapsed = time.monotonic() - started
     await adapter.stop()
     await parley.close()
-    complete = count_complete(slack, threads, args)
+    complete, exact = count_complete(slack, threads, args)
     table = method_table(slack, elapsed)
+    left = leftovers(slack)
     await slack.stop()
     return {
         "answers": args.answers,
@@ -180,10 +207,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "budget": "redis" if args.redis else "in-process",
         "acked": sum(s == 200 for s in statuses),
         "complete": complete,
+        "exact": exact,
+        **left,
         "refused_429": sum(row["refused_429"] for row in table.values()),
         "elapsed_s": round(elapsed, 1),
         "answer_s_median": round(statistics.median(durations), 1) if durations else None,
         "answer_s_max": round(max(durations), 1) if durations else None,
+        "last_write_after_model_s_max": lateness(model, finished),
         "methods": table,
     }
 

@@ -91,6 +91,7 @@ async def open_store(settings: Settings, *, auto_upgrade: bool) -> SqlStore:
     store = SqlStore(
         make_engine(settings.database_url, log_parameters=settings.parley_log_content),
         patience=settings.database_retry_seconds,
+        lease_seconds=settings.database_lease_seconds,
     )
     try:
         await prepare_schema(store, settings, auto_upgrade=auto_upgrade)

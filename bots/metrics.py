@@ -92,10 +92,10 @@ class MeteredService(ConversationService):
 
     metrics: Metrics
 
-    async def answer(self, inbound: Inbound) -> AsyncIterator[ReplyEvent]:
+    async def answer(self, inbound: Inbound, *, resumed: bool = False) -> AsyncIterator[ReplyEvent]:
         platform = inbound.key.platform
         accepted = ended = False
-        answering = cast(AsyncGenerator[ReplyEvent, None], super().answer(inbound))
+        answering = cast(AsyncGenerator[ReplyEvent, None], super().answer(inbound, resumed=resumed))
         async with aclosing(answering) as events:
             try:
                 async for event in events:

@@ -8,6 +8,8 @@ check, so no extra port is needed there.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -17,6 +19,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bots.health import Health, database_ping
+from core.recovery import Sweeper
 from core.settings import ENV_CONFIG
 
 if TYPE_CHECKING:
@@ -113,8 +116,26 @@ async def run_worker(parley: Parley, platforms: Platforms, settings: OpsSettings
 
     adapters = platform_adapters(parley, platforms)
     server = OpsServer(settings, worker_health(parley, adapters), parley.metrics)
+    sweeper = answer_sweeper(parley, adapters)
     await server.start()
+    sweeping = asyncio.get_running_loop().create_task(sweeper.run())
     try:
         return await run_adapters(adapters)
     finally:
+        sweeping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeping
+        await sweeper.close()
         await server.stop()
+
+
+def answer_sweeper(parley: Parley, adapters: Sequence[PlatformAdapter]) -> Sweeper:
+    """Finishes, through the adapters that can (``resume``), answers left by dead workers;
+    it looks twice per lease time, the longest a dead worker's claims stay held."""
+    resumers = {
+        adapter.platform: adapter.resume
+        for adapter in adapters
+        if hasattr(adapter, "resume") and hasattr(adapter, "platform")
+    }
+    every = parley.settings.database_lease_seconds / 2
+    return Sweeper(parley.store, resumers, every=every)

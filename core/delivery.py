@@ -30,9 +30,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from core import budget, sentences
 from core.messages import (
@@ -72,6 +72,16 @@ class Renderer(Protocol):
 
         Text already shown by ``progress`` stays; the sentence follows it."""
         ...
+
+
+class Journal(Protocol):
+    """Where ``deliver`` keeps what an answer has shown (``core.recovery.Journal``), so another
+    worker can finish it if this one dies. A renderer that can be resumed has ``record()``:
+    a JSON-able mapping of what it has shown (message ids, open streams)."""
+
+    async def shown(self, record: Mapping[str, Any]) -> None: ...
+
+    async def delivered(self) -> None: ...
 
 
 class Pacing(Protocol):
@@ -160,9 +170,10 @@ class Delivered:
 class _Answer:
     """What ``deliver`` has seen of the answer, and its writes to the renderer."""
 
-    def __init__(self, renderer: Renderer, pacing: Pacing) -> None:
+    def __init__(self, renderer: Renderer, pacing: Pacing, journal: Journal | None) -> None:
         self.renderer = renderer
         self.pacing = pacing
+        self.journal = journal
         self.text = ""
         self.shown = ""
         self.notes: list[str] = []
@@ -184,6 +195,13 @@ class _Answer:
                 await self.renderer.start()
         except Exception as exc:  # the answer itself still comes
             log.warning("showing that an answer is coming failed (%s)", type(exc).__name__)
+        await self.keep()
+
+    async def keep(self) -> None:
+        """Keep what the renderer shows with the claim (when both can)."""
+        record = getattr(self.renderer, "record", None)
+        if self.journal is not None and record is not None:
+            await self.journal.shown(record())
 
     async def progress(self) -> None:
         self.pacing.wrote()
@@ -195,6 +213,7 @@ class _Answer:
                 await self.renderer.progress(self.text)
         except Exception as exc:  # the next write catches up
             log.warning("showing part of an answer failed (%s); skipped", type(exc).__name__)
+        await self.keep()
 
     async def settle(self, final: bool, text: str) -> None:
         """The one final write: ``finish`` or ``fail``, after its turn under the pacing."""
@@ -210,6 +229,9 @@ class _Answer:
                 await self._final(final, text)
         except Exception as exc:  # raised once the events are drained
             self.refused = exc
+            return
+        if final and self.journal is not None:
+            await self.journal.delivered()
 
     async def _final(self, final: bool, text: str) -> None:
         if final:
@@ -219,10 +241,15 @@ class _Answer:
 
 
 async def deliver(
-    events: AsyncIterator[ReplyEvent], renderer: Renderer, pacing: Pacing
+    events: AsyncIterator[ReplyEvent],
+    renderer: Renderer,
+    pacing: Pacing,
+    *,
+    journal: Journal | None = None,
 ) -> Delivered:
-    """Show the answer ``events`` stream on ``renderer``, at the cadence ``pacing`` allows."""
-    answer = _Answer(renderer, pacing)
+    """Show the answer ``events`` stream on ``renderer``, at the cadence ``pacing`` allows;
+    with a ``journal``, what it shows is kept so another worker can finish it."""
+    answer = _Answer(renderer, pacing, journal)
     queue: asyncio.Queue[ReplyEvent | None] = asyncio.Queue()
     pump = asyncio.create_task(_pump(events, queue))
     result = Delivered("nothing")
@@ -300,6 +327,7 @@ __all__ = [
     "BudgetPacing",
     "Delivered",
     "Interval",
+    "Journal",
     "Outcome",
     "Pacing",
     "Renderer",

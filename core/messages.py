@@ -81,6 +81,9 @@ class Inbound:
     event_id: str | None = None
     notes: tuple[str, ...] = field(default=())
     sent_at: datetime | None = None
+    # Where the adapter shows the answer (its own words: channel, thread...), kept with the
+    # claim so another worker can finish the answer in the same place if this one dies.
+    reply_to: tuple[tuple[str, str], ...] = ()
 
 
 # --- reply events -------------------------------------------------------------------------

@@ -154,6 +154,20 @@ class ConversationState:
 
 
 @dataclass(frozen=True, slots=True)
+class Orphan:
+    """A claimed event whose worker died before it was answered and shown, now taken over:
+    the question as the core got it (``request``, JSON), what its answer had shown
+    (``delivery``, the adapter's JSON record, None if nothing), and the stored answer when it
+    was answered but maybe not shown (else it is asked again)."""
+
+    platform: str
+    event_id: str
+    request: str
+    delivery: str | None
+    answer: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class TurnFacts:
     """What answering a message needs to know first, read together: the conversation, its
     channel's settings and memory, and (when asked) what the person has spent so far."""
@@ -192,15 +206,27 @@ class UsageTotals:
 class Store(Protocol):
     """Persistence of conversations, settings, usage and processed event ids."""
 
-    async def claim_event(self, platform: str, event_id: str, *, settled: bool = True) -> bool:
+    async def claim_event(
+        self, platform: str, event_id: str, *, settled: bool = True, request: str | None = None
+    ) -> bool:
         """Record ``event_id``; True if it was new, False if it was already handled.
 
         ``settled=False`` claims it as being answered until ``settle_event``: a redelivery
-        of it is then not dropped if the worker that claimed it died meanwhile."""
+        of it is then not dropped if the worker that claimed it died meanwhile, and with
+        ``request`` (the question, JSON) another worker can finish it (``orphans``)."""
         ...
 
     async def settle_event(self, platform: str, event_id: str, state: str) -> None:
-        """How a claimed event ended: "answered" or "failed"."""
+        """How a claimed event ended: "answered" (and shown) or "failed"."""
+        ...
+
+    async def record_delivery(self, platform: str, event_id: str, delivery: str) -> None:
+        """What the answer to a claimed event has shown so far (the adapter's JSON record)."""
+        ...
+
+    async def orphans(self, platforms: Sequence[str], limit: int) -> list[Orphan]:
+        """Take over up to ``limit`` claims on ``platforms`` whose worker died before their
+        answer was shown; each is this worker's to finish from now on."""
         ...
 
     async def prune_events(self, older_than_seconds: float) -> int:
@@ -234,7 +260,7 @@ class Store(Protocol):
 
         ``sent_at`` places it in the conversation: give its question's, so it follows it.
         ``question_id``: the question's turn, "pending" until now, becomes complete with it;
-        ``event``: the claimed (platform, event id) it answers, settled as answered."""
+        ``event``: the claimed (platform, event id) it answers, "stored" until shown."""
         ...
 
     async def add_message(
@@ -249,9 +275,11 @@ class Store(Protocol):
         status: str = "complete",
         model: str | None = None,
         sent_at: datetime | None = None,
+        event: tuple[str, str] | None = None,
     ) -> int:
         """Store one turn and return its id. Turns are ordered by ``sent_at`` (now when not
-        given), then by id: a message sent earlier comes first even if it was stored later."""
+        given), then by id: a message sent earlier comes first even if it was stored later.
+        ``event``: the claim whose question this is."""
         ...
 
     async def set_message_status(self, message_id: int, status: str) -> None:

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-from core import commands, permissions, sentences, speech
+from core import commands, permissions, recovery, sentences, speech
 from core.context import (
     Context,
     build_context,
@@ -229,13 +229,15 @@ class ConversationService:
 
     # --- answering ----------------------------------------------------------------------
 
-    async def claim_event(self, platform: str, event_id: str, *, settled: bool = True) -> bool:
+    async def claim_event(
+        self, platform: str, event_id: str, *, settled: bool = True, request: str | None = None
+    ) -> bool:
         """True the first time ``event_id`` is seen on ``platform`` (persisted); see
-        ``Store.claim_event`` for ``settled``."""
+        ``Store.claim_event`` for ``settled`` and ``request``."""
         self._claims += 1
         if self._claims % PRUNE_EVERY == 0:
             await self._prune_events()
-        return await self.store.claim_event(platform, event_id, settled=settled)
+        return await self.store.claim_event(platform, event_id, settled=settled, request=request)
 
     async def _prune_events(self) -> None:
         """Forget old event ids (platforms redeliver within minutes; a week is plenty).
@@ -247,15 +249,23 @@ class ConversationService:
         except Exception:
             log.warning("pruning old event ids failed", exc_info=True)
 
-    async def answer(self, inbound: Inbound) -> AsyncIterator[ReplyEvent]:
+    async def answer(self, inbound: Inbound, *, resumed: bool = False) -> AsyncIterator[ReplyEvent]:
         """Answer ``inbound``: deltas, then FinalText and UsageReport, or one UserError.
 
         A redelivered event (same ``event_id``) yields nothing, unless the worker that was
-        answering it died before it was answered.
+        answering it died before it was answered. ``resumed``: this worker took the claim
+        over from a dead one (``core.recovery``) and asks again.
         """
         try:
-            if inbound.event_id and not await self.claim_event(
-                inbound.key.platform, inbound.event_id, settled=False
+            if (
+                inbound.event_id
+                and not resumed
+                and not await self.claim_event(
+                    inbound.key.platform,
+                    inbound.event_id,
+                    settled=False,
+                    request=recovery.request_of(inbound),
+                )
             ):
                 log.info("dropping redelivered event %s on %s", inbound.event_id, inbound.key)
                 return
@@ -271,6 +281,17 @@ class ConversationService:
         finally:
             if inbound.event_id and not answered:
                 await self._settle_failed(inbound)
+
+    def journal(self, inbound: Inbound) -> recovery.Journal | None:
+        """Where ``deliver`` keeps what the answer to ``inbound`` shows (claimed messages)."""
+        if not inbound.event_id:
+            return None
+        return recovery.Journal(self.store, inbound.key.platform, inbound.event_id)
+
+    async def replay(self, answer: str) -> AsyncIterator[ReplyEvent]:
+        """An answer stored by a worker that died before showing it, shown as it was."""
+        yield Accepted()
+        yield FinalText(answer, "")
 
     async def _settle_failed(self, inbound: Inbound) -> None:
         """Record that ``inbound`` got no answer (it was told why, or cut by a restart)."""
@@ -364,6 +385,7 @@ class ConversationService:
             author_name=inbound.author.name,
             status="pending",
             sent_at=inbound.sent_at,
+            event=(key.platform, inbound.event_id) if inbound.event_id else None,
         )
         if self.settings.parley_log_content:
             log.info("user turn in %s: %s", key, text)

@@ -94,6 +94,9 @@ class Settings(BaseSettings):
     # How long a store call waits for an unreachable database (refusing connections,
     # restarting, failing over) before the message it serves fails.
     database_retry_seconds: float = Field(60.0, ge=0, le=3600)
+    # How long a worker's claims and conversations stay held after it stops renewing them
+    # (it died): then another worker finishes its answers. Renewed every third of it.
+    database_lease_seconds: float = Field(30.0, ge=1, le=3600)
 
     @field_validator("parley_fallback_models", mode="before")
     @classmethod

@@ -150,12 +150,9 @@ class MessageHandler:
             chain = await reply_chain(message)
             files, notes = await read_attachments(message.attachments, self.attachments)
         inbound = message_inbound(message, channel, bot_id, chain, files, notes)
+        pace = pacing(surface, self.settings.edit_interval)
         async with self.inflight.slots:
-            await deliver(
-                self.service.answer(inbound),
-                DiscordAnswer(surface),
-                pacing(surface, self.settings.edit_interval),
-            )
+            await deliver(self.service.answer(inbound), DiscordAnswer(surface, pacing=pace), pace)
 
     async def _channel(self, message: discord.Message) -> Any:
         """The message's channel, fetched when the cache doesn't know it (e.g. an old thread)."""

@@ -263,11 +263,10 @@ class SlashCommands:
         self, inbound: Inbound, surface: InteractionSurface | ChannelSurface
     ) -> Delivered:
         """The core's answer on ``surface``; a redelivery (no events) withdraws "thinking…"."""
+        pace = pacing(surface, self.settings.edit_interval)
         async with self.inflight.slots:
             done = await deliver(
-                self.service.answer(inbound),
-                DiscordAnswer(surface),
-                pacing(surface, self.settings.edit_interval),
+                self.service.answer(inbound), DiscordAnswer(surface, pacing=pace), pace
             )
         if done.outcome == "nothing" and isinstance(surface, InteractionSurface):
             log.info("dropping redelivered interaction %s", inbound.event_id)

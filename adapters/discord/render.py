@@ -5,7 +5,8 @@ most one per DISCORD_EDIT_INTERVAL) and composes the text; this module only deci
 Discord message shows which part of it. Past Discord's 2,000 characters an answer continues in
 further messages (follow-ups for interactions, plain messages in channels and threads), laid
 out by ``MessageLayout`` so a message that the answer continued after never changes again.
-Rate limits are left to discord.py, which waits and retries on 429.
+Every request is paced inside Discord's write limit (``WRITES``); discord.py's 429 retries stay
+the safety net.
 
 An interaction's token lets the bot edit its reply for 15 minutes only: an answer still being
 written after ``TOKEN_SAFE_SECONDS``, or whose edit fails because the token is gone (401/404),
@@ -36,10 +37,10 @@ NO_MENTIONS = discord.AllowedMentions.none()
 # Discord accepts edits of an interaction's reply for 15 minutes; switch to the channel before.
 TOKEN_SAFE_SECONDS = 14 * 60.0
 TOKEN_GONE = (401, 404)  # Invalid Webhook Token / Unknown Webhook, Message or Interaction
-# Discord allows 5 message writes per 5 seconds per channel and per interaction token. Its
-# buckets reset in fixed windows, which discord.py follows (it waits when one is empty), so
-# the bucket here may be as large: a progress write needs 2 tokens, a final write 1.
-WRITES = Rate(per_second=1.0, burst=5.0, reserve=1.0)
+# Discord allows 5 message writes per 5 seconds per channel and per interaction token. Paced
+# as a rolling window (never more than 5 in any 5 s, whatever Discord's window does): 2 at
+# once, then about one per 2 s; a progress write leaves 1 token to the final write.
+WRITES = Rate.within(5, 5.0)
 
 
 class Poster(Protocol):
@@ -229,11 +230,18 @@ class DiscordAnswer:
     Only the last message is edited as the answer grows (see ``MessageLayout``). After the
     first refused write (``discord.Forbidden``) nothing more is tried: the rest of the answer
     would be refused too, and ``deliver`` raises the refusal once the core is done.
+
+    ``deliver`` admits each renderer call as one write under ``pacing``; where a call takes
+    more than one request (the answer outgrows a message: the full one is edited, the next
+    posted), each further request waits for a write of its own, so the budget counts requests.
     """
 
-    def __init__(self, surface: Surface, *, limit: int = MESSAGE_LIMIT) -> None:
+    def __init__(
+        self, surface: Surface, *, limit: int = MESSAGE_LIMIT, pacing: BudgetPacing | None = None
+    ) -> None:
         self.surface = surface
         self.limit = limit
+        self.pacing = pacing
         self.layout = MessageLayout(limit)
         self.shown: list[str] = []
         self.refused: discord.Forbidden | None = None
@@ -262,30 +270,60 @@ class DiscordAnswer:
 
     async def _show(self, pieces: list[str]) -> None:
         """Edit the messages whose text changed, post the new ones, delete the surplus."""
+        requests = 0
         try:
             for index, piece in enumerate(pieces):
                 if index >= len(self.shown):
+                    requests = await self._admitted(requests)
                     await self.surface.post(piece)
                     self.shown.append(piece)
                 elif self.shown[index] != piece:
+                    requests = await self._admitted(requests)
                     await self.surface.edit(index, piece)
                     self.shown[index] = piece
             while len(self.shown) > len(pieces):
+                requests = await self._admitted(requests)
                 await self.surface.delete(len(self.shown) - 1)
                 self.shown.pop()
         except discord.Forbidden as exc:
             self.refused = exc
             raise
 
+    async def _admitted(self, requests: int) -> int:
+        """Wait until request number ``requests + 1`` of one renderer call may go (``deliver``
+        admitted the first); the count so far."""
+        if requests and self.pacing is not None:
+            await self.pacing.admit(True)
+        return requests + 1
 
-def pacing(surface: Surface, seconds: float) -> BudgetPacing:
+
+class DiscordPacing(BudgetPacing):
+    """``BudgetPacing`` of one answer. On an interaction, the answer's start (the first write
+    ``deliver`` asks for, "an answer is coming") takes no budget: the acknowledgement already
+    shows "thinking…", so ``DiscordAnswer.start`` writes nothing there."""
+
+    def __init__(self, seconds: float, key: str, rate: Rate, *, silent_start: bool) -> None:
+        super().__init__(seconds, key, rate)
+        self.silent_start = silent_start
+
+    async def admit(self, final: bool) -> bool:
+        if self.silent_start and not final:
+            self.silent_start = False
+            return True
+        self.silent_start = False
+        return await super().admit(final)
+
+
+def pacing(surface: Surface, seconds: float) -> DiscordPacing:
     """An answer's pacing on ``surface``: one edit per ``seconds`` at most, within the
     deployment's write budget of its channel or interaction token (shared by every answer)."""
+    interaction = isinstance(surface, InteractionSurface)
     if isinstance(surface, InteractionSurface):
         place = f"interaction:{surface.interaction.id}"
     else:
         place = f"channel:{getattr(getattr(surface, 'channel', None), 'id', '')}"
-    return BudgetPacing(seconds, f"discord:{discord.http.Route.BASE}:{place}", WRITES)
+    key = f"discord:{discord.http.Route.BASE}:{place}"
+    return DiscordPacing(seconds, key, WRITES, silent_start=interaction)
 
 
 async def post_text(surface: Poster, text: str) -> None:

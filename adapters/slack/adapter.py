@@ -52,6 +52,7 @@ from core.attachments import AttachmentPolicy
 from core.delivery import Delivered, Interval, deliver
 from core.errors import ConfigError
 from core.messages import ChannelKey, ConversationKey, Inbound
+from core.recovery import Resumed
 from core.service import ConversationService
 
 log = logging.getLogger("parley.slack")
@@ -106,6 +107,7 @@ class SlackAdapter:
     """
 
     name = "slack"
+    platform = translate.PLATFORM
 
     def __init__(
         self,
@@ -474,7 +476,19 @@ class SlackAdapter:
         """Show the core's answer to ``inbound`` in Slack; it always ends in a final message.
 
         None when Slack refused the final write (logged)."""
-        renderer = SlackAnswer(
+        renderer = self._renderer(target, status)
+        journal = self.service.journal(inbound)
+        pacing = Interval(self.settings.update_interval)
+        try:
+            async with self._answers:
+                events = self.service.answer(inbound)
+                return await deliver(events, renderer, pacing, journal=journal)
+        except Exception as exc:
+            self._log_failure("answering", inbound.key, exc)
+            return None
+
+    def _renderer(self, target: ReplyTarget, status: bool) -> SlackAnswer:
+        return SlackAnswer(
             self.client,
             target,
             stream=self.streaming,
@@ -482,13 +496,27 @@ class SlackAdapter:
             on_streaming_unsupported=self._streaming_unsupported,
             feedback=self.settings.feedback_buttons,
         )
+
+    async def resume(self, resumed: Resumed) -> None:
+        """Finish an answer a stopped worker left (``core.recovery``): take down what it
+        showed, then show the stored answer, or ask again, in the same place."""
+        inbound = resumed.inbound
+        target, status = translate.reply_target(dict(inbound.reply_to))
+        if not target.channel:
+            log.error("slack: an unfinished answer in %s has no place to go; dropped", inbound.key)
+            return
+        renderer = self._renderer(target, status)
+        await renderer.clear(resumed.shown)
+        if resumed.answer is not None:
+            events = self.service.replay(resumed.answer)
+        else:
+            events = self.service.answer(inbound, resumed=True)
         pacing = Interval(self.settings.update_interval)
         try:
             async with self._answers:
-                return await deliver(self.service.answer(inbound), renderer, pacing)
+                await deliver(events, renderer, pacing, journal=self.service.journal(inbound))
         except Exception as exc:
-            self._log_failure("answering", inbound.key, exc)
-            return None
+            self._log_failure("finishing an answer", inbound.key, exc)
 
     def _streaming_unsupported(self, code: str) -> None:
         if self.streaming:

@@ -19,7 +19,7 @@ so an answer never stays "Thinking…" or half written while Slack still accepts
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -185,6 +185,30 @@ class SlackAnswer:
                 await self._delete(placeholder.ts)
         finally:
             await self._end()
+
+    # --- resuming -------------------------------------------------------------------------
+
+    def record(self) -> dict[str, Any]:
+        """What this answer has shown, for another worker to clear if this one dies."""
+        return {
+            "channel": self._target.channel,
+            "messages": [m.ts for m in self._messages],
+            "streams": [m.ts for m in self._messages if m.streaming],
+        }
+
+    async def clear(self, record: Mapping[str, Any]) -> None:
+        """Take down what a dead worker's answer showed here (``record``): its open streams
+        closed, its messages deleted; best effort, so the answer that follows is the only
+        one."""
+        channel = str(record.get("channel") or self._target.channel)
+        streams = {str(ts) for ts in record.get("streams") or ()}
+        for ts in record.get("messages") or ():
+            if str(ts) in streams:
+                try:
+                    await self._client.chat_stopStream(channel=channel, ts=str(ts))
+                except Exception as exc:
+                    log.warning("chat.stopStream failed (%s)", describe(exc))
+            await self._delete(str(ts))
 
     # --- writing pieces -------------------------------------------------------------------
 

@@ -128,7 +128,30 @@ class SlackMessage:
             event_id=self.dedupe_id,
             notes=notes,
             sent_at=self.sent_at,
+            reply_to=reply_place(self.target, status=self.status),
         )
+
+
+def reply_place(target: ReplyTarget, *, status: bool) -> tuple[tuple[str, str], ...]:
+    """Where an answer goes, as the core keeps it with the claim (``Inbound.reply_to``)."""
+    return (
+        ("channel", target.channel),
+        ("thread_ts", target.thread_ts or ""),
+        ("team_id", target.team_id),
+        ("user_id", target.user_id),
+        ("status", "1" if status else ""),
+    )
+
+
+def reply_target(place: Mapping[str, str]) -> tuple[ReplyTarget, bool]:
+    """The target (and whether it shows a status) ``reply_place`` kept."""
+    target = ReplyTarget(
+        place.get("channel", ""),
+        place.get("thread_ts") or None,
+        place.get("team_id", ""),
+        place.get("user_id", ""),
+    )
+    return target, bool(place.get("status"))
 
 
 def time_of(ts: str) -> datetime | None:

@@ -170,6 +170,13 @@ class ProcessedEventRow(Base):
         CleanString(16), default="answered", server_default="answered"
     )
     holder: Mapped[str] = mapped_column(CleanString(64), default="", server_default="")
+    # What finishing it after its worker died takes: the question as the core got it and
+    # where it is answered (JSON), what the answer has shown so far (the adapter's record,
+    # JSON), the stored question and, once stored, the answer.
+    request: Mapped[str | None] = mapped_column(CleanText, nullable=True)
+    delivery: Mapped[str | None] = mapped_column(CleanText, nullable=True)
+    question_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    answer_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 

@@ -14,7 +14,7 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 
 log = logging.getLogger("parley.store")
 
@@ -49,18 +49,27 @@ T = TypeVar("T")
 
 
 def transient(exc: BaseException) -> bool:
-    """True for errors that mean "the database can't be reached right now"."""
+    """True for errors that mean "the database can't be reached right now" (never for a
+    mistake such as a missing column, which waiting would not mend)."""
     if isinstance(exc, (ConnectionError, TimeoutError, DisconnectionError)):
         return True
     if isinstance(exc, DBAPIError):
-        if exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError)):
+        if exc.connection_invalidated:
             return True
         exc = exc.orig if exc.orig is not None else exc
+    if isinstance(exc, (OSError, ConnectionError, TimeoutError)):
+        return True
     state = str(getattr(exc, "sqlstate", "") or getattr(exc, "pgcode", "") or "")
     if state in _TRANSIENT_STATES:
         return True
     words = str(exc).lower()
-    return any(word in words for word in _TRANSIENT_WORDS) or isinstance(exc, OSError)
+    return any(word in words for word in _TRANSIENT_WORDS) or _disconnected(exc)
+
+
+def _disconnected(exc: BaseException) -> bool:
+    """asyncpg's own words for a connection that is gone."""
+    name = type(exc).__name__
+    return name in {"ConnectionDoesNotExistError", "InterfaceError", "CannotConnectNowError"}
 
 
 async def retrying(call: Callable[[], Awaitable[T]], *, patience: float = PATIENCE) -> T:

@@ -37,6 +37,7 @@ from core.ports import (
     ChannelOverrides,
     ConversationState,
     MemoryFact,
+    Orphan,
     Role,
     StoredMessage,
     TurnFacts,
@@ -58,6 +59,9 @@ from core.store.retry import PATIENCE, retrying
 
 # Claims still in progress: a redelivery may take one over when its holder is gone.
 UNSETTLED = ("received", "answering")
+# Claims a sweeper finishes when their holder is gone: still being answered, or answered and
+# stored but maybe not shown.
+RESUMABLE = ("answering", "stored")
 
 
 def make_engine(url: str, *, log_parameters: bool = False, **kwargs: Any) -> AsyncEngine:
@@ -128,18 +132,15 @@ def _beyond(
     return or_(sent_at.is_(None), ordered)
 
 
-def _settle(platform: str, event_id: str, state: str) -> Any:
-    return (
-        update(ProcessedEventRow)
-        .where(ProcessedEventRow.platform == platform, ProcessedEventRow.event_id == event_id)
-        .values(state=state)
+def _event(platform: str, event_id: str) -> Any:
+    return update(ProcessedEventRow).where(
+        ProcessedEventRow.platform == platform, ProcessedEventRow.event_id == event_id
     )
 
 
-def _take_over(platform: str, event_id: str, holder: str) -> Any:
-    """Claim an unsettled event whose holder is a worker no longer alive (never one this
-    worker or another live one is still answering: that would answer it twice)."""
-    alive = (
+def _alive() -> Any:
+    """The claim's holder still holds its worker lease."""
+    return (
         select(LeaseRow.name)
         .where(
             LeaseRow.name == literal("worker:", String) + ProcessedEventRow.holder,
@@ -147,14 +148,31 @@ def _take_over(platform: str, event_id: str, holder: str) -> Any:
         )
         .exists()
     )
-    return (
-        update(ProcessedEventRow)
-        .where(
-            ProcessedEventRow.platform == platform,
-            ProcessedEventRow.event_id == event_id,
-            ProcessedEventRow.state.in_(UNSETTLED),
-            ~alive,
+
+
+async def _orphan(session: AsyncSession, row: Any) -> Orphan:
+    """A claim taken over: its pending question leaves the context (it is asked again), or
+    its stored answer is read to be shown."""
+    platform, event_id, state, request, delivery, question_id, answer_id = row
+    answer = None
+    if state == "stored" and answer_id is not None:
+        stmt = select(MessageRow.content).where(MessageRow.id == answer_id)
+        answer = (await session.execute(stmt)).scalar_one_or_none()
+    if answer is None and question_id is not None:
+        await session.execute(
+            update(MessageRow)
+            .where(MessageRow.id == question_id, MessageRow.status == "pending")
+            .values(status="failed")
         )
+    return Orphan(platform, event_id, request, delivery, answer)
+
+
+def _take_over(platform: str, event_id: str, holder: str) -> Any:
+    """Claim an unsettled event whose holder is a worker no longer alive (never one this
+    worker or another live one is still answering: that would answer it twice)."""
+    return (
+        _event(platform, event_id)
+        .where(ProcessedEventRow.state.in_(UNSETTLED), ~_alive())
         .values(holder=holder, state="answering")
     )
 
@@ -220,7 +238,9 @@ class SqlStore:
             await self.leases.start()
             self._announced = True
 
-    async def claim_event(self, platform: str, event_id: str, *, settled: bool = True) -> bool:
+    async def claim_event(
+        self, platform: str, event_id: str, *, settled: bool = True, request: str | None = None
+    ) -> bool:
         """True the first time ``event_id`` arrives, or when the claim it had was left
         unfinished by a worker that is gone.
 
@@ -235,6 +255,7 @@ class SqlStore:
                 event_id=event_id,
                 state="answered" if settled else "answering",
                 holder=holder,
+                request=request,
             )
             .on_conflict_do_nothing(index_elements=["platform", "event_id"])
         )
@@ -246,8 +267,50 @@ class SqlStore:
         return bool(cast(CursorResult[Any], taken).rowcount)
 
     async def settle_event(self, platform: str, event_id: str, state: str) -> None:
+        """Only while this worker holds the claim: once another took it over, it is theirs."""
         async with self._sessions.begin() as session:
-            await session.execute(_settle(platform, event_id, state))
+            await session.execute(self._mine(platform, event_id).values(state=state))
+
+    async def record_delivery(self, platform: str, event_id: str, delivery: str) -> None:
+        async with self._sessions.begin() as session:
+            await session.execute(self._mine(platform, event_id).values(delivery=delivery))
+
+    def _mine(self, platform: str, event_id: str) -> Any:
+        return _event(platform, event_id).where(ProcessedEventRow.holder == self.leases.holder)
+
+    async def orphans(self, platforms: Sequence[str], limit: int) -> list[Orphan]:
+        """Take over claims left unfinished by workers that are gone (see ``Store.orphans``)."""
+        await self._announce()
+        stuck = (
+            select(ProcessedEventRow.id)
+            .where(
+                ProcessedEventRow.platform.in_(platforms),
+                ProcessedEventRow.state.in_(RESUMABLE),
+                ProcessedEventRow.request.is_not(None),
+                ~_alive(),
+            )
+            .order_by(ProcessedEventRow.id)
+            .limit(limit)
+        )
+        if self._dialect == "postgresql":
+            stuck = stuck.with_for_update(skip_locked=True)
+        taking = (
+            update(ProcessedEventRow)
+            .where(ProcessedEventRow.id.in_(stuck.scalar_subquery()), ~_alive())
+            .values(holder=self.leases.holder)
+            .returning(
+                ProcessedEventRow.platform,
+                ProcessedEventRow.event_id,
+                ProcessedEventRow.state,
+                ProcessedEventRow.request,
+                ProcessedEventRow.delivery,
+                ProcessedEventRow.question_id,
+                ProcessedEventRow.answer_id,
+            )
+        )
+        async with self._sessions.begin() as session:
+            taken = (await session.execute(taking)).all()
+            return [await _orphan(session, row) for row in taken]
 
     async def prune_events(self, older_than_seconds: float) -> int:
         cutoff = datetime.now(UTC) - timedelta(seconds=older_than_seconds)
@@ -320,8 +383,6 @@ class SqlStore:
                 await session.execute(
                     update(MessageRow).where(MessageRow.id == question_id).values(status="complete")
                 )
-            if event is not None:
-                await session.execute(_settle(*event, "answered"))
             message_id = await self._add_message(
                 session,
                 conversation_id,
@@ -331,6 +392,9 @@ class SqlStore:
                 model=model,
                 sent_at=sent_at,
             )
+            if event is not None:  # "answered" once shown (``settle_event``)
+                stored = {"state": "stored", "answer_id": message_id}
+                await session.execute(_event(*event).values(**stored))
             await self._record_usage(session, channel, user_id, usage)
         return message_id
 
@@ -377,9 +441,10 @@ class SqlStore:
         status: str = "complete",
         model: str | None = None,
         sent_at: datetime | None = None,
+        event: tuple[str, str] | None = None,
     ) -> int:
         async with self._sessions.begin() as session:
-            return await self._add_message(
+            message_id = await self._add_message(
                 session,
                 conversation_id,
                 role,
@@ -391,6 +456,9 @@ class SqlStore:
                 model=model,
                 sent_at=sent_at,
             )
+            if event is not None:  # the claim knows its question, to mark it if it dies
+                await session.execute(_event(*event).values(question_id=message_id))
+        return message_id
 
     async def set_message_status(self, message_id: int, status: str) -> None:
         async with self._sessions.begin() as session:

@@ -10,14 +10,24 @@ one that comes after ``interaction_deadline`` seconds (10062 Unknown interaction
 Sharding as Discord does it: each connection IDENTIFYs with ``shard: [id, count]`` and gets the
 guilds whose ``(guild_id >> 22) % count`` is its id, and only their events; direct messages go
 to shard 0. ``add_guild(shard=(id, count))`` adds a guild that lands on a given shard.
+
+Write limits (``enforce_write_limits=True``): at most 5 message writes in any 5 s (a rolling
+window) per channel, per interaction token (its original response and follow-ups; the
+callback that acknowledges an interaction is a bucket of its own) and per message; one more is answered 429 with a real ``Retry-After`` and the
+``X-RateLimit-*`` headers discord.py follows, and every answer carries the bucket's true
+``X-RateLimit-Remaining`` (with ``announce_limits=False`` it does not, as when other clients
+share the bucket: discord.py can't wait ahead, so a write over the limit meets the 429). The time of every accepted write is kept per bucket (``writes``),
+enforced or not, so ``most_writes()`` tells the most writes any bucket took in any window.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,6 +44,9 @@ ALL_PERMISSIONS = str((1 << 50) - 1)
 MEMBER_PERMISSIONS = str((1 << 0) | (1 << 6) | (1 << 10) | (1 << 11) | (1 << 16) | (1 << 31))
 EPHEMERAL = 1 << 6
 WAIT_SECONDS = 30.0
+# Discord's message write limit: 5 writes per 5 s per channel and per interaction token.
+WRITE_LIMIT = (5, 5.0)
+WRITE_METHODS = ("POST", "PATCH", "PUT", "DELETE")
 
 
 @dataclass
@@ -115,8 +128,20 @@ class FakeDiscord:
     ``identify_close_code`` closes every IDENTIFY with that code (e.g. 4004, bad token).
     """
 
-    def __init__(self, *, refuse_intents: int = 0, identify_close_code: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        refuse_intents: int = 0,
+        identify_close_code: int | None = None,
+        enforce_write_limits: bool = False,
+        announce_limits: bool = True,
+    ) -> None:
         self._last_id = 0
+        self.enforce_write_limits = enforce_write_limits
+        self.announce_limits = announce_limits
+        self.write_limit = WRITE_LIMIT
+        # bucket ("channel:ID", "token:TOKEN", "message:...") -> time.monotonic() of each write
+        self.writes: dict[str, list[float]] = {}
         self.refuse_intents = refuse_intents
         self.identify_close_code = identify_close_code
         self.app_id = self.new_id()
@@ -205,6 +230,12 @@ class FakeDiscord:
         self.channels[channel_id] = self._text_channel(channel_id, "general", guild_id)
         return guild_id, channel_id
 
+    def add_channel(self, name: str) -> str:
+        """A new text channel in the main guild (before clients connect); its id."""
+        channel_id = self.new_id()
+        self.channels[channel_id] = self._text_channel(channel_id, name)
+        return channel_id
+
     def new_id(self) -> str:
         """A snowflake of the current time, as Discord makes them (later ids, later times)."""
         now = (int(time.time() * 1000) - DISCORD_EPOCH_MS) << 22
@@ -260,6 +291,19 @@ class FakeDiscord:
     async def _notify(self) -> None:
         async with self._changed:
             self._changed.notify_all()
+
+    def rate_limited(self) -> list[Call]:
+        """The requests answered 429 (injected faults and enforced limits alike)."""
+        return [c for c in self.calls if c.status == 429]
+
+    def most_writes(self, seconds: float | None = None) -> tuple[int, str]:
+        """The most writes one bucket took in any ``seconds`` (default: the limit's window),
+        and that bucket (0, "" before any write)."""
+        window = self.write_limit[1] if seconds is None else seconds
+        counts = [
+            (most_in_window(stamps, window), bucket) for bucket, stamps in self.writes.items()
+        ]
+        return max(counts, default=(0, ""))
 
     def interaction_messages(self, token: str) -> list[str]:
         """What the user sees for an interaction: the original response, then follow-ups."""
@@ -659,13 +703,56 @@ class FakeDiscord:
             if fault is not None:
                 call.status = fault.status
                 return _fault_response(fault)
+            buckets = write_buckets(request.method, path, self.app_id)
+            limited = self._limited(buckets)
+            if limited is not None:
+                call.status = 429
+                return limited
+            headers = _bucket_headers(path)
+            if buckets:
+                limits = self._write(buckets)
+                headers = limits if self.enforce_write_limits and self.announce_limits else headers
             status, payload = self._route(request.method, path, dict(request.query), body)
             call.status = status
             if status == 204:
-                return web.Response(status=204, headers=_bucket_headers(path))
-            return _json(payload, status, headers=_bucket_headers(path))
+                return web.Response(status=204, headers=headers)
+            return _json(payload, status, headers=headers)
         finally:
             await self._notify()
+
+    def _recent(self, bucket: str, now: float) -> list[float]:
+        """The bucket's writes inside the window ending now, oldest first."""
+        stamps = self.writes.get(bucket, [])
+        return stamps[bisect_left(stamps, now - self.write_limit[1] + 1e-9) :]
+
+    def _limited(self, buckets: list[str]) -> web.Response | None:
+        """The 429 for a write over the limit of one of its buckets (None: it may go)."""
+        if not self.enforce_write_limits:
+            return None
+        limit, window = self.write_limit
+        now = time.monotonic()
+        for bucket in buckets:
+            recent = self._recent(bucket, now)
+            if len(recent) >= limit:
+                wait = recent[-limit] + window - now
+                return _limited_response(bucket, limit, wait)
+        return None
+
+    def _write(self, buckets: list[str]) -> dict[str, str]:
+        """Record a write in its buckets; the rate-limit headers of the first (its route's)."""
+        limit, window = self.write_limit
+        now = time.monotonic()
+        for bucket in buckets:
+            self.writes.setdefault(bucket, []).append(now)
+        recent = self._recent(buckets[0], now)
+        wait = recent[0] + window - now
+        return {
+            "X-RateLimit-Limit": str(limit),
+            "X-RateLimit-Remaining": str(max(0, limit - len(recent))),
+            "X-RateLimit-Reset-After": f"{wait:.3f}",
+            "X-RateLimit-Reset": f"{datetime.now(UTC).timestamp() + wait:.3f}",
+            "X-RateLimit-Bucket": _bucket_hash(buckets[0]),
+        }
 
     def _route(self, method: str, path: str, query: dict[str, str], body: Any) -> tuple[int, Any]:
         app = self.app_id
@@ -939,6 +1026,53 @@ def _bucket_headers(path: str) -> dict[str, str]:
         "X-RateLimit-Reset": f"{datetime.now(UTC).timestamp() + 1:.3f}",
         "X-RateLimit-Bucket": f"bucket-{abs(hash(re.sub(r'/[0-9]+', '/#', path))) % 10**8}",
     }
+
+
+def most_in_window(stamps: Sequence[float], seconds: float) -> int:
+    """The most of ``stamps`` (sorted) inside any ``seconds``-long window."""
+    return max(
+        (bisect_left(stamps, t + seconds - 1e-9) - i for i, t in enumerate(stamps)), default=0
+    )
+
+
+def write_buckets(method: str, path: str, app_id: str) -> list[str]:
+    """The write-limit buckets a request counts in: its channel or interaction token first,
+    then the message it changes. Reads and other routes count in none."""
+    if method not in WRITE_METHODS:
+        return []
+    m = re.fullmatch
+    if r := m(r"/channels/(\d+)/messages(?:/(\d+))?", path):
+        return [f"channel:{r.group(1)}"] + ([f"message:{r.group(2)}"] if r.group(2) else [])
+    if r := m(r"/interactions/\d+/([^/]+)/callback", path):
+        return [f"callback:{r.group(1)}"]
+    if r := m(rf"/webhooks/{app_id}/([^/]+)(?:/messages/([^/]+))?", path):
+        token, message = r.group(1), r.group(2)
+        return [f"token:{token}"] + ([f"message:{token}/{message}"] if message else [])
+    return []
+
+
+def _bucket_hash(bucket: str) -> str:
+    """Discord's bucket hash: one per kind of bucket (discord.py adds the channel or token)."""
+    return "writes-" + bucket.split(":", 1)[0]
+
+
+def _limited_response(bucket: str, limit: int, wait: float) -> web.Response:
+    """Discord's 429 for a route's bucket: ``retry_after`` in the body, the headers."""
+    wait = max(wait, 0.001)
+    return _json(
+        {"message": "You are being rate limited.", "retry_after": round(wait, 3), "global": False},
+        429,
+        headers={
+            "X-RateLimit-Limit": str(limit),
+            "X-RateLimit-Remaining": "0",
+            "X-RateLimit-Reset-After": f"{wait:.3f}",
+            "X-RateLimit-Reset": f"{datetime.now(UTC).timestamp() + wait:.3f}",
+            "X-RateLimit-Bucket": _bucket_hash(bucket),
+            "X-RateLimit-Scope": "user",
+            "Retry-After": str(math.ceil(wait)),
+            "Via": "1.1 google",
+        },
+    )
 
 
 def _fault_response(fault: _Fault) -> web.Response:

@@ -16,6 +16,7 @@ from core.ports import (
     Completion,
     ConversationState,
     MemoryFact,
+    Orphan,
     Speech,
     SpeechRequest,
     StoredMessage,
@@ -55,6 +56,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self.events: set[tuple[str, str]] = set()
         self.event_states: dict[tuple[str, str], str] = {}
+        self.deliveries: dict[tuple[str, str], str] = {}
         self.conversations: dict[ConversationKey, ConversationState] = {}
         self.messages: list[_Message] = []
         self.overrides: dict[ChannelKey, ChannelOverrides] = {}
@@ -66,7 +68,9 @@ class MemoryStore:
         self.locked: list[str] = []
         self._ids = itertools.count(1)
 
-    async def claim_event(self, platform: str, event_id: str, *, settled: bool = True) -> bool:
+    async def claim_event(
+        self, platform: str, event_id: str, *, settled: bool = True, request: str | None = None
+    ) -> bool:
         if (platform, event_id) in self.events:
             return False
         self.events.add((platform, event_id))
@@ -75,6 +79,12 @@ class MemoryStore:
 
     async def settle_event(self, platform: str, event_id: str, state: str) -> None:
         self.event_states[(platform, event_id)] = state
+
+    async def record_delivery(self, platform: str, event_id: str, delivery: str) -> None:
+        self.deliveries[(platform, event_id)] = delivery
+
+    async def orphans(self, platforms: Sequence[str], limit: int) -> list[Orphan]:
+        return []  # one process: nobody else's answers to finish
 
     async def prune_events(self, older_than_seconds: float) -> int:
         self.pruned += 1
@@ -112,7 +122,7 @@ class MemoryStore:
         if question_id is not None:
             await self.set_message_status(question_id, "complete")
         if event is not None:
-            await self.settle_event(*event, "answered")
+            await self.settle_event(*event, "stored")
         await self.record_usage(channel, user_id, usage)
         return await self.add_message(
             conversation_id, "assistant", content, token_count, model=model, sent_at=sent_at
@@ -130,6 +140,7 @@ class MemoryStore:
         status: str = "complete",
         model: str | None = None,
         sent_at: datetime | None = None,
+        event: tuple[str, str] | None = None,
     ) -> int:
         mid = next(self._ids)
         moment = sent_at or datetime.now(UTC)

@@ -405,10 +405,10 @@ async def test_interaction_is_deferred_before_the_database_is_touched(
     deferred_at_claim: list[int] = []
     claim = service.claim_event
 
-    async def slow_claim(platform: str, event_id: str, *, settled: bool = True) -> bool:
+    async def slow_claim(platform: str, event_id: str, **options: Any) -> bool:
         deferred_at_claim.append(len(fake.calls_to("POST", r"/callback$")))
         await asyncio.sleep(0.5)  # a slow database: longer than the (shortened) deadline
-        return await claim(platform, event_id, settled=settled)
+        return await claim(platform, event_id, **options)
 
     fake.interaction_deadline = 0.3  # Discord's 3 seconds, shortened
     service.claim_event = slow_claim  # type: ignore[method-assign]
@@ -755,18 +755,23 @@ async def test_connection_ending_for_good_is_signalled(
             await discord_adapter.stop()
 
 
-async def test_a_failed_final_edit_of_a_mention_answer_is_not_left_silent(stack: Stack) -> None:
-    fake = stack.discord
-    fake.fail("PATCH", rf"/channels/{fake.channel_id}/messages/\d+$", status=400, times=1000)
-    await fake.send_message("explain streaming [[fault:long_answer:300]]", mention_bot=True)
-    said = await fake.wait_for(
-        lambda: [
-            t
-            for t in fake.channel_messages(fake.channel_id, author_id=fake.bot.id)
-            if "went wrong" in t
-        ]
-    )
-    assert said == [GENERIC_FAILURE]
+async def test_a_failed_final_edit_of_a_mention_answer_is_not_left_silent(
+    make_stack: StackFactory,
+) -> None:
+    # The answer streams for about 3 s, long enough for a first part to be posted within the
+    # channel's write budget, so the final write is an edit.
+    async with make_stack(latency=0.04) as stack:
+        fake = stack.discord
+        fake.fail("PATCH", rf"/channels/{fake.channel_id}/messages/\d+$", status=400, times=1000)
+        await fake.send_message("explain streaming [[fault:long_answer:350]]", mention_bot=True)
+        said = await fake.wait_for(
+            lambda: [
+                t
+                for t in fake.channel_messages(fake.channel_id, author_id=fake.bot.id)
+                if "went wrong" in t
+            ]
+        )
+        assert said == [GENERIC_FAILURE]
 
 
 async def test_answers_beyond_the_cap_wait_their_turn(make_stack: StackFactory) -> None:

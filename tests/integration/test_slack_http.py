@@ -685,7 +685,7 @@ async def test_failed_final_write_and_repost_are_logged(
 async def test_database_error_while_claiming_gets_an_apology(
     stack: Stack, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async def broken(platform: str, event_id: str, *, settled: bool = True) -> bool:
+    async def broken(platform: str, event_id: str, **_: object) -> bool:
         raise RuntimeError("database is locked")
 
     monkeypatch.setattr(stack.parley.service, "claim_event", broken)
@@ -708,7 +708,7 @@ async def test_database_error_while_claiming_gets_an_apology(
 async def test_database_error_on_a_new_assistant_thread_still_suggests_prompts(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def broken(platform: str, event_id: str, *, settled: bool = True) -> bool:
+    async def broken(platform: str, event_id: str, **_: object) -> bool:
         raise RuntimeError("database is locked")
 
     monkeypatch.setattr(stack.parley.service, "claim_event", broken)

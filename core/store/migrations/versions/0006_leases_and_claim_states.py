@@ -34,11 +34,15 @@ def upgrade() -> None:
         batch.add_column(
             sa.Column("holder", sa.String(length=64), server_default="", nullable=False)
         )
+        batch.add_column(sa.Column("request", sa.Text(), nullable=True))
+        batch.add_column(sa.Column("delivery", sa.Text(), nullable=True))
+        batch.add_column(sa.Column("question_id", sa.BigInteger(), nullable=True))
+        batch.add_column(sa.Column("answer_id", sa.BigInteger(), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("processed_events") as batch:
-        batch.drop_column("holder")
-        batch.drop_column("state")
+        for column in ("answer_id", "question_id", "delivery", "request", "holder", "state"):
+            batch.drop_column(column)
     op.drop_index("ix_leases_holder", table_name="leases")
     op.drop_table("leases")

@@ -1,0 +1,151 @@
+"""Answers that outlive their worker: what is recorded while answering, and the sweeper that
+finishes, in another worker, what a dead one left.
+
+While the core answers a claimed message it keeps, with the claim: the question as the core got
+it (``request``), where the adapter shows the answer (``Inbound.reply_to``), what the answer has
+shown so far (the renderer's ``record()``, through a ``Journal``), the stored question and,
+once stored, the answer. A worker killed at any moment leaves a claim "answering" (asked
+again) or "stored" (answered, maybe not shown), held by a worker lease that runs out.
+
+Every worker sweeps: it takes over such claims (``Store.orphans``) and hands each to the adapter
+of its platform (a ``Resume``), which clears what the dead worker showed and shows the answer
+in the same place. The person sees one answer, never two, never none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import suppress
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from core.messages import Author, ConversationKey, Inbound
+from core.ports import Orphan, Store
+
+log = logging.getLogger("parley.recovery")
+
+SWEEP_BATCH = 20
+
+
+def request_of(inbound: Inbound) -> str:
+    """The question as JSON, enough to ask it again (files are not kept: their text is in
+    the stored question)."""
+    key = inbound.key
+    return json.dumps(
+        {
+            "key": [key.platform, key.workspace, key.channel, key.thread],
+            "author": [inbound.author.id, inbound.author.name],
+            "text": inbound.text,
+            "event_id": inbound.event_id,
+            "sent_at": inbound.sent_at.isoformat() if inbound.sent_at else None,
+            "reply_to": [list(pair) for pair in inbound.reply_to],
+        }
+    )
+
+
+def inbound_of(request: str) -> Inbound:
+    """The question ``request_of`` kept."""
+    data = json.loads(request)
+    sent_at = data.get("sent_at")
+    return Inbound(
+        ConversationKey(*data["key"]),
+        Author(*data["author"]),
+        data["text"],
+        event_id=data.get("event_id"),
+        sent_at=datetime.fromisoformat(sent_at) if sent_at else None,
+        reply_to=tuple((str(k), str(v)) for k, v in data.get("reply_to", ())),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    """An answer to finish: the question, what the dead worker's answer showed (the adapter's
+    record, empty if nothing), and the stored answer to show (None: ask the model again)."""
+
+    inbound: Inbound
+    shown: Mapping[str, Any]
+    answer: str | None
+
+
+Resume = Callable[[Resumed], Awaitable[None]]
+
+
+class Journal:
+    """Keeps what one answer has shown with its claim, and that it was shown in the end."""
+
+    def __init__(self, store: Store, platform: str, event_id: str) -> None:
+        self.store = store
+        self.event = (platform, event_id)
+        self._last: str | None = None
+
+    async def shown(self, record: Mapping[str, Any]) -> None:
+        """The renderer's record now (written only when it changed; best effort)."""
+        text = json.dumps(record, sort_keys=True)
+        if text == self._last:
+            return
+        self._last = text
+        try:
+            await self.store.record_delivery(*self.event, text)
+        except Exception as exc:
+            log.warning("recording what an answer showed failed (%s)", type(exc).__name__)
+
+    async def delivered(self) -> None:
+        """The answer is shown in full: nothing is left to finish."""
+        try:
+            await self.store.settle_event(*self.event, "answered")
+        except Exception as exc:
+            log.warning("recording a shown answer failed (%s)", type(exc).__name__)
+
+
+class Sweeper:
+    """Finds answers left by dead workers, every ``every`` seconds, and resumes them."""
+
+    def __init__(self, store: Store, resumers: Mapping[str, Resume], *, every: float) -> None:
+        self.store = store
+        self.resumers = dict(resumers)
+        self.every = every
+        self._running: set[asyncio.Task[None]] = set()
+
+    async def sweep(self) -> int:
+        """Take over what is left now and start finishing it; returns how many."""
+        orphans = await self.store.orphans(list(self.resumers), SWEEP_BATCH)
+        for orphan in orphans:
+            task = asyncio.get_running_loop().create_task(self._resume(orphan))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+        return len(orphans)
+
+    async def _resume(self, orphan: Orphan) -> None:
+        try:
+            inbound = inbound_of(orphan.request)
+            shown = json.loads(orphan.delivery) if orphan.delivery else {}
+        except (ValueError, TypeError, KeyError):
+            log.error("an unfinished answer on %s could not be read; dropped", orphan.platform)
+            await self.store.settle_event(orphan.platform, orphan.event_id, "failed")
+            return
+        log.info("finishing an answer left by a stopped worker in %s", inbound.key)
+        try:
+            await self.resumers[orphan.platform](Resumed(inbound, shown, orphan.answer))
+        except Exception:
+            log.exception("finishing an answer in %s failed", inbound.key)
+
+    async def run(self) -> None:
+        """Sweep until cancelled; a failed sweep is logged and tried again next time."""
+        while True:
+            try:
+                while await self.sweep() == SWEEP_BATCH:
+                    pass
+            except Exception as exc:
+                log.warning("looking for unfinished answers failed (%s)", type(exc).__name__)
+            await asyncio.sleep(self.every)
+
+    async def close(self) -> None:
+        for task in list(self._running):
+            task.cancel()
+        for task in list(self._running):
+            with suppress(asyncio.CancelledError, Exception):
+                await task
