@@ -59,6 +59,7 @@ KILLS = 7
 LEASE_SECONDS = 3
 MODEL_LATENCY = 0.35  # per streamed chunk: an answer streams for about 1.5 s
 ANSWER_GUARD = 180.0  # after the last question, how long answers may take (a hang guard)
+IDLE_GUARD = 30.0  # stop waiting for answers sooner when nothing at all reaches Slack this long
 ACK_TIMEOUT = 3.0  # Slack's: an event not acknowledged within 3 s is retried
 RETRY_BACKOFF = (0.5, 1.0, 2.0)  # Slack waits ~0 s, 1 min, 5 min; compressed here
 QUESTION = re.compile(r"\bquestion (\d+)\b")
@@ -95,17 +96,25 @@ class WatchedModel(StandinServer):
         self.started: dict[int, list[float]] = defaultdict(list)
         self.ended: dict[int, list[float]] = defaultdict(list)  # answered in full
         self.open: Counter[int] = Counter()
+        self.calls: list[list[Any]] = []  # [question, started, ended or None, outcome]
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         number = asked(await request.read())  # aiohttp keeps the body for the handler
         if number is None:
             return await super()._chat(request)
+        call: list[Any] = [number, now(), None, "open"]
+        self.calls.append(call)
         self.started[number].append(time.monotonic())
         self.open[number] += 1
         try:
             response = await super()._chat(request)
+        except BaseException as exc:
+            call[3] = type(exc).__name__
+            raise
         finally:
             self.open[number] -= 1
+            call[2] = now()
+        call[3] = "done"
         self.ended[number].append(time.monotonic())
         return response
 
@@ -438,8 +447,8 @@ class Chaos:
             if not answers:
                 problems.append(f"question {number}: no answer shown")
             elif len(answers) > 1:
-                where = ", ".join(m.ts for m in answers)
-                problems.append(f"question {number}: answered {len(answers)} times ({where})")
+                where = "; ".join(f"ts {m.ts} {self.how(m)}" for m in answers)
+                problems.append(f"question {number}: answered {len(answers)} times: {where}")
             for m in answers:
                 if (m.channel, m.thread_ts) != (thread.channel, thread.root):
                     problems.append(
@@ -453,12 +462,24 @@ class Chaos:
                 if THINKING in m.text
                 else "other bot message"
             )
-            problems.append(f"{what} {m.channel}/{m.thread_ts} ts {m.ts}: {m.text[:100]!r}")
+            problems.append(
+                f"{what} {m.channel}/{m.thread_ts} ts {m.ts} {self.how(m)}: {m.text[:100]!r}"
+            )
         for stream in self.fake.open_streams():
             problems.append(
                 f"stream never stopped: {stream.channel}/{stream.thread_ts} ts {stream.ts}"
             )
         return problems
+
+    def how(self, message: Message) -> str:
+        """How the bot wrote ``message``: which calls touched it, in order."""
+        touched = [
+            c.method.removeprefix("chat.")
+            for c in self.fake.calls
+            if c.params.get("ts") == message.ts and c.method.startswith("chat.")
+        ]
+        opened = "startStream" if message.ts in self.fake.streams else "postMessage"
+        return "(" + " ".join([opened, *touched]) + ")"
 
     async def database_problems(self, url: str) -> tuple[list[str], str]:
         """Each thread's complete turns, by (sent_at, id): U17 A17 U57 A57 ... as asked."""
@@ -517,6 +538,14 @@ class Chaos:
             f"bot messages that are no answer {dict(left)}, "
             f"streams never stopped {len(self.fake.open_streams())}"
         )
+        for worker in self.workers:
+            calls = worker.model.calls
+            outcomes = Counter(c[3] for c in calls)
+            still = [(c[0], round(c[1], 1)) for c in calls if c[3] == "open"]
+            lines.append(
+                f"model of worker {worker.slot}: {len(calls)} calls {dict(outcomes)}, "
+                f"still open (question, since) {still}"
+            )
         lines.append(f"database: {facts}")
         calls = Counter(c.method for c in self.fake.calls)
         lines.append(f"Slack calls: {dict(calls)}")
@@ -586,6 +615,20 @@ async def upgrade(database_url: str, cwd: Path) -> None:
     assert proc.returncode == 0, out.decode()
 
 
+async def wait_for_answers(fake: FakeSlack, chaos: Chaos) -> bool:
+    """Wait until every question shows an answer: False when the guard runs out first, or
+    when the workers have written nothing to Slack for ``IDLE_GUARD`` seconds."""
+    deadline = time.monotonic() + ANSWER_GUARD
+    calls, since = len(fake.calls), time.monotonic()
+    while len(chaos.answered()) < QUESTIONS:
+        if time.monotonic() > deadline or time.monotonic() - since > IDLE_GUARD:
+            return False
+        await asyncio.sleep(0.5)
+        if len(fake.calls) != calls:
+            calls, since = len(fake.calls), time.monotonic()
+    return True
+
+
 async def settle(fake: FakeSlack, *, quiet: float, guard: float) -> None:
     """Wait until the workers have written nothing to Slack for ``quiet`` seconds."""
     deadline = time.monotonic() + guard
@@ -604,6 +647,9 @@ async def test_workers_killed_at_random_answer_every_question_exactly_once(
 ) -> None:
     seed = int(os.environ.get("PARLEY_CHAOS_SEED") or random.randrange(1 << 32))
     started = time.monotonic()
+    if os.environ.get("PARLEY_CHAOS_LOGS"):  # keep the logs somewhere else
+        tmp_path = Path(os.environ["PARLEY_CHAOS_LOGS"]) / f"{seed}"
+        tmp_path.mkdir(parents=True)
     await upgrade(postgres_url, tmp_path)
     timeline: dict[str, float] = {}
     async with (
@@ -631,11 +677,8 @@ async def test_workers_killed_at_random_answer_every_question_exactly_once(
             timeline["all sent"] = now()
             await monkey
             timeline["last kill"] = chaos.kills[-1].at if chaos.kills else 0.0
-            try:
-                await fake.wait_for(lambda: len(chaos.answered()) == QUESTIONS, ANSWER_GUARD)
-                timeline["all answered"] = now()
-            except TimeoutError:
-                timeline["gave up waiting"] = now()
+            done = await wait_for_answers(fake, chaos)
+            timeline["all answered" if done else "gave up waiting"] = now()
             await settle(fake, quiet=2 * LEASE_SECONDS, guard=30)
             timeline["quiet"] = now()
             slack = chaos.slack_problems()
@@ -645,10 +688,12 @@ async def test_workers_killed_at_random_answer_every_question_exactly_once(
             await asyncio.gather(*(w.stop() for w in workers))
         database, facts = await chaos.database_problems(postgres_url)
         summary = chaos.summary(started, timeline, facts)
-    (tmp_path / "chaos-summary.txt").write_text(summary)
-    print(summary)
     problems = slack + database
+    # The missing answers are in the summary: the problems shown first are the others.
+    problems.sort(key=lambda p: p.endswith("no answer shown"))
     report = f"{summary}\n{len(problems)} problems:\n" + "\n".join(problems[:60])
+    (tmp_path / "chaos-summary.txt").write_text(f"{summary}\n" + "\n".join(problems))
+    print(summary)
 
     # The run did what it claims: kills at every stage of an answer, Slack never gave up.
     assert len(chaos.kills) >= 5, report
