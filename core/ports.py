@@ -207,13 +207,21 @@ class Store(Protocol):
     """Persistence of conversations, settings, usage and processed event ids."""
 
     async def claim_event(
-        self, platform: str, event_id: str, *, settled: bool = True, request: str | None = None
+        self,
+        platform: str,
+        event_id: str,
+        *,
+        settled: bool = True,
+        request: str | None = None,
+        conversation: str | None = None,
+        sent_at: datetime | None = None,
     ) -> bool:
         """Record ``event_id``; True if it was new, False if it was already handled.
 
         ``settled=False`` claims it as being answered until ``settle_event``: a redelivery
         of it is then not dropped if the worker that claimed it died meanwhile, and with
-        ``request`` (the question, JSON) another worker can finish it (``orphans``)."""
+        ``request`` (the question, JSON) another worker can finish it (``orphans``). With
+        ``conversation`` and ``sent_at`` it waits its turn in that order."""
         ...
 
     async def settle_event(self, platform: str, event_id: str, state: str) -> None:
@@ -308,10 +316,14 @@ class Store(Protocol):
         self, conversation_id: int, summary: str, summary_tokens: int, context_start: int
     ) -> None: ...
 
-    def conversation_lock(self, name: str) -> AbstractAsyncContextManager[None]:
+    def conversation_lock(
+        self, name: str, *, sent_at: datetime | None = None
+    ) -> AbstractAsyncContextManager[None]:
         """Hold ``name`` exclusively across every worker sharing this store; released when the
-        block ends, or soon after a worker dies, and holding no connection meanwhile. A store only one process can use
-        (SQLite, memory) may make this a no-op: the service's in-process lock is enough."""
+        block ends, or soon after a worker dies, and holding no connection meanwhile. With
+        ``sent_at`` (the question's), claimed questions sent earlier go first. A store only one
+        process can use (SQLite, memory) may make this a no-op: the service's in-process lock
+        is enough."""
         ...
 
     async def reset_conversation(self, key: ConversationKey) -> int:

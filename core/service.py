@@ -184,12 +184,18 @@ class ConversationService:
         self.rate: UserRate | None = rate or (MessageRate(per_minute) if per_minute else None)
 
     @asynccontextmanager
-    async def exclusive(self, key: ConversationKey) -> AsyncIterator[None]:
-        """Hold ``key``'s conversation: one turn at a time, in this process and across workers.
+    async def exclusive(
+        self, key: ConversationKey, sent_at: datetime | None = None
+    ) -> AsyncIterator[None]:
+        """Hold ``key``'s conversation: one turn at a time, in this process and across workers
+        (questions sent earlier first, given ``sent_at``).
 
         The store decides what "across workers" takes (a lease on PostgreSQL,
-        nothing on a database only one process uses)."""
-        async with self.locks.hold(key), self.store.conversation_lock(str(key)):
+        nothing on a database only one process uses). It is taken first: a question waiting
+        for it holds nothing, so an earlier question, in this worker or another, can go first.
+        """
+        lock = self.store.conversation_lock(str(key), sent_at=sent_at)
+        async with lock, self.locks.hold(key):
             yield
 
     # --- settings -----------------------------------------------------------------------
@@ -229,15 +235,13 @@ class ConversationService:
 
     # --- answering ----------------------------------------------------------------------
 
-    async def claim_event(
-        self, platform: str, event_id: str, *, settled: bool = True, request: str | None = None
-    ) -> bool:
+    async def claim_event(self, platform: str, event_id: str, **claim: Any) -> bool:
         """True the first time ``event_id`` is seen on ``platform`` (persisted); see
-        ``Store.claim_event`` for ``settled`` and ``request``."""
+        ``Store.claim_event`` for the rest."""
         self._claims += 1
         if self._claims % PRUNE_EVERY == 0:
             await self._prune_events()
-        return await self.store.claim_event(platform, event_id, settled=settled, request=request)
+        return await self.store.claim_event(platform, event_id, **claim)
 
     async def _prune_events(self) -> None:
         """Forget old event ids (platforms redeliver within minutes; a week is plenty).
@@ -256,6 +260,8 @@ class ConversationService:
         answering it died before it was answered. ``resumed``: this worker took the claim
         over from a dead one (``core.recovery``) and asks again.
         """
+        if inbound.sent_at is None:  # ordered by when it reached the core, then
+            inbound = replace(inbound, sent_at=datetime.now(UTC))
         try:
             if (
                 inbound.event_id
@@ -265,6 +271,8 @@ class ConversationService:
                     inbound.event_id,
                     settled=False,
                     request=recovery.request_of(inbound),
+                    conversation=str(inbound.key),
+                    sent_at=inbound.sent_at,
                 )
             ):
                 log.info("dropping redelivered event %s on %s", inbound.event_id, inbound.key)
@@ -312,10 +320,8 @@ class ConversationService:
                 )
                 return
         yield Accepted()
-        if inbound.sent_at is None:  # ordered by when it reached the core, then
-            inbound = replace(inbound, sent_at=datetime.now(UTC))
         try:
-            async with self.exclusive(inbound.key):
+            async with self.exclusive(inbound.key, inbound.sent_at):
                 async for event in self._answer(inbound):
                     yield event
         except UserFacingError as exc:

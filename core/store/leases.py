@@ -23,7 +23,7 @@ from contextlib import asynccontextmanager, suppress
 from functools import partial
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, delete, update
+from sqlalchemy import ColumnElement, CursorResult, and_, delete, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -60,14 +60,23 @@ class Leases:
     def _until(self) -> int:
         return now_micros() + int(self.seconds * 1_000_000)
 
-    async def try_take(self, name: str) -> bool:
-        """Take ``name`` if nobody holds it (or its holder's lease has run out)."""
+    async def try_take(self, name: str, *, unless: ColumnElement[bool] | None = None) -> bool:
+        """Take ``name`` if nobody holds it (or its holder's lease has run out), and
+        ``unless`` (someone with a better claim waiting) is not true."""
         self._start_heartbeat()
-        stmt = self._insert(LeaseRow).values(name=name, holder=self.holder, until=self._until())
+        free = LeaseRow.until < now_micros()
+        if unless is None:
+            stmt = self._insert(LeaseRow).values(name=name, holder=self.holder, until=self._until())
+        else:
+            values = select(literal(name), literal(self.holder), literal(self._until()))
+            stmt = self._insert(LeaseRow).from_select(
+                ["name", "holder", "until"], values.where(~unless)
+            )
+            free = and_(free, ~unless)
         taking = stmt.on_conflict_do_update(
             index_elements=[LeaseRow.name],
             set_={"holder": stmt.excluded.holder, "until": stmt.excluded.until},
-            where=LeaseRow.until < now_micros(),
+            where=free,
         ).returning(LeaseRow.holder)
         async with self.engine.begin() as conn:
             taken = (await conn.execute(taking)).scalar_one_or_none()
@@ -79,10 +88,13 @@ class Leases:
             await conn.execute(delete(LeaseRow).where(*where))
 
     @asynccontextmanager
-    async def hold(self, name: str) -> AsyncIterator[None]:
-        """Hold ``name`` for the block, waiting (never failing) while another worker has it."""
+    async def hold(
+        self, name: str, *, unless: ColumnElement[bool] | None = None
+    ) -> AsyncIterator[None]:
+        """Hold ``name`` for the block, waiting (never failing) while another worker has it
+        (or while ``unless``: someone who should go first is waiting)."""
         wait = FIRST_WAIT
-        while not await retrying(partial(self.try_take, name)):
+        while not await retrying(partial(self.try_take, name, unless=unless)):
             await asyncio.sleep(wait)
             wait = min(LONGEST_WAIT, wait * 2)
         try:

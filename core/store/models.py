@@ -159,6 +159,7 @@ class ProcessedEventRow(Base):
     __table_args__ = (
         UniqueConstraint("platform", "event_id"),
         Index("ix_processed_events_created_at", "created_at"),
+        Index("ix_processed_events_waiting", "conversation", "state"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -177,6 +178,10 @@ class ProcessedEventRow(Base):
     delivery: Mapped[str | None] = mapped_column(CleanText, nullable=True)
     question_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     answer_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # The conversation it asks in and when the platform says it was sent: questions waiting
+    # for the same conversation take their turns in that order, whichever worker has them.
+    conversation: Mapped[str | None] = mapped_column(CleanString(300), nullable=True)
+    sent_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 

@@ -167,6 +167,24 @@ async def _orphan(session: AsyncSession, row: Any) -> Orphan:
     return Orphan(platform, event_id, request, delivery, answer)
 
 
+def _earlier_waiting(conversation: str, sent_at: datetime | None) -> Any:
+    """A question sent before ``sent_at`` is waiting for ``conversation`` (claimed by a live
+    worker, not yet begun): it goes first."""
+    if sent_at is None:
+        return None
+    return (
+        select(ProcessedEventRow.id)
+        .where(
+            ProcessedEventRow.conversation == conversation,
+            ProcessedEventRow.state == "answering",
+            ProcessedEventRow.question_id.is_(None),
+            ProcessedEventRow.sent_at < micros(sent_at),
+            _alive(),
+        )
+        .exists()
+    )
+
+
 def _take_over(platform: str, event_id: str, holder: str) -> Any:
     """Claim an unsettled event whose holder is a worker no longer alive (never one this
     worker or another live one is still answering: that would answer it twice)."""
@@ -239,7 +257,14 @@ class SqlStore:
             self._announced = True
 
     async def claim_event(
-        self, platform: str, event_id: str, *, settled: bool = True, request: str | None = None
+        self,
+        platform: str,
+        event_id: str,
+        *,
+        settled: bool = True,
+        request: str | None = None,
+        conversation: str | None = None,
+        sent_at: datetime | None = None,
     ) -> bool:
         """True the first time ``event_id`` arrives, or when the claim it had was left
         unfinished by a worker that is gone.
@@ -256,6 +281,8 @@ class SqlStore:
                 state="answered" if settled else "answering",
                 holder=holder,
                 request=request,
+                conversation=conversation,
+                sent_at=micros(sent_at) if sent_at is not None else None,
             )
             .on_conflict_do_nothing(index_elements=["platform", "event_id"])
         )
@@ -510,14 +537,16 @@ class SqlStore:
             )
 
     @asynccontextmanager
-    async def conversation_lock(self, name: str) -> AsyncIterator[None]:
+    async def conversation_lock(
+        self, name: str, *, sent_at: datetime | None = None
+    ) -> AsyncIterator[None]:
         """The lease on ``name`` (PostgreSQL, several workers): held without a connection,
         renewed by this worker's heartbeat, expired when it dies. SQLite serves a single
         worker: the service's in-process lock is enough there."""
         if self._dialect != "postgresql":
             yield
             return
-        async with self.leases.hold(name):
+        async with self.leases.hold(name, unless=_earlier_waiting(name, sent_at)):
             yield
 
     async def reset_conversation(self, key: ConversationKey) -> int:

@@ -69,7 +69,14 @@ class MemoryStore:
         self._ids = itertools.count(1)
 
     async def claim_event(
-        self, platform: str, event_id: str, *, settled: bool = True, request: str | None = None
+        self,
+        platform: str,
+        event_id: str,
+        *,
+        settled: bool = True,
+        request: str | None = None,
+        conversation: str | None = None,
+        sent_at: datetime | None = None,
     ) -> bool:
         if (platform, event_id) in self.events:
             return False
@@ -199,7 +206,9 @@ class MemoryStore:
                 )
 
     @asynccontextmanager
-    async def conversation_lock(self, name: str) -> AsyncIterator[None]:
+    async def conversation_lock(
+        self, name: str, *, sent_at: datetime | None = None
+    ) -> AsyncIterator[None]:
         self.locked.append(name)
         yield
 

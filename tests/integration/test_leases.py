@@ -4,6 +4,7 @@ and a database that refuses connections for a while costs time, not messages."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import update
@@ -13,7 +14,7 @@ from core.messages import Author, ConversationKey, FinalText, Inbound
 from core.settings import Settings
 from core.store import schema
 from core.store.models import LeaseRow
-from core.store.sql import SqlStore, make_engine
+from core.store.sql import SqlStore, _earlier_waiting, make_engine
 from tests.conftest import PG_PORT
 from tests.fakes.memory import ScriptedModel
 from tests.fakes.tcp_proxy import Proxy
@@ -155,3 +156,26 @@ async def test_a_database_outage_costs_time_not_messages(postgres_url, proxy):
         assert (await store.user_usage("slack", "u")).turns == 1 + 20
     finally:
         await parley.close()
+
+
+async def test_questions_waiting_for_a_conversation_take_turns_in_the_order_sent(postgres_url):
+    """Whichever worker has them, a later question waits for an earlier one still waiting."""
+    first, second = await _store(postgres_url), await _store(postgres_url)
+    name, early = str(KEY), datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    late = early + timedelta(seconds=1)
+    try:
+        assert await first.claim_event(
+            "slack", "Ev-early", settled=False, conversation=name, sent_at=early
+        )
+        assert await second.claim_event(
+            "slack", "Ev-late", settled=False, conversation=name, sent_at=late
+        )
+        assert not await second.leases.try_take(name, unless=_earlier_waiting(name, late))
+        assert await first.leases.try_take(name, unless=_earlier_waiting(name, early))
+        state = await first.conversation(KEY)
+        await first.add_message(state.id, "user", "q", 1, event=("slack", "Ev-early"))
+        await first.leases.give_back(name)  # the early question has begun, and is done
+        assert await second.leases.try_take(name, unless=_earlier_waiting(name, late))
+    finally:
+        await first.close()
+        await second.close()

@@ -38,11 +38,16 @@ def upgrade() -> None:
         batch.add_column(sa.Column("delivery", sa.Text(), nullable=True))
         batch.add_column(sa.Column("question_id", sa.BigInteger(), nullable=True))
         batch.add_column(sa.Column("answer_id", sa.BigInteger(), nullable=True))
+        batch.add_column(sa.Column("conversation", sa.String(length=300), nullable=True))
+        batch.add_column(sa.Column("sent_at", sa.BigInteger(), nullable=True))
+        batch.create_index("ix_processed_events_waiting", ["conversation", "state"], unique=False)
 
 
 def downgrade() -> None:
     with op.batch_alter_table("processed_events") as batch:
-        for column in ("answer_id", "question_id", "delivery", "request", "holder", "state"):
+        batch.drop_index("ix_processed_events_waiting")
+        columns = ("sent_at", "conversation", "answer_id", "question_id", "delivery", "request")
+        for column in (*columns, "holder", "state"):
             batch.drop_column(column)
     op.drop_index("ix_leases_holder", table_name="leases")
     op.drop_table("leases")

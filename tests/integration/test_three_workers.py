@@ -1,0 +1,134 @@
+"""One deployment, three workers: one PostgreSQL database, one Redis, one Slack workspace whose
+fake enforces Slack's write limits. Every event is delivered to two different workers (as a
+load balancer retrying, or Socket Mode redelivering, would): each question is answered exactly
+once, in the order asked, within the shared write budget."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from contextlib import AsyncExitStack
+
+import pytest
+from redis.asyncio import Redis
+
+from adapters.slack.render import THINKING
+from adapters.slack.settings import SlackSettings
+from bots.bootstrap import build
+from bots.platforms import slack_adapter
+from bots.shared import RedisSettings
+from core.settings import Settings
+from core.store import schema
+from core.store.sql import make_engine
+from tests.fakes.memory import ScriptedModel
+from tests.fakes.slack_tiers import TieredSlack
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+THREADS, ASKED = 50, 10  # 500 questions
+
+
+class Echo(ScriptedModel):
+    """Answers "answer to <question>" in two pieces, after a short pause."""
+
+    def __init__(self) -> None:
+        super().__init__(reply=lambda r: f"answer to {r.messages[-1].text.split(': ')[-1]}")
+
+    async def stream(self, request):
+        await asyncio.sleep(random.uniform(0.01, 0.05))
+        async for item in super().stream(request):
+            yield item
+
+
+@pytest.fixture
+async def redis_prefix():
+    client = Redis.from_url(REDIS_URL)
+    try:
+        await client.ping()
+    except OSError:
+        pytest.fail("Redis at 127.0.0.1:6379 is needed for several workers")
+    finally:
+        await client.aclose()
+    return f"parley-test:{uuid.uuid4().hex}:"
+
+
+def _question(slack: TieredSlack, thread: int, n: int, parent: str) -> dict:
+    channel = f"C{thread:04d}"
+    text = f"<@{slack.bot_user_id}> q{thread}-{n}"
+    message = slack.add_message(channel, text, user="UALICE", thread_ts=parent)
+    event = {
+        "type": "app_mention",
+        "user": "UALICE",
+        "text": text,
+        "ts": message.ts,
+        "thread_ts": parent,
+        "channel": channel,
+        "team": slack.team_id,
+        "event_ts": message.ts,
+    }
+    return slack.event_body(event)
+
+
+async def test_three_workers_answer_each_event_once_in_order_within_slacks_limits(
+    postgres_url, redis_prefix
+):
+    engine = make_engine(postgres_url)
+    await schema.upgrade(engine)
+    await engine.dispose()
+    slack = await TieredSlack().start()
+    rng = random.Random(11)
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(slack.stop)
+        urls = []
+        for _ in range(3):
+            parley = await build(
+                Settings(_env_file=None, database_url=postgres_url),
+                llm=Echo(),
+                redis=RedisSettings(_env_file=None, url=REDIS_URL, key_prefix=redis_prefix),
+            )
+            stack.push_async_callback(parley.close)
+            section = SlackSettings(
+                _env_file=None,
+                bot_token=slack.bot_token,
+                signing_secret=slack.signing_secret,
+                mode="http",
+                api_url=slack.base_url,
+            )
+            adapter = slack_adapter(parley, section, host="127.0.0.1", port=0)
+            await adapter.start()
+            stack.push_async_callback(adapter.stop)
+            urls.append(f"http://127.0.0.1:{adapter.port}/slack/events")
+        parents = [
+            slack.add_message(f"C{t:04d}", "a topic", user="UALICE").ts for t in range(THREADS)
+        ]
+
+        async def ask_in(thread: int) -> None:
+            for n in range(ASKED):
+                body = _question(slack, thread, n, parents[thread])
+                first, second = rng.sample(urls, 2)
+                statuses = await asyncio.gather(
+                    slack.post_event(first, body), slack.post_event(second, body, retry_num=1)
+                )
+                assert statuses == [200, 200]
+                await asyncio.sleep(rng.uniform(0, 0.05))
+
+        await asyncio.gather(*(ask_in(t) for t in range(THREADS)))
+
+        def answers(thread: int) -> list[str]:
+            channel = f"C{thread:04d}"
+            return [m.text for m in slack.thread(channel, parents[thread]) if m.bot_id]
+
+        def all_answered() -> bool:
+            return all(len(answers(t)) >= ASKED for t in range(THREADS))
+
+        await slack.wait_for(all_answered, guard=240)
+        await asyncio.sleep(0.5)  # a duplicate answer would show up by now
+        for thread in range(THREADS):
+            assert answers(thread) == [f"answer to q{thread}-{n}" for n in range(ASKED)], [
+                (m.ts, m.text, m.streaming, m.markdown)
+                for m in slack.thread(f"C{thread:04d}", parents[thread])
+                if m.bot_id
+            ]
+        assert [c.method for c in slack.calls if c.status == 429] == []
+        bot = [m for messages in slack.messages.values() for m in messages if m.bot_id]
+        assert not any(m.streaming or m.text == THINKING for m in bot)
