@@ -45,6 +45,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from adapters.slack.render import FEEDBACK_ACTION
 from adapters.standin.server import StandinServer
 from tests.fakes.slack_server import FakeSlack, Message
 
@@ -67,6 +68,27 @@ ECHO = re.compile(r"You said: .*?\bquestion (\d+)\b")
 THINKING = "Thinking…"
 
 pytestmark = [pytest.mark.postgres]
+
+
+def final(message: Message) -> bool:
+    """Whether the bot's last write to ``message`` was an answer's final one: it carries
+    the feedback buttons."""
+    return any(
+        str(element.get("action_id", "")).startswith(FEEDBACK_ACTION)
+        for block in message.blocks or []
+        for element in block.get("elements") or []
+    )
+
+
+def stray(message: Message) -> str:
+    """What a bot message that is no final answer is."""
+    if message.streaming:
+        return "open stream"
+    if THINKING in message.text:
+        return "placeholder"
+    if ECHO.search(message.text):
+        return "answer never finished"
+    return "other bot message"
 
 
 def free_port() -> int:
@@ -348,15 +370,16 @@ class Chaos:
     # --- what Slack shows -------------------------------------------------------------------
 
     def shown(self) -> dict[int, list[Message]]:
-        """Each question's final answers (stopped or posted messages echoing it), in any
-        thread; also under -1: the bot's other messages."""
+        """Each question's final answers in any thread: messages echoing it whose last write
+        is done (stream stopped, placeholder replaced: the feedback buttons come with the
+        final write). Under -1: every other message of the bot."""
         found: dict[int, list[Message]] = defaultdict(list)
         for channel in {t.channel for t in self.threads}:
             for message in self.fake.messages.get(channel, []):
                 if message.bot_id != self.fake.bot_id:
                     continue
                 echoed = ECHO.findall(message.text)
-                if message.streaming or THINKING in message.text or len(echoed) != 1:
+                if message.streaming or not final(message) or len(echoed) != 1:
                     found[-1].append(message)
                 else:
                     found[int(echoed[0])].append(message)
@@ -455,13 +478,7 @@ class Chaos:
                         f"question {number}: answer {m.ts} in {m.channel}/{m.thread_ts}"
                     )
         for m in shown.get(-1, []):
-            what = (
-                "open stream"
-                if m.streaming
-                else "placeholder"
-                if THINKING in m.text
-                else "other bot message"
-            )
+            what = stray(m)
             problems.append(
                 f"{what} {m.channel}/{m.thread_ts} ts {m.ts} {self.how(m)}: {m.text[:100]!r}"
             )
@@ -527,10 +544,7 @@ class Chaos:
                 f"open streams at Slack {k.open_streams}; back up {k.back_at:.1f}s"
             )
         shown = self.shown()
-        left = Counter(
-            "streaming" if m.streaming else "placeholder" if THINKING in m.text else "other"
-            for m in shown.get(-1, [])
-        )
+        left = Counter(stray(m) for m in shown.get(-1, []))
         lines.append(
             f"answers shown: {len(self.answered())}/{QUESTIONS}, "
             f"duplicated {sorted(n for n, m in shown.items() if n >= 0 and len(m) > 1)}, "
@@ -590,6 +604,7 @@ def worker_env(fake: FakeSlack, model: StandinServer, port: int, database_url: s
         SLACK_SIGNING_SECRET=fake.signing_secret,
         SLACK_MODE="http",
         SLACK_PORT=str(port),
+        SLACK_FEEDBACK_BUTTONS="true",  # how the test tells a final write (see ``final``)
         DATABASE_URL=database_url,
         DATABASE_LEASE_SECONDS=str(LEASE_SECONDS),
         OPENAI_BASE_URL=model.base_url,
