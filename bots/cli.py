@@ -106,11 +106,12 @@ async def _run(settings: Settings, redactor: Redactor) -> int:
     from bots.bootstrap import build
     from bots.ops import OpsSettings, metrics_for, run_worker
     from bots.platforms import load_platforms
+    from bots.shared import RedisSettings
     from core.settings import load
 
     platforms = load_platforms()
     ops = load(OpsSettings)
-    redactor.hide([platforms.slack, platforms.discord])
+    redactor.hide([platforms.slack, platforms.discord, load(RedisSettings)])
     if not platforms.configured:
         print(f"parley: {NOTHING_TO_RUN}", file=sys.stderr)
         return 2

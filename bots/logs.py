@@ -26,14 +26,15 @@ _URL_PASSWORD = re.compile(r"://[^\s/@:]*:(?P<password>[^\s/@]+)@")
 
 def secrets_of(sections: Iterable[BaseSettings]) -> set[str]:
     """The secret values of settings sections: every ``SecretStr`` and the password of every
-    URL setting (as written and percent-decoded)."""
+    URL setting, secret or not (as written and percent-decoded)."""
     found: set[str] = set()
     for section in sections:
         for name in type(section).model_fields:
             value = getattr(section, name)
             if isinstance(value, SecretStr):
-                found.add(value.get_secret_value())
-            elif isinstance(value, str):
+                value = value.get_secret_value()
+                found.add(value)
+            if isinstance(value, str):  # a URL's password, e.g. REDIS_URL, also on its own
                 for match in _URL_PASSWORD.finditer(value):
                     found |= {match["password"], unquote(match["password"])}
     return {s for s in found if len(s) >= MIN_SECRET_LENGTH}

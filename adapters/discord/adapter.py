@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -18,6 +17,7 @@ import discord
 from discord import app_commands
 
 from adapters.discord.endpoints import use_endpoints
+from adapters.discord.guard import DispatchGuard, GuardedTree, guard_gateway
 from adapters.discord.inbound import Answers, MessageHandler
 from adapters.discord.interactions import SlashCommands
 from adapters.discord.render import NO_MENTIONS
@@ -40,37 +40,6 @@ MISSING_CONTENT_INTENT = (
 )
 
 
-class DispatchGuard:
-    """Wraps discord.py's gateway parsers so a malformed dispatch (wrong types, missing fields)
-    is skipped instead of ending the connection; each kind of problem is logged once (event and
-    error type, never the payload, which may carry message content), repeats at DEBUG."""
-
-    def __init__(self) -> None:
-        self.skipped = 0
-        self._seen: set[tuple[str, str]] = set()
-
-    def install(self, parsers: dict[str, Callable[[Any], None]]) -> None:
-        """Guard every parser of ``parsers`` (the dict the gateway looks events up in)."""
-        for event, parse in list(parsers.items()):
-            parsers[event] = self._guarded(event, parse)
-
-    def _guarded(self, event: str, parse: Callable[[Any], None]) -> Callable[[Any], None]:
-        def guarded(data: Any) -> None:
-            try:
-                parse(data)
-            except Exception as exc:  # a payload discord.py cannot read; nothing to answer
-                self._skip(event, exc)
-
-        return guarded
-
-    def _skip(self, event: str, exc: Exception) -> None:
-        self.skipped += 1
-        kind = (event, type(exc).__name__)
-        level = logging.DEBUG if kind in self._seen else logging.WARNING
-        self._seen.add(kind)
-        log.log(level, "skipped a malformed %s dispatch from Discord (%s)", *kind)
-
-
 class ParleyClient(discord.Client):
     """A discord.py client wired to Parley's slash commands and message handler.
 
@@ -84,7 +53,7 @@ class ParleyClient(discord.Client):
         discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
         super().__init__(intents=intents, allowed_mentions=NO_MENTIONS, **options)
         self.adapter = adapter
-        self.tree: app_commands.CommandTree[ParleyClient] = app_commands.CommandTree(self)
+        self.tree: app_commands.CommandTree[ParleyClient] = GuardedTree(self)
         args = (
             adapter.service,
             adapter.settings,
@@ -96,6 +65,7 @@ class ParleyClient(discord.Client):
         self.messages = MessageHandler(self, *args)
         self.dispatch_guard = DispatchGuard()
         self.dispatch_guard.install(self._connection.parsers)
+        guard_gateway()
 
     async def setup_hook(self) -> None:
         await self.adapter.sync_commands(self.tree)

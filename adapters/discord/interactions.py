@@ -51,6 +51,8 @@ from core.messages import AudioFile, CommandReply, Inbound
 from core.service import ConversationService
 
 log = logging.getLogger("parley.discord")
+# Errors of an interaction whose options do not fit the command (Discord sent something else).
+MALFORMED = (app_commands.CommandSignatureMismatch, app_commands.TransformerError)
 
 ALREADY_ACKNOWLEDGED = 40060  # Discord's code for a second response to one interaction
 GENERIC_FAILURE = sentences.failure_text(sentences.GENERIC_ERROR)
@@ -457,7 +459,12 @@ class SlashCommands:
     ) -> None:
         """Log the failure (never the content) and tell the user in a short private message."""
         name = interaction.command.name if interaction.command else "?"
-        log.error("/%s failed (interaction %s)", name, interaction.id, exc_info=error)
+        if isinstance(error, MALFORMED):
+            # the interaction's options are not what the command takes: nothing of Parley's
+            # failed, so one line without a traceback
+            log.warning("/%s: skipped a malformed interaction (%s)", name, type(error).__name__)
+        else:
+            log.error("/%s failed (interaction %s)", name, interaction.id, exc_info=error)
         try:
             if interaction.response.is_done():
                 with contextlib.suppress(discord.HTTPException):

@@ -549,9 +549,11 @@ class SlackAdapter:
 
     async def _suggest_prompts(self, body: Mapping[str, Any], event: Mapping[str, Any]) -> None:
         """A new assistant thread: offer a few starting prompts (once per event)."""
-        thread = event.get("assistant_thread") or {}
+        thread = event.get("assistant_thread")
+        if not isinstance(thread, Mapping):  # a signed but malformed event: nothing to suggest
+            return
         channel, thread_ts = thread.get("channel_id"), thread.get("thread_ts")
-        if not channel or not thread_ts:
+        if not (channel and thread_ts and isinstance(channel, str) and isinstance(thread_ts, str)):
             return
         event_id = body.get("event_id")
         if event_id:

@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import parse_qsl
 
 import aiohttp
@@ -33,16 +34,77 @@ def refuse(status: int, reason: str) -> web.Response:
     return web.Response(status=status, text=reason)
 
 
+# Where bolt looks inside a payload, and what it expects there. Slack always sends these so,
+# but a signed body can still carry anything, and bolt's middleware would raise on it.
+_OBJECTS = (
+    "event",
+    "view",
+    "message",
+    "previous_message",
+    "item",
+    "assistant_thread",
+    "workflow_step",
+    "container",
+)
+_STRINGS = ("type", "subtype", "callback_id", "command")
+_IDS = ("team", "user", "channel", "enterprise")  # an id, or an object holding one
+_OBJECT_LISTS = ("authorizations", "actions")  # lists of objects
+
+
+def slack_shaped(payload: dict[str, Any], depth: int = 2) -> bool:
+    """Whether the parts of ``payload`` bolt reads have the types Slack gives them (checked
+    ``depth`` objects deep: an event's message, a view's state)."""
+    for name in _STRINGS:
+        if not isinstance(payload.get(name), (str, type(None))):
+            return False
+    for name in _IDS:
+        if not isinstance(payload.get(name), (str, dict, type(None))):
+            return False
+    for name in _OBJECT_LISTS:
+        items = payload.get(name, [{}])
+        if not (isinstance(items, list) and all(isinstance(i, dict) for i in items)):
+            return False
+    if payload.get("actions") == []:  # bolt reads the first action
+        return False
+    inner = [payload[name] for name in _OBJECTS if name in payload]
+    if not all(isinstance(part, dict) for part in inner):
+        return False
+    if "view" in payload and "type" not in payload["view"]:  # bolt reads a view's type
+        return False
+    inner += [item for name in _OBJECT_LISTS for item in payload.get(name, [])]
+    return depth == 0 or all(slack_shaped(part, depth - 1) for part in inner)
+
+
+def bolt_readable(payload: dict[str, Any]) -> bool:
+    """Whether bolt can read ``payload``: shaped as Slack shapes it, and an assistant thread
+    event names its thread (bolt builds its assistant helpers from it)."""
+    if not slack_shaped(payload):
+        return False
+    event = payload.get("event")
+    if isinstance(event, dict) and str(event.get("type")).startswith("assistant_thread_"):
+        thread = event.get("assistant_thread")
+        named = isinstance(thread, dict) and None not in (
+            thread.get("channel_id"),
+            thread.get("thread_ts"),
+        )
+        return named or None not in (event.get("channel"), event.get("thread_ts"))
+    return True
+
+
 def well_formed(body: str, content_type: str) -> bool:
     """Whether ``body`` is a payload bolt can read: a JSON object, or a form whose ``payload``
-    (interactivity), when present, is a JSON object."""
+    (interactivity), when present, is a JSON object, each shaped as Slack shapes them."""
     try:
         if content_type == "application/json" or body.startswith("{"):
-            return isinstance(json.loads(body), dict)
+            data = json.loads(body)
+            return isinstance(data, dict) and bolt_readable(data)
         form = dict(parse_qsl(body, keep_blank_values=True, strict_parsing=bool(body)))
         payload = form.get("payload")
-        return payload is None or isinstance(json.loads(payload), dict)
-    except ValueError:
+        if payload is None:
+            return True
+        data = json.loads(payload)
+        return isinstance(data, dict) and bolt_readable(data)
+    except (ValueError, RecursionError):
         return False
 
 

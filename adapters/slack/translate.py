@@ -13,6 +13,7 @@ Everything here is pure: a payload in, a core message (or a reason to ignore it)
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -181,6 +182,8 @@ def ignore_reason(
     event: Mapping[str, Any], bot_user_id: str | None, bot_id: str | None
 ) -> str | None:
     """Why a message-like event must not be answered, or None when it should be."""
+    if not well_typed(event):
+        return "malformed event"
     if event.get("subtype") not in ANSWERABLE_SUBTYPES:
         return "subtype"
     if event.get("hidden"):
@@ -197,6 +200,37 @@ def ignore_reason(
     if not event.get("channel") or not event.get("ts"):
         return "incomplete event"
     return None
+
+
+# The fields a message is read from and the types Slack sends them as (None: absent).
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "subtype": (str, type(None)),
+    "user": (str, type(None)),
+    "bot_id": (str, type(None)),
+    "channel": (str, type(None)),
+    "channel_type": (str, type(None)),
+    "ts": (str, type(None)),
+    "thread_ts": (str, type(None)),
+    "text": (str, type(None)),
+    "files": (list, type(None)),
+    "user_profile": (dict, type(None)),
+}
+
+
+_SLACK_ID = re.compile(r"[A-Z][A-Z0-9]{1,40}")
+
+
+def well_typed(event: Mapping[str, Any]) -> bool:
+    """Whether the fields a message is read from have the types Slack sends, its ids look like
+    Slack ids and its timestamps like Slack timestamps (a signed event can still carry
+    anything: it is then skipped, not half read)."""
+    if not all(isinstance(event.get(name), kinds) for name, kinds in _FIELD_TYPES.items()):
+        return False
+    ids = [event.get("user"), event.get("channel")]
+    stamps = [event.get("ts"), event.get("thread_ts")]
+    return all(v is None or _SLACK_ID.fullmatch(v) for v in ids) and all(
+        v is None or time_of(v) is not None for v in stamps
+    )
 
 
 def display_name(user: Mapping[str, Any]) -> str:

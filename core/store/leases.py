@@ -56,6 +56,8 @@ class Leases:
         self.seconds = seconds
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
         self._heartbeat: asyncio.Task[None] | None = None
+        # Names this worker holds now, set once given back (its own waiters wait on them).
+        self._held: dict[str, asyncio.Event] = {}
 
     def _until(self) -> int:
         return now_micros() + int(self.seconds * 1_000_000)
@@ -92,17 +94,30 @@ class Leases:
         self, name: str, *, unless: ColumnElement[bool] | None = None
     ) -> AsyncIterator[None]:
         """Hold ``name`` for the block, waiting (never failing) while another worker has it
-        (or while ``unless``: someone who should go first is waiting)."""
-        wait = FIRST_WAIT
-        while not await retrying(partial(self.try_take, name, unless=unless)):
-            await asyncio.sleep(wait)
-            wait = min(LONGEST_WAIT, wait * 2)
+        (or while ``unless``: someone who should go first is waiting). While this worker
+        holds it, its own waiters wait for it here rather than asking the database."""
+        await self._take(name, unless)
+        released = self._held[name] = asyncio.Event()
         try:
             yield
         finally:
             # A lease not given back (database gone, task cancelled) expires on its own.
             with suppress(Exception):
                 await asyncio.shield(retrying(partial(self.give_back, name), patience=5.0))
+            del self._held[name]
+            released.set()
+
+    async def _take(self, name: str, unless: ColumnElement[bool] | None) -> None:
+        wait = FIRST_WAIT
+        while True:
+            mine = self._held.get(name)
+            if mine is not None:
+                await mine.wait()
+                continue
+            if await retrying(partial(self.try_take, name, unless=unless)):
+                return
+            await asyncio.sleep(wait)
+            wait = min(LONGEST_WAIT, wait * 2)
 
     async def renew(self) -> int:
         """Push back the expiry of every lease this worker holds, itself included."""

@@ -422,6 +422,14 @@ class FakeDiscord:
             self._sockets.remove(ws)
             await ws.close(code=4000, message=b"Unknown error")
 
+    def ready_payload(self) -> dict[str, Any]:
+        """READY as the gateway sends it to an unsharded bot."""
+        return self._ready_payload(list(self.guild_ids), (0, 1))
+
+    def guild_payload(self, guild_id: str) -> dict[str, Any]:
+        """GUILD_CREATE for ``guild_id`` as the gateway sends it."""
+        return self._guild_payload(guild_id)
+
     def _ready_payload(self, guilds: list[str], shard: tuple[int, int]) -> dict[str, Any]:
         session = "fake-session" if shard == (0, 1) else f"fake-session-{shard[0]}-of-{shard[1]}"
         return {
@@ -626,6 +634,28 @@ class FakeDiscord:
         interaction_id: str | None = None,
     ) -> dict[str, Any]:
         """Dispatch INTERACTION_CREATE for a slash command; returns the payload (id, token)."""
+        payload = self.command_payload(
+            name,
+            options,
+            user=user,
+            channel_id=channel_id,
+            resolved_attachments=resolved_attachments,
+            interaction_id=interaction_id,
+        )
+        await self.dispatch("INTERACTION_CREATE", payload)
+        return payload
+
+    def command_payload(
+        self,
+        name: str,
+        options: dict[str, Any] | None = None,
+        *,
+        user: FakeUser | None = None,
+        channel_id: str | None = None,
+        resolved_attachments: dict[str, dict[str, Any]] | None = None,
+        interaction_id: str | None = None,
+    ) -> dict[str, Any]:
+        """The INTERACTION_CREATE payload of a slash command (its token known to this fake)."""
         user = user or self.user
         channel = self.channels[channel_id or self.channel_id]
         command = next(
@@ -668,7 +698,6 @@ class FakeDiscord:
         }
         self._interaction_channels[payload["token"]] = channel["id"]
         self._dispatched_at[interaction_id] = time.monotonic()
-        await self.dispatch("INTERACTION_CREATE", payload)
         return payload
 
     # --- REST -----------------------------------------------------------------------------

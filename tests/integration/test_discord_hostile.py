@@ -3,13 +3,14 @@ worker stays connected and still answers the next real mention."""
 
 from __future__ import annotations
 
-import copy
 import logging
 import random
 from typing import Any
 
 import pytest
 
+from tests.fakes.discord_server import FakeDiscord
+from tests.fakes.junk import Junk
 from tests.integration.test_discord_adapter import Stack, StackFactory, make_stack
 
 __all__ = ["make_stack"]  # the fixture, shared with the adapter's tests
@@ -21,45 +22,73 @@ EVENTS = (
     "INTERACTION_CREATE",
     "TYPING_START",
     "MESSAGE_REACTION_ADD",
+    "GUILD_CREATE",
+    "GUILD_MEMBER_UPDATE",
+    "CHANNEL_CREATE",
+    "THREAD_CREATE",
+    "READY",
+    "RESUMED",
     "PARLEY_NO_SUCH_EVENT",
+    "",
 )
-WRONG = (None, 123, -1, 2**70, "x", "", [], {}, True, 1.5, ["a", 1], {"id": None})
+DISPATCHES = 5_000
+SENT_AT_ONCE = 250  # dispatches written before the next real mention checks the worker
 
 
-def malformed(base: dict[str, Any], rng: random.Random) -> Any:
-    """A copy of ``base`` broken in one to three ways, or no object at all."""
-    if rng.random() < 0.1:
-        return rng.choice(WRONG)
-    data = copy.deepcopy(base)
-    for _ in range(rng.randint(1, 3)):
-        target = data
-        if isinstance(data.get("author"), dict) and data["author"] and rng.random() < 0.3:
-            target = data["author"]
-        if not target:
-            break
-        key = rng.choice(sorted(target))
-        if rng.random() < 0.4:
-            del target[key]
-        else:
-            target[key] = rng.choice(WRONG)
-    return data
+def templates(fake: FakeDiscord) -> dict[str, dict[str, Any]]:
+    """A valid payload for each event (READY and RESUMED as the gateway sends them)."""
+    message = fake.message_payload("not for the bot")
+    return {
+        "MESSAGE_CREATE": message,
+        "MESSAGE_UPDATE": message,
+        "MESSAGE_DELETE": {"id": message["id"], "channel_id": fake.channel_id},
+        "INTERACTION_CREATE": fake.command_payload("ask", {"question": "not for the bot"}),
+        "TYPING_START": {"channel_id": fake.channel_id, "user_id": fake.user.id, "timestamp": 1},
+        "MESSAGE_REACTION_ADD": {
+            "user_id": fake.user.id,
+            "channel_id": fake.channel_id,
+            "message_id": message["id"],
+            "emoji": {"id": None, "name": "x"},
+        },
+        "GUILD_CREATE": fake.guild_payload(fake.guild_id),
+        "GUILD_MEMBER_UPDATE": {"guild_id": fake.guild_id, **fake.user.member()},
+        "CHANNEL_CREATE": fake.channels[fake.channel_id],
+        "THREAD_CREATE": fake.channels[fake.channel_id],
+        "READY": fake.ready_payload(),
+        "RESUMED": {"_trace": ["fake"]},
+    }
 
 
+def malformed(event: str, valid: dict[str, dict[str, Any]], junk: Junk) -> Any:
+    """The event's payload broken in a few places, or junk when the event has none."""
+    base = valid.get(event)
+    return junk.value() if base is None else junk.broken(base)
+
+
+@pytest.mark.timeout(300)  # a loaded machine; speed is not what this test measures
 @pytest.mark.parametrize("seed", [1, 2])
 async def test_malformed_dispatches_are_skipped_and_the_worker_still_answers(
     make_stack: StackFactory, caplog: pytest.LogCaptureFixture, seed: int
 ) -> None:
-    rng = random.Random(seed)
-    caplog.set_level(logging.DEBUG)
+    junk = Junk(random.Random(seed))
+    caplog.set_level(logging.INFO)
     async with make_stack() as stack:
         fake = stack.discord
-        base = fake.message_payload("not for the bot")
-        for _ in range(300):
-            await fake.dispatch_raw(rng.choice(EVENTS), malformed(base, rng))
+        valid = templates(fake)
+        for n in range(DISPATCHES // 2):
+            event = junk.rng.choice(EVENTS)
+            await fake.dispatch_raw(event, malformed(event, valid, junk))
+            if n % SENT_AT_ONCE == SENT_AT_ONCE - 1:
+                await answered(stack, f"are you still there after {n + 1}?")
         await answered(stack, "are you still there?")
         assert fake.connected.is_set() and not stack.adapter.failed.is_set()
-    problems = [r for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()]
-    assert not problems, [r.getMessage() for r in problems[:5]]
+        assert len(fake.identifies) == 1, "the worker never had to reconnect"
+    problems = [
+        r
+        for r in caplog.records
+        if (r.exc_info and r.levelno >= logging.WARNING) or "Traceback" in r.getMessage()
+    ]
+    assert not problems, [f"{r.name}: {r.getMessage()[:200]}" for r in problems[:5]]
     skipped = [r for r in caplog.records if "skipped a malformed" in r.getMessage()]
     assert skipped and len(skipped) < 300, "each kind of problem is logged once, not each time"
     assert not any("not for the bot" in r.getMessage() for r in caplog.records)

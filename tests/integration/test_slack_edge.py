@@ -16,13 +16,14 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import aiohttp
 import pytest
 
 from adapters.slack.edge import well_formed
 from tests.fakes.concurrency import AnswersAtOnce
+from tests.fakes.junk import Junk
 from tests.fakes.slack_server import FakeSlack
 from tests.integration.test_slack_http import CHANNEL, Stack, make_stack
 
@@ -169,6 +170,14 @@ def test_well_formed_payloads() -> None:
     assert not well_formed("[]", JSON)
     assert not well_formed("payload=%5B%5D", FORM)
     assert not well_formed("{", FORM)
+    # shaped as Slack shapes them, or bolt's middleware raises
+    assert not well_formed('{"type": "event_callback", "event": []}', JSON)
+    assert not well_formed('{"event": {"type": {}}}', JSON)
+    assert not well_formed('{"authorizations": [1]}', JSON)
+    assert not well_formed("payload=" + quote('{"type": "block_actions", "actions": []}'), FORM)
+    assert not well_formed("payload=" + quote('{"type": "view_submission", "view": {}}'), FORM)
+    assert not well_formed('{"event": {"type": "assistant_thread_started"}}', JSON)
+    assert well_formed('{"event": {"type": "message", "user": "U1", "team": "T1"}}', JSON)
 
 
 async def test_answers_beyond_the_cap_wait_their_turn(tmp_path: Any, slack: FakeSlack) -> None:
@@ -181,3 +190,179 @@ async def test_answers_beyond_the_cap_wait_their_turn(tmp_path: Any, slack: Fake
         assert at_once.most == 1
         for n, event in enumerate(events):
             assert f"question {n}" in stack.slack.thread(CHANNEL, event["ts"])[-1].text
+
+
+# --- fuzzing: many malformed requests, every one correctly signed ------------------------------
+
+FUZZ_REQUESTS = 10_000
+FUZZ_AT_ONCE = 48
+FUZZ_BATCH = 500
+ANSWERABLE = 3  # the first templates: mentions and a DM
+
+
+def _templates(slack: FakeSlack) -> list[dict[str, Any]]:
+    """Valid Events API bodies of every kind Parley listens to (and some it does not)."""
+    bot, ts = slack.bot_user_id, "1700000000.000100"
+    file = slack.add_file("notes.txt", b"some notes", "text/plain")
+    events: list[dict[str, Any]] = [
+        {
+            "type": "app_mention",
+            "user": "UALICE",
+            "text": f"<@{bot}> hi",
+            "ts": ts,
+            "channel": CHANNEL,
+            "event_ts": ts,
+        },
+        {
+            "type": "app_mention",
+            "user": "UALICE",
+            "text": f"<@{bot}> reset",
+            "ts": ts,
+            "thread_ts": ts,
+            "channel": CHANNEL,
+            "files": [file],
+            "event_ts": ts,
+        },
+        {
+            "type": "message",
+            "channel_type": "im",
+            "user": "UALICE",
+            "text": "hi",
+            "ts": ts,
+            "channel": "D0ALICE",
+            "event_ts": ts,
+        },
+        {
+            "type": "message",
+            "channel_type": "channel",
+            "user": "UALICE",
+            "text": "hi",
+            "ts": ts,
+            "thread_ts": ts,
+            "channel": CHANNEL,
+            "event_ts": ts,
+        },
+        {
+            "type": "message",
+            "subtype": "message_changed",
+            "channel": CHANNEL,
+            "ts": ts,
+            "message": {"type": "message", "user": "UALICE", "text": "edited", "ts": ts},
+        },
+        {
+            "type": "assistant_thread_started",
+            "assistant_thread": {
+                "user_id": "UALICE",
+                "context": {},
+                "channel_id": "D0ALICE",
+                "thread_ts": ts,
+            },
+            "event_ts": ts,
+        },
+        {"type": "assistant_thread_context_changed", "assistant_thread": {}, "event_ts": ts},
+        {"type": "reaction_added", "user": "UALICE", "reaction": "+1", "event_ts": ts},
+        {"type": "parley_no_such_event", "event_ts": ts},
+    ]
+    bodies = [slack.event_body(event) for event in events]
+    # Events Parley answers are few: answers are paced by Slack's write limits
+    bodies = bodies[:ANSWERABLE] * 2 + bodies[ANSWERABLE:] * 25
+    bodies.append({"type": "url_verification", "token": "t", "challenge": "abc"})
+    bodies.append({"type": "app_rate_limited", "team_id": slack.team_id, "minute_rate_limited": 1})
+    return bodies
+
+
+def _command(slack: FakeSlack) -> dict[str, str]:
+    return {
+        "token": "legacy-verification-token",
+        "team_id": slack.team_id,
+        "channel_id": CHANNEL,
+        "user_id": "UALICE",
+        "command": "/parley",
+        "text": "help",
+        "api_app_id": "A0PARLEY",
+        "response_url": f"{slack.url}/response/fuzz",
+        "trigger_id": "1.trigger",
+    }
+
+
+def _interaction(slack: FakeSlack) -> dict[str, Any]:
+    return {
+        "type": "block_actions",
+        "team": {"id": slack.team_id},
+        "user": {"id": "UALICE"},
+        "channel": {"id": CHANNEL},
+        "actions": [{"action_id": "a", "block_id": "b", "type": "button", "value": "v"}],
+        "trigger_id": "1.trigger",
+        "response_url": f"{slack.url}/response/fuzz",
+        "view": {"type": "modal", "callback_id": "c", "state": {"values": {}}},
+    }
+
+
+def _fuzzed(junk: Junk, slack: FakeSlack, templates: list[dict[str, Any]]) -> tuple[bytes, str]:
+    """One malformed request body (and its content type): Events API, slash command or
+    interactivity, broken in a few places or not an object at all."""
+    rng = junk.rng
+    pick = rng.random()
+    if pick < 0.55:
+        text = json.dumps(junk.broken(rng.choice(templates)))
+        return text.encode("utf-8", "surrogatepass"), JSON
+    if pick < 0.65:
+        return json.dumps(junk.value()).encode("utf-8", "surrogatepass"), JSON
+    if pick < 0.85:
+        form = _command(slack)
+        for _ in range(rng.randint(1, 3)):
+            key = rng.choice(sorted(form))
+            if rng.random() < 0.3:
+                del form[key]
+            else:
+                form[key] = junk.string()
+        raw = urlencode(form, encoding="utf-8", errors="surrogatepass").encode()
+        return raw, FORM
+    kind = rng.choice(["block_actions", "view_submission", "shortcut", "message_action"])
+    payload = junk.broken({**_interaction(slack), "type": kind})
+    form = {"payload": json.dumps(payload)}
+    return urlencode(form, encoding="utf-8", errors="surrogatepass").encode(), FORM
+
+
+@pytest.mark.timeout(300)  # a loaded machine; speed is not what this test measures
+async def test_fuzzed_signed_requests_get_no_5xx_no_traceback_and_the_worker_still_answers(
+    tmp_path: Any, slack: FakeSlack, caplog: pytest.LogCaptureFixture
+) -> None:
+    # what is checked is logged at WARNING or above (10,000 requests' INFO lines cost time)
+    caplog.set_level(logging.WARNING)
+    junk = Junk(random.Random(SEED), nan=True)
+    statuses: dict[int, int] = {}
+    async with make_stack(tmp_path, slack) as stack:
+        templates = _templates(slack)
+        at_once = asyncio.Semaphore(FUZZ_AT_ONCE)
+
+        async def send(session: aiohttp.ClientSession, raw: bytes, kind: str) -> None:
+            headers = {"Content-Type": kind, **_sign(slack, raw)}
+            async with at_once, session.post(stack.url, data=raw, headers=headers) as response:
+                await response.read()
+                statuses[response.status] = statuses.get(response.status, 0) + 1
+
+        connector = aiohttp.TCPConnector(limit=FUZZ_AT_ONCE)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            for _ in range(FUZZ_REQUESTS // FUZZ_BATCH):
+                batch = [_fuzzed(junk, slack, templates) for _ in range(FUZZ_BATCH)]
+                await asyncio.gather(*(send(session, raw, kind) for raw, kind in batch))
+                # bolt acks first and handles after: a batch's handlers finish before the next
+                # (one SQLite connection serves them all; Slack itself sends a few a second)
+                await stack.adapter.drain()
+        event = stack.mention("still there after the fuzz?")
+        assert await stack.deliver(event) == 200
+        assert "still there after the fuzz?" in stack.slack.thread(CHANNEL, event["ts"])[-1].text
+    assert sum(statuses.values()) == FUZZ_REQUESTS
+    assert all(status < 500 for status in statuses), statuses
+    problems = [
+        r
+        for r in caplog.records
+        if (r.exc_info and r.levelno >= logging.WARNING) or "Traceback" in r.getMessage()
+    ]
+    assert not problems, [
+        f"{r.name}: {r.getMessage()[:300]} {r.exc_info[1]!r}" for r in problems[:5]
+    ]
+    # nothing raised inside bolt or Parley's listeners either (bolt turns that into one line)
+    raised = [r.getMessage() for r in caplog.records if "bolt" in r.getMessage()]
+    assert not [m for m in raised if "failed on" in m or "could not read" in m], raised[:5]

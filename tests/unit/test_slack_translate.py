@@ -216,3 +216,21 @@ def test_slash_commands_go_to_the_core_as_typed() -> None:
     assert command.summary_source == "channel"
     assert parse_slash({**body, "text": "", "channel_id": "D1"}, None).name == "help"
     assert parse_slash({**body, "channel_id": "D1"}, None).summary_source == "stored"
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"subtype": {}},
+        {"user": ["UALICE"]},
+        {"channel": 7},
+        {"ts": True},
+        {"thread_ts": "soon"},
+        {"text": {"a": 1}},
+        {"files": True},
+        {"user": "alice smith"},
+        {"channel": ""},
+    ],
+)
+def test_a_malformed_event_is_skipped_not_half_read(fields: dict[str, Any]) -> None:
+    assert ignore_reason(event(**fields), "UBOT", "BBOT") == "malformed event"
