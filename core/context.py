@@ -105,6 +105,12 @@ def prompt_tokens(system_prompt: str) -> int:
     return count_message(system_prompt)
 
 
+def page_rows(tokens: int) -> int:
+    """Rows enough to hold ``tokens`` of history: every turn costs at least its message
+    overhead, so the store reads a whole context in one call."""
+    return max(PAGE, tokens // TOKENS_PER_MESSAGE + 1)
+
+
 async def newest_turns(
     store: Store,
     conversation_id: int,
@@ -113,22 +119,25 @@ async def newest_turns(
     token_limit: int,
     *,
     through: bool = False,
+    first_page: Sequence[StoredMessage] | None = None,
 ) -> tuple[list[StoredMessage], int | None]:
     """The newest complete turns after turn ``after_id`` and before turn ``before_id`` (or
     through it) that fit ``token_limit``, oldest first, and the id of the newest turn that did
     not fit (None if all did). Order is the store's conversation order.
 
-    Reads page by page, newest first, so it reads only about as many rows as fit.
+    Reads page by page, newest first, so it reads only about as many rows as fit; the first
+    page may have been read already (``first_page``, read for ``page_rows(token_limit)``).
     """
     picked: list[StoredMessage] = []
     remaining = token_limit
     while True:
-        # Every turn costs at least its message overhead: this many rows can hold the
-        # budget, so the store reads the context in one call.
-        rows = max(PAGE, remaining // TOKENS_PER_MESSAGE + 1)
-        page = await store.recent_messages(
-            conversation_id, after_id, before_id, rows, through=through, tokens=remaining
-        )
+        rows = page_rows(remaining)
+        if first_page is not None:
+            page, first_page = list(first_page), None
+        else:
+            page = await store.recent_messages(
+                conversation_id, after_id, before_id, rows, through=through, tokens=remaining
+            )
         through = False
         for message in page:
             if message.token_count > remaining:
@@ -150,6 +159,27 @@ def input_limit(system_prompt: str, user_tokens: int, budget: int) -> int:
     return limit
 
 
+def _summary_fitting(state: ConversationState, limit: int, user_tokens: int) -> tuple[str, int]:
+    """The rolling summary as sent, and its tokens: none when it would not fit."""
+    if not state.summary:
+        return "", 0
+    summary_tokens = state.summary_tokens  # counted once, when the summary was stored
+    if summary_tokens > limit - user_tokens:
+        return "", 0
+    return summary_message(state.summary), summary_tokens
+
+
+def history_room(
+    state: ConversationState, system_prompt: str, user_tokens: int, budget: int
+) -> int:
+    """Tokens left for the history once the system prompt, summary and new turn are in.
+
+    Raises InputTooLong when the new turn alone (with the system prompt) exceeds the budget."""
+    limit = input_limit(system_prompt, user_tokens, budget)
+    _, summary_tokens = _summary_fitting(state, limit, user_tokens)
+    return limit - user_tokens - summary_tokens
+
+
 async def build_context(
     store: Store,
     state: ConversationState,
@@ -160,27 +190,23 @@ async def build_context(
     user_turn_id: int,
     budget: int,
     speaker_name: str = "",
+    first_page: Sequence[StoredMessage] | None = None,
 ) -> Context:
     """Assemble system prompt, rolling summary, the history that fits, and the new user turn
     (``user``, whose tokens are ``user_tokens``, written by ``speaker_name``).
 
     When more than one person speaks in what is sent, each user turn begins with its
     speaker's name and the system prompt says so; names cost tokens, so older turns may
-    give way to them.
+    give way to them. ``first_page``: the history as the store already read it for
+    ``history_room`` (see ``newest_turns``).
 
     Raises InputTooLong when the new turn alone (with the system prompt) exceeds the budget.
     """
     limit = input_limit(system_prompt, user_tokens, budget)
-    summary = ""
-    summary_tokens = 0
-    if state.summary:
-        summary = summary_message(state.summary)
-        summary_tokens = state.summary_tokens  # counted once, when the summary was stored
-        if summary_tokens > limit - user_tokens:
-            summary, summary_tokens = "", 0
+    summary, summary_tokens = _summary_fitting(state, limit, user_tokens)
     remaining = limit - user_tokens - summary_tokens
     history, cut_at = await newest_turns(
-        store, state.id, state.context_start, user_turn_id, remaining
+        store, state.id, state.context_start, user_turn_id, remaining, first_page=first_page
     )
     remaining -= sum(m.token_count for m in history)
     names = _Speakers.fit(history, cut_at, speaker_name, remaining)

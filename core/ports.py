@@ -8,7 +8,7 @@ Nothing here knows a wire format or a database.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -176,6 +176,37 @@ class TurnFacts:
     overrides: ChannelOverrides
     memory: tuple[str, ...] = ()
     spent_usd: float | None = None
+    # With a TurnPlan: the question's id, and the newest turns before it that fit the plan's
+    # room (newest first, the first that does not fit included, as ``recent_messages``).
+    question_id: int | None = None
+    history: tuple[StoredMessage, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class NewTurn:
+    """A turn to store (``Store.add_message``'s arguments)."""
+
+    role: Role
+    content: str
+    token_count: int
+    author_id: str = ""
+    author_name: str = ""
+    status: str = "complete"
+    sent_at: datetime | None = None
+    event: tuple[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TurnPlan:
+    """What to store and read once a turn's facts are known: the question, and the room for
+    the history before it (tokens, and at most how many turns)."""
+
+    question: NewTurn
+    history_tokens: int
+    history_rows: int
+
+
+Planner = Callable[[TurnFacts], TurnPlan]
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,9 +276,15 @@ class Store(Protocol):
         """The conversation at ``key``, created if it does not exist."""
         ...
 
-    async def open_turn(self, key: ConversationKey, *, spender: str | None = None) -> TurnFacts:
+    async def open_turn(
+        self, key: ConversationKey, *, spender: str | None = None, plan: Planner | None = None
+    ) -> TurnFacts:
         """The conversation (created if needed), its channel's settings and memory, and with
-        ``spender`` (a user id on ``key``'s platform) their spending: one transaction."""
+        ``spender`` (a user id on ``key``'s platform) their spending: one transaction.
+
+        With ``plan``, called with those facts (it may raise: nothing is stored then), the
+        question it returns is stored and the history before it read, in the same transaction.
+        """
         ...
 
     async def finish_turn(

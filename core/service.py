@@ -21,9 +21,10 @@ from core.context import (
     Context,
     build_context,
     fold_point,
-    input_limit,
+    history_room,
     memory_block,
     newest_turns,
+    page_rows,
     speaker,
     summary_message,
     token_budget,
@@ -59,11 +60,14 @@ from core.ports import (
     Completion,
     ConversationState,
     ImageInput,
+    NewTurn,
     PromptMessage,
     SpeechModel,
     SpeechRequest,
     Store,
     StoredMessage,
+    TurnFacts,
+    TurnPlan,
     UsageEntry,
     UsageTotals,
 )
@@ -131,6 +135,52 @@ class _Streamed:
 
     completion: Completion | None = None
     deltas: int = 0
+
+
+class _Turn:
+    """Plans one answer's first transaction (``Store.open_turn``): given the facts, checks the
+    person's budget and the message, and says what question to store and how much history to
+    read. Raises the user's error before anything is stored; ``notes`` are said either way."""
+
+    def __init__(self, service: ConversationService, inbound: Inbound) -> None:
+        self.service = service
+        self.inbound = inbound
+        self.notes: list[str] = []
+        self.config: ChannelConfig
+        self.system_prompt = ""
+        self.user = PromptMessage("user", "")
+        self.user_tokens = 0
+        self.budget = 0
+
+    def plan(self, facts: TurnFacts) -> TurnPlan:
+        service, inbound = self.service, self.inbound
+        self.config = config = service._config(facts.overrides)
+        limit = service.settings.parley_user_budget_usd
+        if limit is not None and facts.spent_usd is not None and facts.spent_usd >= limit:
+            raise OverBudget(sentences.over_budget(facts.spent_usd, limit))
+        text, images, self.notes = service._user_content(inbound, config.model)
+        if not text and not images:
+            raise BadCommand(sentences.EMPTY_MESSAGE)
+        self.system_prompt = service._system_prompt(config, facts.memory)
+        self.user_tokens = count_message(text, images=len(images))
+        self.user = PromptMessage("user", text, images)
+        self.budget = service._budget(config)
+        # Over-long input is rejected before it is stored, so it cannot crowd out the history.
+        room = history_room(facts.state, self.system_prompt, self.user_tokens, self.budget)
+        key = inbound.key
+        # "pending" until its answer is stored with it: a question whose worker died before
+        # answering never reaches a later context as a dangling turn.
+        question = NewTurn(
+            "user",
+            text,
+            self.user_tokens,
+            author_id=inbound.author.id,
+            author_name=inbound.author.name,
+            status="pending",
+            sent_at=inbound.sent_at,
+            event=(key.platform, inbound.event_id) if inbound.event_id else None,
+        )
+        return TurnPlan(question, room, page_rows(room))
 
 
 class ConversationLocks:
@@ -363,40 +413,28 @@ class ConversationService:
     async def _answer(self, inbound: Inbound) -> AsyncIterator[ReplyEvent]:
         key = inbound.key
         limit = self.settings.parley_user_budget_usd
-        facts = await self.store.open_turn(
-            key, spender=inbound.author.id if limit is not None else None
-        )
-        state, config = facts.state, self._config(facts.overrides)
-        if limit is not None and facts.spent_usd is not None and facts.spent_usd >= limit:
-            raise OverBudget(sentences.over_budget(facts.spent_usd, limit))
-        text, images, notes = self._user_content(inbound, config.model)
-        for note in notes:
+        turn = _Turn(self, inbound)
+        spender = inbound.author.id if limit is not None else None
+        try:
+            facts = await self.store.open_turn(key, spender=spender, plan=turn.plan)
+        except UserFacingError:
+            for note in turn.notes:  # e.g. "that file is not read", then why nothing is
+                yield Notice(note)
+            raise
+        for note in turn.notes:
             yield Notice(note)
-        if not text and not images:
-            raise BadCommand(sentences.EMPTY_MESSAGE)
-        system_prompt = self._system_prompt(config, facts.memory)
-        user_tokens = count_message(text, images=len(images))
-        user = PromptMessage("user", text, images)
-        budget = self._budget(config)
-        # Over-long input is rejected before it is stored, so it cannot crowd out the history.
-        input_limit(system_prompt, user_tokens, budget)
-        # "pending" until its answer is stored with it: a question whose worker died before
-        # answering never reaches a later context as a dangling turn.
-        turn_id = await self.store.add_message(
-            state.id,
-            "user",
-            text,
-            user_tokens,
-            author_id=inbound.author.id,
-            author_name=inbound.author.name,
-            status="pending",
-            sent_at=inbound.sent_at,
-            event=(key.platform, inbound.event_id) if inbound.event_id else None,
-        )
+        assert facts.question_id is not None, "open_turn stored no question"
+        state, config, turn_id = facts.state, turn.config, facts.question_id
+        system_prompt, user_tokens, text = turn.system_prompt, turn.user_tokens, turn.user.text
+        user = turn.user
+        first_page: Sequence[StoredMessage] | None = facts.history
         if self.settings.parley_log_content:
             log.info("user turn in %s: %s", key, text)
 
         async def assemble(current: ConversationState, budget: int) -> Context:
+            nonlocal first_page  # read with the question; later assemblies read anew
+            page = first_page if current == state and budget == turn.budget else None
+            first_page = None
             return await build_context(
                 self.store,
                 current,
@@ -406,6 +444,7 @@ class ConversationService:
                 user_turn_id=turn_id,
                 budget=budget,
                 speaker_name=inbound.author.name,
+                first_page=page,
             )
 
         try:

@@ -14,13 +14,16 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp, AsyncBoltContext
+from slack_bolt.middleware.authorization.async_single_team_authorization import (
+    AsyncSingleTeamAuthorization,
+)
 from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import (
@@ -29,6 +32,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncServerErrorRetryHandler,
 )
 from slack_sdk.web.async_client import AsyncWebClient
+from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
 from adapters.inflight import InFlight
 from adapters.slack import translate
@@ -98,6 +102,20 @@ def _web_client(settings: SlackSettings, logger: logging.Logger) -> AsyncWebClie
     )
 
 
+def seed_authorization(app: AsyncApp, identity: AsyncSlackResponse) -> None:
+    """Give bolt's single-workspace authorization the ``auth.test`` answer Parley just had.
+
+    Bolt asks ``auth.test`` once and keeps the answer, but requests arriving before the first
+    answer each ask again (50 mentions at once: 50 calls). Seeded, none asks. Request
+    signatures are still checked (that is another middleware). Bolt versions without this
+    middleware (or attribute) keep their own behaviour.
+    """
+    for middleware in getattr(app, "_async_middleware_list", ()):
+        if isinstance(middleware, AsyncSingleTeamAuthorization):
+            if middleware.auth_test_result is None:
+                middleware.auth_test_result = identity
+
+
 class SlackAdapter:
     """Slack in and out for one workspace; ``start()`` connects, ``stop()`` disconnects.
 
@@ -159,6 +177,7 @@ class SlackAdapter:
         self.bot_user_id: str | None = None
         self._closing = False
         self._inflight: set[asyncio.Future[None]] = set()
+        self._cleanups: set[asyncio.Task[None]] = set()
         self._tasks = InFlight()
         # Answers running at once; more wait here (Slack has been acked: none is dropped).
         self._answers = asyncio.Semaphore(settings.max_concurrent_answers)
@@ -166,8 +185,7 @@ class SlackAdapter:
         self._runner: web.AppRunner | None = None
         self._socket: AsyncSocketModeHandler | None = None
         self._session: aiohttp.ClientSession | None = None
-        # What /healthz answers in HTTP mode (the composition root sets the worker's check).
-        self.health: HealthCheck | None = None
+        self.health: HealthCheck | None = None  # /healthz in HTTP mode, set by the composition root
         self._register()
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -195,6 +213,7 @@ class SlackAdapter:
                 f"Slack rejected SLACK_BOT_TOKEN ({error_code(exc)}): check the Bot User OAuth Token."
             ) from None
         self.bot_user_id = identity.get("user_id")
+        seed_authorization(self.app, identity)
         log.info(
             "slack: connected as %s in team %s (%s mode)",
             self.bot_user_id,
@@ -258,6 +277,8 @@ class SlackAdapter:
         closing_http = asyncio.create_task(self._close_http())
         if not await self.drain(self.stop_grace):
             await self._cut_unfinished()
+        for cleanup in set(self._cleanups):
+            cleanup.cancel()  # a replaced message not deleted yet stays (its answer is whole)
         await closing_http
         await self._close_session()
 
@@ -495,7 +516,16 @@ class SlackAdapter:
             status=status,
             on_streaming_unsupported=self._streaming_unsupported,
             feedback=self.settings.feedback_buttons,
+            later=self._later,
         )
+
+    def _later(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` (an answer's clean-up) in the background; ``drain()`` and ``stop()``
+        wait for it like for a handler."""
+        task = asyncio.create_task(work)
+        for tasks in (self._inflight, self._cleanups):
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
 
     async def resume(self, resumed: Resumed) -> None:
         """Finish an answer a stopped worker left (``core.recovery``): take down what it

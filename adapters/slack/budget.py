@@ -12,14 +12,23 @@ worker through Redis when configured) before each such call:
 - a stream is opened only with headroom (``StreamDeferred``, which the renderer reads as
   "streaming is not available now"): the answer is then posted and edited instead, so the
   finished answer needs one write rather than two Tier 2 calls;
-- clearing an assistant thread's status is progress (Slack clears it on the reply anyway).
+- clearing an assistant thread's status is progress (Slack clears it on the reply anyway);
+- inside ``waiting_at_most(seconds, methods)`` a final write of one of ``methods`` waits at most
+  ``seconds`` for its token, else raises ``WriteDeferred``: the renderer then writes the answer
+  through a method whose budget has room (a new message instead of an edit).
 
 slack_sdk's 429 retry handler stays the safety net.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import contextvars
 import hashlib
+import random
+import time
+from collections.abc import Iterator
 from typing import Any
 
 from slack_sdk.errors import SlackApiError
@@ -54,6 +63,36 @@ LIMITS: dict[str, SlackLimit] = {
     "chat.postMessage": SlackLimit(Rate.within(12, 10.0), per_channel=True),
     "assistant.threads.setStatus": SlackLimit(TIER_3),
 }
+
+
+# (seconds, methods): how long a final write of one of ``methods`` may wait for its token.
+_patience: contextvars.ContextVar[tuple[float, frozenset[str]] | None] = contextvars.ContextVar(
+    "parley_slack_patience", default=None
+)
+
+
+@contextlib.contextmanager
+def waiting_at_most(seconds: float, methods: frozenset[str]) -> Iterator[None]:
+    """Final writes of ``methods`` made inside the block wait at most ``seconds`` for their
+    token; past that they raise ``WriteDeferred`` instead."""
+    token = _patience.set((seconds, methods))
+    try:
+        yield
+    finally:
+        _patience.reset(token)
+
+
+async def _admit_within(key: str, rate: Rate, seconds: float) -> bool:
+    """Take a token for a final write if one comes within ``seconds``; False (nothing taken)
+    when it would come later."""
+    deadline = time.monotonic() + seconds
+    while True:
+        wait = await budget.shared().take(key, rate, 0.0)
+        if wait <= 0:
+            return True
+        if time.monotonic() + wait > deadline:
+            return False
+        await asyncio.sleep(min(wait, budget.MAX_POLL) * (1 + random.random() / 10))
 
 
 class WriteDeferred(Exception):
@@ -98,11 +137,22 @@ class BudgetedWebClient(AsyncWebClient):
         key = f"slack:{self.workspace}:{method}"
         if limit.per_channel:
             key += f":{params.get('channel') or params.get('channel_id') or ''}"
-        if await budget.admit(budget.shared(), key, limit.rate, final=final):
+        patience = _patience.get() if final else None
+        if patience is not None and method in patience[1]:
+            if await _admit_within(key, limit.rate, patience[0]):
+                return
+        elif await budget.admit(budget.shared(), key, limit.rate, final=final):
             return
         if method == "chat.startStream":
             raise StreamDeferred()
         raise WriteDeferred(method)
 
 
-__all__ = ["LIMITS", "BudgetedWebClient", "StreamDeferred", "WriteDeferred", "workspace_key"]
+__all__ = [
+    "LIMITS",
+    "BudgetedWebClient",
+    "StreamDeferred",
+    "WriteDeferred",
+    "waiting_at_most",
+    "workspace_key",
+]

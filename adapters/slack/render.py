@@ -19,14 +19,14 @@ so an answer never stays "Thinking…" or half written while Slack still accepts
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.slack.budget import WriteDeferred
+from adapters.slack.budget import WriteDeferred, waiting_at_most
 from adapters.slack.layout import LIMIT, Layout, fit
 from adapters.slack.mrkdwn import to_markdown_text, to_mrkdwn
 from adapters.slack.translate import ReplyTarget
@@ -38,6 +38,12 @@ THINKING = "_Thinking…_"
 FEEDBACK_ACTION = "parley_feedback"  # action ids: parley_feedback_up, parley_feedback_down
 SECTION_LIMIT = 3000  # characters of text in one section block
 THINKING_STATUS = "is thinking…"
+# How long the final edit of a message may wait for chat.update's budget before the piece is
+# posted as a new message instead (and the old one deleted under chat.delete's budget).
+FINAL_EDIT_PATIENCE = 3.0
+EDITS = frozenset({"chat.update"})
+# Runs a clean-up (deleting a replaced message) after the answer, without holding it up.
+Later = Callable[[Coroutine[Any, Any, None]], None]
 # Answers from chat.startStream meaning "this workspace/app/channel cannot stream": fall back.
 STREAMING_UNSUPPORTED = frozenset(
     {
@@ -82,6 +88,8 @@ class SlackAnswer:
     """Shows one answer in Slack (a ``core.delivery.Renderer``); always leaves it final.
 
     ``status`` shows "is thinking…" in an assistant thread while the answer is written.
+    ``later`` runs clean-ups that need not hold the answer up (deleting a message a new one
+    replaced); without it they run at once.
     """
 
     def __init__(
@@ -94,6 +102,7 @@ class SlackAnswer:
         limit: int = LIMIT,
         on_streaming_unsupported: Callable[[str], None] | None = None,
         feedback: bool = False,
+        later: Later | None = None,
     ) -> None:
         self._client = client
         self._target = target
@@ -105,6 +114,7 @@ class SlackAnswer:
         self._messages: list[_Message] = []
         self._status_shown = False
         self._feedback = feedback
+        self._later = later
         # The feedback buttons, while the final write of the last piece still has to carry them.
         self._buttons: list[dict[str, Any]] | None = None
         self.finished = False
@@ -139,29 +149,39 @@ class SlackAnswer:
     async def finish(self, text: str) -> None:
         """Show the complete answer and close every stream.
 
-        A piece whose message cannot be written is posted as a new message instead (and the
-        stale one deleted); when even that fails it is logged.
+        When chat.update's budget cannot take the final edit of a message soon, that piece and
+        the ones after it are posted as new messages (chat.postMessage is counted per channel)
+        and the messages they replace are retired later, under chat.delete's own budget. A
+        piece whose message cannot be written is posted anew too; when even that fails it is
+        logged.
         """
         try:
             pieces = self._layout.pieces(text, final=True) or [sentences.EMPTY_ANSWER]
-            for index, piece in enumerate(pieces):
-                if self._feedback and index == len(pieces) - 1:
-                    self._buttons = feedback_buttons()
-                try:
-                    await self._put(index, piece, done=True)
-                except Exception as exc:
-                    log.warning(
-                        "slack: writing the final answer failed (%s); posting it anew",
-                        describe(exc),
-                    )
-                    if not await self._repost(index, piece):
-                        break
+            await self._finish_pieces(pieces)
             for stale in self._messages[len(pieces) :]:
                 await self._retire(stale)
             del self._messages[len(pieces) :]
         finally:
             self._buttons = None
             await self._end()
+
+    async def _finish_pieces(self, pieces: list[str]) -> None:
+        for index, piece in enumerate(pieces):
+            if self._feedback and index == len(pieces) - 1:
+                self._buttons = feedback_buttons()
+            try:
+                with waiting_at_most(FINAL_EDIT_PATIENCE, EDITS):
+                    await self._put(index, piece, done=True)
+            except WriteDeferred:
+                log.info("slack: chat.update is busy; posting the final answer anew")
+                await self._post_anew(pieces, index)
+                return
+            except Exception as exc:
+                log.warning(
+                    "slack: writing the final answer failed (%s); posting it anew", describe(exc)
+                )
+                if not await self._repost(index, piece):
+                    return
 
     async def fail(self, text: str) -> None:
         """End with ``text`` (the reason, then the notes).
@@ -229,6 +249,7 @@ class SlackAnswer:
         text = to_mrkdwn(piece)
         extra = self._text_blocks(text)
         response = await self._client.chat_postMessage(**self._where(), text=text, **extra)
+        self._sent(extra)
         self._messages.append(_Message(str(response["ts"]), text, False, False))
 
     async def _change(self, message: _Message, piece: str, *, done: bool) -> None:
@@ -252,9 +273,11 @@ class SlackAnswer:
         delta = text[len(message.shown) :]
         channel = self._target.channel
         if done:
+            extra = self._button_blocks()
             await self._client.chat_stopStream(
-                channel=channel, ts=message.ts, markdown_text=delta or None, **self._take_buttons()
+                channel=channel, ts=message.ts, markdown_text=delta or None, **extra
             )
+            self._sent(extra)
             message.streaming = False
         elif delta:
             await self._client.chat_appendStream(
@@ -273,6 +296,7 @@ class SlackAnswer:
         else:
             extra = self._text_blocks(text)
             await self._client.chat_update(channel=channel, ts=message.ts, text=text, **extra)
+            self._sent(extra)
         message.shown = text
 
     async def _start_stream(self, piece: str, *, done: bool) -> bool:
@@ -313,6 +337,28 @@ class SlackAnswer:
             await self._retire(stale)
         return True
 
+    async def _post_anew(self, pieces: list[str], first: int) -> None:
+        """Post pieces ``first``.. as new messages, in order, then retire the messages they
+        replace (later, when the adapter gave a way to: the answer is whole already)."""
+        stale = self._messages[first:]
+        del self._messages[first:]
+        for index in range(first, len(pieces)):
+            if self._feedback and index == len(pieces) - 1:
+                self._buttons = feedback_buttons()
+            try:
+                await self._post(pieces[index])
+            except Exception as exc:
+                log.error("slack: posting the final answer failed too (%s)", describe(exc))
+                # Keep the messages not replaced: no text is lost.
+                self._messages.extend(stale[index - first :])
+                stale = stale[: index - first]
+                break
+        for message in stale:
+            if self._later is None:
+                await self._retire(message)
+            else:
+                self._later(self._retire(message))
+
     async def _try_update(self, message: _Message, piece: str) -> bool:
         try:
             await self._update(message, to_mrkdwn(piece))
@@ -323,34 +369,37 @@ class SlackAnswer:
 
     # --- feedback buttons -----------------------------------------------------------------
 
-    def _take_buttons(self) -> dict[str, Any]:
-        """The buttons for the write that closes the answer's last stream (then none)."""
-        buttons, self._buttons = self._buttons, None
-        return {"blocks": buttons} if buttons else {}
+    def _button_blocks(self) -> dict[str, Any]:
+        """The buttons for the write that closes the answer's last stream, if it is due."""
+        return {"blocks": self._buttons} if self._buttons else {}
 
     def _text_blocks(self, text: str) -> dict[str, Any]:
         """For the answer's last message in mrkdwn: its text as sections, then the buttons."""
-        buttons = self._take_buttons().get("blocks")
-        if not buttons:
+        if not self._buttons:
             return {}
-        return {"blocks": [*text_sections(text), *buttons]}
+        return {"blocks": [*text_sections(text), *self._buttons]}
+
+    def _sent(self, extra: Mapping[str, Any]) -> None:
+        """A write carrying the buttons went through: no later write carries them."""
+        if "blocks" in extra:
+            self._buttons = None
 
     # --- closing --------------------------------------------------------------------------
 
-    async def _stop(self, message: _Message) -> None:
-        """Close a stream, best effort."""
+    async def _stop(self, message: _Message, *, buttons: bool = True) -> None:
+        """Close a stream, best effort (carrying the buttons if they are due and ``buttons``)."""
         message.streaming = False
+        extra = self._button_blocks() if buttons else {}
         try:
-            await self._client.chat_stopStream(
-                channel=self._target.channel, ts=message.ts, **self._take_buttons()
-            )
+            await self._client.chat_stopStream(channel=self._target.channel, ts=message.ts, **extra)
+            self._sent(extra)
         except Exception as exc:
             log.warning("chat.stopStream failed (%s)", describe(exc))
 
     async def _retire(self, message: _Message) -> None:
         """A message the answer no longer lives in: close its stream, delete it."""
         if message.streaming:
-            await self._stop(message)
+            await self._stop(message, buttons=False)
         await self._delete(message.ts)
 
     async def _delete(self, ts: str) -> None:

@@ -27,7 +27,7 @@ from sqlalchemy import ColumnElement, CursorResult, and_, delete, literal, selec
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from core.store.models import LeaseRow
+from core.store.models import LeaseRow, storable
 from core.store.retry import retrying
 
 log = logging.getLogger("parley.store")
@@ -66,6 +66,7 @@ class Leases:
         """Take ``name`` if nobody holds it (or its holder's lease has run out), and
         ``unless`` (someone with a better claim waiting) is not true."""
         self._start_heartbeat()
+        name = storable(name)  # as the column keeps it (no NUL)
         free = LeaseRow.until < now_micros()
         if unless is None:
             stmt = self._insert(LeaseRow).values(name=name, holder=self.holder, until=self._until())
@@ -85,7 +86,7 @@ class Leases:
         return taken == self.holder
 
     async def give_back(self, name: str) -> None:
-        where = (LeaseRow.name == name, LeaseRow.holder == self.holder)
+        where = (LeaseRow.name == storable(name), LeaseRow.holder == self.holder)
         async with self.engine.begin() as conn:
             await conn.execute(delete(LeaseRow).where(*where))
 

@@ -6,6 +6,7 @@ import functools
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, cast
@@ -38,9 +39,11 @@ from core.ports import (
     ConversationState,
     MemoryFact,
     Orphan,
+    Planner,
     Role,
     StoredMessage,
     TurnFacts,
+    TurnPlan,
     UsageEntry,
     UsageTotals,
 )
@@ -192,6 +195,30 @@ def _take_over(platform: str, event_id: str, holder: str) -> Any:
         _event(platform, event_id)
         .where(ProcessedEventRow.state.in_(UNSETTLED), ~_alive())
         .values(holder=holder, state="answering")
+    )
+
+
+def _recent(
+    conversation_id: int, after_id: int, before_id: int, limit: int, *, through: bool = False
+) -> Any:
+    """Complete turns between two turns, newest first (see ``Store.recent_messages``)."""
+    return (
+        select(
+            MessageRow.id,
+            MessageRow.role,
+            MessageRow.content,
+            MessageRow.token_count,
+            MessageRow.author_name,
+            MessageRow.sent_at,
+        )
+        .where(
+            MessageRow.conversation_id == conversation_id,
+            _beyond(conversation_id, after_id, later=True),
+            _beyond(conversation_id, before_id, later=False, inclusive=through),
+            MessageRow.status == "complete",
+        )
+        .order_by(MessageRow.sent_at.desc(), MessageRow.id.desc())
+        .limit(limit)
     )
 
 
@@ -379,7 +406,9 @@ class SqlStore:
             row = await self._conversation(session, key)
             return ConversationState(row.id, row.summary, row.summary_tokens, row.context_start)
 
-    async def open_turn(self, key: ConversationKey, *, spender: str | None = None) -> TurnFacts:
+    async def open_turn(
+        self, key: ConversationKey, *, spender: str | None = None, plan: Planner | None = None
+    ) -> TurnFacts:
         async with self._sessions.begin() as session:
             row = await self._conversation(session, key)
             state = ConversationState(row.id, row.summary, row.summary_tokens, row.context_start)
@@ -389,7 +418,32 @@ class SqlStore:
             if spender is not None:
                 where = (UsageRow.platform == key.platform, UsageRow.user_id == spender)
                 spent = (await _sum(session, where)).cost_usd
-        return TurnFacts(state, overrides, tuple(fact.text for fact in memory), spent)
+            facts = TurnFacts(state, overrides, tuple(fact.text for fact in memory), spent)
+            if plan is None:
+                return facts
+            return await self._begin(session, facts, plan(facts))
+
+    async def _begin(self, session: AsyncSession, facts: TurnFacts, plan: TurnPlan) -> TurnFacts:
+        """Store the plan's question and read the history before it (same transaction)."""
+        q, state = plan.question, facts.state
+        question_id = await self._add_message(
+            session,
+            state.id,
+            q.role,
+            q.content,
+            q.token_count,
+            author_id=q.author_id,
+            author_name=q.author_name,
+            status=q.status,
+            sent_at=q.sent_at,
+        )
+        if q.event is not None:  # the claim knows its question, to mark it if it dies
+            await session.execute(_event(*q.event).values(question_id=question_id))
+        recent = _recent(state.id, state.context_start, question_id, plan.history_rows)
+        stmt = _fitting(recent.subquery(), plan.history_tokens)
+        rows = (await session.execute(stmt)).all()
+        history = tuple(StoredMessage(r[0], cast(Role, r[1]), r[2], r[3], r[4]) for r in rows)
+        return replace(facts, question_id=question_id, history=history)
 
     async def finish_turn(
         self,
@@ -503,24 +557,7 @@ class SqlStore:
         through: bool = False,
         tokens: int | None = None,
     ) -> list[StoredMessage]:
-        recent = (
-            select(
-                MessageRow.id,
-                MessageRow.role,
-                MessageRow.content,
-                MessageRow.token_count,
-                MessageRow.author_name,
-                MessageRow.sent_at,
-            )
-            .where(
-                MessageRow.conversation_id == conversation_id,
-                _beyond(conversation_id, after_id, later=True),
-                _beyond(conversation_id, before_id, later=False, inclusive=through),
-                MessageRow.status == "complete",
-            )
-            .order_by(MessageRow.sent_at.desc(), MessageRow.id.desc())
-            .limit(limit)
-        )
+        recent = _recent(conversation_id, after_id, before_id, limit, through=through)
         stmt = recent if tokens is None else _fitting(recent.subquery(), tokens)
         async with self._sessions() as session:
             rows = (await session.execute(stmt)).all()

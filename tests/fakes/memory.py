@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from core.errors import LLMError
@@ -17,6 +17,7 @@ from core.ports import (
     ConversationState,
     MemoryFact,
     Orphan,
+    Planner,
     Speech,
     SpeechRequest,
     StoredMessage,
@@ -102,15 +103,40 @@ class MemoryStore:
             self.conversations[key] = ConversationState(next(self._ids), "", 0, 0)
         return self.conversations[key]
 
-    async def open_turn(self, key: ConversationKey, *, spender: str | None = None) -> TurnFacts:
+    async def open_turn(
+        self, key: ConversationKey, *, spender: str | None = None, plan: Planner | None = None
+    ) -> TurnFacts:
         memory = await self.channel_memory(key.channel_key)
         spent = None if spender is None else (await self.user_usage(key.platform, spender)).cost_usd
-        return TurnFacts(
+        facts = TurnFacts(
             await self.conversation(key),
             await self.channel_overrides(key.channel_key),
             tuple(fact.text for fact in memory),
             spent,
         )
+        if plan is None:
+            return facts
+        planned = plan(facts)
+        q = planned.question
+        question_id = await self.add_message(
+            facts.state.id,
+            q.role,
+            q.content,
+            q.token_count,
+            author_id=q.author_id,
+            author_name=q.author_name,
+            status=q.status,
+            sent_at=q.sent_at,
+            event=q.event,
+        )
+        history = await self.recent_messages(
+            facts.state.id,
+            facts.state.context_start,
+            question_id,
+            planned.history_rows,
+            tokens=planned.history_tokens,
+        )
+        return replace(facts, question_id=question_id, history=tuple(history))
 
     async def finish_turn(
         self,

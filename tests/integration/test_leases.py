@@ -132,28 +132,49 @@ async def proxy():
     await proxy.close()
 
 
-async def test_a_database_outage_costs_time_not_messages(postgres_url, proxy):
-    """The database drops every connection and refuses new ones for a while: questions asked
-    meanwhile, and answers finishing meanwhile, are all stored and charged once it is back."""
+class Slow(ScriptedModel):
+    """Takes a while to answer, so some answers are still being written when the database
+    goes away, and finish while it is away."""
+
+    def __init__(self) -> None:
+        super().__init__(reply=lambda r: f"answer to {r.messages[-1].text}")
+        self.inside = 0
+        self.started = asyncio.Event()
+
+    async def stream(self, request):
+        self.inside += 1
+        if self.inside >= 10:
+            self.started.set()
+        await asyncio.sleep(1.0)
+        async for item in super().stream(request):
+            yield item
+
+
+async def test_a_20_second_database_outage_loses_none_of_50_conversations(postgres_url, proxy):
+    """The database drops every connection and refuses new ones for 20 s in the middle of 50
+    conversations: answers being written, questions asked meanwhile, are all answered, stored
+    and charged once it is back."""
     url = postgres_url.replace(f":{PG_PORT}/", f":{proxy.port}/")
     store = await _store(url)
-    model = ScriptedModel(reply=lambda r: f"answer to {r.messages[-1].text}")
+    model = Slow()
     parley = await build(Settings(_env_file=None, database_url=url), store=store, llm=model)
+    keys = [ConversationKey("slack", "T1", f"C{i}") for i in range(50)]
     try:
-        assert await _ask(parley, KEY, "before") == "answer to before"
+        early = [asyncio.create_task(_ask(parley, k, f"q{i}")) for i, k in enumerate(keys[:25])]
+        await asyncio.wait_for(model.started.wait(), 30)  # answers are being written
         proxy.cut()
-        keys = [ConversationKey("slack", "T1", f"C{i}") for i in range(20)]
-        asked = [asyncio.create_task(_ask(parley, key, f"q{i}")) for i, key in enumerate(keys)]
-        await asyncio.wait_for(proxy.knocked(5), 30)  # the worker retries at a closed door
-        assert not any(task.done() for task in asked)
+        late = [asyncio.create_task(_ask(parley, k, f"q{i}")) for i, k in enumerate(keys[25:], 25)]
+        await asyncio.sleep(20)
+        assert proxy.refused > 0  # the worker kept knocking at a closed door
+        assert not any(task.done() for task in early + late)
         proxy.restore()
-        answers = await asyncio.wait_for(asyncio.gather(*asked), 60)
-        assert answers == [f"answer to q{i}" for i in range(20)]
+        answers = await asyncio.wait_for(asyncio.gather(*early, *late), 90)
+        assert answers == [f"answer to q{i}" for i in range(50)]
         for i, key in enumerate(keys):
             state = await store.conversation(key)
             turns = await store.recent_messages(state.id, 0, 10**12, 10)
             assert [t.content for t in reversed(turns)] == [f"q{i}", f"answer to q{i}"]
-        assert (await store.user_usage("slack", "u")).turns == 1 + 20
+        assert (await store.user_usage("slack", "u")).turns == 50
     finally:
         await parley.close()
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -15,7 +15,8 @@ import pytest
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.slack.render import THINKING, ReplyTarget, SlackAnswer
+from adapters.slack.budget import WriteDeferred
+from adapters.slack.render import FEEDBACK_ACTION, THINKING, ReplyTarget, SlackAnswer
 from core.delivery import Interval, deliver
 from core.messages import Accepted, FinalText, ReplyEvent, TextDelta
 from core.sentences import EMPTY_ANSWER, RESTARTED, answer_text, failure_text
@@ -30,6 +31,8 @@ class StubSlack:
 
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     failing: dict[str, int] = field(default_factory=dict)
+    # Methods whose write budget has no room: they raise WriteDeferred, as BudgetedWebClient.
+    deferring: set[str] = field(default_factory=set)
     texts: dict[str, str] = field(default_factory=dict)
     _ts: Any = field(default_factory=lambda: itertools.count(1))
 
@@ -37,6 +40,8 @@ class StubSlack:
         return [params for name, params in self.calls if name == method]
 
     def _call(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        if method in self.deferring:
+            raise WriteDeferred(method)
         self.calls.append((method, params))
         if self.failing.get(method, 0) > 0:
             self.failing[method] -= 1
@@ -171,6 +176,53 @@ async def test_failed_final_update_is_posted_anew_and_the_placeholder_deleted() 
     assert list(stub.texts.values()) == ["the whole answer"]
     assert stub.called("chat_delete")
     assert reply.finished
+
+
+async def test_a_deferred_final_edit_posts_that_piece_and_the_next_anew_in_order() -> None:
+    """chat.update has no room: the pieces from the first one that needs an edit are posted
+    anew, in order, the feedback buttons on the last; the replaced message is deleted (later,
+    through ``later``); a piece already final stays where it is."""
+    stub = StubSlack()
+    cleanups: list[Coroutine[Any, Any, None]] = []
+    reply = SlackAnswer(
+        cast(AsyncWebClient, stub),
+        THREAD,
+        stream=False,
+        limit=60,
+        feedback=True,
+        later=cleanups.append,
+    )
+    await reply.start()
+    words = [f"word{n:02d}" for n in range(20)]
+    await reply.progress(" ".join(words[:5]))
+    assert len(stub.texts) == 1  # the placeholder shows the first words
+    stub.deferring.add("chat_update")
+    await reply.finish(" ".join(words))
+    posts = stub.called("chat_postMessage")
+    assert posts[0]["text"] == THINKING and len(posts) == 4
+    assert not stub.called("chat_delete")  # not yet: the answer is whole already
+    assert len(stub.texts) == 4
+    for cleanup in cleanups:
+        await cleanup
+    assert [c["ts"] for c in stub.called("chat_delete")] == ["200.1"]
+    assert " ".join(stub.texts.values()).split() == words and len(stub.texts) == 3
+    assert [bool(p.get("blocks")) for p in posts[1:]] == [False, False, True]
+    assert posts[-1]["blocks"][-1]["block_id"] == FEEDBACK_ACTION
+
+
+async def test_a_deferred_final_edit_of_a_later_piece_keeps_the_first() -> None:
+    stub = StubSlack()
+    reply = SlackAnswer(cast(AsyncWebClient, stub), THREAD, stream=False, limit=40)
+    await reply.start()
+    words = [f"word{n:02d}" for n in range(10)]
+    await reply.progress(" ".join(words[:8]))
+    assert len(stub.texts) == 2  # the first piece is final, the second grows
+    stub.deferring.add("chat_update")
+    await reply.finish(" ".join(words))
+    assert [c["ts"] for c in stub.called("chat_delete")] == ["200.2"]
+    shown = list(stub.texts.values())
+    assert " ".join(shown).split() == words and len(shown) == 3
+    assert next(iter(stub.texts)) == "200.1"  # the first piece, final already, stays
 
 
 async def test_failed_final_write_and_repost_are_logged(caplog: pytest.LogCaptureFixture) -> None:
