@@ -14,6 +14,10 @@ its members and ``creators`` a channel to the person who created it (``conversat
 
 ``write_delay`` seconds pass before the fake answers a write (``WRITE_METHODS``), as when
 Slack is slow; other calls answer at once.
+
+Every stream ``chat.startStream`` opens is kept in ``streams`` by its message ts, with whether
+``chat.stopStream`` stopped it or ``chat.delete`` removed its message; ``open_streams()`` lists
+those still open, as a person would see them (still being written).
 """
 
 from __future__ import annotations
@@ -96,6 +100,21 @@ class Message:
 
 
 @dataclass
+class Stream:
+    """A stream ``chat.startStream`` opened, and how it ended (if it did)."""
+
+    channel: str
+    ts: str
+    thread_ts: str
+    stopped: bool = False
+    deleted: bool = False
+
+    @property
+    def open(self) -> bool:
+        return not self.stopped and not self.deleted
+
+
+@dataclass
 class _Fault:
     status: int
     error: str | None
@@ -150,6 +169,7 @@ class FakeSlack:
         self.streaming = streaming
         self.calls: list[Call] = []
         self.messages: dict[str, list[Message]] = {}
+        self.streams: dict[str, Stream] = {}  # by the ts of the stream's message
         self.sockets: list[SocketClient] = []
         self._faults: dict[str, list[_Fault]] = {}
         self._files: dict[str, _File] = {}
@@ -269,6 +289,10 @@ class FakeSlack:
             ),
             key=lambda m: m.ts,
         )
+
+    def open_streams(self) -> list[Stream]:
+        """Streams opened and neither stopped nor deleted, oldest first."""
+        return sorted((s for s in self.streams.values() if s.open), key=lambda s: s.ts)
 
     def bot_messages(self, channel: str, thread_ts: str | None = None) -> list[Message]:
         """Messages the bot posted in ``channel`` (in a thread, or at the top level)."""
@@ -558,6 +582,8 @@ class FakeSlack:
         if message is None:
             return {"ok": False, "error": "message_not_found"}
         self.messages[channel].remove(message)
+        if ts in self.streams:
+            self.streams[ts].deleted = True
         return {"channel": channel, "ts": ts}
 
     def _m_chat_postEphemeral(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -576,6 +602,7 @@ class FakeSlack:
             return {"ok": False, "error": "invalid_arguments"}
         text = Call("chat.startStream", dict(params)).text
         message = self._post(channel, text, str(thread_ts), markdown=True, streaming=True)
+        self.streams[message.ts] = Stream(channel, message.ts, str(thread_ts))
         return {"channel": channel, "ts": message.ts}
 
     def _m_chat_appendStream(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -597,6 +624,8 @@ class FakeSlack:
         message.text += text
         if stop:
             message.streaming = False
+            if ts in self.streams:
+                self.streams[ts].stopped = True
             message.blocks = _blocks(params)
         return {"channel": channel, "ts": ts}
 
