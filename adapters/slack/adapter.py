@@ -53,7 +53,7 @@ from adapters.slack.settings import SlackSettings
 from adapters.slack.threads import FollowedThreads
 from core import sentences
 from core.attachments import AttachmentPolicy
-from core.delivery import Delivered, Interval, deliver
+from core.delivery import Delivered, Interval, claimed, deliver
 from core.errors import ConfigError
 from core.messages import ChannelKey, ConversationKey, Inbound
 from core.recovery import Resumed
@@ -501,8 +501,11 @@ class SlackAdapter:
         journal = self.service.journal(inbound)
         pacing = Interval(self.settings.update_interval)
         try:
+            # Claimed before it waits for a slot: an answer waiting is on record.
+            events = await claimed(self.service.answer(inbound))
+            if events is None:
+                return Delivered("nothing")
             async with self._answers:
-                events = self.service.answer(inbound)
                 return await deliver(events, renderer, pacing, journal=journal)
         except Exception as exc:
             self._log_failure("answering", inbound.key, exc)
