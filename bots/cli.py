@@ -36,8 +36,9 @@ NO_MODEL = (
 )
 NOTHING_TO_RUN = (
     "Nothing to run: no platform is configured. Set SLACK_BOT_TOKEN and SLACK_APP_TOKEN "
-    "(Socket Mode; or SLACK_SIGNING_SECRET with SLACK_MODE=http) for Slack, and/or DISCORD_TOKEN "
-    "for Discord. `parley chat` works without either."
+    "(Socket Mode; or SLACK_SIGNING_SECRET with SLACK_MODE=http) for Slack, or SLACK_CLIENT_ID "
+    "and SLACK_CLIENT_SECRET to install into several workspaces, and/or DISCORD_TOKEN for "
+    "Discord. `parley chat` works without either."
 )
 
 

@@ -10,6 +10,8 @@ from adapters.discord.settings import DiscordSettings
 from adapters.slack.settings import SlackSettings
 from bots.bootstrap import Parley
 from core.settings import load
+from core.store.installations import InstallationRecords
+from core.store.sql import SqlStore
 
 if TYPE_CHECKING:
     from adapters.discord import DiscordAdapter
@@ -41,6 +43,9 @@ def slack_adapter(
     """The Slack adapter on ``parley``'s core (slack-bolt is imported only now)."""
     from adapters.slack import SlackAdapter
 
+    installations = None
+    if settings.installable and isinstance(parley.store, SqlStore):
+        installations = InstallationRecords(parley.store.engine, patience=parley.store.patience)
     adapter = SlackAdapter(
         settings,
         parley.service,
@@ -48,6 +53,7 @@ def slack_adapter(
         log_content=parley.settings.parley_log_content,
         host=host,
         port=port,
+        installations=installations,
     )
     if parley.metrics is not None:
         from bots.metrics import watch_slack

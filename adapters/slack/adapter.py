@@ -19,11 +19,16 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from slack_bolt.adapter.aiohttp import to_aiohttp_response
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp, AsyncBoltContext
+from slack_bolt.authorization.async_authorize import AsyncInstallationStoreAuthorize
 from slack_bolt.middleware.authorization.async_single_team_authorization import (
     AsyncSingleTeamAuthorization,
 )
+from slack_bolt.oauth.async_oauth_flow import AsyncOAuthFlow
+from slack_bolt.oauth.async_oauth_settings import AsyncOAuthSettings
+from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import (
@@ -40,6 +45,7 @@ from adapters.slack.budget import BudgetedWebClient
 from adapters.slack.commands import SlackCommands
 from adapters.slack.edge import HttpEdge, quiet_bolt_error
 from adapters.slack.files import FileFetcher
+from adapters.slack.installations import SqlInstallationStore, SqlOAuthStateStore
 from adapters.slack.people import SlackNames
 from adapters.slack.permissions import SlackPrivileges
 from adapters.slack.render import (
@@ -51,6 +57,8 @@ from adapters.slack.render import (
 )
 from adapters.slack.settings import SlackSettings
 from adapters.slack.threads import FollowedThreads
+from adapters.slack.viewing import AssistantContexts, ChannelNames, viewing_note
+from adapters.slack.workspaces import Workspace, Workspaces
 from core import sentences
 from core.attachments import AttachmentPolicy
 from core.delivery import Delivered, Interval, claimed, deliver
@@ -58,6 +66,7 @@ from core.errors import ConfigError
 from core.messages import ChannelKey, ConversationKey, Inbound
 from core.recovery import Resumed
 from core.service import ConversationService
+from core.store.installations import InstallationRecords
 
 log = logging.getLogger("parley.slack")
 
@@ -70,6 +79,7 @@ SUGGESTED_PROMPTS = (
 STOP_GRACE = 6.0  # how long stop() lets answers in progress finish
 CUT_GRACE = 2.0  # then how long answers cut by shutdown get to say so
 HTTP_SHUTDOWN = 1.0  # how long an open HTTP request may hold up shutdown (requests only ack)
+STATE_SECONDS = 600  # how long an OAuth install may take between Parley and Slack's page
 
 # A worker's health: (healthy, a short JSON-able reason), what /healthz answers in HTTP mode.
 HealthCheck = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
@@ -77,8 +87,19 @@ HealthCheck = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
 
 def _check_tokens(settings: SlackSettings) -> None:
     """Stop start-up with a clear message when a token the mode needs is missing."""
-    if settings.bot_token is None:
-        raise ConfigError("SLACK_BOT_TOKEN is not set: copy the Bot User OAuth Token (xoxb-...).")
+    if settings.installable:
+        if settings.mode != "http":
+            raise ConfigError(
+                "SLACK_CLIENT_ID is set without SLACK_BOT_TOKEN, so Parley installs into "
+                "workspaces through OAuth: that needs SLACK_MODE=http (Slack sends people back "
+                "to Parley's HTTP server), or set SLACK_BOT_TOKEN for one workspace."
+            )
+    elif settings.bot_token is None:
+        raise ConfigError(
+            "SLACK_BOT_TOKEN is not set: copy the Bot User OAuth Token (xoxb-...), or set "
+            "SLACK_CLIENT_ID and SLACK_CLIENT_SECRET (with SLACK_MODE=http) to install Parley "
+            "into workspaces."
+        )
     if settings.mode == "socket" and settings.app_token is None:
         raise ConfigError(
             "SLACK_APP_TOKEN is not set: Socket Mode needs an app-level token (xapp-...) "
@@ -88,10 +109,11 @@ def _check_tokens(settings: SlackSettings) -> None:
         raise ConfigError("SLACK_SIGNING_SECRET is not set: HTTP mode needs it to check requests.")
 
 
-def _web_client(settings: SlackSettings, logger: logging.Logger) -> AsyncWebClient:
-    assert settings.bot_token is not None
+def _web_client(settings: SlackSettings, logger: logging.Logger) -> BudgetedWebClient:
+    """The client of ``SLACK_BOT_TOKEN`` (without one: the client workspaces' clients copy)."""
+    token = settings.bot_token
     return BudgetedWebClient(
-        token=settings.bot_token.get_secret_value(),
+        token=token.get_secret_value() if token is not None else None,
         base_url=settings.api_url,
         logger=logger,
         retry_handlers=[
@@ -100,6 +122,65 @@ def _web_client(settings: SlackSettings, logger: logging.Logger) -> AsyncWebClie
             AsyncServerErrorRetryHandler(max_retry_count=1),
         ],
     )
+
+
+def oauth_flow(
+    settings: SlackSettings, store: SqlInstallationStore, states: SqlOAuthStateStore
+) -> AsyncOAuthFlow:
+    """Slack's OAuth install on Parley's HTTP server (``SLACK_INSTALL_PATH`` sends the browser
+    to Slack, which sends it back to ``SLACK_REDIRECT_PATH``), on its own client: the answer
+    to oauth.v2.access carries the new bot token, so that client never logs a body."""
+    assert settings.client_id is not None and settings.client_secret is not None
+    quiet = logging.getLogger("parley.slack.oauth")
+    quiet.setLevel(logging.WARNING)
+    client = AsyncWebClient(base_url=settings.api_url, logger=quiet)
+    return AsyncOAuthFlow(
+        client=client,
+        logger=quiet,
+        settings=AsyncOAuthSettings(
+            client_id=settings.client_id,
+            client_secret=settings.client_secret.get_secret_value(),
+            scopes=settings.scopes,
+            redirect_uri=settings.redirect_uri or None,
+            install_path=settings.install_path,
+            install_page_rendering_enabled=False,
+            redirect_uri_path=settings.redirect_path,
+            authorization_url=settings.authorize_url,
+            installation_store=store,
+            installation_store_bot_only=True,
+            state_store=states,
+            state_expiration_seconds=STATE_SECONDS,
+            logger=quiet,
+        ),
+    )
+
+
+def installed_authorization(
+    settings: SlackSettings, records: InstallationRecords | None, logger: logging.Logger
+) -> dict[str, Any]:
+    """``AsyncApp`` arguments for workspaces installed through OAuth: the flow, and bolt's
+    authorization from the installation store (each bot token's ``auth.test`` asked once)."""
+    if not settings.installable:
+        return {}
+    if records is None:
+        raise ConfigError(
+            "Installing Parley into workspaces (SLACK_CLIENT_ID) keeps the installations in "
+            "Parley's SQL database (DATABASE_URL)."
+        )
+    store = SqlInstallationStore(records)
+    flow = oauth_flow(
+        settings, store, SqlOAuthStateStore(records, expiration_seconds=STATE_SECONDS)
+    )
+    authorize = AsyncInstallationStoreAuthorize(
+        logger=logger,
+        installation_store=store,
+        client_id=settings.client_id,
+        client_secret=flow.settings.client_secret,
+        client=flow.client,
+        bot_only=True,
+        cache_enabled=True,
+    )
+    return {"oauth_flow": flow, "authorize": authorize, "installation_store": store}
 
 
 def seed_authorization(app: AsyncApp, identity: AsyncSlackResponse) -> None:
@@ -116,12 +197,19 @@ def seed_authorization(app: AsyncApp, identity: AsyncSlackResponse) -> None:
                 middleware.auth_test_result = identity
 
 
-class SlackAdapter:
-    """Slack in and out for one workspace; ``start()`` connects, ``stop()`` disconnects.
+def _bolt_request(request: web.Request) -> AsyncBoltRequest:
+    """A browser's GET (install, OAuth redirect) as bolt reads it: query and headers."""
+    return AsyncBoltRequest(body="", query=request.query_string, headers=dict(request.headers))
 
-    In HTTP mode ``web_app`` is the aiohttp application (tests may serve it themselves) and
-    ``port`` the port it listens on once started. From the core it takes only what it needs:
-    the file limits (``attachments``) and whether message content may be logged.
+
+class SlackAdapter:
+    """Slack in and out; ``start()`` connects, ``stop()`` disconnects.
+
+    One workspace (``SLACK_BOT_TOKEN``), or every workspace that installed Parley through
+    OAuth (``SLACK_CLIENT_ID``, HTTP mode; installations kept in ``installations``). In HTTP
+    mode ``web_app`` is the aiohttp application (tests may serve it themselves) and ``port``
+    the port it listens on once started. From the core it takes only what it needs: the file
+    limits (``attachments``) and whether message content may be logged.
     """
 
     name = "slack"
@@ -136,9 +224,9 @@ class SlackAdapter:
         log_content: bool,
         host: str = "0.0.0.0",
         port: int | None = None,
+        installations: InstallationRecords | None = None,
     ) -> None:
         _check_tokens(settings)
-        assert settings.bot_token is not None
         self.settings = settings
         self.service = service
         self.host = host
@@ -148,6 +236,7 @@ class SlackAdapter:
             # slack_sdk and bolt log request bodies (message text) at DEBUG.
             wire_log.setLevel(max(logging.INFO, wire_log.getEffectiveLevel()))
         self.client = _web_client(settings, wire_log)
+        self.attachments = attachments
         secret = settings.signing_secret
         self.app = AsyncApp(
             name="parley",
@@ -157,20 +246,17 @@ class SlackAdapter:
             request_verification_enabled=settings.mode == "http",
             process_before_response=False,
             raise_error_for_unhandled_request=True,
+            **installed_authorization(settings, installations, wire_log),
         )
         self.app.error(quiet_bolt_error)
-        self.files = FileFetcher(
-            settings.bot_token.get_secret_value(), settings.api_url, attachments
-        )
-        self.commands = SlackCommands(
-            service,
-            self.client,
-            slash_name=settings.command,
-            wire_log=wire_log,
-            privileges=SlackPrivileges(self.client, settings),
-        )
-        self.threads = FollowedThreads(self.client)
-        self.names = SlackNames(self.client)
+        self.installations: SqlInstallationStore | None = None
+        if settings.installable:
+            self.installations = self.app.installation_store  # type: ignore[assignment]
+            self.app.enable_token_revocation_listeners()
+        self.workspaces = Workspaces(self._new_workspace)
+        # The one workspace of SLACK_BOT_TOKEN (None when installed into many through OAuth).
+        self.home = self.workspaces.of(self.client.token) if self.client.token else None
+        self.assistant_contexts = AssistantContexts()
         self.streaming = True
         self.stop_grace = STOP_GRACE
         self.failure: BaseException | None = None
@@ -187,6 +273,50 @@ class SlackAdapter:
         self._session: aiohttp.ClientSession | None = None
         self.health: HealthCheck | None = None  # /healthz in HTTP mode, set by the composition root
         self._register()
+
+    def _new_workspace(self, token: str) -> Workspace:
+        """What acts in the workspace of bot token ``token``; its client copies ``client``'s
+        settings (retry handlers included)."""
+        base = self.client
+        client = base
+        if token != base.token:
+            client = BudgetedWebClient(
+                token=token,
+                base_url=base.base_url,
+                logger=base.logger,
+                retry_handlers=list(base.retry_handlers),
+            )
+        commands = SlackCommands(
+            self.service,
+            client,
+            slash_name=self.settings.command,
+            wire_log=self._wire_log,
+            privileges=SlackPrivileges(client, self.settings),
+        )
+        return Workspace(
+            client=client,
+            files=FileFetcher(token, self.settings.api_url, self.attachments),
+            commands=commands,
+            threads=FollowedThreads(client),
+            names=SlackNames(client),
+            channels=ChannelNames(client),
+        )
+
+    def workspace(self, context: AsyncBoltContext) -> Workspace | None:
+        """The workspace a request came from (None: it has no bot token, not installed)."""
+        if self.home is not None:
+            return self.home
+        token = context.bot_token
+        return self.workspaces.of(token) if token else None
+
+    async def workspace_of(self, team_id: str) -> Workspace | None:
+        """The workspace ``team_id`` (None when Parley is not installed there)."""
+        if self.home is not None or self.installations is None:
+            return self.home
+        bot = await self.installations.async_find_bot(enterprise_id=None, team_id=team_id)
+        if bot is None:
+            return None
+        return self.workspaces.of(bot.bot_token)
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -205,6 +335,20 @@ class SlackAdapter:
         """Check the token, then connect over Socket Mode or listen for HTTP requests."""
         self._closing = False
         self._use_session(aiohttp.ClientSession())
+        if self.home is not None:
+            await self._identify()
+        else:
+            log.info(
+                "slack: serving the workspaces that installed Parley (install at %s)",
+                self.settings.install_path,
+            )
+        if self.settings.mode == "http":
+            await self._listen()
+        else:
+            await self._connect_socket()
+
+    async def _identify(self) -> None:
+        """``auth.test`` of ``SLACK_BOT_TOKEN``: who Parley is, or a clear refusal."""
         try:
             identity = await self.client.auth_test()
         except SlackApiError as exc:
@@ -220,10 +364,6 @@ class SlackAdapter:
             identity.get("team_id"),
             self.settings.mode,
         )
-        if self.settings.mode == "http":
-            await self._listen()
-        else:
-            await self._connect_socket()
 
     async def _listen(self) -> None:
         """HTTP mode: serve ``web_app`` on ``host:port``."""
@@ -310,8 +450,7 @@ class SlackAdapter:
     def _use_session(self, session: aiohttp.ClientSession | None) -> None:
         self._session = session
         self.client.session = session
-        self.files.session = session
-        self.commands.session = session
+        self.workspaces.use_session(session)
 
     async def _close_session(self) -> None:
         if self._session is not None:
@@ -333,8 +472,27 @@ class SlackAdapter:
             app = web.Application(client_max_size=settings.http_max_body)
             app.router.add_post(EVENTS_PATH, edge.handle)
             app.router.add_get("/healthz", self._healthz)
+            if self.app.oauth_flow is not None:
+                app.router.add_get(settings.install_path, self._install)
+                app.router.add_get(settings.redirect_path, self._oauth_redirect)
             self._web_app = app
         return self._web_app
+
+    async def _install(self, request: web.Request) -> web.Response:
+        """Start an install: a state (kept in the database, and as a cookie), then Slack."""
+        flow = self.app.oauth_flow
+        assert flow is not None
+        return await to_aiohttp_response(await flow.handle_installation(_bolt_request(request)))
+
+    async def _oauth_redirect(self, request: web.Request) -> web.Response:
+        """Slack sends the browser back: the state checked, the code exchanged for the
+        workspace's bot token (``oauth.v2.access``), the installation saved."""
+        flow = self.app.oauth_flow
+        assert flow is not None
+        response = await flow.handle_callback(_bolt_request(request))
+        if response.status != 200:
+            log.warning("slack: an install did not complete (%s)", response.status)
+        return await to_aiohttp_response(response)
 
     async def _healthz(self, request: web.Request) -> web.Response:
         if self.health is None:
@@ -351,7 +509,7 @@ class SlackAdapter:
         self.app.event("assistant_thread_started", middleware=track)(
             self._on_assistant_thread_started
         )
-        self.app.event("assistant_thread_context_changed")(self._on_ignored)
+        self.app.event("assistant_thread_context_changed")(self._on_assistant_context)
         self.app.command(self.settings.command, middleware=track)(self._on_command)
         feedback = re.compile(f"^{FEEDBACK_ACTION}_(up|down)$")
         self.app.action(feedback, middleware=track)(self._on_feedback)
@@ -385,8 +543,9 @@ class SlackAdapter:
             if done is not None and not done.done():
                 done.set_result(None)
 
-    async def _on_ignored(self) -> None:
-        return None
+    async def _on_assistant_context(self, body: dict[str, Any], event: dict[str, Any]) -> None:
+        """The person opened another channel beside an assistant thread: remember it."""
+        self.assistant_contexts.keep(str(body.get("team_id") or ""), event)
 
     async def _on_mention(
         self, body: dict[str, Any], event: dict[str, Any], context: AsyncBoltContext
@@ -405,9 +564,11 @@ class SlackAdapter:
     ) -> None:
         await ack()
         with self._handling(context):
-            await self.commands.slash(
-                body, team_id=context.team_id, bot_user_id=context.bot_user_id
-            )
+            workspace = self.workspace(context)
+            if workspace is not None:
+                await workspace.commands.slash(
+                    body, team_id=context.team_id, bot_user_id=context.bot_user_id
+                )
 
     async def _on_feedback(
         self,
@@ -420,12 +581,13 @@ class SlackAdapter:
         replaces the first); the person is told, privately."""
         await ack()
         with self._handling(context):
+            workspace = self.workspace(context)
             channel = str((body.get("channel") or {}).get("id") or "")
             container = body.get("container") or {}
             user = str((body.get("user") or {}).get("id") or "")
             team = context.team_id or str((body.get("team") or {}).get("id") or "")
             message_ts = str(container.get("message_ts") or "")
-            if not (channel and user and message_ts):
+            if not (channel and user and message_ts and workspace):
                 log.info("slack: a feedback click without its channel, user or message")
                 return
             helpful = str(action.get("action_id") or "").endswith("_up")
@@ -433,7 +595,7 @@ class SlackAdapter:
             said = await self.service.feedback(where, message_ts, user, helpful=helpful)
             thread_ts = container.get("thread_ts")
             try:
-                await self.client.chat_postEphemeral(
+                await workspace.client.chat_postEphemeral(
                     channel=channel, user=user, text=said, thread_ts=thread_ts or None
                 )
             except SlackApiError as exc:
@@ -450,8 +612,9 @@ class SlackAdapter:
         """A message or mention: a command, or a question answered through the core."""
         bot_user, bot_id = context.bot_user_id, context.bot_id
         reason = translate.ignore_reason(event, bot_user, bot_id)
-        if reason is not None:
-            log.debug("slack: ignoring a %s event (%s)", event.get("type"), reason)
+        workspace = self.workspace(context)
+        if reason is not None or workspace is None:
+            log.debug("slack: ignoring a %s event (%s)", event.get("type"), reason or "no token")
             return
         message = translate.parse_message(body, event)
         route = translate.route(
@@ -462,42 +625,66 @@ class SlackAdapter:
         )
         if route == "ignore":
             return
-        if route == "if followed" and not await self.threads.answered_in(message, bot_user, bot_id):
+        threads = workspace.threads
+        if route == "if followed" and not await threads.answered_in(message, bot_user, bot_id):
             return
-        inbound = await self._read(message, bot_user)
+        inbound = await self._read(workspace, message, bot_user)
         if inbound is None:
             return
         if not message.direct:
-            self.threads.remember(message.channel, message.reply_thread or message.ts)
-        await self.answer(inbound, message.target, status=message.status)
+            threads.remember(message.channel, message.reply_thread or message.ts)
+        await self.answer(inbound, message.target, status=message.status, workspace=workspace)
 
-    async def _read(self, message: translate.SlackMessage, bot_user: str | None) -> Inbound | None:
+    async def _read(
+        self, workspace: Workspace, message: translate.SlackMessage, bot_user: str | None
+    ) -> Inbound | None:
         """The core message for ``message`` (files downloaded), or None when it was a command
         (run here) or could not be read (the person is told)."""
         try:
             text = message.text_for(bot_user)
             command = None if message.files else self.service.parse_command(text)
             if command is not None:
-                await self.commands.typed(message, *command, bot_user)
+                await workspace.commands.typed(message, *command, bot_user)
                 return None
-            fetched = await self.files.fetch(message.files)
-            message = await self.names.named(message)
+            fetched = await workspace.files.fetch(message.files)
+            message = await workspace.names.named(message)
+            text = await self._viewing(workspace, message, text)
             return message.inbound(text, fetched.attachments, fetched.notes)
         except asyncio.CancelledError:
-            await self._apologise(message.target, sentences.RESTARTED)
+            await self._apologise(workspace, message.target, sentences.RESTARTED)
             raise
         except Exception as exc:
             self._log_failure("reading a message", message.key, exc)
-            await self._apologise(message.target)
+            await self._apologise(workspace, message.target)
             return None
 
+    async def _viewing(
+        self, workspace: Workspace, message: translate.SlackMessage, text: str
+    ) -> str:
+        """``text``, after "(viewing #name)" in an assistant thread whose person has a channel
+        open beside it (the model then knows which channel "this channel" is)."""
+        if not message.status:
+            return text
+        viewed = self.assistant_contexts.viewed(message.team, message.channel, message.thread_ts)
+        name = await workspace.channels.of(viewed) if viewed else ""
+        return f"{viewing_note(name)} {text}" if name else text
+
     async def answer(
-        self, inbound: Inbound, target: ReplyTarget, *, status: bool = False
+        self,
+        inbound: Inbound,
+        target: ReplyTarget,
+        *,
+        status: bool = False,
+        workspace: Workspace | None = None,
     ) -> Delivered | None:
         """Show the core's answer to ``inbound`` in Slack; it always ends in a final message.
 
         None when Slack refused the final write (logged)."""
-        renderer = self._renderer(target, status)
+        workspace = workspace or self.home
+        if workspace is None:
+            log.error("slack: no workspace to answer in %s", inbound.key)
+            return None
+        renderer = self._renderer(workspace, target, status)
         journal = self.service.journal(inbound)
         pacing = Interval(self.settings.update_interval)
         try:
@@ -511,9 +698,9 @@ class SlackAdapter:
             self._log_failure("answering", inbound.key, exc)
             return None
 
-    def _renderer(self, target: ReplyTarget, status: bool) -> SlackAnswer:
+    def _renderer(self, workspace: Workspace, target: ReplyTarget, status: bool) -> SlackAnswer:
         return SlackAnswer(
-            self.client,
+            workspace.client,
             target,
             stream=self.streaming,
             status=status,
@@ -535,10 +722,11 @@ class SlackAdapter:
         showed, then show the stored answer, or ask again, in the same place."""
         inbound = resumed.inbound
         target, status = translate.reply_target(dict(inbound.reply_to))
-        if not target.channel:
+        workspace = await self.workspace_of(target.team_id) if target.channel else None
+        if workspace is None:
             log.error("slack: an unfinished answer in %s has no place to go; dropped", inbound.key)
             return
-        renderer = self._renderer(target, status)
+        renderer = self._renderer(workspace, target, status)
         await renderer.clear(resumed.shown)
         if resumed.answer is not None:
             events = self.service.replay(resumed.answer)
@@ -557,10 +745,10 @@ class SlackAdapter:
         self.streaming = False
 
     async def _apologise(
-        self, target: ReplyTarget, sentence: str = sentences.GENERIC_ERROR
+        self, workspace: Workspace, target: ReplyTarget, sentence: str = sentences.GENERIC_ERROR
     ) -> None:
         try:
-            await SlackAnswer(self.client, target, stream=False).fail(
+            await SlackAnswer(workspace.client, target, stream=False).fail(
                 sentences.failure_text(sentence)
             )
         except Exception as exc:
@@ -578,9 +766,14 @@ class SlackAdapter:
         self, body: dict[str, Any], event: dict[str, Any], context: AsyncBoltContext
     ) -> None:
         with self._handling(context):
-            await self._suggest_prompts(body, event)
+            self.assistant_contexts.keep(str(body.get("team_id") or ""), event)
+            workspace = self.workspace(context)
+            if workspace is not None:
+                await self._suggest_prompts(workspace.client, body, event)
 
-    async def _suggest_prompts(self, body: Mapping[str, Any], event: Mapping[str, Any]) -> None:
+    async def _suggest_prompts(
+        self, client: AsyncWebClient, body: Mapping[str, Any], event: Mapping[str, Any]
+    ) -> None:
         """A new assistant thread: offer a few starting prompts (once per event)."""
         thread = event.get("assistant_thread")
         if not isinstance(thread, Mapping):  # a signed but malformed event: nothing to suggest
@@ -599,7 +792,7 @@ class SlackAdapter:
             if not claimed:
                 return
         try:
-            await self.client.assistant_threads_setSuggestedPrompts(
+            await client.assistant_threads_setSuggestedPrompts(
                 channel_id=channel,
                 thread_ts=thread_ts,
                 title="Ask me anything, or try:",

@@ -236,3 +236,31 @@ class FeedbackRow(Base):
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
     )
+
+
+class InstallationRow(Base):
+    """A platform app installed into a workspace through OAuth (Slack): the platform's own
+    record of it, as JSON, one row per workspace (the latest installation)."""
+
+    __tablename__ = "platform_installations"
+    __table_args__ = (UniqueConstraint("platform", "enterprise_id", "team_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    platform: Mapped[str] = mapped_column(CleanString(32))
+    enterprise_id: Mapped[str] = mapped_column(CleanString(64), default="")
+    team_id: Mapped[str] = mapped_column(CleanString(64), default="")
+    data: Mapped[str] = mapped_column(CleanText)
+    installed_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+
+class OAuthStateRow(Base):
+    """A state handed to a browser starting an OAuth install, usable once until ``expires``
+    (seconds since 1970)."""
+
+    __tablename__ = "oauth_states"
+
+    state: Mapped[str] = mapped_column(CleanString(128), primary_key=True)
+    platform: Mapped[str] = mapped_column(CleanString(32))
+    expires: Mapped[int] = mapped_column(BigInteger, index=True)

@@ -18,11 +18,19 @@ Slack is slow; other calls answer at once.
 Every stream ``chat.startStream`` opens is kept in ``streams`` by its message ts, with whether
 ``chat.stopStream`` stopped it or ``chat.delete`` removed its message; ``open_streams()`` lists
 those still open, as a person would see them (still being written).
+
+Several workspaces: the one given to the constructor, and every ``Team`` added with
+``add_team``. Each has its own bot token; ``auth.test`` answers per token, and every call
+records the token it came with (``Call.token``). Installing through OAuth: ``grant(team)``
+is what Slack's authorize page gives the browser (a code); ``oauth.v2.access`` (the app's
+client id and secret, as HTTP Basic auth) exchanges it once for that workspace's bot token.
+``uninstall(team)`` revokes a workspace's tokens.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
 import itertools
@@ -55,6 +63,7 @@ class Call:
     params: dict[str, Any]
     status: int = 200
     error: str | None = None
+    token: str = ""
 
     @property
     def ok(self) -> bool:
@@ -131,6 +140,17 @@ class _File:
 
 
 @dataclass
+class Team:
+    """A workspace of the fake and Parley's bot user in it."""
+
+    team_id: str
+    bot_token: str
+    bot_user_id: str
+    bot_id: str
+    name: str = "Parley Test"
+
+
+@dataclass
 class SocketClient:
     """A Socket Mode connection and the acks it sent back."""
 
@@ -155,6 +175,16 @@ class FakeSlack:
         write_delay: float = 0.0,
     ) -> None:
         self.team_id = team_id
+        self.home = Team(team_id, bot_token, bot_user_id, bot_id)
+        # Valid bot tokens and their workspaces; a workspace added later has none until
+        # installed (oauth.v2.access), unless added with ``installed=True``.
+        self.tokens: dict[str, Team] = {bot_token: self.home}
+        self.teams: dict[str, Team] = {team_id: self.home}
+        self.client_id = "1111.2222"
+        self.client_secret = "fake-client-secret"
+        self._codes: dict[str, Team] = {}
+        self._caller = self.home
+        self.channel_names: dict[str, str] = {}  # conversations.info name (else the id, lowered)
         self.write_delay = write_delay
         self.admins = set(admins)
         self.owners: set[str] = set()
@@ -233,6 +263,34 @@ class FakeSlack:
         """Answer ``times`` calls of ``method`` with ``{"ok": false, "error": error}``: the next
         ones, or those following the next ``after`` calls, which succeed."""
         self._faults.setdefault(method, []).append(_Fault(200, error, times, after=after))
+
+    def add_team(self, team_id: str, *, installed: bool = False, name: str = "") -> Team:
+        """Another workspace, with its own bot user and (once installed) bot token."""
+        n = len(self.teams) + 1
+        team = Team(
+            team_id,
+            f"xoxb-fake-{team_id.lower()}-{uuid.uuid4().hex[:8]}",
+            f"UPARLEY{n}",
+            f"BPARLEY{n}",
+            name or f"Team {team_id}",
+        )
+        self.teams[team_id] = team
+        if installed:
+            self.tokens[team.bot_token] = team
+        return team
+
+    def grant(self, team_id: str) -> str:
+        """A person approved the install into ``team_id`` on Slack's page: the code Slack
+        hands the app's redirect URL (usable once)."""
+        code = f"code-{uuid.uuid4().hex}"
+        self._codes[code] = self.teams[team_id]
+        return code
+
+    def uninstall(self, team_id: str) -> None:
+        """The app is removed from ``team_id``: its tokens stop working."""
+        for token, team in list(self.tokens.items()):
+            if team.team_id == team_id:
+                del self.tokens[token]
 
     def next_ts(self) -> str:
         return f"1700000000.{next(self._ts):06d}"
@@ -320,12 +378,13 @@ class FakeSlack:
     # --- Events API delivery ----------------------------------------------------------------
 
     def event_body(
-        self, event: Mapping[str, Any], *, event_id: str | None = None
+        self, event: Mapping[str, Any], *, event_id: str | None = None, team: Team | None = None
     ) -> dict[str, Any]:
-        """The Events API envelope Slack wraps an event in."""
+        """The Events API envelope Slack wraps an event in (from ``team``, default the first)."""
+        team = team or self.home
         return {
             "token": "legacy-verification-token",
-            "team_id": self.team_id,
+            "team_id": team.team_id,
             "api_app_id": "A0PARLEY",
             "event": dict(event),
             "type": "event_callback",
@@ -334,8 +393,8 @@ class FakeSlack:
             "authorizations": [
                 {
                     "enterprise_id": None,
-                    "team_id": self.team_id,
-                    "user_id": self.bot_user_id,
+                    "team_id": team.team_id,
+                    "user_id": team.bot_user_id,
                     "is_bot": True,
                     "is_enterprise_install": False,
                 }
@@ -480,7 +539,7 @@ class FakeSlack:
         method = request.match_info["method"]
         params = await self._params(request)
         token = self._token(request, params)
-        call = Call(method, params)
+        call = Call(method, params, token=token)
         self.calls.append(call)
         if self.write_delay and method in WRITE_METHODS:
             await asyncio.sleep(self.write_delay)
@@ -492,8 +551,16 @@ class FakeSlack:
                 return web.json_response(
                     {"ok": False, "error": fault.error}, status=fault.status, headers=headers
                 )
-            expected = self.app_token if method == "apps.connections.open" else self.bot_token
-            if token != expected:
+            if method == "oauth.v2.access":
+                result = self._oauth_access(request, params)
+                call.error = None if result.get("ok") else str(result["error"])
+                return web.json_response(result)
+            if method == "apps.connections.open":
+                known = token == self.app_token
+            else:
+                known = token in self.tokens
+                self._caller = self.tokens.get(token, self.home)
+            if not known:
                 call.error = "invalid_auth"
                 return web.json_response({"ok": False, "error": "invalid_auth"})
             if method in STREAM_METHODS and not self.streaming:
@@ -528,20 +595,50 @@ class FakeSlack:
         return next((m for m in self.messages.get(channel, []) if m.ts == ts), None)
 
     def _post(self, channel: str, text: str, thread_ts: str | None, **flags: bool) -> Message:
+        bot = self._caller
         message = Message(
-            channel, self.next_ts(), text, self.bot_user_id, self.bot_id, thread_ts or None, **flags
+            channel, self.next_ts(), text, bot.bot_user_id, bot.bot_id, thread_ts or None, **flags
         )
         self.messages.setdefault(channel, []).append(message)
         return message
 
     def _m_auth_test(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        bot = self._caller
         return {
-            "url": "https://parley-test.slack.com/",
-            "team": "Parley Test",
+            "url": f"https://{bot.team_id.lower()}.slack.com/",
+            "team": bot.name,
             "user": "parley",
-            "team_id": self.team_id,
-            "user_id": self.bot_user_id,
-            "bot_id": self.bot_id,
+            "team_id": bot.team_id,
+            "user_id": bot.bot_user_id,
+            "bot_id": bot.bot_id,
+            "is_enterprise_install": False,
+        }
+
+    def _oauth_access(self, request: web.Request, params: Mapping[str, Any]) -> dict[str, Any]:
+        """oauth.v2.access: the app's id and secret (Basic auth, or form fields) and a code
+        from ``grant`` give the workspace's bot token, once."""
+        client_id, secret = params.get("client_id"), params.get("client_secret")
+        header = request.headers.get("Authorization", "")
+        if header.startswith("Basic "):
+            client_id, _, secret = base64.b64decode(header[6:]).decode().partition(":")
+        if client_id != self.client_id:
+            return {"ok": False, "error": "invalid_client_id"}
+        if secret != self.client_secret:
+            return {"ok": False, "error": "bad_client_secret"}
+        team = self._codes.pop(str(params.get("code") or ""), None)
+        if team is None:
+            return {"ok": False, "error": "invalid_code"}
+        self.tokens[team.bot_token] = team
+        return {
+            "ok": True,
+            "app_id": "A0PARLEY",
+            "authed_user": {"id": "UALICE"},
+            "scope": "app_mentions:read,chat:write",
+            "token_type": "bot",
+            "access_token": team.bot_token,
+            "bot_user_id": team.bot_user_id,
+            "team": {"id": team.team_id, "name": team.name},
+            "enterprise": None,
             "is_enterprise_install": False,
         }
 
@@ -672,9 +769,11 @@ class FakeSlack:
         channel = str(params.get("channel") or "")
         if not channel:
             return {"ok": False, "error": "channel_not_found"}
+        is_dm = channel.startswith("D")
         return {
             "channel": {
                 "id": channel,
+                "name": self.channel_names.get(channel, "" if is_dm else channel.lower()),
                 "is_channel": channel.startswith("C"),
                 "is_im": channel.startswith("D"),
                 "creator": self.creators.get(channel, "UFOUNDER"),
@@ -790,7 +889,8 @@ class FakeSlack:
         file = self._files.get(request.match_info["file_id"])
         if file is None:
             return web.Response(status=404, text="not found")
-        if request.headers.get("Authorization") != f"Bearer {self.bot_token}":
+        bearer = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        if bearer not in self.tokens:
             # Slack answers a sign-in page, not an error, when the token is missing or wrong.
             return web.Response(text="<html>Sign in to Slack</html>", content_type="text/html")
         file.downloads += 1

@@ -451,6 +451,7 @@ async def test_long_text_file_is_cut_to_the_limit(tmp_path: Any, slack: FakeSlac
 
 async def test_assistant_thread_gets_prompts_status_and_answer(stack: Stack) -> None:
     slack = stack.slack
+    slack.channel_names[CHANNEL] = "general"
     thread_ts = slack.next_ts()
     started = {
         "type": "assistant_thread_started",
@@ -472,8 +473,41 @@ async def test_assistant_thread_gets_prompts_status_and_answer(stack: Stack) -> 
     )
     statuses = [c.params["status"] for c in slack.called("assistant.threads.setStatus")]
     assert statuses == ["is thinking…", ""]
-    assert "You said: help me out" in slack.thread(DM, thread_ts)[-1].text
+    # The model is told which channel the person has open beside the thread.
+    assert "You said: (viewing #general) help me out" in slack.thread(DM, thread_ts)[-1].text
     assert slack.called("chat.startStream")[0].params["thread_ts"] == thread_ts
+
+
+async def test_assistant_thread_follows_the_channel_the_person_views(stack: Stack) -> None:
+    slack = stack.slack
+    slack.channel_names.update({CHANNEL: "general", "C0RANDOM": "random"})
+    thread_ts = slack.next_ts()
+
+    def thread_event(kind: str, viewing: str | None) -> dict[str, Any]:
+        thread: dict[str, Any] = {"user_id": ALICE, "channel_id": DM, "thread_ts": thread_ts}
+        if viewing is not None:
+            thread["context"] = {"channel_id": viewing, "team_id": slack.team_id}
+        return {"type": kind, "assistant_thread": thread, "event_ts": slack.next_ts()}
+
+    async def ask(text: str) -> str:
+        await stack.deliver(stack.message(text, channel=DM, channel_type="im", thread_ts=thread_ts))
+        request = stack.standin.requests[-1]
+        return str([m for m in request["messages"] if m["role"] == "user"][-1]["content"])
+
+    await stack.deliver(thread_event("assistant_thread_started", CHANNEL))
+    assert await ask("what is discussed here?") == "(viewing #general) what is discussed here?"
+    await stack.deliver(thread_event("assistant_thread_context_changed", "C0RANDOM"))
+    assert await ask("and here?") == "(viewing #random) and here?"
+    assert await ask("still here?") == "(viewing #random) still here?"
+    # Each channel's name was asked once.
+    asked = [c.params["channel"] for c in slack.called("conversations.info")]
+    assert asked == [CHANNEL, "C0RANDOM"]
+
+    # Viewing nothing Slack can name (no context): the words go as they are; a plain DM too.
+    await stack.deliver(thread_event("assistant_thread_context_changed", None))
+    assert await ask("now?") == "now?"
+    await stack.deliver(stack.message("top level", channel=DM, channel_type="im"))
+    assert stack.standin.requests[-1]["messages"][-1]["content"] == "top level"
 
 
 async def test_slash_commands_answer_through_the_response_url(stack: Stack) -> None:
