@@ -300,11 +300,8 @@ class Store(Protocol):
         sent_at: datetime | None = None,
         question_id: int | None = None,
         event: tuple[str, str] | None = None,
-        release: str | None = None,
     ) -> int:
         """Store a complete assistant turn and charge its usage, atomically; returns its id.
-        ``release``: the conversation lock (``conversation_lock``) this worker holds, given
-        back in the same transaction: the turn is done.
 
         ``sent_at`` places it in the conversation: give its question's, so it follows it.
         ``question_id``: the question's turn, "pending" until now, becomes complete with it;

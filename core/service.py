@@ -542,7 +542,6 @@ class ConversationService:
             sent_at=inbound.sent_at,
             question_id=question_id,
             event=(inbound.key.platform, inbound.event_id) if inbound.event_id else None,
-            release=str(inbound.key),
         )
         yield FinalText(shown, completion.model)
         yield _usage_report(completion.model, entries)

@@ -56,10 +56,8 @@ class Leases:
         self.seconds = seconds
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
         self._heartbeat: asyncio.Task[None] | None = None
-        # Names this worker holds now, set once given back (its own waiters wait on them),
-        # and those of them already given back by another transaction (``given_back``).
+        # Names this worker holds now, set once given back (its own waiters wait on them).
         self._held: dict[str, asyncio.Event] = {}
-        self._returned: set[str] = set()
 
     def _until(self) -> int:
         return now_micros() + int(self.seconds * 1_000_000)
@@ -87,23 +85,10 @@ class Leases:
             taken = (await conn.execute(taking)).scalar_one_or_none()
         return taken == self.holder
 
-    def giving_back(self, name: str) -> Any:
-        """The statement that gives ``name`` back (in a transaction of the caller's)."""
-        return delete(LeaseRow).where(
-            LeaseRow.name == storable(name), LeaseRow.holder == self.holder
-        )
-
     async def give_back(self, name: str) -> None:
+        where = (LeaseRow.name == storable(name), LeaseRow.holder == self.holder)
         async with self.engine.begin() as conn:
-            await conn.execute(self.giving_back(name))
-
-    def __contains__(self, name: str) -> bool:
-        """Whether this worker holds ``name`` now (and has not given it back yet)."""
-        return name in self._held and name not in self._returned
-
-    def given_back(self, name: str) -> None:
-        """``name`` was given back by a caller's transaction: nothing left to do at the end."""
-        self._returned.add(name)
+            await conn.execute(delete(LeaseRow).where(*where))
 
     @asynccontextmanager
     async def hold(
@@ -118,11 +103,8 @@ class Leases:
             yield
         finally:
             # A lease not given back (database gone, task cancelled) expires on its own.
-            if name in self._returned:
-                self._returned.discard(name)
-            else:
-                with suppress(Exception):
-                    await asyncio.shield(retrying(partial(self.give_back, name), patience=5.0))
+            with suppress(Exception):
+                await asyncio.shield(retrying(partial(self.give_back, name), patience=5.0))
             del self._held[name]
             released.set()
 

@@ -458,12 +458,8 @@ class SqlStore:
         sent_at: datetime | None = None,
         question_id: int | None = None,
         event: tuple[str, str] | None = None,
-        release: str | None = None,
     ) -> int:
-        given_back = release if release is not None and release in self.leases else None
         async with self._sessions.begin() as session:
-            if given_back is not None:
-                await session.execute(self.leases.giving_back(given_back))
             if question_id is not None:
                 await session.execute(
                     update(MessageRow).where(MessageRow.id == question_id).values(status="complete")
@@ -481,8 +477,6 @@ class SqlStore:
                 stored = {"state": "stored", "answer_id": message_id}
                 await session.execute(_event(*event).values(**stored))
             await self._record_usage(session, channel, user_id, usage)
-        if given_back is not None:
-            self.leases.given_back(given_back)
         return message_id
 
     async def _add_message(

@@ -151,7 +151,6 @@ class MemoryStore:
         sent_at: datetime | None = None,
         question_id: int | None = None,
         event: tuple[str, str] | None = None,
-        release: str | None = None,
     ) -> int:
         if question_id is not None:
             await self.set_message_status(question_id, "complete")
