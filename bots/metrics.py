@@ -18,7 +18,7 @@ import re
 import time
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import aclosing
+from contextlib import AbstractAsyncContextManager, aclosing
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -92,10 +92,18 @@ class MeteredService(ConversationService):
 
     metrics: Metrics
 
-    async def answer(self, inbound: Inbound, *, resumed: bool = False) -> AsyncIterator[ReplyEvent]:
+    async def answer(
+        self,
+        inbound: Inbound,
+        *,
+        resumed: bool = False,
+        slot: AbstractAsyncContextManager[Any] | None = None,
+    ) -> AsyncIterator[ReplyEvent]:
         platform = inbound.key.platform
         accepted = ended = False
-        answering = cast(AsyncGenerator[ReplyEvent, None], super().answer(inbound, resumed=resumed))
+        answering = cast(
+            AsyncGenerator[ReplyEvent, None], super().answer(inbound, resumed=resumed, slot=slot)
+        )
         async with aclosing(answering) as events:
             try:
                 async for event in events:

@@ -252,7 +252,8 @@ async def deliver(
     with a ``journal``, what it shows is kept so another worker can finish it."""
     answer = _Answer(renderer, pacing, journal)
     queue: asyncio.Queue[ReplyEvent | None] = asyncio.Queue()
-    pump = asyncio.create_task(_pump(events, queue))
+    shown = asyncio.Event()
+    pump = asyncio.create_task(_pump(events, queue, shown))
     result = Delivered("nothing")
     try:
         while True:
@@ -265,6 +266,8 @@ async def deliver(
             if event is None:
                 break
             result = await _on_event(event, answer, result)
+            if answer.settled:
+                shown.set()
         await pump  # re-raises what the events iterator raised
     except asyncio.CancelledError:
         await _stop(pump)
@@ -328,10 +331,19 @@ async def claimed(events: AsyncIterator[ReplyEvent]) -> AsyncIterator[ReplyEvent
     return chained()
 
 
-async def _pump(events: AsyncIterator[ReplyEvent], queue: asyncio.Queue[ReplyEvent | None]) -> None:
+async def _pump(
+    events: AsyncIterator[ReplyEvent],
+    queue: asyncio.Queue[ReplyEvent | None],
+    shown: asyncio.Event,
+) -> None:
+    """Feed the core's events to ``deliver``; after the last word (an answer or a sentence)
+    wait until it is shown: the core holds the conversation until then, so the next answer
+    there never shows up above this one."""
     try:
         async for event in events:
             await queue.put(event)
+            if isinstance(event, (FinalText, UserError)):
+                await shown.wait()
     finally:
         await queue.put(None)
 

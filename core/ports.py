@@ -354,7 +354,10 @@ class Store(Protocol):
     ) -> None: ...
 
     def conversation_lock(
-        self, name: str, *, sent_at: datetime | None = None
+        self,
+        name: str,
+        *,
+        sent_at: datetime | None = None,
     ) -> AbstractAsyncContextManager[None]:
         """Hold ``name`` exclusively across every worker sharing this store; released when the
         block ends, or soon after a worker dies, and holding no connection meanwhile. With

@@ -10,7 +10,7 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
@@ -235,7 +235,9 @@ class ConversationService:
 
     @asynccontextmanager
     async def exclusive(
-        self, key: ConversationKey, sent_at: datetime | None = None
+        self,
+        key: ConversationKey,
+        sent_at: datetime | None = None,
     ) -> AsyncIterator[None]:
         """Hold ``key``'s conversation: one turn at a time, in this process and across workers
         (questions sent earlier first, given ``sent_at``).
@@ -303,7 +305,13 @@ class ConversationService:
         except Exception:
             log.warning("pruning old event ids failed", exc_info=True)
 
-    async def answer(self, inbound: Inbound, *, resumed: bool = False) -> AsyncIterator[ReplyEvent]:
+    async def answer(
+        self,
+        inbound: Inbound,
+        *,
+        resumed: bool = False,
+        slot: AbstractAsyncContextManager[Any] | None = None,
+    ) -> AsyncIterator[ReplyEvent]:
         """Answer ``inbound``: deltas, then FinalText and UsageReport, or one UserError.
 
         A redelivered event (same ``event_id``) yields nothing, unless the worker that was
@@ -333,7 +341,7 @@ class ConversationService:
             return
         answered = False
         try:
-            async for event in self._accepted(inbound):
+            async for event in self._accepted(inbound, slot or nullcontext()):
                 answered = answered or isinstance(event, FinalText)
                 yield event
         finally:
@@ -361,7 +369,9 @@ class ConversationService:
         except Exception:
             log.warning("recording the end of event %s failed", inbound.event_id, exc_info=True)
 
-    async def _accepted(self, inbound: Inbound) -> AsyncIterator[ReplyEvent]:
+    async def _accepted(
+        self, inbound: Inbound, slot: AbstractAsyncContextManager[Any]
+    ) -> AsyncIterator[ReplyEvent]:
         if self.rate is not None:
             wait = await self.rate.check(inbound.key.platform, inbound.author.id)
             if wait > 0:
@@ -371,7 +381,7 @@ class ConversationService:
                 return
         yield Accepted()
         try:
-            async with self.exclusive(inbound.key, inbound.sent_at):
+            async with self.exclusive(inbound.key, inbound.sent_at), slot:
                 async for event in self._answer(inbound):
                     yield event
         except UserFacingError as exc:

@@ -61,7 +61,7 @@ from adapters.slack.viewing import AssistantContexts, ChannelNames, viewing_note
 from adapters.slack.workspaces import Workspace, Workspaces
 from core import sentences
 from core.attachments import AttachmentPolicy
-from core.delivery import Delivered, Interval, claimed, deliver
+from core.delivery import Delivered, Interval, deliver
 from core.errors import ConfigError
 from core.messages import ChannelKey, ConversationKey, Inbound
 from core.recovery import Resumed
@@ -688,12 +688,10 @@ class SlackAdapter:
         journal = self.service.journal(inbound)
         pacing = Interval(self.settings.update_interval)
         try:
-            # Claimed before it waits for a slot: an answer waiting is on record.
-            events = await claimed(self.service.answer(inbound))
-            if events is None:
-                return Delivered("nothing")
-            async with self._answers:
-                return await deliver(events, renderer, pacing, journal=journal)
+            # The slot is taken once the conversation is this answer's turn: a question
+            # waiting (claimed, on record) holds up neither its conversation nor a slot.
+            events = self.service.answer(inbound, slot=self._answers)
+            return await deliver(events, renderer, pacing, journal=journal)
         except Exception as exc:
             self._log_failure("answering", inbound.key, exc)
             return None
@@ -731,11 +729,10 @@ class SlackAdapter:
         if resumed.answer is not None:
             events = self.service.replay(resumed.answer)
         else:
-            events = self.service.answer(inbound, resumed=True)
+            events = self.service.answer(inbound, resumed=True, slot=self._answers)
         pacing = Interval(self.settings.update_interval)
         try:
-            async with self._answers:
-                await deliver(events, renderer, pacing, journal=self.service.journal(inbound))
+            await deliver(events, renderer, pacing, journal=self.service.journal(inbound))
         except Exception as exc:
             self._log_failure("finishing an answer", inbound.key, exc)
 

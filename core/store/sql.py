@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -64,7 +65,7 @@ from core.store.retry import PATIENCE, retrying
 UNSETTLED = ("received", "answering")
 # Claims a sweeper finishes when their holder is gone: still being answered, or answered and
 # stored but maybe not shown.
-RESUMABLE = ("answering", "stored")
+RESUMABLE = ("received", "answering", "stored")
 
 
 def make_engine(url: str, *, log_parameters: bool = False, **kwargs: Any) -> AsyncEngine:
@@ -272,16 +273,21 @@ class SqlStore:
         # connection is held while the model answers.
         self.leases = Leases(engine, seconds=lease_seconds)
         self._announced = False
+        self._announcing = asyncio.Lock()
 
     async def close(self) -> None:
         await self.leases.close()
         await self.engine.dispose()
 
     async def _announce(self) -> None:
-        """Make this worker's own lease exist before its first claim names it as holder."""
-        if not self._announced:
-            await self.leases.start()
-            self._announced = True
+        """Make this worker's own lease exist before its first claim names it as holder
+        (once: claims arriving together wait for the first to do it)."""
+        if self._announced:
+            return
+        async with self._announcing:
+            if not self._announced:
+                await self.leases.start()
+                self._announced = True
 
     async def claim_event(
         self,
@@ -296,7 +302,8 @@ class SqlStore:
         """True the first time ``event_id`` arrives, or when the claim it had was left
         unfinished by a worker that is gone.
 
-        ``settled=False`` claims it "answering" until ``settle_event`` says how it ended."""
+        ``settled=False`` claims it "answering" until ``settle_event`` says how it ended
+        (or "received" while its worker makes it wait for a slot, see ``conversation_lock``)."""
         if not settled:
             await self._announce()
         holder = self.leases.holder
@@ -575,7 +582,10 @@ class SqlStore:
 
     @asynccontextmanager
     async def conversation_lock(
-        self, name: str, *, sent_at: datetime | None = None
+        self,
+        name: str,
+        *,
+        sent_at: datetime | None = None,
     ) -> AsyncIterator[None]:
         """The lease on ``name`` (PostgreSQL, several workers): held without a connection,
         renewed by this worker's heartbeat, expired when it dies. SQLite serves a single

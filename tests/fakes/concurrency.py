@@ -7,7 +7,10 @@ from typing import Any
 
 
 class AnswersAtOnce:
-    """Wraps ``service.answer``; ``most`` is the largest number of answers that ran together."""
+    """Wraps ``service.answer``; ``most`` is the largest number of answers that ran together.
+
+    An answer runs from its first event after ``Accepted`` (its slot taken, its text coming)
+    to its end: a claimed message may wait for its conversation and a slot before that."""
 
     def __init__(self, service: Any) -> None:
         self.running = 0
@@ -15,11 +18,15 @@ class AnswersAtOnce:
         self._answer = service.answer
         service.answer = self._counted
 
-    async def _counted(self, inbound: Any) -> AsyncIterator[Any]:
-        self.running += 1
-        self.most = max(self.most, self.running)
+    async def _counted(self, inbound: Any, **options: Any) -> AsyncIterator[Any]:
+        started = False
         try:
-            async for event in self._answer(inbound):
+            async for event in self._answer(inbound, **options):
+                if not started and type(event).__name__ != "Accepted":
+                    started = True
+                    self.running += 1
+                    self.most = max(self.most, self.running)
                 yield event
         finally:
-            self.running -= 1
+            if started:
+                self.running -= 1

@@ -233,7 +233,10 @@ class MemoryStore:
 
     @asynccontextmanager
     async def conversation_lock(
-        self, name: str, *, sent_at: datetime | None = None
+        self,
+        name: str,
+        *,
+        sent_at: datetime | None = None,
     ) -> AsyncIterator[None]:
         self.locked.append(name)
         yield

@@ -1,7 +1,7 @@
 """One deployment, three workers: one PostgreSQL database, one Redis, one Slack workspace whose
 fake enforces Slack's write limits. Every event is delivered to two different workers (as a
 load balancer retrying, or Socket Mode redelivering, would): each question is answered exactly
-once, in the order asked, within the shared write budget."""
+once, within the shared write budget, and each conversation is kept in the order asked."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from adapters.slack.settings import SlackSettings
 from bots.bootstrap import build
 from bots.platforms import slack_adapter
 from bots.shared import RedisSettings
+from core.messages import ConversationKey
 from core.settings import Settings
 from core.store import schema
 from core.store.sql import make_engine
@@ -79,7 +80,7 @@ async def test_three_workers_answer_each_event_once_in_order_within_slacks_limit
     rng = random.Random(11)
     async with AsyncExitStack() as stack:
         stack.push_async_callback(slack.stop)
-        urls = []
+        urls, parleys = [], []
         for _ in range(3):
             parley = await build(
                 Settings(_env_file=None, database_url=postgres_url),
@@ -87,6 +88,7 @@ async def test_three_workers_answer_each_event_once_in_order_within_slacks_limit
                 redis=RedisSettings(_env_file=None, url=REDIS_URL, key_prefix=redis_prefix),
             )
             stack.push_async_callback(parley.close)
+            parleys.append(parley)
             section = SlackSettings(
                 _env_file=None,
                 bot_token=slack.bot_token,
@@ -103,6 +105,7 @@ async def test_three_workers_answer_each_event_once_in_order_within_slacks_limit
         ]
 
         async def ask_in(thread: int) -> None:
+            await asyncio.sleep(rng.uniform(0, 5))  # conversations start over a few seconds
             for n in range(ASKED):
                 body = _question(slack, thread, n, parents[thread])
                 first, second = rng.sample(urls, 2)
@@ -123,11 +126,18 @@ async def test_three_workers_answer_each_event_once_in_order_within_slacks_limit
 
         await slack.wait_for(all_answered, guard=240)
         await asyncio.sleep(0.5)  # a duplicate answer would show up by now
+        store = parleys[0].store
         for thread in range(THREADS):
-            assert answers(thread) == [f"answer to q{thread}-{n}" for n in range(ASKED)], [
-                (m.ts, m.text, m.streaming, m.markdown)
-                for m in slack.thread(f"C{thread:04d}", parents[thread])
-                if m.bot_id
+            expected = [f"answer to q{thread}-{n}" for n in range(ASKED)]
+            # each question answered exactly once (shown in Slack)...
+            assert sorted(answers(thread)) == sorted(expected), answers(thread)
+            # ...and the conversation kept in the order asked, each answer after its question
+            key = ConversationKey("slack", slack.team_id, f"C{thread:04d}", parents[thread])
+            state = await store.conversation(key)
+            turns = list(reversed(await store.recent_messages(state.id, 0, 10**12, 100)))
+            assert [t.content for t in turns[1::2]] == expected
+            assert [t.content.split()[-1] for t in turns[::2]] == [
+                f"q{thread}-{n}" for n in range(ASKED)
             ]
         assert [c.method for c in slack.calls if c.status == 429] == []
         bot = [m for messages in slack.messages.values() for m in messages if m.bot_id]
