@@ -292,10 +292,6 @@ async def _on_event(event: ReplyEvent, answer: _Answer, result: Delivered) -> De
         await answer.start()
         return result
     if isinstance(event, TextDelta):
-        if not answer.text:
-            # The first progress write comes an interval after the first text, so a short
-            # answer is written once (one write of a platform's budget, not two).
-            answer.pacing.wrote()
         answer.text += event.text
         if answer.pacing.delay() <= 0 and not answer.settled:
             await answer.progress()

@@ -24,6 +24,17 @@ def _pg_reachable() -> bool:
         return False
 
 
+@pytest.fixture(autouse=True)
+def fresh_write_budget() -> Iterator[None]:
+    """Each test starts with the platforms' write budgets full: the in-process budget is
+    shared by everything in a process, so one test's writes would spend the next one's."""
+    from core import budget
+
+    previous = budget.use(budget.LocalBudget())
+    yield
+    budget.use(previous)
+
+
 @pytest.fixture(scope="session")
 def postgres_admin_url() -> str:
     if not _pg_reachable():
