@@ -310,23 +310,6 @@ async def _on_event(event: ReplyEvent, answer: _Answer, result: Delivered) -> De
     return result
 
 
-async def claimed(events: AsyncIterator[ReplyEvent]) -> AsyncIterator[ReplyEvent] | None:
-    """The core's answer once it has claimed its message (its first event is out): None for
-    a redelivered message. An adapter that makes answers wait for a slot waits after this,
-    so a message waiting is already on record (a worker that dies meanwhile loses nothing)."""
-    try:
-        first = await anext(events)
-    except StopAsyncIteration:
-        return None
-
-    async def chained() -> AsyncIterator[ReplyEvent]:
-        yield first
-        async for event in events:
-            yield event
-
-    return chained()
-
-
 async def _pump(
     events: AsyncIterator[ReplyEvent],
     queue: asyncio.Queue[ReplyEvent | None],
@@ -354,7 +337,6 @@ async def _stop(pump: asyncio.Task[None]) -> None:
 
 __all__ = [
     "Admitting",
-    "claimed",
     "BudgetPacing",
     "Delivered",
     "Interval",
