@@ -5,7 +5,8 @@ the finished answer, the sentence ending a request that got no answer) and calls
 ``deliver`` owns everything the platforms have in common:
 
 - it coalesces the model's deltas into ``progress`` writes no more often than ``pacing``
-  allows, and the final write waits its turn too, so a platform's write limit holds for every
+  allows, the first one an interval after the first text (a short answer is written once,
+  whole), and the final write waits its turn too, so a platform's write limit holds for every
   write of an answer;
 - it composes the text people see (the answer, or "empty answer", then the notes; a failure
   sentence, then the notes) from ``core.sentences``, so every platform says the same thing;
@@ -292,6 +293,11 @@ async def _on_event(event: ReplyEvent, answer: _Answer, result: Delivered) -> De
         await answer.start()
         return result
     if isinstance(event, TextDelta):
+        if not answer.text:
+            # The first progress write is due an interval after the first text: an answer
+            # complete by then is written once, whole (one write of a platform's budget, and
+            # nothing partial left to replace).
+            answer.pacing.wrote()
         answer.text += event.text
         if answer.pacing.delay() <= 0 and not answer.settled:
             await answer.progress()

@@ -173,6 +173,12 @@ class SlackAnswer:
                 with waiting_at_most(FINAL_EDIT_PATIENCE, EDITS):
                     await self._put(index, piece, done=True)
             except WriteDeferred:
+                if self._shows(index, piece):
+                    # Only the buttons were missing: a second copy of the text for them
+                    # would be worse than an answer without them.
+                    log.info("slack: chat.update is busy; the answer goes without buttons")
+                    self._buttons = None
+                    continue
                 log.info("slack: chat.update is busy; posting the final answer anew")
                 await self._post_anew(pieces, index)
                 return
@@ -182,6 +188,14 @@ class SlackAnswer:
                 )
                 if not await self._repost(index, piece):
                     return
+
+    def _shows(self, index: int, piece: str) -> bool:
+        """Whether message ``index`` already shows ``piece`` whole (its stream closed)."""
+        if index >= len(self._messages):
+            return False
+        message = self._messages[index]
+        shown = to_markdown_text(piece) if message.markdown else to_mrkdwn(piece)
+        return not message.streaming and message.shown == shown
 
     async def fail(self, text: str) -> None:
         """End with ``text`` (the reason, then the notes).

@@ -643,6 +643,8 @@ async def test_rate_limited_update_is_retried_after_retry_after(edit_stack: Stac
     slack = edit_stack.slack
     slack.rate_limit("chat.update", times=2, retry_after=0)
     slack.rate_limit("chat.postMessage", times=1, retry_after=0)
+    # Slow enough to be shown while it grows: posted first, then edited.
+    edit_stack.standin.latency = 0.03
     event = edit_stack.mention("still complete?")
     await edit_stack.deliver(event)
     updates = slack.called("chat.update")
@@ -670,6 +672,7 @@ LONG_QUESTION = "tell me about " + " ".join(f"word{n}" for n in range(30))
 async def test_failed_intermediate_update_does_not_end_the_answer(stack: Stack) -> None:
     slack = stack.slack
     slack.fail("chat.update", "internal_error", times=1)
+    stack.standin.latency = 0.03  # an answer growing for a while: several snapshots
     # A top-level DM answer: a placeholder, then chat.update for every snapshot.
     await stack.deliver(stack.message(LONG_QUESTION, channel=DM, channel_type="im"))
     updates = slack.called("chat.update")
@@ -826,6 +829,7 @@ async def test_broadcast_mentions_in_answers_never_reach_slack(
     path: str, stack: Stack, edit_stack: Stack
 ) -> None:
     s = edit_stack if path == "edit" else stack
+    s.standin.latency = 0.03  # shown while it grows too, not only when it is whole
     if path == "dm":
         event = s.message(TYPED_BROADCASTS, channel=DM, channel_type="im")
     else:

@@ -70,14 +70,6 @@ def _question(slack: TieredSlack, thread: int, n: int, parent: str) -> dict:
     return slack.event_body(event)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "known gap: with hundreds of short answers at once, an answer's progress message whose "
-        "final edit is posted anew (chat.update's budget spent) stays until chat.delete's "
-        "budget (about 50 a minute) reaches it, so a thread shows partial copies for minutes"
-    ),
-)
 async def test_three_workers_answer_each_event_once_in_order_within_slacks_limits(
     postgres_url, redis_prefix
 ):

@@ -167,6 +167,32 @@ async def test_pacing_spaces_every_write_including_the_final_one():
     assert min(gaps) >= interval - 0.02
 
 
+async def test_an_answer_complete_before_its_first_write_is_due_is_written_once():
+    renderer = Recorder()
+
+    async def late_then_quick() -> AsyncIterator[ReplyEvent]:
+        yield Accepted()
+        await asyncio.sleep(0.3)  # longer than the interval: the model is slow to start
+        yield TextDelta("Hel")
+        yield TextDelta("lo")
+        yield FinalText("Hello", "gpt-4o")
+
+    await deliver(late_then_quick(), renderer, Interval(0.1))
+    # no partial "Hel" first: the first write is due an interval after the first text
+    assert renderer.kinds() == ["start", "finish"] and renderer.last() == "Hello"
+
+
+async def test_a_long_answer_still_grows_by_progress_writes():
+    renderer = Recorder()
+    deltas = [TextDelta("word ") for _ in range(10)]
+    first = time.monotonic()
+    await deliver(stream(*deltas, FinalText("done", "gpt-4o"), gap=0.03), renderer, Interval(0.1))
+    progress = [at for kind, _, at in renderer.writes if kind == "progress"]
+    assert len(progress) >= 2 and renderer.kinds()[-1] == "finish"
+    # the first one an interval after the first text, not at once
+    assert progress[0] - first >= 0.1
+
+
 async def test_failed_progress_is_skipped_and_the_answer_still_finishes():
     renderer = Recorder(fail_progress=True)
     done = await deliver(

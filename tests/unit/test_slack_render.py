@@ -210,6 +210,20 @@ async def test_a_deferred_final_edit_posts_that_piece_and_the_next_anew_in_order
     assert posts[-1]["blocks"][-1]["block_id"] == FEEDBACK_ACTION
 
 
+async def test_a_deferred_final_edit_that_only_adds_the_buttons_leaves_no_copy() -> None:
+    """The whole answer is shown already (its last write came before the model had ended):
+    with no room for chat.update it stays as it is, without buttons, never posted twice."""
+    stub = StubSlack()
+    reply = SlackAnswer(cast(AsyncWebClient, stub), THREAD, stream=False, feedback=True)
+    await reply.start()
+    await reply.progress("the whole answer")
+    stub.deferring.add("chat_update")
+    await reply.finish("the whole answer")
+    assert list(stub.texts.values()) == ["the whole answer"]
+    assert len(stub.called("chat_postMessage")) == 1 and not stub.called("chat_delete")
+    assert reply.finished
+
+
 async def test_a_deferred_final_edit_of_a_later_piece_keeps_the_first() -> None:
     stub = StubSlack()
     reply = SlackAnswer(cast(AsyncWebClient, stub), THREAD, stream=False, limit=40)
