@@ -310,29 +310,19 @@ class ConversationService:
         inbound: Inbound,
         *,
         resumed: bool = False,
+        claimed: bool = False,
         slot: AbstractAsyncContextManager[Any] | None = None,
     ) -> AsyncIterator[ReplyEvent]:
         """Answer ``inbound``: deltas, then FinalText and UsageReport, or one UserError.
 
         A redelivered event (same ``event_id``) yields nothing, unless the worker that was
         answering it died before it was answered. ``resumed``: this worker took the claim
-        over from a dead one (``core.recovery``) and asks again.
+        over from a dead one (``core.recovery``) and asks again. ``claimed``: the adapter
+        claimed it already (``claim``), as soon as it arrived.
         """
-        if inbound.sent_at is None:  # ordered by when it reached the core, then
-            inbound = replace(inbound, sent_at=datetime.now(UTC))
+        inbound = _dated(inbound)
         try:
-            if (
-                inbound.event_id
-                and not resumed
-                and not await self.claim_event(
-                    inbound.key.platform,
-                    inbound.event_id,
-                    settled=False,
-                    request=recovery.request_of(inbound),
-                    conversation=str(inbound.key),
-                    sent_at=inbound.sent_at,
-                )
-            ):
+            if inbound.event_id and not (resumed or claimed) and not await self.claim(inbound):
                 log.info("dropping redelivered event %s on %s", inbound.event_id, inbound.key)
                 return
         except Exception:
@@ -347,6 +337,30 @@ class ConversationService:
         finally:
             if inbound.event_id and not answered:
                 await self._settle_failed(inbound)
+
+    async def claim(self, inbound: Inbound) -> bool:
+        """Put the question ``inbound`` on record as waiting for its answer (False: it was
+        claimed before, a redelivery). An adapter that claims a question as soon as it
+        arrives, before the slower reading of it, keeps its place in its conversation: a
+        question asked after it waits for it (``exclusive``). Then ``answer(claimed=True)``,
+        or ``unclaim`` when it will not be answered."""
+        event_id = inbound.event_id
+        if event_id is None:
+            return True  # nothing to tell it from a redelivery by
+        inbound = _dated(inbound)
+        return await self.claim_event(
+            inbound.key.platform,
+            event_id,
+            settled=False,
+            request=recovery.request_of(inbound),
+            conversation=str(inbound.key),
+            sent_at=inbound.sent_at,
+        )
+
+    async def unclaim(self, inbound: Inbound) -> None:
+        """A claimed question that will get no answer (it could not be read; it was told
+        why): it no longer holds up the questions after it."""
+        await self._settle_failed(inbound)
 
     def journal(self, inbound: Inbound) -> recovery.Journal | None:
         """Where ``deliver`` keeps what the answer to ``inbound`` shows (claimed messages)."""
@@ -929,6 +943,14 @@ class ConversationService:
         done = await self._summarize_text(transcript, previous, config, min(1000, budget // 4))
         await self._charge(key.channel_key, author.id, done)
         return sentences.summary(done.text)
+
+
+def _dated(inbound: Inbound) -> Inbound:
+    """``inbound`` with the time it was sent: when it reached the core, if the platform did
+    not say (questions are ordered by it)."""
+    if inbound.sent_at is None:
+        return replace(inbound, sent_at=datetime.now(UTC))
+    return inbound
 
 
 def _speech_of(llm: ChatModel) -> SpeechModel | None:

@@ -503,9 +503,10 @@ class SlackAdapter:
     # --- listeners ------------------------------------------------------------------------
 
     def _register(self) -> None:
-        track = [self._track]
-        self.app.event("app_mention", middleware=track)(self._on_mention)
-        self.app.event("message", middleware=track)(self._on_message)
+        track: list[Callable[..., Any]] = [self._track]
+        first: list[Callable[..., Any]] = [self._track, self._claim_first]
+        self.app.event("app_mention", middleware=first)(self._on_mention)
+        self.app.event("message", middleware=first)(self._on_message)
         self.app.event("assistant_thread_started", middleware=track)(
             self._on_assistant_thread_started
         )
@@ -531,6 +532,50 @@ class SlackAdapter:
         context["parley_done"] = done
         await next()
         return None
+
+    async def _claim_first(
+        self,
+        body: dict[str, Any],
+        context: AsyncBoltContext,
+        next: Callable[[], Awaitable[Any]],
+    ) -> BoltResponse | None:
+        """Listener middleware: a question is claimed (on record with the time Slack gave
+        it) before Slack is acked, so one asked after it never overtakes it, however long
+        reading it (names, files) takes. ``context["parley_claimed"]``: True (this worker
+        answers it), False (a redelivery), absent (not a question, or the claim failed: the
+        answer claims it then)."""
+        event = body.get("event")
+        message = self._question(body, event, context) if isinstance(event, dict) else None
+        if message is not None:
+            inbound = message.inbound(message.text_for(context.bot_user_id))
+            try:
+                context["parley_claimed"] = await self.service.claim(inbound)
+            except Exception as exc:
+                log.warning("slack: claiming a question early failed (%s)", type(exc).__name__)
+        await next()
+        return None
+
+    def _question(
+        self, body: Mapping[str, Any], event: Mapping[str, Any], context: AsyncBoltContext
+    ) -> translate.SlackMessage | None:
+        """The message of a question the core will surely be asked (a mention or a DM, not
+        a command), else None."""
+        bot_user = context.bot_user_id
+        if translate.ignore_reason(event, bot_user, context.bot_id) is not None:
+            return None
+        if self.workspace(context) is None:
+            return None
+        message = translate.parse_message(body, event)
+        mention = event.get("type") == "app_mention"
+        follow = self.settings.follow_threads
+        if (
+            translate.route(message, mention=mention, bot_user_id=bot_user, follow_threads=follow)
+            != "answer"
+        ):
+            return None
+        if not message.files and self.service.parse_command(message.text_for(bot_user)):
+            return None
+        return message
 
     @contextlib.contextmanager
     def _handling(self, context: AsyncBoltContext) -> Iterator[None]:
@@ -625,15 +670,31 @@ class SlackAdapter:
         )
         if route == "ignore":
             return
+        claimed = context.get("parley_claimed")
+        if claimed is False:
+            log.info("dropping redelivered event %s on %s", message.dedupe_id, message.key)
+            return
         threads = workspace.threads
         if route == "if followed" and not await threads.answered_in(message, bot_user, bot_id):
             return
-        inbound = await self._read(workspace, message, bot_user)
+        inbound: Inbound | None = None
+        try:
+            inbound = await self._read(workspace, message, bot_user)
+        finally:
+            if claimed and inbound is None:
+                # It was told why; the questions after it need not wait for it.
+                await self.service.unclaim(message.inbound(""))
         if inbound is None:
             return
         if not message.direct:
             threads.remember(message.channel, message.reply_thread or message.ts)
-        await self.answer(inbound, message.target, status=message.status, workspace=workspace)
+        await self.answer(
+            inbound,
+            message.target,
+            status=message.status,
+            workspace=workspace,
+            claimed=bool(claimed),
+        )
 
     async def _read(
         self, workspace: Workspace, message: translate.SlackMessage, bot_user: str | None
@@ -676,8 +737,10 @@ class SlackAdapter:
         *,
         status: bool = False,
         workspace: Workspace | None = None,
+        claimed: bool = False,
     ) -> Delivered | None:
         """Show the core's answer to ``inbound`` in Slack; it always ends in a final message.
+        ``claimed``: the question was claimed as it arrived (``ConversationService.claim``).
 
         None when Slack refused the final write (logged)."""
         workspace = workspace or self.home
@@ -690,7 +753,7 @@ class SlackAdapter:
         try:
             # The slot is taken once the conversation is this answer's turn: a question
             # waiting (claimed, on record) holds up neither its conversation nor a slot.
-            events = self.service.answer(inbound, slot=self._answers)
+            events = self.service.answer(inbound, claimed=claimed, slot=self._answers)
             return await deliver(events, renderer, pacing, journal=journal)
         except Exception as exc:
             self._log_failure("answering", inbound.key, exc)
