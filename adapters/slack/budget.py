@@ -9,6 +9,8 @@ worker through Redis when configured) before each such call:
 - a final write (``core.budget.current_kind()``) waits for its token;
 - a progress write takes one only with headroom left for final writes, else it raises
   ``WriteDeferred`` and the renderer skips it (a later write shows the text);
+- a progress write opens a message (chat.postMessage) only while messages are opened no
+  faster than chat.update's budget can give them their final text (``OPENINGS``);
 - a stream is opened only with headroom (``StreamDeferred``, which the renderer reads as
   "streaming is not available now"): the answer is then posted and edited instead, so the
   finished answer needs one write rather than two Tier 2 calls;
@@ -64,6 +66,14 @@ LIMITS: dict[str, SlackLimit] = {
     "assistant.threads.setStatus": SlackLimit(TIER_3),
 }
 
+
+# A progress write that opens a message to be edited later (chat.postMessage: a placeholder,
+# or an answer shown while it grows without a stream) commits the answer to one more
+# chat.update for its final text, or to a chat.delete when that has no room: such messages are
+# opened no faster than chat.update's budget finishes them, so no partial copy of an answer
+# stays in a thread for minutes waiting for chat.delete's budget.
+OPENINGS = "parley.progressMessages"
+OPENINGS_RATE = TIER_3
 
 # (seconds, methods): how long a final write of one of ``methods`` may wait for its token.
 _patience: contextvars.ContextVar[tuple[float, frozenset[str]] | None] = contextvars.ContextVar(
@@ -134,6 +144,10 @@ class BudgetedWebClient(AsyncWebClient):
             final = False
         elif method == "assistant.threads.setStatus" and not params.get("status"):
             final = False
+        if method == "chat.postMessage" and not final:
+            opening = f"slack:{self.workspace}:{OPENINGS}"
+            if not await budget.admit(budget.shared(), opening, OPENINGS_RATE, final=False):
+                raise WriteDeferred(method)
         key = f"slack:{self.workspace}:{method}"
         if limit.per_channel:
             key += f":{params.get('channel') or params.get('channel_id') or ''}"

@@ -128,7 +128,10 @@ class SlackAnswer:
             self._status_shown = True
             await self._set_status(THINKING_STATUS)
         if not self._stream:
-            response = await self._client.chat_postMessage(**self._where(), text=THINKING)
+            try:
+                response = await self._client.chat_postMessage(**self._where(), text=THINKING)
+            except WriteDeferred:
+                return  # no room to open a message now: the answer shows once written
             self._messages.append(_Message(str(response["ts"]), THINKING, False, False))
 
     async def progress(self, text: str) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from adapters.slack import SlackAdapter
-from adapters.slack.budget import LIMITS, BudgetedWebClient
+from adapters.slack.budget import LIMITS, OPENINGS, OPENINGS_RATE, BudgetedWebClient
 from adapters.slack.render import FEEDBACK_ACTION, THINKING
 from adapters.slack.settings import SlackSettings
 from adapters.standin.server import StandinServer
@@ -127,6 +127,28 @@ async def test_with_chat_update_spent_the_answer_is_posted_anew_and_the_placehol
         deleted = [c.params["ts"] for c in slack.called("chat.delete") if c.ok]
         assert len(deleted) == 1 and deleted[0] != replies[0].ts
         assert not [c for c in slack.called("chat.update") if c.ok]
+        assert all(call.status != 429 for call in slack.calls)
+
+
+async def test_with_no_room_to_finish_a_message_none_is_opened_and_the_answer_is_posted_once(
+    tmp_path: Any,
+) -> None:
+    """Messages already opened will need all of chat.update's budget: this answer opens no
+    placeholder, so nothing partial is left to edit or delete; it comes whole, in one post."""
+    async with slack_stack(tmp_path) as (slack, adapter):
+        assert isinstance(adapter.client, BudgetedWebClient)
+        key = f"slack:{adapter.client.workspace}:{OPENINGS}"
+        for _ in range(int(OPENINGS_RATE.burst)):
+            assert await budget.shared().take(key, OPENINGS_RATE, 0.0) == 0.0
+        await spend(adapter, "chat.update", leave=0)
+        thread = await mention(slack, adapter, "is there room?")
+        await adapter.drain()
+
+        replies = bot_replies(slack, thread)
+        assert len(replies) == 1 and "You said: is there room?" in replies[0].text
+        assert has_buttons(replies[0])
+        assert [p.text for p in slack.called("chat.postMessage")] == [replies[0].text]
+        assert not slack.called("chat.update") and not slack.called("chat.delete")
         assert all(call.status != 429 for call in slack.calls)
 
 
