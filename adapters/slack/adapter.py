@@ -545,13 +545,13 @@ class SlackAdapter:
         answers it), False (a redelivery), absent (not a question, or the claim failed: the
         answer claims it then)."""
         event = body.get("event")
-        message = self._question(body, event, context) if isinstance(event, dict) else None
-        if message is not None:
-            inbound = message.inbound(message.text_for(context.bot_user_id))
-            try:
+        try:
+            message = self._question(body, event, context) if isinstance(event, dict) else None
+            if message is not None:
+                inbound = message.inbound(message.text_for(context.bot_user_id))
                 context["parley_claimed"] = await self.service.claim(inbound)
-            except Exception as exc:
-                log.warning("slack: claiming a question early failed (%s)", type(exc).__name__)
+        except Exception as exc:
+            log.warning("slack: claiming a question early failed (%s)", type(exc).__name__)
         await next()
         return None
 
