@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import ctypes
 import hashlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import lru_cache
@@ -84,9 +83,11 @@ class _RanksOnDemand(Mapping[bytes, int]):
 def _release_freed_memory() -> None:
     """Hand the memory freed after building the encoding back to the system (glibc keeps it
     in its arenas otherwise); nothing to do with other C libraries."""
+    import ctypes
+
     try:
         ctypes.CDLL(None).malloc_trim(0)
-    except (AttributeError, OSError):
+    except (AttributeError, OSError, TypeError):
         pass
 
 
