@@ -91,7 +91,7 @@ async def _sweep_into(parley: Parley, resumed: list[Resumed], screen: Screen) ->
     async def resume(item: Resumed) -> None:
         resumed.append(item)
         events = (
-            service.replay(item.answer)
+            service.replay(item.inbound, item.answer)
             if item.answer is not None
             else service.answer(item.inbound, resumed=True)
         )
