@@ -47,7 +47,9 @@ class Arrival:
 
     @property
     def payload(self) -> dict[str, Any]:
-        return {"body": dict(self.body), "bot_user_id": self.bot_user_id, "bot_id": self.bot_id}
+        """What is kept with the claim (not the body's verification ``token``)."""
+        body = {name: value for name, value in self.body.items() if name != "token"}
+        return {"body": body, "bot_user_id": self.bot_user_id, "bot_id": self.bot_id}
 
     @classmethod
     def of(cls, payload: Mapping[str, Any]) -> Arrival | None:
