@@ -506,7 +506,7 @@ class SlackAdapter:
     def _register(self) -> None:
         track = [self._track]
         arriving: list[Callable[..., Any]] = [self._track, self._arrive]
-        self.app.event("app_mention", middleware=arriving)(self._on_mention)
+        self.app.event("app_mention", middleware=arriving)(self._on_message)
         self.app.event("message", middleware=arriving)(self._on_message)
         self.app.event("assistant_thread_started", middleware=track)(
             self._on_assistant_thread_started
@@ -573,16 +573,10 @@ class SlackAdapter:
         """The person opened another channel beside an assistant thread: remember it."""
         self.assistant_contexts.keep(str(body.get("team_id") or ""), event)
 
-    async def _on_mention(
-        self, body: dict[str, Any], event: dict[str, Any], context: AsyncBoltContext
-    ) -> None:
-        with self._handling(context):
-            arrival = Arrival(body, event, context.bot_user_id, context.bot_id)
-            await self._handle(arrival, self.workspace(context), context.get("parley_claim"))
-
     async def _on_message(
         self, body: dict[str, Any], event: dict[str, Any], context: AsyncBoltContext
     ) -> None:
+        """A message or a mention (``Arrival.mention`` tells them apart)."""
         with self._handling(context):
             arrival = Arrival(body, event, context.bot_user_id, context.bot_id)
             await self._handle(arrival, self.workspace(context), context.get("parley_claim"))
@@ -602,6 +596,9 @@ class SlackAdapter:
         answering, state = False, "answered"
         try:
             answering = await self._on_message_like(arrival, workspace)
+        except asyncio.CancelledError:
+            claim = None  # cut by shutdown: left to another worker, as received
+            raise
         except Exception:
             state = "failed"
             raise
