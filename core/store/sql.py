@@ -190,12 +190,14 @@ def _earlier_waiting(conversation: str, sent_at: datetime | None) -> Any:
     )
 
 
-def _take_over(platform: str, event_id: str, values: dict[str, Any]) -> Any:
-    """Claim an unsettled event whose holder is a worker no longer alive (never one this
-    worker or another live one is still answering: that would answer it twice)."""
+def _take_over(
+    platform: str, event_id: str, values: dict[str, Any], states: Sequence[str] = UNSETTLED
+) -> Any:
+    """Claim an event in one of ``states`` whose holder is a worker no longer alive (never
+    one this worker or another live one is still answering: that would answer it twice)."""
     return (
         _event(platform, event_id)
-        .where(ProcessedEventRow.state.in_(UNSETTLED), ~_alive())
+        .where(ProcessedEventRow.state.in_(states), ~_alive())
         .values(**values)
     )
 
@@ -339,7 +341,10 @@ class SqlStore:
                 own = await session.execute(_take_received(platform, event_id, holder, values))
                 if cast(CursorResult[Any], own).rowcount:
                     return True
-            taken = await session.execute(_take_over(platform, event_id, values))
+            # Received anew, an answer a dead worker began is left to the sweeper, which
+            # takes down what it showed (``core.recovery``).
+            states = ("received",) if received else UNSETTLED
+            taken = await session.execute(_take_over(platform, event_id, values, states))
         return bool(cast(CursorResult[Any], taken).rowcount)
 
     async def settle_event(self, platform: str, event_id: str, state: str) -> bool:
