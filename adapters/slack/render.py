@@ -312,9 +312,7 @@ class SlackAnswer:
 
     def _leftover(self, message: Mapping[str, Any], since: str) -> bool:
         """Whether ``message`` is what a dead worker wrote for this answer."""
-        if message.get("user") != self._bot_user_id or message.get("files"):
-            return False
-        if _ts_key(message.get("ts")) <= _ts_key(since):
+        if message.get("files") or _ts_key(message.get("ts")) <= _ts_key(since):
             return False
         metadata = message.get("metadata")
         if isinstance(metadata, Mapping):
@@ -324,8 +322,9 @@ class SlackAnswer:
                 and isinstance(payload, Mapping)
                 and payload.get("event") == self._answers
             )
-        # Unmarked: only a stream (chat.startStream takes no metadata), in the answer's thread.
-        return self._target.thread_ts is not None
+        # Unmarked: only the bot's stream (chat.startStream takes no metadata), in a thread.
+        mine = self._bot_user_id is not None and message.get("user") == self._bot_user_id
+        return mine and self._target.thread_ts is not None
 
     async def _written_since(self, since: str) -> list[Mapping[str, Any]]:
         """The messages after ``since`` where this answer goes (its thread, or the channel)."""
