@@ -97,14 +97,12 @@ class MeteredService(ConversationService):
         inbound: Inbound,
         *,
         resumed: bool = False,
-        claimed: bool = False,
         slot: AbstractAsyncContextManager[Any] | None = None,
     ) -> AsyncIterator[ReplyEvent]:
         platform = inbound.key.platform
         accepted = ended = False
         answering = cast(
-            AsyncGenerator[ReplyEvent, None],
-            super().answer(inbound, resumed=resumed, claimed=claimed, slot=slot),
+            AsyncGenerator[ReplyEvent, None], super().answer(inbound, resumed=resumed, slot=slot)
         )
         async with aclosing(answering) as events:
             try:

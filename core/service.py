@@ -32,6 +32,7 @@ from core.context import (
 )
 from core.errors import (
     BadCommand,
+    ClaimLost,
     ContextTooLong,
     EmptyAnswer,
     InvalidJSONReply,
@@ -52,6 +53,7 @@ from core.messages import (
     TextDelta,
     UsageReport,
     UserError,
+    Withdrawn,
 )
 from core.ports import (
     ChannelOverrides,
@@ -310,19 +312,29 @@ class ConversationService:
         inbound: Inbound,
         *,
         resumed: bool = False,
-        claimed: bool = False,
         slot: AbstractAsyncContextManager[Any] | None = None,
     ) -> AsyncIterator[ReplyEvent]:
         """Answer ``inbound``: deltas, then FinalText and UsageReport, or one UserError.
 
         A redelivered event (same ``event_id``) yields nothing, unless the worker that was
         answering it died before it was answered. ``resumed``: this worker took the claim
-        over from a dead one (``core.recovery``) and asks again. ``claimed``: the adapter
-        claimed it already (``claim``), as soon as it arrived.
+        over from a dead one (``core.recovery``) and asks again.
         """
-        inbound = _dated(inbound)
+        if inbound.sent_at is None:  # ordered by when it reached the core, then
+            inbound = replace(inbound, sent_at=datetime.now(UTC))
         try:
-            if inbound.event_id and not (resumed or claimed) and not await self.claim(inbound):
+            if (
+                inbound.event_id
+                and not resumed
+                and not await self.claim_event(
+                    inbound.key.platform,
+                    inbound.event_id,
+                    settled=False,
+                    request=recovery.request_of(inbound),
+                    conversation=str(inbound.key),
+                    sent_at=inbound.sent_at,
+                )
+            ):
                 log.info("dropping redelivered event %s on %s", inbound.event_id, inbound.key)
                 return
         except Exception:
@@ -338,40 +350,27 @@ class ConversationService:
             if inbound.event_id and not answered:
                 await self._settle_failed(inbound)
 
-    async def claim(self, inbound: Inbound) -> bool:
-        """Put the question ``inbound`` on record as waiting for its answer (False: it was
-        claimed before, a redelivery). An adapter that claims a question as soon as it
-        arrives, before the slower reading of it, keeps its place in its conversation: a
-        question asked after it waits for it (``exclusive``). Then ``answer(claimed=True)``,
-        or ``unclaim`` when it will not be answered."""
-        event_id = inbound.event_id
-        if event_id is None:
-            return True  # nothing to tell it from a redelivery by
-        inbound = _dated(inbound)
-        return await self.claim_event(
-            inbound.key.platform,
-            event_id,
-            settled=False,
-            request=recovery.request_of(inbound),
-            conversation=str(inbound.key),
-            sent_at=inbound.sent_at,
-        )
-
-    async def unclaim(self, inbound: Inbound) -> None:
-        """A claimed question that will get no answer (it could not be read; it was told
-        why): it no longer holds up the questions after it."""
-        await self._settle_failed(inbound)
-
     def journal(self, inbound: Inbound) -> recovery.Journal | None:
         """Where ``deliver`` keeps what the answer to ``inbound`` shows (claimed messages)."""
         if not inbound.event_id:
             return None
         return recovery.Journal(self.store, inbound.key.platform, inbound.event_id)
 
-    async def replay(self, answer: str) -> AsyncIterator[ReplyEvent]:
-        """An answer stored by a worker that died before showing it, shown as it was."""
+    async def replay(self, inbound: Inbound, answer: str) -> AsyncIterator[ReplyEvent]:
+        """An answer stored by a worker that died before showing it, shown as it was (holding
+        its conversation until it is shown, as the answer would have)."""
         yield Accepted()
-        yield FinalText(answer, "")
+        async with self.exclusive(inbound.key, inbound.sent_at):
+            yield FinalText(answer, "")
+
+    async def settle_received(self, platform: str, event_id: str, state: str) -> None:
+        """An event claimed on arrival (``claim_event(received=True)``) that its handler did
+        not take on (nothing to answer, or it failed): ``state`` ends its claim, so no worker
+        handles it again. Best effort: a claim left "received" is handled again later."""
+        try:
+            await self.store.settle_event(platform, event_id, state)
+        except Exception as exc:
+            log.warning("settling event %s failed (%s)", event_id, type(exc).__name__)
 
     async def _settle_failed(self, inbound: Inbound) -> None:
         """Record that ``inbound`` got no answer (it was told why, or cut by a restart)."""
@@ -398,6 +397,9 @@ class ConversationService:
             async with self.exclusive(inbound.key, inbound.sent_at), slot:
                 async for event in self._answer(inbound):
                     yield event
+        except ClaimLost:
+            log.warning("answer in %s was taken over by another worker; giving it up", inbound.key)
+            yield Withdrawn()
         except UserFacingError as exc:
             log.info("answer in %s ended: %s (%s)", inbound.key, exc.code, exc.detail or "")
             yield UserError(exc.user_message, exc.code)
@@ -943,14 +945,6 @@ class ConversationService:
         done = await self._summarize_text(transcript, previous, config, min(1000, budget // 4))
         await self._charge(key.channel_key, author.id, done)
         return sentences.summary(done.text)
-
-
-def _dated(inbound: Inbound) -> Inbound:
-    """``inbound`` with the time it was sent: when it reached the core, if the platform did
-    not say (questions are ordered by it)."""
-    if inbound.sent_at is None:
-        return replace(inbound, sent_at=datetime.now(UTC))
-    return inbound
 
 
 def _speech_of(llm: ChatModel) -> SpeechModel | None:

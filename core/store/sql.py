@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from core.errors import ClaimLost
 from core.messages import ChannelKey, ConversationKey
 from core.ports import (
     ChannelOverrides,
@@ -189,13 +190,25 @@ def _earlier_waiting(conversation: str, sent_at: datetime | None) -> Any:
     )
 
 
-def _take_over(platform: str, event_id: str, holder: str) -> Any:
-    """Claim an unsettled event whose holder is a worker no longer alive (never one this
-    worker or another live one is still answering: that would answer it twice)."""
+def _take_over(
+    platform: str, event_id: str, values: dict[str, Any], states: Sequence[str] = UNSETTLED
+) -> Any:
+    """Claim an event in one of ``states`` whose holder is a worker no longer alive (never
+    one this worker or another live one is still answering: that would answer it twice)."""
     return (
         _event(platform, event_id)
-        .where(ProcessedEventRow.state.in_(UNSETTLED), ~_alive())
-        .values(holder=holder, state="answering")
+        .where(ProcessedEventRow.state.in_(states), ~_alive())
+        .values(**values)
+    )
+
+
+def _take_received(platform: str, event_id: str, holder: str, values: dict[str, Any]) -> Any:
+    """Take on an event this worker received (claimed before acknowledging it) and has not
+    taken on yet: its handler now answers it, or settles it."""
+    return (
+        _event(platform, event_id)
+        .where(ProcessedEventRow.state == "received", ProcessedEventRow.holder == holder)
+        .values(**values)
     )
 
 
@@ -298,43 +311,58 @@ class SqlStore:
         request: str | None = None,
         conversation: str | None = None,
         sent_at: datetime | None = None,
+        received: bool = False,
     ) -> bool:
         """True the first time ``event_id`` arrives, or when the claim it had was left
-        unfinished by a worker that is gone.
+        unfinished by a worker that is gone, or (not ``received``) when this worker received
+        it and now takes it on.
 
-        ``settled=False`` claims it "answering" until ``settle_event`` says how it ended
-        (or "received" while its worker makes it wait for a slot, see ``conversation_lock``)."""
-        if not settled:
+        ``settled=False`` claims it "answering" until ``settle_event`` says how it ended.
+        ``received=True`` claims it "received": on arrival, before the platform is told it
+        arrived; its handler takes it on with a second claim."""
+        if not settled or received:
             await self._announce()
         holder = self.leases.holder
+        state = "received" if received else "answered" if settled else "answering"
+        values: dict[str, Any] = {"holder": holder, "state": state}
+        given: dict[str, Any] = {"request": request, "conversation": conversation}
+        given["sent_at"] = micros(sent_at) if sent_at is not None else None
+        values.update({name: value for name, value in given.items() if value is not None})
         stmt = (
             _insert(self._dialect, ProcessedEventRow)
-            .values(
-                platform=platform,
-                event_id=event_id,
-                state="answered" if settled else "answering",
-                holder=holder,
-                request=request,
-                conversation=conversation,
-                sent_at=micros(sent_at) if sent_at is not None else None,
-            )
+            .values(platform=platform, event_id=event_id, **values)
             .on_conflict_do_nothing(index_elements=["platform", "event_id"])
         )
         async with self._sessions.begin() as session:
             result = await session.execute(stmt)
             if cast(CursorResult[Any], result).rowcount:
                 return True
-            taken = await session.execute(_take_over(platform, event_id, holder))
+            if not received:
+                own = await session.execute(_take_received(platform, event_id, holder, values))
+                if cast(CursorResult[Any], own).rowcount:
+                    return True
+            # Received anew, an answer a dead worker began is left to the sweeper, which
+            # takes down what it showed (``core.recovery``).
+            states = ("received",) if received else UNSETTLED
+            taken = await session.execute(_take_over(platform, event_id, values, states))
         return bool(cast(CursorResult[Any], taken).rowcount)
 
-    async def settle_event(self, platform: str, event_id: str, state: str) -> None:
+    async def settle_event(self, platform: str, event_id: str, state: str) -> bool:
         """Only while this worker holds the claim: once another took it over, it is theirs."""
         async with self._sessions.begin() as session:
-            await session.execute(self._mine(platform, event_id).values(state=state))
+            result = await session.execute(self._mine(platform, event_id).values(state=state))
+        return bool(cast(CursorResult[Any], result).rowcount)
 
     async def record_delivery(self, platform: str, event_id: str, delivery: str) -> None:
         async with self._sessions.begin() as session:
             await session.execute(self._mine(platform, event_id).values(delivery=delivery))
+
+    async def _claimed(self, session: AsyncSession, event: tuple[str, str], **values: Any) -> None:
+        """Update this worker's claim of ``event``; ``ClaimLost`` (the transaction is rolled
+        back) when another worker has taken it over."""
+        result = await session.execute(self._mine(*event).values(**values))
+        if not cast(CursorResult[Any], result).rowcount:
+            raise ClaimLost(f"event {event[1]} on {event[0]} was taken over")
 
     def _mine(self, platform: str, event_id: str) -> Any:
         return _event(platform, event_id).where(ProcessedEventRow.holder == self.leases.holder)
@@ -445,7 +473,7 @@ class SqlStore:
             sent_at=q.sent_at,
         )
         if q.event is not None:  # the claim knows its question, to mark it if it dies
-            await session.execute(_event(*q.event).values(question_id=question_id))
+            await self._claimed(session, q.event, question_id=question_id)
         recent = _recent(state.id, state.context_start, question_id, plan.history_rows)
         stmt = _fitting(recent.subquery(), plan.history_tokens)
         rows = (await session.execute(stmt)).all()
@@ -481,8 +509,7 @@ class SqlStore:
                 sent_at=sent_at,
             )
             if event is not None:  # "answered" once shown (``settle_event``)
-                stored = {"state": "stored", "answer_id": message_id}
-                await session.execute(_event(*event).values(**stored))
+                await self._claimed(session, event, state="stored", answer_id=message_id)
             await self._record_usage(session, channel, user_id, usage)
         return message_id
 
