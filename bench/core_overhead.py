@@ -30,6 +30,7 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -513,6 +514,8 @@ def main() -> None:
     if args.worker:
         print(json.dumps(asyncio.run(worker(args))))
         return
+    # a run stopped with SIGTERM cleans up too (``Run.cleanup`` in a ``finally``)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped"))
     results = bench(args)
     report(results)
     out = Path(args.out)

@@ -5,18 +5,23 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import (
     ColumnElement,
+    Connection,
     CursorResult,
+    Engine,
     String,
     and_,
+    create_engine,
     delete,
     event,
     func,
@@ -27,18 +32,14 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import (
-    AsyncEngine,
-    AsyncSession,
-    async_sessionmaker,
-    create_async_engine,
-)
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from core.messages import ChannelKey, ConversationKey
 from core.ports import (
     ChannelOverrides,
     ConversationState,
     MemoryFact,
+    NewTurn,
     Orphan,
     Planner,
     Role,
@@ -81,14 +82,7 @@ def make_engine(url: str, *, log_parameters: bool = False, **kwargs: Any) -> Asy
         kwargs.setdefault("max_overflow", 0)
         engine = create_async_engine(url, connect_args={"timeout": 30}, **kwargs)
 
-        @event.listens_for(engine.sync_engine, "connect")
-        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cursor = dbapi_conn.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.close()
-
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 10)
@@ -98,6 +92,51 @@ def make_engine(url: str, *, log_parameters: bool = False, **kwargs: Any) -> Asy
     # is queueing, not failing.
     kwargs.setdefault("pool_timeout", 600)
     return create_async_engine(url, **kwargs)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _local_engine(engine: AsyncEngine) -> Engine | None:
+    """For a SQLite file, a plain engine on it for the store's own thread (one connection:
+    SQLite has one writer at a time); None elsewhere (an in-memory database is the async
+    engine's alone)."""
+    url = engine.url
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    if (url.database or "").startswith("file:"):
+        return None
+    local = create_engine(
+        url.set(drivername="sqlite+pysqlite"),
+        pool_size=1,
+        max_overflow=0,
+        connect_args={"timeout": 30, "check_same_thread": False},
+        hide_parameters=engine.sync_engine.hide_parameters,
+    )
+    event.listen(local, "connect", _sqlite_pragmas)
+    return local
+
+
+T = TypeVar("T")
+
+
+def _transaction(
+    engine: Engine, stop: threading.Event, work: Callable[..., T], args: tuple[Any, ...]
+) -> T:
+    """``work(connection, *args)`` in one transaction, in the store's thread; rolled back
+    if its caller stopped waiting for it (cancelled) before it could commit."""
+    with engine.connect() as conn:
+        result = work(conn, *args)
+        if stop.is_set():
+            conn.rollback()
+        else:
+            conn.commit()
+        return result
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -152,23 +191,6 @@ def _alive() -> Any:
         )
         .exists()
     )
-
-
-async def _orphan(session: AsyncSession, row: Any) -> Orphan:
-    """A claim taken over: its pending question leaves the context (it is asked again), or
-    its stored answer is read to be shown."""
-    platform, event_id, state, request, delivery, question_id, answer_id = row
-    answer = None
-    if state == "stored" and answer_id is not None:
-        stmt = select(MessageRow.content).where(MessageRow.id == answer_id)
-        answer = (await session.execute(stmt)).scalar_one_or_none()
-    if answer is None and question_id is not None:
-        await session.execute(
-            update(MessageRow)
-            .where(MessageRow.id == question_id, MessageRow.status == "pending")
-            .values(status="failed")
-        )
-    return Orphan(platform, event_id, request, delivery, answer)
 
 
 def _earlier_waiting(conversation: str, sent_at: datetime | None) -> Any:
@@ -238,7 +260,49 @@ def _fitting(recent: Any, tokens: int) -> Any:
     )
 
 
-async def _sum(session: AsyncSession, where: Sequence[Any]) -> UsageTotals:
+# --- transactions: each runs whole on one connection (see ``SqlStore._run``) -------------------
+
+
+def _rowcount(conn: Connection, stmt: Any) -> int:
+    return int(cast(CursorResult[Any], conn.execute(stmt)).rowcount or 0)
+
+
+def _scalar(conn: Connection, stmt: Any) -> Any:
+    return conn.execute(stmt).scalar_one()
+
+
+def _rows(conn: Connection, stmt: Any) -> list[Any]:
+    return list(conn.execute(stmt).all())
+
+
+def _orphan(conn: Connection, row: Any) -> Orphan:
+    """A claim taken over: its pending question leaves the context (it is asked again), or
+    its stored answer is read to be shown."""
+    platform, event_id, state, request, delivery, question_id, answer_id = row
+    answer = None
+    if state == "stored" and answer_id is not None:
+        stmt = select(MessageRow.content).where(MessageRow.id == answer_id)
+        answer = conn.execute(stmt).scalar_one_or_none()
+    if answer is None and question_id is not None:
+        conn.execute(
+            update(MessageRow)
+            .where(MessageRow.id == question_id, MessageRow.status == "pending")
+            .values(status="failed")
+        )
+    return Orphan(platform, event_id, request, delivery, answer)
+
+
+def _orphans(conn: Connection, taking: Any) -> list[Orphan]:
+    return [_orphan(conn, row) for row in conn.execute(taking).all()]
+
+
+def _claim(conn: Connection, claiming: Any, taking_over: Any) -> bool:
+    if _rowcount(conn, claiming):
+        return True
+    return bool(_rowcount(conn, taking_over))
+
+
+def _sum(conn: Connection, where: Sequence[Any]) -> UsageTotals:
     """Sums over the ledger entries matching ``where``."""
     stmt = select(
         func.coalesce(func.sum(UsageRow.input_tokens), 0),
@@ -248,15 +312,94 @@ async def _sum(session: AsyncSession, where: Sequence[Any]) -> UsageTotals:
         func.count(UsageRow.id).filter(UsageRow.estimated.is_(True)),
         func.count(UsageRow.id).filter(UsageRow.cost_usd.is_(None)),
     ).where(*where)
-    row = (await session.execute(stmt)).one()
+    row = conn.execute(stmt).one()
     return UsageTotals(
         int(row[0]), int(row[1]), float(row[2] or 0.0), int(row[3]), int(row[4]), int(row[5])
     )
 
 
+def _history(rows: Sequence[Any]) -> list[StoredMessage]:
+    return [StoredMessage(r[0], cast(Role, r[1]), r[2], r[3], r[4]) for r in rows]
+
+
+def _add_message(conn: Connection, conversation_id: int, turn: NewTurn) -> int:
+    stmt = (
+        insert(MessageRow)
+        .values(
+            conversation_id=conversation_id,
+            role=turn.role,
+            content=turn.content,
+            token_count=turn.token_count,
+            author_id=turn.author_id,
+            author_name=turn.author_name[:100],
+            status=turn.status,
+            model=turn.model,
+            sent_at=micros(turn.sent_at),
+        )
+        .returning(MessageRow.id)
+    )
+    message_id = int(conn.execute(stmt).scalar_one())
+    if turn.event is not None:  # the claim knows its question, to mark it if it dies
+        conn.execute(_event(*turn.event).values(question_id=message_id))
+    return message_id
+
+
+def _usage_rows(channel: ChannelKey, user_id: str, usage: Sequence[UsageEntry]) -> list[Any]:
+    return [
+        {
+            "platform": channel.platform,
+            "workspace": channel.workspace,
+            "channel": channel.channel,
+            "user_id": user_id,
+            "model": entry.model,
+            "input_tokens": entry.input_tokens,
+            "output_tokens": entry.output_tokens,
+            "cost_usd": entry.cost_usd,
+            "estimated": entry.estimated,
+        }
+        for entry in usage
+    ]
+
+
+def _record_usage(conn: Connection, rows: list[Any]) -> None:
+    if rows:
+        conn.execute(insert(UsageRow), rows)
+
+
+def _finish(
+    conn: Connection, answer: NewTurn, question_id: int | None, usage: list[Any], conversation: int
+) -> int:
+    """The answer stored with its question made complete, its claim told, its usage."""
+    if question_id is not None:
+        conn.execute(
+            update(MessageRow).where(MessageRow.id == question_id).values(status="complete")
+        )
+    message_id = _add_message(conn, conversation, replace(answer, event=None))
+    if answer.event is not None:  # "answered" once shown (``settle_event``)
+        conn.execute(_event(*answer.event).values(state="stored", answer_id=message_id))
+    _record_usage(conn, usage)
+    return message_id
+
+
+def _reset(conn: Connection, conversation_id: int) -> int:
+    removed = _rowcount(
+        conn, delete(MessageRow).where(MessageRow.conversation_id == conversation_id)
+    )
+    conn.execute(
+        update(ConversationRow)
+        .where(ConversationRow.id == conversation_id)
+        .values(summary="", summary_tokens=0, context_start=0)
+    )
+    return removed
+
+
 class SqlStore:
     """Implements ``core.ports.Store``; each method is one short transaction, tried again while
-    the database is unreachable (``core.store.retry``) for up to ``patience`` seconds."""
+    the database is unreachable (``core.store.retry``) for up to ``patience`` seconds.
+
+    On a SQLite file each transaction runs whole in one call to the store's own thread (one
+    thread hop per call, the calls of a worker queued there as SQLite's one writer wants);
+    elsewhere on the async engine."""
 
     def __init__(
         self,
@@ -268,7 +411,10 @@ class SqlStore:
         self.engine = engine
         self.patience = patience
         self._dialect = engine.dialect.name
-        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self._local = _local_engine(engine)
+        self._thread = (
+            ThreadPoolExecutor(1, thread_name_prefix="parley-store") if self._local else None
+        )
         # Turns of a conversation run one at a time across workers under its lease; no
         # connection is held while the model answers.
         self.leases = Leases(engine, seconds=lease_seconds)
@@ -277,7 +423,27 @@ class SqlStore:
 
     async def close(self) -> None:
         await self.leases.close()
+        if self._thread is not None and self._local is not None:
+            await asyncio.get_running_loop().run_in_executor(self._thread, self._local.dispose)
+            self._thread.shutdown(wait=False)
         await self.engine.dispose()
+
+    async def _run(self, work: Callable[..., T], *args: Any) -> T:
+        """``work(connection, *args)`` in one transaction, committed when it returns."""
+        if self._thread is None:
+            async with self.engine.begin() as conn:
+                return await conn.run_sync(work, *args)
+        stop = threading.Event()
+        call = partial(_transaction, cast(Engine, self._local), stop, work, args)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._thread, call)
+        except asyncio.CancelledError:
+            stop.set()  # rolled back, unless it was committing already
+            raise
+
+    async def _execute(self, stmt: Any) -> int:
+        """One statement in its own transaction; its row count."""
+        return await self._run(_rowcount, stmt)
 
     async def _announce(self) -> None:
         """Make this worker's own lease exist before its first claim names it as holder
@@ -320,21 +486,14 @@ class SqlStore:
             )
             .on_conflict_do_nothing(index_elements=["platform", "event_id"])
         )
-        async with self._sessions.begin() as session:
-            result = await session.execute(stmt)
-            if cast(CursorResult[Any], result).rowcount:
-                return True
-            taken = await session.execute(_take_over(platform, event_id, holder))
-        return bool(cast(CursorResult[Any], taken).rowcount)
+        return await self._run(_claim, stmt, _take_over(platform, event_id, holder))
 
     async def settle_event(self, platform: str, event_id: str, state: str) -> None:
         """Only while this worker holds the claim: once another took it over, it is theirs."""
-        async with self._sessions.begin() as session:
-            await session.execute(self._mine(platform, event_id).values(state=state))
+        await self._execute(self._mine(platform, event_id).values(state=state))
 
     async def record_delivery(self, platform: str, event_id: str, delivery: str) -> None:
-        async with self._sessions.begin() as session:
-            await session.execute(self._mine(platform, event_id).values(delivery=delivery))
+        await self._execute(self._mine(platform, event_id).values(delivery=delivery))
 
     def _mine(self, platform: str, event_id: str) -> Any:
         return _event(platform, event_id).where(ProcessedEventRow.holder == self.leases.holder)
@@ -369,28 +528,30 @@ class SqlStore:
                 ProcessedEventRow.answer_id,
             )
         )
-        async with self._sessions.begin() as session:
-            taken = (await session.execute(taking)).all()
-            return [await _orphan(session, row) for row in taken]
+        return await self._run(_orphans, taking)
 
     async def prune_events(self, older_than_seconds: float) -> int:
         cutoff = datetime.now(UTC) - timedelta(seconds=older_than_seconds)
-        async with self._sessions.begin() as session:
-            result = await session.execute(
-                delete(ProcessedEventRow).where(ProcessedEventRow.created_at < cutoff)
-            )
-        return int(cast(CursorResult[Any], result).rowcount or 0)
+        return await self._execute(
+            delete(ProcessedEventRow).where(ProcessedEventRow.created_at < cutoff)
+        )
 
-    async def _conversation(self, session: AsyncSession, key: ConversationKey) -> ConversationRow:
+    def _conversation(self, conn: Connection, key: ConversationKey) -> ConversationState:
         where = (
             ConversationRow.platform == key.platform,
             ConversationRow.workspace == key.workspace,
             ConversationRow.channel == key.channel,
             ConversationRow.thread == key.thread,
         )
-        row = (await session.execute(select(ConversationRow).where(*where))).scalar_one_or_none()
+        stmt = select(
+            ConversationRow.id,
+            ConversationRow.summary,
+            ConversationRow.summary_tokens,
+            ConversationRow.context_start,
+        ).where(*where)
+        row = conn.execute(stmt).one_or_none()
         if row is None:
-            await session.execute(
+            conn.execute(
                 _insert(self._dialect, ConversationRow)
                 .values(
                     platform=key.platform,
@@ -405,51 +566,39 @@ class SqlStore:
                     index_elements=["platform", "workspace", "channel", "thread"]
                 )
             )
-            row = (await session.execute(select(ConversationRow).where(*where))).scalar_one()
-        return row
+            row = conn.execute(stmt).one()
+        return ConversationState(row[0], row[1], row[2], row[3])
 
     async def conversation(self, key: ConversationKey) -> ConversationState:
-        async with self._sessions.begin() as session:
-            row = await self._conversation(session, key)
-            return ConversationState(row.id, row.summary, row.summary_tokens, row.context_start)
+        return await self._run(self._conversation, key)
 
     async def open_turn(
         self, key: ConversationKey, *, spender: str | None = None, plan: Planner | None = None
     ) -> TurnFacts:
-        async with self._sessions.begin() as session:
-            row = await self._conversation(session, key)
-            state = ConversationState(row.id, row.summary, row.summary_tokens, row.context_start)
-            overrides = await self._overrides(session, key.channel_key)
-            memory = await self._memory(session, key.channel_key)
-            spent = None
-            if spender is not None:
-                where = (UsageRow.platform == key.platform, UsageRow.user_id == spender)
-                spent = (await _sum(session, where)).cost_usd
-            facts = TurnFacts(state, overrides, tuple(fact.text for fact in memory), spent)
-            if plan is None:
-                return facts
-            return await self._begin(session, facts, plan(facts))
+        return await self._run(self._open_turn, key, spender, plan)
 
-    async def _begin(self, session: AsyncSession, facts: TurnFacts, plan: TurnPlan) -> TurnFacts:
+    def _open_turn(
+        self, conn: Connection, key: ConversationKey, spender: str | None, plan: Planner | None
+    ) -> TurnFacts:
+        state = self._conversation(conn, key)
+        overrides = self._overrides(conn, key.channel_key)
+        memory = self._memory(conn, key.channel_key)
+        spent = None
+        if spender is not None:
+            where = (UsageRow.platform == key.platform, UsageRow.user_id == spender)
+            spent = _sum(conn, where).cost_usd
+        facts = TurnFacts(state, overrides, tuple(fact.text for fact in memory), spent)
+        if plan is None:
+            return facts
+        return self._begin(conn, facts, plan(facts))
+
+    def _begin(self, conn: Connection, facts: TurnFacts, plan: TurnPlan) -> TurnFacts:
         """Store the plan's question and read the history before it (same transaction)."""
-        q, state = plan.question, facts.state
-        question_id = await self._add_message(
-            session,
-            state.id,
-            q.role,
-            q.content,
-            q.token_count,
-            author_id=q.author_id,
-            author_name=q.author_name,
-            status=q.status,
-            sent_at=q.sent_at,
-        )
-        if q.event is not None:  # the claim knows its question, to mark it if it dies
-            await session.execute(_event(*q.event).values(question_id=question_id))
+        state = facts.state
+        question_id = _add_message(conn, state.id, plan.question)
         recent = _recent(state.id, state.context_start, question_id, plan.history_rows)
         stmt = _fitting(recent.subquery(), plan.history_tokens)
-        rows = (await session.execute(stmt)).all()
-        history = tuple(StoredMessage(r[0], cast(Role, r[1]), r[2], r[3], r[4]) for r in rows)
+        history = tuple(_history(conn.execute(stmt).all()))
         return replace(facts, question_id=question_id, history=history)
 
     async def finish_turn(
@@ -466,56 +615,11 @@ class SqlStore:
         question_id: int | None = None,
         event: tuple[str, str] | None = None,
     ) -> int:
-        async with self._sessions.begin() as session:
-            if question_id is not None:
-                await session.execute(
-                    update(MessageRow).where(MessageRow.id == question_id).values(status="complete")
-                )
-            message_id = await self._add_message(
-                session,
-                conversation_id,
-                "assistant",
-                content,
-                token_count,
-                model=model,
-                sent_at=sent_at,
-            )
-            if event is not None:  # "answered" once shown (``settle_event``)
-                stored = {"state": "stored", "answer_id": message_id}
-                await session.execute(_event(*event).values(**stored))
-            await self._record_usage(session, channel, user_id, usage)
-        return message_id
-
-    async def _add_message(
-        self,
-        session: AsyncSession,
-        conversation_id: int,
-        role: str,
-        content: str,
-        token_count: int,
-        *,
-        author_id: str = "",
-        author_name: str = "",
-        status: str = "complete",
-        model: str | None = None,
-        sent_at: datetime | None = None,
-    ) -> int:
-        stmt = (
-            insert(MessageRow)
-            .values(
-                conversation_id=conversation_id,
-                role=role,
-                content=content,
-                token_count=token_count,
-                author_id=author_id,
-                author_name=author_name[:100],
-                status=status,
-                model=model,
-                sent_at=micros(sent_at),
-            )
-            .returning(MessageRow.id)
+        answer = NewTurn(
+            "assistant", content, token_count, model=model, sent_at=sent_at, event=event
         )
-        return int((await session.execute(stmt)).scalar_one())
+        rows = _usage_rows(channel, user_id, usage)
+        return await self._run(_finish, answer, question_id, rows, conversation_id)
 
     async def add_message(
         self,
@@ -531,28 +635,23 @@ class SqlStore:
         sent_at: datetime | None = None,
         event: tuple[str, str] | None = None,
     ) -> int:
-        async with self._sessions.begin() as session:
-            message_id = await self._add_message(
-                session,
-                conversation_id,
-                role,
-                content,
-                token_count,
-                author_id=author_id,
-                author_name=author_name,
-                status=status,
-                model=model,
-                sent_at=sent_at,
-            )
-            if event is not None:  # the claim knows its question, to mark it if it dies
-                await session.execute(_event(*event).values(question_id=message_id))
-        return message_id
+        turn = NewTurn(
+            cast(Role, role),
+            content,
+            token_count,
+            author_id=author_id,
+            author_name=author_name,
+            status=status,
+            model=model,
+            sent_at=sent_at,
+            event=event,
+        )
+        return await self._run(_add_message, conversation_id, turn)
 
     async def set_message_status(self, message_id: int, status: str) -> None:
-        async with self._sessions.begin() as session:
-            await session.execute(
-                update(MessageRow).where(MessageRow.id == message_id).values(status=status)
-            )
+        await self._execute(
+            update(MessageRow).where(MessageRow.id == message_id).values(status=status)
+        )
 
     async def recent_messages(
         self,
@@ -566,19 +665,16 @@ class SqlStore:
     ) -> list[StoredMessage]:
         recent = _recent(conversation_id, after_id, before_id, limit, through=through)
         stmt = recent if tokens is None else _fitting(recent.subquery(), tokens)
-        async with self._sessions() as session:
-            rows = (await session.execute(stmt)).all()
-        return [StoredMessage(r[0], cast(Role, r[1]), r[2], r[3], r[4]) for r in rows]
+        return _history(await self._run(_rows, stmt))
 
     async def set_summary(
         self, conversation_id: int, summary: str, summary_tokens: int, context_start: int
     ) -> None:
-        async with self._sessions.begin() as session:
-            await session.execute(
-                update(ConversationRow)
-                .where(ConversationRow.id == conversation_id)
-                .values(summary=summary, summary_tokens=summary_tokens, context_start=context_start)
-            )
+        await self._execute(
+            update(ConversationRow)
+            .where(ConversationRow.id == conversation_id)
+            .values(summary=summary, summary_tokens=summary_tokens, context_start=context_start)
+        )
 
     @asynccontextmanager
     async def conversation_lock(
@@ -598,16 +694,7 @@ class SqlStore:
 
     async def reset_conversation(self, key: ConversationKey) -> int:
         state = await self.conversation(key)
-        async with self._sessions.begin() as session:
-            result = await session.execute(
-                delete(MessageRow).where(MessageRow.conversation_id == state.id)
-            )
-            await session.execute(
-                update(ConversationRow)
-                .where(ConversationRow.id == state.id)
-                .values(summary="", summary_tokens=0, context_start=0)
-            )
-        return int(cast(CursorResult[Any], result).rowcount or 0)
+        return await self._run(_reset, state.id)
 
     def _channel_where(self, channel: ChannelKey) -> tuple[Any, ...]:
         return (
@@ -616,19 +703,19 @@ class SqlStore:
             ChannelSettingsRow.channel == channel.channel,
         )
 
-    async def _overrides(self, session: AsyncSession, channel: ChannelKey) -> ChannelOverrides:
-        row = (
-            await session.execute(select(ChannelSettingsRow).where(*self._channel_where(channel)))
-        ).scalar_one_or_none()
-        if row is None:
-            return ChannelOverrides()
-        return ChannelOverrides(
-            row.system_prompt, row.model, row.temperature, row.max_output_tokens, row.json_mode
-        )
+    def _overrides(self, conn: Connection, channel: ChannelKey) -> ChannelOverrides:
+        stmt = select(
+            ChannelSettingsRow.system_prompt,
+            ChannelSettingsRow.model,
+            ChannelSettingsRow.temperature,
+            ChannelSettingsRow.max_output_tokens,
+            ChannelSettingsRow.json_mode,
+        ).where(*self._channel_where(channel))
+        row = conn.execute(stmt).one_or_none()
+        return ChannelOverrides() if row is None else ChannelOverrides(*row)
 
     async def channel_overrides(self, channel: ChannelKey) -> ChannelOverrides:
-        async with self._sessions() as session:
-            return await self._overrides(session, channel)
+        return await self._run(self._overrides, channel)
 
     async def save_channel_overrides(
         self, channel: ChannelKey, overrides: ChannelOverrides
@@ -650,43 +737,16 @@ class SqlStore:
             )
             .on_conflict_do_update(index_elements=["platform", "workspace", "channel"], set_=values)
         )
-        async with self._sessions.begin() as session:
-            await session.execute(stmt)
-
-    async def _record_usage(
-        self,
-        session: AsyncSession,
-        channel: ChannelKey,
-        user_id: str,
-        usage: Sequence[UsageEntry],
-    ) -> None:
-        if not usage:
-            return
-        rows = [
-            {
-                "platform": channel.platform,
-                "workspace": channel.workspace,
-                "channel": channel.channel,
-                "user_id": user_id,
-                "model": entry.model,
-                "input_tokens": entry.input_tokens,
-                "output_tokens": entry.output_tokens,
-                "cost_usd": entry.cost_usd,
-                "estimated": entry.estimated,
-            }
-            for entry in usage
-        ]
-        await session.execute(insert(UsageRow), rows)
+        await self._execute(stmt)
 
     async def record_usage(
         self, channel: ChannelKey, user_id: str, usage: Sequence[UsageEntry]
     ) -> None:
-        async with self._sessions.begin() as session:
-            await self._record_usage(session, channel, user_id, usage)
+        if usage:
+            await self._run(_record_usage, _usage_rows(channel, user_id, usage))
 
     async def _totals(self, *where: Any) -> UsageTotals:
-        async with self._sessions() as session:
-            return await _sum(session, where)
+        return await self._run(_sum, where)
 
     async def channel_usage(self, channel: ChannelKey) -> UsageTotals:
         return await self._totals(
@@ -707,18 +767,16 @@ class SqlStore:
             ChannelMemoryRow.channel == channel.channel,
         )
 
-    async def _memory(self, session: AsyncSession, channel: ChannelKey) -> list[MemoryFact]:
+    def _memory(self, conn: Connection, channel: ChannelKey) -> list[MemoryFact]:
         stmt = (
             select(ChannelMemoryRow.id, ChannelMemoryRow.text)
             .where(*self._memory_where(channel))
             .order_by(ChannelMemoryRow.id)
         )
-        rows = (await session.execute(stmt)).all()
-        return [MemoryFact(int(r[0]), str(r[1])) for r in rows]
+        return [MemoryFact(int(r[0]), str(r[1])) for r in conn.execute(stmt).all()]
 
     async def channel_memory(self, channel: ChannelKey) -> list[MemoryFact]:
-        async with self._sessions() as session:
-            return await self._memory(session, channel)
+        return await self._run(self._memory, channel)
 
     async def add_memory(self, channel: ChannelKey, text: str, *, author_id: str = "") -> int:
         stmt = (
@@ -732,16 +790,13 @@ class SqlStore:
             )
             .returning(ChannelMemoryRow.id)
         )
-        async with self._sessions.begin() as session:
-            return int((await session.execute(stmt)).scalar_one())
+        return int(await self._run(_scalar, stmt))
 
     async def remove_memory(self, channel: ChannelKey, fact_id: int) -> bool:
         stmt = delete(ChannelMemoryRow).where(
             ChannelMemoryRow.id == fact_id, *self._memory_where(channel)
         )
-        async with self._sessions.begin() as session:
-            result = await session.execute(stmt)
-        return bool(cast(CursorResult[Any], result).rowcount)
+        return bool(await self._execute(stmt))
 
     # --- feedback on answers --------------------------------------------------------------
 
@@ -763,8 +818,7 @@ class SqlStore:
                 set_={"helpful": helpful, "created_at": func.now()},
             )
         )
-        async with self._sessions.begin() as session:
-            await session.execute(stmt)
+        await self._execute(stmt)
 
     async def channel_feedback(self, channel: ChannelKey) -> tuple[int, int]:
         stmt = select(
@@ -775,8 +829,7 @@ class SqlStore:
             FeedbackRow.workspace == channel.workspace,
             FeedbackRow.channel == channel.channel,
         )
-        async with self._sessions() as session:
-            row = (await session.execute(stmt)).one()
+        row = (await self._run(_rows, stmt))[0]
         return int(row[0]), int(row[1])
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from sqlalchemy import event
 
 from bots.bootstrap import prepare_schema
 from core.context import newest_turns
@@ -15,6 +14,7 @@ from core.ports import ChannelOverrides, UsageEntry
 from core.settings import Settings
 from core.store import schema
 from core.store.sql import SqlStore, make_engine
+from tests.fakes.counting import Counting
 
 KEY = ConversationKey("slack", "T1", "C1", "1700000000.000100")
 
@@ -136,13 +136,8 @@ async def test_a_context_of_many_short_turns_is_read_in_one_statement(store):
     state = await store.conversation(KEY)
     for i in range(600):
         await store.add_message(state.id, "user" if i % 2 == 0 else "assistant", f"t{i}", 3)
-    statements: list[str] = []
-    listener = lambda *args: statements.append(args[2])  # noqa: E731
-    event.listen(store.engine.sync_engine, "before_cursor_execute", listener)
-    try:
+    with Counting() as counting:
         picked, cut_at = await newest_turns(store, state.id, 0, 10**12, 1000)
-    finally:
-        event.remove(store.engine.sync_engine, "before_cursor_execute", listener)
     assert [m.content for m in picked] == [f"t{i}" for i in range(267, 600)]
     assert cut_at is not None
-    assert len(statements) == 1
+    assert counting.statements == 1
