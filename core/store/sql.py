@@ -15,19 +15,14 @@ from functools import partial
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import (
-    ColumnElement,
     Connection,
     CursorResult,
     Engine,
-    String,
-    and_,
     create_engine,
     delete,
     event,
     func,
     insert,
-    literal,
-    or_,
     select,
     update,
 )
@@ -49,21 +44,19 @@ from core.ports import (
     UsageEntry,
     UsageTotals,
 )
+from core.store import prepared
 from core.store.leases import LEASE_SECONDS, Leases, now_micros
 from core.store.models import (
     ChannelMemoryRow,
     ChannelSettingsRow,
     ConversationRow,
     FeedbackRow,
-    LeaseRow,
     MessageRow,
     ProcessedEventRow,
     UsageRow,
 )
 from core.store.retry import PATIENCE, retrying
 
-# Claims still in progress: a redelivery may take one over when its holder is gone.
-UNSETTLED = ("received", "answering")
 # Claims a sweeper finishes when their holder is gone: still being answered, or answered and
 # stored but maybe not shown.
 RESUMABLE = ("received", "answering", "stored")
@@ -156,41 +149,9 @@ def _insert(dialect: str, table: Any) -> Any:
     return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
 
 
-def _beyond(
-    conversation_id: int, message_id: int, *, later: bool, inclusive: bool = False
-) -> ColumnElement[bool]:
-    """Turns after (``later``) or before turn ``message_id`` in conversation order, that is
-    by (sent_at, id); no bound if ``message_id`` is no turn of the conversation."""
-    sent_at = (
-        select(MessageRow.sent_at)
-        .where(MessageRow.id == message_id, MessageRow.conversation_id == conversation_id)
-        .scalar_subquery()
-    )
-    if later:
-        tie = MessageRow.id >= message_id if inclusive else MessageRow.id > message_id
-        ordered = or_(MessageRow.sent_at > sent_at, and_(MessageRow.sent_at == sent_at, tie))
-    else:
-        tie = MessageRow.id <= message_id if inclusive else MessageRow.id < message_id
-        ordered = or_(MessageRow.sent_at < sent_at, and_(MessageRow.sent_at == sent_at, tie))
-    return or_(sent_at.is_(None), ordered)
-
-
-def _event(platform: str, event_id: str) -> Any:
-    return update(ProcessedEventRow).where(
-        ProcessedEventRow.platform == platform, ProcessedEventRow.event_id == event_id
-    )
-
-
 def _alive() -> Any:
     """The claim's holder still holds its worker lease."""
-    return (
-        select(LeaseRow.name)
-        .where(
-            LeaseRow.name == literal("worker:", String) + ProcessedEventRow.holder,
-            LeaseRow.until >= now_micros(),
-        )
-        .exists()
-    )
+    return prepared.alive(now_micros())
 
 
 def _earlier_waiting(conversation: str, sent_at: datetime | None) -> Any:
@@ -211,68 +172,19 @@ def _earlier_waiting(conversation: str, sent_at: datetime | None) -> Any:
     )
 
 
-def _take_over(platform: str, event_id: str, holder: str) -> Any:
-    """Claim an unsettled event whose holder is a worker no longer alive (never one this
-    worker or another live one is still answering: that would answer it twice)."""
-    return (
-        _event(platform, event_id)
-        .where(ProcessedEventRow.state.in_(UNSETTLED), ~_alive())
-        .values(holder=holder, state="answering")
-    )
-
-
-def _recent(
-    conversation_id: int, after_id: int, before_id: int, limit: int, *, through: bool = False
-) -> Any:
-    """Complete turns between two turns, newest first (see ``Store.recent_messages``)."""
-    return (
-        select(
-            MessageRow.id,
-            MessageRow.role,
-            MessageRow.content,
-            MessageRow.token_count,
-            MessageRow.author_name,
-            MessageRow.sent_at,
-        )
-        .where(
-            MessageRow.conversation_id == conversation_id,
-            _beyond(conversation_id, after_id, later=True),
-            _beyond(conversation_id, before_id, later=False, inclusive=through),
-            MessageRow.status == "complete",
-        )
-        .order_by(MessageRow.sent_at.desc(), MessageRow.id.desc())
-        .limit(limit)
-    )
-
-
-def _fitting(recent: Any, tokens: int) -> Any:
-    """Of ``recent`` (turns newest first), those whose running token sum fits ``tokens``,
-    and the first that does not: the whole context read in one statement."""
-    newest_first = (recent.c.sent_at.desc(), recent.c.id.desc())
-    summed = select(
-        *recent.c, func.sum(recent.c.token_count).over(order_by=newest_first).label("running")
-    ).subquery()
-    return (
-        select(summed.c.id, summed.c.role, summed.c.content, summed.c.token_count)
-        .add_columns(summed.c.author_name)
-        .where(summed.c.running - summed.c.token_count <= tokens)
-        .order_by(summed.c.sent_at.desc(), summed.c.id.desc())
-    )
-
-
 # --- transactions: each runs whole on one connection (see ``SqlStore._run``) -------------------
 
 
-def _rowcount(conn: Connection, stmt: Any) -> int:
-    return int(cast(CursorResult[Any], conn.execute(stmt)).rowcount or 0)
+def _rowcount(conn: Connection, stmt: Any, params: Any = None) -> int:
+    return int(cast(CursorResult[Any], conn.execute(stmt, params)).rowcount or 0)
 
 
 def _scalar(conn: Connection, stmt: Any) -> Any:
     return conn.execute(stmt).scalar_one()
 
 
-def _rows(conn: Connection, stmt: Any) -> list[Any]:
-    return list(conn.execute(stmt).all())
+def _rows(conn: Connection, stmt: Any, params: Any = None) -> list[Any]:
+    return list(conn.execute(stmt, params).all())
 
 
 def _orphan(conn: Connection, row: Any) -> Orphan:
@@ -296,10 +208,10 @@ def _orphans(conn: Connection, taking: Any) -> list[Orphan]:
     return [_orphan(conn, row) for row in conn.execute(taking).all()]
 
 
-def _claim(conn: Connection, claiming: Any, taking_over: Any) -> bool:
-    if _rowcount(conn, claiming):
+def _claim(conn: Connection, claiming: Any, params: dict[str, Any]) -> bool:
+    if _rowcount(conn, claiming, params):
         return True
-    return bool(_rowcount(conn, taking_over))
+    return bool(_rowcount(conn, prepared.TAKE_OVER, {**params, "e_now": now_micros()}))
 
 
 def _sum(conn: Connection, where: Sequence[Any]) -> UsageTotals:
@@ -318,30 +230,39 @@ def _sum(conn: Connection, where: Sequence[Any]) -> UsageTotals:
     )
 
 
+def _channel(channel: ChannelKey) -> dict[str, str]:
+    return {
+        "platform": channel.platform,
+        "workspace": channel.workspace,
+        "channel": channel.channel,
+    }
+
+
 def _history(rows: Sequence[Any]) -> list[StoredMessage]:
     return [StoredMessage(r[0], cast(Role, r[1]), r[2], r[3], r[4]) for r in rows]
 
 
 def _add_message(conn: Connection, conversation_id: int, turn: NewTurn) -> int:
-    stmt = (
-        insert(MessageRow)
-        .values(
-            conversation_id=conversation_id,
-            role=turn.role,
-            content=turn.content,
-            token_count=turn.token_count,
-            author_id=turn.author_id,
-            author_name=turn.author_name[:100],
-            status=turn.status,
-            model=turn.model,
-            sent_at=micros(turn.sent_at),
-        )
-        .returning(MessageRow.id)
-    )
-    message_id = int(conn.execute(stmt).scalar_one())
+    params = {
+        "m_conversation": conversation_id,
+        "m_role": turn.role,
+        "m_content": turn.content,
+        "m_tokens": turn.token_count,
+        "m_author_id": turn.author_id,
+        "m_author_name": turn.author_name[:100],
+        "m_status": turn.status,
+        "m_model": turn.model,
+        "m_sent_at": micros(turn.sent_at),
+    }
+    message_id = int(conn.execute(prepared.ADD_MESSAGE, params).scalar_one())
     if turn.event is not None:  # the claim knows its question, to mark it if it dies
-        conn.execute(_event(*turn.event).values(question_id=message_id))
+        conn.execute(prepared.QUESTION_OF_EVENT, _event(turn.event, e_message=message_id))
     return message_id
+
+
+def _event(event: tuple[str, str], **more: Any) -> dict[str, Any]:
+    """Parameters naming the claim of ``event`` (platform, event id)."""
+    return {"e_platform": event[0], "e_event": event[1], **more}
 
 
 def _usage_rows(channel: ChannelKey, user_id: str, usage: Sequence[UsageEntry]) -> list[Any]:
@@ -363,7 +284,7 @@ def _usage_rows(channel: ChannelKey, user_id: str, usage: Sequence[UsageEntry]) 
 
 def _record_usage(conn: Connection, rows: list[Any]) -> None:
     if rows:
-        conn.execute(insert(UsageRow), rows)
+        conn.execute(prepared.USAGE, rows)
 
 
 def _finish(
@@ -371,12 +292,10 @@ def _finish(
 ) -> int:
     """The answer stored with its question made complete, its claim told, its usage."""
     if question_id is not None:
-        conn.execute(
-            update(MessageRow).where(MessageRow.id == question_id).values(status="complete")
-        )
+        conn.execute(prepared.MESSAGE_STATUS, {"m_id": question_id, "m_status": "complete"})
     message_id = _add_message(conn, conversation, replace(answer, event=None))
     if answer.event is not None:  # "answered" once shown (``settle_event``)
-        conn.execute(_event(*answer.event).values(state="stored", answer_id=message_id))
+        conn.execute(prepared.ANSWER_OF_EVENT, _event(answer.event, e_message=message_id))
     _record_usage(conn, usage)
     return message_id
 
@@ -411,6 +330,7 @@ class SqlStore:
         self.engine = engine
         self.patience = patience
         self._dialect = engine.dialect.name
+        self._statements = prepared.Dialect(self._dialect)
         self._local = _local_engine(engine)
         self._thread = (
             ThreadPoolExecutor(1, thread_name_prefix="parley-store") if self._local else None
@@ -472,31 +392,24 @@ class SqlStore:
         (or "received" while its worker makes it wait for a slot, see ``conversation_lock``)."""
         if not settled:
             await self._announce()
-        holder = self.leases.holder
-        stmt = (
-            _insert(self._dialect, ProcessedEventRow)
-            .values(
-                platform=platform,
-                event_id=event_id,
-                state="answered" if settled else "answering",
-                holder=holder,
-                request=request,
-                conversation=conversation,
-                sent_at=micros(sent_at) if sent_at is not None else None,
-            )
-            .on_conflict_do_nothing(index_elements=["platform", "event_id"])
+        params = _event(
+            (platform, event_id),
+            e_state="answered" if settled else "answering",
+            e_holder=self.leases.holder,
+            e_request=request,
+            e_conversation=conversation,
+            e_sent_at=micros(sent_at) if sent_at is not None else None,
         )
-        return await self._run(_claim, stmt, _take_over(platform, event_id, holder))
+        return await self._run(_claim, self._statements.claim, params)
 
     async def settle_event(self, platform: str, event_id: str, state: str) -> None:
         """Only while this worker holds the claim: once another took it over, it is theirs."""
-        await self._execute(self._mine(platform, event_id).values(state=state))
+        params = _event((platform, event_id), e_holder=self.leases.holder, e_state=state)
+        await self._run(_rowcount, prepared.SETTLE, params)
 
     async def record_delivery(self, platform: str, event_id: str, delivery: str) -> None:
-        await self._execute(self._mine(platform, event_id).values(delivery=delivery))
-
-    def _mine(self, platform: str, event_id: str) -> Any:
-        return _event(platform, event_id).where(ProcessedEventRow.holder == self.leases.holder)
+        params = _event((platform, event_id), e_holder=self.leases.holder, e_delivery=delivery)
+        await self._run(_rowcount, prepared.DELIVERY, params)
 
     async def orphans(self, platforms: Sequence[str], limit: int) -> list[Orphan]:
         """Take over claims left unfinished by workers that are gone (see ``Store.orphans``)."""
@@ -537,36 +450,16 @@ class SqlStore:
         )
 
     def _conversation(self, conn: Connection, key: ConversationKey) -> ConversationState:
-        where = (
-            ConversationRow.platform == key.platform,
-            ConversationRow.workspace == key.workspace,
-            ConversationRow.channel == key.channel,
-            ConversationRow.thread == key.thread,
-        )
-        stmt = select(
-            ConversationRow.id,
-            ConversationRow.summary,
-            ConversationRow.summary_tokens,
-            ConversationRow.context_start,
-        ).where(*where)
-        row = conn.execute(stmt).one_or_none()
+        params = {
+            "platform": key.platform,
+            "workspace": key.workspace,
+            "channel": key.channel,
+            "thread": key.thread,
+        }
+        row = conn.execute(prepared.CONVERSATION, params).one_or_none()
         if row is None:
-            conn.execute(
-                _insert(self._dialect, ConversationRow)
-                .values(
-                    platform=key.platform,
-                    workspace=key.workspace,
-                    channel=key.channel,
-                    thread=key.thread,
-                    summary="",
-                    summary_tokens=0,
-                    context_start=0,
-                )
-                .on_conflict_do_nothing(
-                    index_elements=["platform", "workspace", "channel", "thread"]
-                )
-            )
-            row = conn.execute(stmt).one()
+            conn.execute(self._statements.new_conversation, params)
+            row = conn.execute(prepared.CONVERSATION, params).one()
         return ConversationState(row[0], row[1], row[2], row[3])
 
     async def conversation(self, key: ConversationKey) -> ConversationState:
@@ -596,9 +489,11 @@ class SqlStore:
         """Store the plan's question and read the history before it (same transaction)."""
         state = facts.state
         question_id = _add_message(conn, state.id, plan.question)
-        recent = _recent(state.id, state.context_start, question_id, plan.history_rows)
-        stmt = _fitting(recent.subquery(), plan.history_tokens)
-        history = tuple(_history(conn.execute(stmt).all()))
+        params = prepared.recent_params(
+            state.id, state.context_start, question_id, plan.history_rows, plan.history_tokens
+        )
+        stmt = prepared.recent(through=False, fitting=True)
+        history = tuple(_history(conn.execute(stmt, params).all()))
         return replace(facts, question_id=question_id, history=history)
 
     async def finish_turn(
@@ -649,9 +544,8 @@ class SqlStore:
         return await self._run(_add_message, conversation_id, turn)
 
     async def set_message_status(self, message_id: int, status: str) -> None:
-        await self._execute(
-            update(MessageRow).where(MessageRow.id == message_id).values(status=status)
-        )
+        params = {"m_id": message_id, "m_status": status}
+        await self._run(_rowcount, prepared.MESSAGE_STATUS, params)
 
     async def recent_messages(
         self,
@@ -663,9 +557,9 @@ class SqlStore:
         through: bool = False,
         tokens: int | None = None,
     ) -> list[StoredMessage]:
-        recent = _recent(conversation_id, after_id, before_id, limit, through=through)
-        stmt = recent if tokens is None else _fitting(recent.subquery(), tokens)
-        return _history(await self._run(_rows, stmt))
+        stmt = prepared.recent(through=through, fitting=tokens is not None)
+        params = prepared.recent_params(conversation_id, after_id, before_id, limit, tokens)
+        return _history(await self._run(_rows, stmt, params))
 
     async def set_summary(
         self, conversation_id: int, summary: str, summary_tokens: int, context_start: int
@@ -704,14 +598,7 @@ class SqlStore:
         )
 
     def _overrides(self, conn: Connection, channel: ChannelKey) -> ChannelOverrides:
-        stmt = select(
-            ChannelSettingsRow.system_prompt,
-            ChannelSettingsRow.model,
-            ChannelSettingsRow.temperature,
-            ChannelSettingsRow.max_output_tokens,
-            ChannelSettingsRow.json_mode,
-        ).where(*self._channel_where(channel))
-        row = conn.execute(stmt).one_or_none()
+        row = conn.execute(prepared.OVERRIDES, _channel(channel)).one_or_none()
         return ChannelOverrides() if row is None else ChannelOverrides(*row)
 
     async def channel_overrides(self, channel: ChannelKey) -> ChannelOverrides:
@@ -768,12 +655,8 @@ class SqlStore:
         )
 
     def _memory(self, conn: Connection, channel: ChannelKey) -> list[MemoryFact]:
-        stmt = (
-            select(ChannelMemoryRow.id, ChannelMemoryRow.text)
-            .where(*self._memory_where(channel))
-            .order_by(ChannelMemoryRow.id)
-        )
-        return [MemoryFact(int(r[0]), str(r[1])) for r in conn.execute(stmt).all()]
+        rows = conn.execute(prepared.MEMORY, _channel(channel)).all()
+        return [MemoryFact(int(r[0]), str(r[1])) for r in rows]
 
     async def channel_memory(self, channel: ChannelKey) -> list[MemoryFact]:
         return await self._run(self._memory, channel)

@@ -1,0 +1,238 @@
+"""The statements of a turn, built once with bound parameters.
+
+A store call passes values only: SQLAlchemy neither builds the statement again nor works out
+its cache key again (building them took most of a turn's CPU in the store), and finds it
+compiled in its cache.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import ColumnElement, String, and_, bindparam, func, insert, literal, or_, select
+from sqlalchemy import update as _update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from core.store.models import (
+    ChannelMemoryRow,
+    ChannelSettingsRow,
+    ConversationRow,
+    LeaseRow,
+    MessageRow,
+    ProcessedEventRow,
+    UsageRow,
+)
+
+# Claims still in progress: a redelivery may take one over when its holder is gone.
+UNSETTLED = ("received", "answering")
+
+
+def alive(now: Any) -> Any:
+    """The claim's holder still held its worker lease at ``now`` (microseconds)."""
+    return (
+        select(LeaseRow.name)
+        .where(
+            LeaseRow.name == literal("worker:", String) + ProcessedEventRow.holder,
+            LeaseRow.until >= now,
+        )
+        .exists()
+    )
+
+
+def event_update() -> Any:
+    """An update of the claim of (``e_platform``, ``e_event``)."""
+    return _update(ProcessedEventRow).where(
+        ProcessedEventRow.platform == bindparam("e_platform"),
+        ProcessedEventRow.event_id == bindparam("e_event"),
+    )
+
+
+CONVERSATION = select(
+    ConversationRow.id,
+    ConversationRow.summary,
+    ConversationRow.summary_tokens,
+    ConversationRow.context_start,
+).where(
+    ConversationRow.platform == bindparam("platform"),
+    ConversationRow.workspace == bindparam("workspace"),
+    ConversationRow.channel == bindparam("channel"),
+    ConversationRow.thread == bindparam("thread"),
+)
+
+OVERRIDES = select(
+    ChannelSettingsRow.system_prompt,
+    ChannelSettingsRow.model,
+    ChannelSettingsRow.temperature,
+    ChannelSettingsRow.max_output_tokens,
+    ChannelSettingsRow.json_mode,
+).where(
+    ChannelSettingsRow.platform == bindparam("platform"),
+    ChannelSettingsRow.workspace == bindparam("workspace"),
+    ChannelSettingsRow.channel == bindparam("channel"),
+)
+
+MEMORY = (
+    select(ChannelMemoryRow.id, ChannelMemoryRow.text)
+    .where(
+        ChannelMemoryRow.platform == bindparam("platform"),
+        ChannelMemoryRow.workspace == bindparam("workspace"),
+        ChannelMemoryRow.channel == bindparam("channel"),
+    )
+    .order_by(ChannelMemoryRow.id)
+)
+
+ADD_MESSAGE = (
+    insert(MessageRow)
+    .values(
+        conversation_id=bindparam("m_conversation"),
+        role=bindparam("m_role"),
+        content=bindparam("m_content"),
+        token_count=bindparam("m_tokens"),
+        author_id=bindparam("m_author_id"),
+        author_name=bindparam("m_author_name"),
+        status=bindparam("m_status"),
+        model=bindparam("m_model"),
+        sent_at=bindparam("m_sent_at"),
+    )
+    .returning(MessageRow.id)
+)
+
+MESSAGE_STATUS = (
+    _update(MessageRow)
+    .where(MessageRow.id == bindparam("m_id"))
+    .values(status=bindparam("m_status"))
+)
+
+USAGE = insert(UsageRow)
+
+QUESTION_OF_EVENT = event_update().values(question_id=bindparam("e_message"))
+
+ANSWER_OF_EVENT = event_update().values(state="stored", answer_id=bindparam("e_message"))
+
+_MINE = ProcessedEventRow.holder == bindparam("e_holder")
+
+SETTLE = event_update().where(_MINE).values(state=bindparam("e_state"))
+
+DELIVERY = event_update().where(_MINE).values(delivery=bindparam("e_delivery"))
+
+# Claim an unsettled event whose holder is a worker no longer alive (never one this worker
+# or another live one is still answering: that would answer it twice).
+TAKE_OVER = (
+    event_update()
+    .where(ProcessedEventRow.state.in_(UNSETTLED), ~alive(bindparam("e_now")))
+    .values(holder=bindparam("e_holder"), state="answering")
+)
+
+
+class Dialect:
+    """The statements that differ by database (its INSERT ... ON CONFLICT)."""
+
+    def __init__(self, name: str) -> None:
+        insert_ = postgresql.insert if name == "postgresql" else sqlite.insert
+        self.insert = insert_
+        self.claim = (
+            insert_(ProcessedEventRow)
+            .values(
+                platform=bindparam("e_platform"),
+                event_id=bindparam("e_event"),
+                state=bindparam("e_state"),
+                holder=bindparam("e_holder"),
+                request=bindparam("e_request"),
+                conversation=bindparam("e_conversation"),
+                sent_at=bindparam("e_sent_at"),
+            )
+            .on_conflict_do_nothing(index_elements=["platform", "event_id"])
+        )
+        self.new_conversation = (
+            insert_(ConversationRow)
+            .values(
+                platform=bindparam("platform"),
+                workspace=bindparam("workspace"),
+                channel=bindparam("channel"),
+                thread=bindparam("thread"),
+                summary="",
+                summary_tokens=0,
+                context_start=0,
+            )
+            .on_conflict_do_nothing(index_elements=["platform", "workspace", "channel", "thread"])
+        )
+
+
+def beyond(conversation_id: Any, message_id: Any, *, later: bool, inclusive: bool = False) -> Any:
+    """Turns after (``later``) or before turn ``message_id`` in conversation order, that is
+    by (sent_at, id); no bound if ``message_id`` is no turn of the conversation."""
+    sent_at = (
+        select(MessageRow.sent_at)
+        .where(MessageRow.id == message_id, MessageRow.conversation_id == conversation_id)
+        .scalar_subquery()
+    )
+    ordered: ColumnElement[bool]
+    if later:
+        tie = MessageRow.id >= message_id if inclusive else MessageRow.id > message_id
+        ordered = or_(MessageRow.sent_at > sent_at, and_(MessageRow.sent_at == sent_at, tie))
+    else:
+        tie = MessageRow.id <= message_id if inclusive else MessageRow.id < message_id
+        ordered = or_(MessageRow.sent_at < sent_at, and_(MessageRow.sent_at == sent_at, tie))
+    return or_(sent_at.is_(None), ordered)
+
+
+def _recent(through: bool) -> Any:
+    """Complete turns of ``r_conversation`` after turn ``r_after`` and before turn
+    ``r_before`` (or through it), newest first, at most ``r_limit``."""
+    conversation: Any = bindparam("r_conversation")
+    return (
+        select(
+            MessageRow.id,
+            MessageRow.role,
+            MessageRow.content,
+            MessageRow.token_count,
+            MessageRow.author_name,
+            MessageRow.sent_at,
+        )
+        .where(
+            MessageRow.conversation_id == conversation,
+            beyond(conversation, bindparam("r_after"), later=True),
+            beyond(conversation, bindparam("r_before"), later=False, inclusive=through),
+            MessageRow.status == "complete",
+        )
+        .order_by(MessageRow.sent_at.desc(), MessageRow.id.desc())
+        .limit(bindparam("r_limit"))
+    )
+
+
+def _fitting(recent: Any) -> Any:
+    """Of ``recent`` (turns newest first), those whose running token sum fits ``r_tokens``,
+    and the first that does not: the whole context read in one statement."""
+    newest_first = (recent.c.sent_at.desc(), recent.c.id.desc())
+    summed = select(
+        *recent.c, func.sum(recent.c.token_count).over(order_by=newest_first).label("running")
+    ).subquery()
+    return (
+        select(summed.c.id, summed.c.role, summed.c.content, summed.c.token_count)
+        .add_columns(summed.c.author_name)
+        .where(summed.c.running - summed.c.token_count <= bindparam("r_tokens"))
+        .order_by(summed.c.sent_at.desc(), summed.c.id.desc())
+    )
+
+
+@lru_cache(maxsize=4)
+def recent(*, through: bool, fitting: bool) -> Any:
+    """The history read (see ``Store.recent_messages``): parameters ``r_conversation``,
+    ``r_after``, ``r_before``, ``r_limit`` and, ``fitting``, ``r_tokens``."""
+    stmt = _recent(through)
+    return _fitting(stmt.subquery()) if fitting else stmt
+
+
+def recent_params(
+    conversation_id: int, after_id: int, before_id: int, limit: int, tokens: int | None
+) -> dict[str, Any]:
+    params = {
+        "r_conversation": conversation_id,
+        "r_after": after_id,
+        "r_before": before_id,
+        "r_limit": limit,
+    }
+    if tokens is not None:
+        params["r_tokens"] = tokens
+    return params
