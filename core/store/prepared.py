@@ -10,7 +10,19 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import ColumnElement, String, and_, bindparam, func, insert, literal, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    String,
+    Text,
+    and_,
+    bindparam,
+    cast,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+)
 from sqlalchemy import update as _update
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -125,12 +137,66 @@ TAKE_OVER = (
 )
 
 
+def _memory_json(name: str) -> Any:
+    """The channel's memory, oldest fact first, as a JSON array of texts (or NULL)."""
+    where = (
+        ChannelMemoryRow.platform == ConversationRow.platform,
+        ChannelMemoryRow.workspace == ConversationRow.workspace,
+        ChannelMemoryRow.channel == ConversationRow.channel,
+    )
+    if name == "postgresql":
+        ordered = postgresql.aggregate_order_by(ChannelMemoryRow.text, ChannelMemoryRow.id)
+        return select(cast(func.json_agg(ordered), Text)).where(*where).scalar_subquery()
+    facts = (
+        select(ChannelMemoryRow.text)
+        .where(*where)
+        .order_by(ChannelMemoryRow.id)
+        .correlate(ConversationRow)
+        .subquery()
+    )
+    return select(func.json_group_array(facts.c.text)).scalar_subquery()
+
+
+def _turn_facts(name: str) -> Any:
+    """A conversation, its channel's settings and memory: one statement."""
+    settings = ChannelSettingsRow
+    return (
+        select(
+            ConversationRow.id,
+            ConversationRow.summary,
+            ConversationRow.summary_tokens,
+            ConversationRow.context_start,
+            settings.system_prompt,
+            settings.model,
+            settings.temperature,
+            settings.max_output_tokens,
+            settings.json_mode,
+            _memory_json(name),
+        )
+        .outerjoin(
+            settings,
+            and_(
+                settings.platform == ConversationRow.platform,
+                settings.workspace == ConversationRow.workspace,
+                settings.channel == ConversationRow.channel,
+            ),
+        )
+        .where(
+            ConversationRow.platform == bindparam("platform"),
+            ConversationRow.workspace == bindparam("workspace"),
+            ConversationRow.channel == bindparam("channel"),
+            ConversationRow.thread == bindparam("thread"),
+        )
+    )
+
+
 class Dialect:
-    """The statements that differ by database (its INSERT ... ON CONFLICT)."""
+    """The statements that differ by database (its INSERT ... ON CONFLICT, JSON)."""
 
     def __init__(self, name: str) -> None:
         insert_ = postgresql.insert if name == "postgresql" else sqlite.insert
         self.insert = insert_
+        self.turn_facts = _turn_facts(name)
         self.claim = (
             insert_(ProcessedEventRow)
             .values(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import json
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -77,8 +78,10 @@ def make_engine(url: str, *, log_parameters: bool = False, **kwargs: Any) -> Asy
 
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    kwargs.setdefault("pool_size", 10)
-    kwargs.setdefault("max_overflow", 10)
+    # A steady pool: an overflow connection would be closed on its return and opened anew
+    # (with its prepared statements) at the next burst, the worker's CPU spent reconnecting.
+    kwargs.setdefault("pool_size", 20)
+    kwargs.setdefault("max_overflow", 0)
     # Connections are recycled rather than pinged: a ping is one more round trip per query.
     kwargs.setdefault("pool_recycle", 1800)
     # Thousands of answers in flight share the pool: a short query waiting for a connection
@@ -228,6 +231,15 @@ def _sum(conn: Connection, where: Sequence[Any]) -> UsageTotals:
     return UsageTotals(
         int(row[0]), int(row[1]), float(row[2] or 0.0), int(row[3]), int(row[4]), int(row[5])
     )
+
+
+def _conversation(key: ConversationKey) -> dict[str, str]:
+    return {
+        "platform": key.platform,
+        "workspace": key.workspace,
+        "channel": key.channel,
+        "thread": key.thread,
+    }
 
 
 def _channel(channel: ChannelKey) -> dict[str, str]:
@@ -450,12 +462,7 @@ class SqlStore:
         )
 
     def _conversation(self, conn: Connection, key: ConversationKey) -> ConversationState:
-        params = {
-            "platform": key.platform,
-            "workspace": key.workspace,
-            "channel": key.channel,
-            "thread": key.thread,
-        }
+        params = _conversation(key)
         row = conn.execute(prepared.CONVERSATION, params).one_or_none()
         if row is None:
             conn.execute(self._statements.new_conversation, params)
@@ -473,17 +480,26 @@ class SqlStore:
     def _open_turn(
         self, conn: Connection, key: ConversationKey, spender: str | None, plan: Planner | None
     ) -> TurnFacts:
-        state = self._conversation(conn, key)
-        overrides = self._overrides(conn, key.channel_key)
-        memory = self._memory(conn, key.channel_key)
-        spent = None
+        facts = self._facts(conn, key)
         if spender is not None:
             where = (UsageRow.platform == key.platform, UsageRow.user_id == spender)
-            spent = _sum(conn, where).cost_usd
-        facts = TurnFacts(state, overrides, tuple(fact.text for fact in memory), spent)
+            facts = replace(facts, spent_usd=_sum(conn, where).cost_usd)
         if plan is None:
             return facts
         return self._begin(conn, facts, plan(facts))
+
+    def _facts(self, conn: Connection, key: ConversationKey) -> TurnFacts:
+        """The conversation (made if new), its channel's settings and memory: one statement
+        (two more the first time)."""
+        params = _conversation(key)
+        row = conn.execute(self._statements.turn_facts, params).one_or_none()
+        if row is None:
+            conn.execute(self._statements.new_conversation, params)
+            row = conn.execute(self._statements.turn_facts, params).one()
+        state = ConversationState(row[0], row[1], row[2], row[3])
+        overrides = ChannelOverrides(*row[4:9])
+        memory = tuple(str(text) for text in json.loads(row[9] or "[]"))
+        return TurnFacts(state, overrides, memory, None)
 
     def _begin(self, conn: Connection, facts: TurnFacts, plan: TurnPlan) -> TurnFacts:
         """Store the plan's question and read the history before it (same transaction)."""

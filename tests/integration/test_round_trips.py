@@ -22,8 +22,8 @@ KEY = ConversationKey("slack", "T1", "C1", "1700000000.000100")
 TURNS = 3
 
 # (statements, transactions) per turn, once the worker and the conversation are warm.
-PLAIN = {"sqlite": (8, 2), "postgresql": (10, 4)}
-SLACK = {"sqlite": (13, 5), "postgresql": (15, 7)}
+PLAIN = {"sqlite": (6, 2), "postgresql": (8, 4)}
+SLACK = {"sqlite": (11, 5), "postgresql": (13, 7)}
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
