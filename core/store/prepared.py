@@ -190,6 +190,21 @@ def _turn_facts(name: str) -> Any:
     )
 
 
+# A question sent before ``w_sent_at`` is waiting for conversation ``w_conversation``
+# (claimed by a live worker at ``l_now``, not yet begun): it goes first.
+EARLIER_WAITING = (
+    select(ProcessedEventRow.id)
+    .where(
+        ProcessedEventRow.conversation == bindparam("w_conversation"),
+        ProcessedEventRow.state == "answering",
+        ProcessedEventRow.question_id.is_(None),
+        ProcessedEventRow.sent_at < bindparam("w_sent_at"),
+        alive(bindparam("l_now")),
+    )
+    .exists()
+)
+
+
 class Dialect:
     """The statements that differ by database (its INSERT ... ON CONFLICT, JSON)."""
 
