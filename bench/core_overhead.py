@@ -7,8 +7,9 @@ SQLite and on PostgreSQL (a temporary database, dropped afterwards). A worker an
 
 - CPU ms per turn: the worker's process CPU over the measured turns / turns (the stand-in's own
   CPU is reported apart);
-- statements and transactions per turn (a counting hook on SQLAlchemy's engines,
-  ``tests/fakes/counting.py``);
+- statements, transactions and round trips per turn (a counting hook on SQLAlchemy's engines,
+  ``tests/fakes/counting.py``; round trips are statements plus BEGIN and COMMIT of the
+  transactions that send them);
 - turns/s, and p50/p99 overhead (a turn's wall time minus the time spent in the model call);
 - RSS once it has answered in ``--known`` conversations (10,000 by default);
 - the median time to build a context with 100 and with ``--history`` stored turns.
@@ -48,6 +49,7 @@ FIGURES = (
     "standin_cpu_ms",
     "statements",
     "transactions",
+    "round_trips",
     "turns_per_s",
     "p50_ms",
     "p99_ms",
@@ -152,6 +154,11 @@ async def _measured_turns(service: Any, model: TimedModel, args: Any) -> dict[st
         "standin_cpu_ms": round(standin * 1000 / n, 3),
         "statements": round(counted["statements"] / n, 2),
         "transactions": round(counted["transactions"] / n, 2),
+        # the base revision's counting has no round trips: counted here the same way
+        "round_trips": round(
+            (counted["statements"] + 2 * (counted["transactions"] - counted["autocommit"])) / n,
+            2,
+        ),
         "turns_per_s": round(n / wall, 1),
         "p50_ms": round(statistics.median(overheads), 3),
         "p99_ms": round(pct(overheads, 0.99), 3),
@@ -434,6 +441,7 @@ COLUMNS = (
     ("standin_cpu_ms", "model ms", 9, 2),
     ("statements", "stmts", 7, 1),
     ("transactions", "txns", 6, 1),
+    ("round_trips", "trips", 7, 1),
     ("turns_per_s", "turns/s", 9, 0),
     ("p50_ms", "p50 ms", 8, 1),
     ("p99_ms", "p99 ms", 8, 1),

@@ -190,6 +190,46 @@ def _turn_facts(name: str) -> Any:
     )
 
 
+USAGE_FIELDS = (
+    "platform",
+    "workspace",
+    "channel",
+    "user_id",
+    "model",
+    "input_tokens",
+    "output_tokens",
+    "cost_usd",
+    "estimated",
+)
+
+
+@lru_cache(maxsize=32)
+def finish_in_one(question: bool, event: bool, usage: int) -> Any:
+    """PostgreSQL: an answer stored (``ADD_MESSAGE``'s parameters), its question
+    ``f_question`` made complete, its claim (``e_platform``, ``e_event``) told, and ``usage``
+    ledger entries (``u0_platform``, ...) recorded: one statement, one round trip."""
+    answer = ADD_MESSAGE.cte("answer")
+    ctes = []
+    if question:
+        complete = (
+            _update(MessageRow)
+            .where(MessageRow.id == bindparam("f_question"))
+            .values(status="complete")
+            .returning(MessageRow.id)
+        )
+        ctes.append(complete.cte("question"))
+    if event:
+        stored = event_update().values(
+            state="stored", answer_id=select(answer.c.id).scalar_subquery()
+        )
+        ctes.append(stored.returning(ProcessedEventRow.id).cte("claim"))
+    for i in range(usage):
+        values: dict[str, Any] = {name: bindparam(f"u{i}_{name}") for name in USAGE_FIELDS}
+        entry = insert(UsageRow).values(**values).returning(UsageRow.id)
+        ctes.append(entry.cte(f"usage{i}"))
+    return select(answer.c.id).add_cte(*ctes)
+
+
 # A question sent before ``w_sent_at`` is waiting for conversation ``w_conversation``
 # (claimed by a live worker at ``l_now``, not yet begun): it goes first.
 EARLIER_WAITING = (

@@ -255,7 +255,16 @@ def _history(rows: Sequence[Any]) -> list[StoredMessage]:
 
 
 def _add_message(conn: Connection, conversation_id: int, turn: NewTurn) -> int:
-    params = {
+    params = _message(conversation_id, turn)
+    message_id = int(conn.execute(prepared.ADD_MESSAGE, params).scalar_one())
+    if turn.event is not None:  # the claim knows its question, to mark it if it dies
+        conn.execute(prepared.QUESTION_OF_EVENT, _event(turn.event, e_message=message_id))
+    return message_id
+
+
+def _message(conversation_id: int, turn: NewTurn) -> dict[str, Any]:
+    """``ADD_MESSAGE``'s parameters."""
+    return {
         "m_conversation": conversation_id,
         "m_role": turn.role,
         "m_content": turn.content,
@@ -266,10 +275,6 @@ def _add_message(conn: Connection, conversation_id: int, turn: NewTurn) -> int:
         "m_model": turn.model,
         "m_sent_at": micros(turn.sent_at),
     }
-    message_id = int(conn.execute(prepared.ADD_MESSAGE, params).scalar_one())
-    if turn.event is not None:  # the claim knows its question, to mark it if it dies
-        conn.execute(prepared.QUESTION_OF_EVENT, _event(turn.event, e_message=message_id))
-    return message_id
 
 
 def _event(event: tuple[str, str], **more: Any) -> dict[str, Any]:
@@ -310,6 +315,21 @@ def _finish(
         conn.execute(prepared.ANSWER_OF_EVENT, _event(answer.event, e_message=message_id))
     _record_usage(conn, usage)
     return message_id
+
+
+def _finish_in_one(
+    conn: Connection, answer: NewTurn, question_id: int | None, usage: list[Any], conversation: int
+) -> int:
+    """``_finish`` as one statement (PostgreSQL)."""
+    stmt = prepared.finish_in_one(question_id is not None, answer.event is not None, len(usage))
+    params = _message(conversation, answer)
+    if question_id is not None:
+        params["f_question"] = question_id
+    if answer.event is not None:
+        params.update(_event(answer.event))
+    for i, row in enumerate(usage):
+        params.update({f"u{i}_{name}": value for name, value in row.items()})
+    return int(conn.execute(stmt, params).scalar_one())
 
 
 def _reset(conn: Connection, conversation_id: int) -> int:
@@ -536,6 +556,9 @@ class SqlStore:
             "assistant", content, token_count, model=model, sent_at=sent_at, event=event
         )
         rows = _usage_rows(channel, user_id, usage)
+        if self._dialect == "postgresql":
+            args = (answer, question_id, rows, conversation_id)
+            return await self._run(_finish_in_one, *args, single=True)
         return await self._run(_finish, answer, question_id, rows, conversation_id)
 
     async def add_message(

@@ -2,7 +2,9 @@
 
 A hook on SQLAlchemy's ``Engine`` class (so every engine, sync or under an async one, in any
 thread): ``before_cursor_execute`` counts statements, ``begin``/``commit``/``rollback`` count
-transactions. Used by the round-trip tests and by ``bench/core_overhead.py`` (which loads this
+transactions. A transaction on an AUTOCOMMIT connection (one statement that commits itself,
+no BEGIN or COMMIT sent) is counted as a transaction and also in ``autocommit``; round trips
+are the statements plus a BEGIN and a COMMIT for each of the others. Used by the round-trip tests and by ``bench/core_overhead.py`` (which loads this
 file by its path, so it also counts an older Parley's store).
 """
 
@@ -29,6 +31,7 @@ class Counting:
         with self._lock:
             self.statements = 0
             self.begins = 0
+            self.autocommit = 0
             self.commits = 0
             self.rollbacks = 0
             self.sql: list[str] = []
@@ -37,11 +40,17 @@ class Counting:
     def transactions(self) -> int:
         return self.begins
 
+    @property
+    def round_trips(self) -> int:
+        return self.statements + 2 * (self.begins - self.autocommit)
+
     def snapshot(self) -> dict[str, int]:
         with self._lock:
             return {
                 "statements": self.statements,
                 "transactions": self.begins,
+                "autocommit": self.autocommit,
+                "round_trips": self.round_trips,
                 "commits": self.commits,
                 "rollbacks": self.rollbacks,
             }
@@ -52,9 +61,11 @@ class Counting:
             if self.keep_sql:
                 self.sql.append(" ".join(statement.split())[:120])
 
-    def _begin(self, _conn: Any) -> None:
+    def _begin(self, conn: Any) -> None:
+        autocommit = conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
         with self._lock:
             self.begins += 1
+            self.autocommit += autocommit
             if self.keep_sql:
                 self.sql.append("BEGIN")
 
