@@ -22,6 +22,7 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    true,
 )
 from sqlalchemy import update as _update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -298,9 +299,9 @@ def beyond(conversation_id: Any, message_id: Any, *, later: bool, inclusive: boo
     return or_(sent_at.is_(None), ordered)
 
 
-def _recent(through: bool) -> Any:
-    """Complete turns of ``r_conversation`` after turn ``r_after`` and before turn
-    ``r_before`` (or through it), newest first, at most ``r_limit``."""
+def _recent(before: Any) -> Any:
+    """Complete turns of ``r_conversation`` after turn ``r_after`` and ``before``, newest
+    first, at most ``r_limit``."""
     conversation: Any = bindparam("r_conversation")
     return (
         select(
@@ -314,7 +315,7 @@ def _recent(through: bool) -> Any:
         .where(
             MessageRow.conversation_id == conversation,
             beyond(conversation, bindparam("r_after"), later=True),
-            beyond(conversation, bindparam("r_before"), later=False, inclusive=through),
+            before,
             MessageRow.status == "complete",
         )
         .order_by(MessageRow.sent_at.desc(), MessageRow.id.desc())
@@ -331,7 +332,7 @@ def _fitting(recent: Any) -> Any:
     ).subquery()
     return (
         select(summed.c.id, summed.c.role, summed.c.content, summed.c.token_count)
-        .add_columns(summed.c.author_name)
+        .add_columns(summed.c.author_name, summed.c.sent_at)
         .where(summed.c.running - summed.c.token_count <= bindparam("r_tokens"))
         .order_by(summed.c.sent_at.desc(), summed.c.id.desc())
     )
@@ -341,8 +342,37 @@ def _fitting(recent: Any) -> Any:
 def recent(*, through: bool, fitting: bool) -> Any:
     """The history read (see ``Store.recent_messages``): parameters ``r_conversation``,
     ``r_after``, ``r_before``, ``r_limit`` and, ``fitting``, ``r_tokens``."""
-    stmt = _recent(through)
+    before = beyond(
+        bindparam("r_conversation"), bindparam("r_before"), later=False, inclusive=through
+    )
+    stmt = _recent(before)
     return _fitting(stmt.subquery()) if fitting else stmt
+
+
+@lru_cache(maxsize=2)
+def ask_in_one(event: bool) -> Any:
+    """PostgreSQL: a question stored (``ADD_MESSAGE``'s parameters), its claim told
+    (``e_platform``, ``e_event``) and the history that fits before it read (``recent``'s
+    parameters, ``r_sent_at`` the question's time for ``r_before``): one statement, one
+    round trip. Its rows: the question's id, then a turn of the history (NULL if none).
+
+    The statement sees the table as it was before the question came in, so the history is
+    every turn sent up to the question's time (under the conversation's lease no other turn
+    of it is being stored)."""
+    question = ADD_MESSAGE.cte("question")
+    history = _fitting(_recent(MessageRow.sent_at <= bindparam("r_sent_at")).subquery())
+    fit = history.subquery("fit")
+    stmt = (
+        select(question.c.id, fit.c.id, fit.c.role, fit.c.content, fit.c.token_count)
+        .add_columns(fit.c.author_name)
+        .select_from(question)
+        .outerjoin(fit, true())
+        .order_by(fit.c.sent_at.desc(), fit.c.id.desc())
+    )
+    if event:
+        told = event_update().values(question_id=select(question.c.id).scalar_subquery())
+        stmt = stmt.add_cte(told.returning(ProcessedEventRow.id).cte("claim"))
+    return stmt
 
 
 def recent_params(

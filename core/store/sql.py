@@ -332,6 +332,24 @@ def _finish_in_one(
     return int(conn.execute(stmt, params).scalar_one())
 
 
+def _ask(conn: Connection, facts: TurnFacts, plan: TurnPlan) -> TurnFacts:
+    """``SqlStore._begin`` as one statement (PostgreSQL)."""
+    state, question = facts.state, plan.question
+    params = _message(state.id, question)
+    params.update(
+        r_conversation=state.id,
+        r_after=state.context_start,
+        r_limit=plan.history_rows,
+        r_tokens=plan.history_tokens,
+        r_sent_at=params["m_sent_at"],
+    )
+    if question.event is not None:
+        params.update(_event(question.event))
+    rows = conn.execute(prepared.ask_in_one(question.event is not None), params).all()
+    history = tuple(_history([row[1:] for row in rows if row[1] is not None]))
+    return replace(facts, question_id=int(rows[0][0]), history=history)
+
+
 def _reset(conn: Connection, conversation_id: int) -> int:
     removed = _rowcount(
         conn, delete(MessageRow).where(MessageRow.conversation_id == conversation_id)
@@ -438,7 +456,7 @@ class SqlStore:
             e_conversation=conversation,
             e_sent_at=micros(sent_at) if sent_at is not None else None,
         )
-        return await self._run(_claim, self._statements.claim, params)
+        return await self._run(_claim, self._statements.claim, params, single=True)
 
     async def settle_event(self, platform: str, event_id: str, state: str) -> None:
         """Only while this worker holds the claim: once another took it over, it is theirs."""
@@ -501,7 +519,14 @@ class SqlStore:
     async def open_turn(
         self, key: ConversationKey, *, spender: str | None = None, plan: Planner | None = None
     ) -> TurnFacts:
-        return await self._run(self._open_turn, key, spender, plan)
+        if self._dialect != "postgresql":
+            return await self._run(self._open_turn, key, spender, plan)
+        # Two statements that commit themselves: the facts; then the question stored and
+        # the history before it read (each one round trip, no BEGIN or COMMIT).
+        facts = await self._run(self._open_turn, key, spender, None, single=True)
+        if plan is None:
+            return facts
+        return await self._run(_ask, facts, plan(facts), single=True)
 
     def _open_turn(
         self, conn: Connection, key: ConversationKey, spender: str | None, plan: Planner | None
