@@ -299,19 +299,22 @@ def beyond(conversation_id: Any, message_id: Any, *, later: bool, inclusive: boo
     return or_(sent_at.is_(None), ordered)
 
 
-def _recent(before: Any) -> Any:
-    """Complete turns of ``r_conversation`` after turn ``r_after`` and ``before``, newest
-    first, at most ``r_limit``."""
+TURN_COLUMNS = (
+    MessageRow.id,
+    MessageRow.role,
+    MessageRow.content,
+    MessageRow.token_count,
+    MessageRow.author_name,
+    MessageRow.sent_at,
+)
+
+
+def _recent(before: Any, *columns: Any) -> Any:
+    """``columns`` of the complete turns of ``r_conversation`` after turn ``r_after`` and
+    ``before``, newest first, at most ``r_limit``."""
     conversation: Any = bindparam("r_conversation")
     return (
-        select(
-            MessageRow.id,
-            MessageRow.role,
-            MessageRow.content,
-            MessageRow.token_count,
-            MessageRow.author_name,
-            MessageRow.sent_at,
-        )
+        select(*columns)
         .where(
             MessageRow.conversation_id == conversation,
             beyond(conversation, bindparam("r_after"), later=True),
@@ -323,18 +326,23 @@ def _recent(before: Any) -> Any:
     )
 
 
-def _fitting(recent: Any) -> Any:
-    """Of ``recent`` (turns newest first), those whose running token sum fits ``r_tokens``,
-    and the first that does not: the whole context read in one statement."""
+def _fitting(before: Any) -> Any:
+    """Of the turns ``_recent`` reads, those whose running token sum (newest first) fits
+    ``r_tokens``, and the first that does not: the whole context read in one statement.
+    The sums are taken over ids and token counts alone; only the turns that fit are read
+    whole, so a long history of short turns costs little more than a short one."""
+    recent = _recent(before, MessageRow.id, MessageRow.sent_at, MessageRow.token_count).subquery()
     newest_first = (recent.c.sent_at.desc(), recent.c.id.desc())
     summed = select(
-        *recent.c, func.sum(recent.c.token_count).over(order_by=newest_first).label("running")
+        recent.c.id,
+        recent.c.token_count,
+        func.sum(recent.c.token_count).over(order_by=newest_first).label("running"),
     ).subquery()
     return (
-        select(summed.c.id, summed.c.role, summed.c.content, summed.c.token_count)
-        .add_columns(summed.c.author_name, summed.c.sent_at)
+        select(*TURN_COLUMNS)
+        .join(summed, summed.c.id == MessageRow.id)
         .where(summed.c.running - summed.c.token_count <= bindparam("r_tokens"))
-        .order_by(summed.c.sent_at.desc(), summed.c.id.desc())
+        .order_by(MessageRow.sent_at.desc(), MessageRow.id.desc())
     )
 
 
@@ -345,8 +353,7 @@ def recent(*, through: bool, fitting: bool) -> Any:
     before = beyond(
         bindparam("r_conversation"), bindparam("r_before"), later=False, inclusive=through
     )
-    stmt = _recent(before)
-    return _fitting(stmt.subquery()) if fitting else stmt
+    return _fitting(before) if fitting else _recent(before, *TURN_COLUMNS)
 
 
 @lru_cache(maxsize=2)
@@ -360,8 +367,7 @@ def ask_in_one(event: bool) -> Any:
     every turn sent up to the question's time (under the conversation's lease no other turn
     of it is being stored)."""
     question = ADD_MESSAGE.cte("question")
-    history = _fitting(_recent(MessageRow.sent_at <= bindparam("r_sent_at")).subquery())
-    fit = history.subquery("fit")
+    fit = _fitting(MessageRow.sent_at <= bindparam("r_sent_at")).subquery("fit")
     stmt = (
         select(question.c.id, fit.c.id, fit.c.role, fit.c.content, fit.c.token_count)
         .add_columns(fit.c.author_name)
