@@ -60,8 +60,11 @@ async def _chat(settings: Settings, session: str) -> int:
     from adapters.console.chat import ConsoleChat
 
     opened: list[Parley] = []
+    shown = asyncio.Event()
 
     async def start() -> ConversationService:
+        # Imports, database, tokenizer: all after the prompt is drawn, which they would slow.
+        await shown.wait()
         bootstrap = await asyncio.to_thread(importlib.import_module, "bots.bootstrap")
         opened.append(await bootstrap.build(settings))
         return opened[0].service
@@ -69,7 +72,9 @@ async def _chat(settings: Settings, session: str) -> int:
     service = asyncio.ensure_future(start())
     history = Path.home() / ".parley_history"
     try:
-        chat = ConsoleChat(service, _where(settings), session=session, history_file=history)
+        chat = ConsoleChat(
+            service, _where(settings), session=session, history_file=history, shown=shown
+        )
         return await chat.run()
     finally:
         service.cancel()

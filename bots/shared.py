@@ -8,7 +8,6 @@ from contextlib import AsyncExitStack
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from adapters.budget_redis import RedisBudget, RedisMessageRate
 from core import budget
 from core.errors import ConfigError
 from core.settings import ENV_CONFIG, Settings
@@ -34,6 +33,8 @@ async def open_shared(
         return None
     from redis.asyncio import Redis
     from redis.exceptions import RedisError
+
+    from adapters.budget_redis import RedisBudget, RedisMessageRate
 
     client = Redis.from_url(redis.url.get_secret_value())
     try:

@@ -43,6 +43,7 @@ from core.messages import (
     TextDelta,
     UsageReport,
     UserError,
+    Withdrawn,
 )
 
 log = logging.getLogger("parley.delivery")
@@ -77,11 +78,15 @@ class Renderer(Protocol):
 class Journal(Protocol):
     """Where ``deliver`` keeps what an answer has shown (``core.recovery.Journal``), so another
     worker can finish it if this one dies. A renderer that can be resumed has ``record()``:
-    a JSON-able mapping of what it has shown (message ids, open streams)."""
+    a JSON-able mapping of what it has shown (message ids, open streams), and may have
+    ``tidied(then)``: it runs ``then`` (``delivered``) once what the final write replaced
+    is taken down, so a worker dying before that leaves the answer to be finished again."""
 
     async def shown(self, record: Mapping[str, Any]) -> None: ...
 
-    async def delivered(self) -> None: ...
+    async def delivered(self) -> bool:
+        """The answer is shown in full; False when another worker took it over meanwhile."""
+        ...
 
 
 class Pacing(Protocol):
@@ -232,7 +237,30 @@ class _Answer:
             return
         if final and self.journal is not None:
             await self.keep()  # a final write may have posted anew: a resume takes it down
-            await self.journal.delivered()
+            # A renderer still deleting what the final write replaced says when it is done.
+            tidied = getattr(self.renderer, "tidied", None)
+            await (self._delivered() if tidied is None else tidied(self._delivered))
+
+    async def _delivered(self) -> None:
+        """Record that the answer is shown; when another worker took it over meanwhile (and
+        shows it too), take this one down."""
+        assert self.journal is not None
+        if not await self.journal.delivered():
+            log.warning("an answer shown was taken over by another worker; taking it down")
+            await self.withdraw()
+
+    async def withdraw(self) -> None:
+        """Another worker took the answer over: take down what was shown (a renderer that
+        can, ``withdraw()``), write nothing more."""
+        self.settled = True
+        withdraw = getattr(self.renderer, "withdraw", None)
+        if withdraw is None:
+            return
+        try:
+            with budget.writing("final"):
+                await withdraw()
+        except Exception as exc:
+            log.warning("taking down a withdrawn answer failed (%s)", type(exc).__name__)
 
     async def _final(self, final: bool, text: str) -> None:
         if final:
@@ -307,6 +335,9 @@ async def _on_event(event: ReplyEvent, answer: _Answer, result: Delivered) -> De
         return Delivered("failed", event.code, result.usage)
     if isinstance(event, UsageReport):
         return Delivered(result.outcome, result.error_code, event)
+    if isinstance(event, Withdrawn):
+        await answer.withdraw()
+        return Delivered("nothing")
     return result
 
 

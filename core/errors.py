@@ -23,6 +23,11 @@ class SchemaOutOfDate(ParleyError):
     """The database schema is behind the code; run ``parley db upgrade``."""
 
 
+class ClaimLost(ParleyError):
+    """Another worker took over the answer this one was giving (this worker's lease ran out
+    while it still lived, as when it stalls): that worker finishes it, this one gives it up."""
+
+
 class UserFacingError(ParleyError):
     """An error whose sentence is shown to the person who sent the message."""
 

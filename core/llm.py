@@ -47,7 +47,7 @@ from core.ports import (
 from core.tokens import TOKENS_REPLY_PRIMER, count_message, count_prompt, count_text
 
 if TYPE_CHECKING:
-    from openai.types.chat import ChatCompletion, ChatCompletionChunk
+    from openai.types.chat import ChatCompletion
 
     from core.settings import Settings
 
@@ -56,6 +56,8 @@ log = logging.getLogger(__name__)
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 OPENAI_HOST = "api.openai.com"
 OFFLINE_API_KEY = "offline"
+# A stream whose chunks the client hands over as parsed JSON, without building a model of each.
+_Chunks = openai.AsyncStream[object]
 
 
 # --- the wire format --------------------------------------------------------------------------
@@ -120,26 +122,35 @@ class _Answer:
     model: str | None = None
     chunks: int = 0
 
-    def add(self, chunk: ChatCompletionChunk) -> str:
-        """Take in one chunk; returns the text it adds to the answer."""
+    def add(self, chunk: object) -> str:
+        """Take in one chunk (the JSON the server streamed); returns the text it adds.
+
+        Read as plain JSON: a model object per chunk cost more CPU than the rest of a turn's
+        streaming. Raises ValueError for a chunk that is not a JSON object."""
+        if not isinstance(chunk, dict):
+            raise ValueError("a stream chunk is not a JSON object")
         self.chunks += 1
-        if chunk.model and self.model is None:
-            self.model = chunk.model
-        if chunk.usage is not None:
-            self.input_tokens = chunk.usage.prompt_tokens
-            self.output_tokens = chunk.usage.completion_tokens
+        if self.model is None and isinstance(chunk.get("model"), str) and chunk["model"]:
+            self.model = chunk["model"]
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            self.input_tokens = _count(usage.get("prompt_tokens"))
+            self.output_tokens = _count(usage.get("completion_tokens"))
         added = ""
-        for choice in chunk.choices:
-            if choice.index != 0:
+        for choice in chunk.get("choices") or ():
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
-            delta = choice.delta
-            if delta.refusal:
+            delta = choice.get("delta")
+            if not isinstance(delta, dict):
+                delta = {}
+            if delta.get("refusal"):
                 self.refused = True
-            if delta.content:
-                self.parts.append(delta.content)
-                added += delta.content
-            if choice.finish_reason is not None:
-                self.finish_reason = choice.finish_reason
+            content = delta.get("content")
+            if content and isinstance(content, str):
+                self.parts.append(content)
+                added += content
+            if isinstance(choice.get("finish_reason"), str):
+                self.finish_reason = choice["finish_reason"]
         return added
 
     def completion(self, request: ChatRequest, model: str, request_id: str | None) -> Completion:
@@ -168,6 +179,11 @@ class _Answer:
             self.input_tokens,
             self.output_tokens,
         )
+
+
+def _count(value: object) -> int | None:
+    """A token count as the server reported it, if it is one."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _completion(
@@ -371,17 +387,19 @@ class OpenAIChat:
             return Speech(audio, audio_format, model)
         return Speech(audio, audio_format, model, tokens[0], tokens[1])
 
-    async def _open(
-        self, request: ChatRequest, model: str
-    ) -> openai.AsyncStream[ChatCompletionChunk]:
-        return await self._client.chat.completions.create(
+    async def _open(self, request: ChatRequest, model: str) -> _Chunks:
+        """Open the stream: the client's own request (auth, retries, timeouts, errors), with
+        its chunks handed over as the JSON the server sent."""
+        body = _body(request)
+        body.update(
             model=model,
-            messages=[],
             temperature=request.temperature,
             max_tokens=request.max_output_tokens,
             stream=True,
             stream_options={"include_usage": True},
-            extra_body=_body(request),
+        )
+        return await self._client.post(
+            "/chat/completions", cast_to=object, body=body, stream=True, stream_cls=_Chunks
         )
 
     async def _whole(self, request: ChatRequest, model: str) -> Completion:
@@ -414,7 +432,7 @@ class OpenAIChat:
 
     async def _read(
         self,
-        chunks: openai.AsyncStream[ChatCompletionChunk],
+        chunks: _Chunks,
         request: ChatRequest,
         model: str,
     ) -> AsyncGenerator[str | Completion, None]:
@@ -584,7 +602,7 @@ def _context_too_long(exc: openai.APIError, request: ChatRequest | None) -> Cont
     )
 
 
-def _request_id(chunks: openai.AsyncStream[ChatCompletionChunk]) -> str | None:
+def _request_id(chunks: _Chunks) -> str | None:
     return chunks.response.headers.get("x-request-id")
 
 

@@ -138,7 +138,13 @@ class UserError:
     code: str = "error"
 
 
-ReplyEvent = Accepted | TextDelta | FinalText | UsageReport | Notice | UserError
+@dataclass(frozen=True, slots=True)
+class Withdrawn:
+    """The answer was taken over by another worker (``ClaimLost``), which shows it: what this
+    one showed comes down, and nothing more is written."""
+
+
+ReplyEvent = Accepted | TextDelta | FinalText | UsageReport | Notice | UserError | Withdrawn
 
 
 @dataclass(frozen=True, slots=True)

@@ -247,17 +247,23 @@ class Store(Protocol):
         request: str | None = None,
         conversation: str | None = None,
         sent_at: datetime | None = None,
+        received: bool = False,
     ) -> bool:
         """Record ``event_id``; True if it was new, False if it was already handled.
 
         ``settled=False`` claims it as being answered until ``settle_event``: a redelivery
         of it is then not dropped if the worker that claimed it died meanwhile, and with
         ``request`` (the question, JSON) another worker can finish it (``orphans``). With
-        ``conversation`` and ``sent_at`` it waits its turn in that order."""
+        ``conversation`` and ``sent_at`` it waits its turn in that order.
+
+        ``received=True`` claims it on arrival, before the platform is told it arrived (its
+        ``request`` then is what the adapter received, ``Resumed.received``); the handler's
+        own claim in the same worker then takes it on, a redelivery meanwhile is dropped."""
         ...
 
-    async def settle_event(self, platform: str, event_id: str, state: str) -> None:
-        """How a claimed event ended: "answered" (and shown) or "failed"."""
+    async def settle_event(self, platform: str, event_id: str, state: str) -> bool:
+        """How a claimed event ended: "answered" (and shown) or "failed"; False when this
+        worker no longer holds the claim (another took it over)."""
         ...
 
     async def record_delivery(self, platform: str, event_id: str, delivery: str) -> None:

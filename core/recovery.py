@@ -47,6 +47,13 @@ def request_of(inbound: Inbound) -> str:
     )
 
 
+def received_request(payload: Mapping[str, Any]) -> str:
+    """What an adapter received, kept with a claim taken on arrival (before the platform is
+    told it arrived): if its worker dies before taking it on, another worker's adapter gets
+    it back (``Resumed.received``) and handles it as if it had just arrived."""
+    return json.dumps({"received": payload})
+
+
 def inbound_of(request: str) -> Inbound:
     """The question ``request_of`` kept."""
     data = json.loads(request)
@@ -64,11 +71,17 @@ def inbound_of(request: str) -> Inbound:
 @dataclass(frozen=True, slots=True)
 class Resumed:
     """An answer to finish: the question, what the dead worker's answer showed (the adapter's
-    record, empty if nothing), and the stored answer to show (None: ask the model again)."""
+    record, empty if nothing), and the stored answer to show (None: ask the model again).
 
-    inbound: Inbound
+    Or an event the dead worker received but had not taken on yet: ``received`` is what the
+    adapter kept (``received_request``), ``inbound`` is None and nothing was shown.
+    ``event_id`` is the claim's."""
+
+    inbound: Inbound | None
     shown: Mapping[str, Any]
     answer: str | None
+    received: Mapping[str, Any] | None = None
+    event_id: str = ""
 
 
 Resume = Callable[[Resumed], Awaitable[None]]
@@ -93,12 +106,24 @@ class Journal:
         except Exception as exc:
             log.warning("recording what an answer showed failed (%s)", type(exc).__name__)
 
-    async def delivered(self) -> None:
-        """The answer is shown in full: nothing is left to finish."""
+    async def delivered(self) -> bool:
+        """The answer is shown in full: nothing is left to finish. False when another worker
+        has taken the answer over meanwhile (it shows it: this one comes down)."""
         try:
-            await self.store.settle_event(*self.event, "answered")
+            return await self.store.settle_event(*self.event, "answered")
         except Exception as exc:
             log.warning("recording a shown answer failed (%s)", type(exc).__name__)
+            return True
+
+
+def _resumed(orphan: Orphan) -> Resumed:
+    """What a resumer gets for ``orphan``: its question and what it showed, or what its
+    adapter received."""
+    data = json.loads(orphan.request)
+    if isinstance(data, dict) and isinstance(data.get("received"), dict):
+        return Resumed(None, {}, None, received=data["received"], event_id=orphan.event_id)
+    shown = json.loads(orphan.delivery) if orphan.delivery else {}
+    return Resumed(inbound_of(orphan.request), shown, orphan.answer, event_id=orphan.event_id)
 
 
 class Sweeper:
@@ -121,17 +146,17 @@ class Sweeper:
 
     async def _resume(self, orphan: Orphan) -> None:
         try:
-            inbound = inbound_of(orphan.request)
-            shown = json.loads(orphan.delivery) if orphan.delivery else {}
+            resumed = _resumed(orphan)
         except (ValueError, TypeError, KeyError):
             log.error("an unfinished answer on %s could not be read; dropped", orphan.platform)
             await self.store.settle_event(orphan.platform, orphan.event_id, "failed")
             return
-        log.info("finishing an answer left by a stopped worker in %s", inbound.key)
+        where = resumed.inbound.key if resumed.inbound is not None else orphan.platform
+        log.info("finishing an answer left by a stopped worker in %s", where)
         try:
-            await self.resumers[orphan.platform](Resumed(inbound, shown, orphan.answer))
+            await self.resumers[orphan.platform](resumed)
         except Exception:
-            log.exception("finishing an answer in %s failed", inbound.key)
+            log.exception("finishing an answer in %s failed", where)
 
     async def run(self) -> None:
         """Sweep until cancelled; a failed sweep is logged and tried again next time."""

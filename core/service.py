@@ -32,6 +32,7 @@ from core.context import (
 )
 from core.errors import (
     BadCommand,
+    ClaimLost,
     ContextTooLong,
     EmptyAnswer,
     InvalidJSONReply,
@@ -52,6 +53,7 @@ from core.messages import (
     TextDelta,
     UsageReport,
     UserError,
+    Withdrawn,
 )
 from core.ports import (
     ChannelOverrides,
@@ -354,10 +356,21 @@ class ConversationService:
             return None
         return recovery.Journal(self.store, inbound.key.platform, inbound.event_id)
 
-    async def replay(self, answer: str) -> AsyncIterator[ReplyEvent]:
-        """An answer stored by a worker that died before showing it, shown as it was."""
+    async def replay(self, inbound: Inbound, answer: str) -> AsyncIterator[ReplyEvent]:
+        """An answer stored by a worker that died before showing it, shown as it was (holding
+        its conversation until it is shown, as the answer would have)."""
         yield Accepted()
-        yield FinalText(answer, "")
+        async with self.exclusive(inbound.key, inbound.sent_at):
+            yield FinalText(answer, "")
+
+    async def settle_received(self, platform: str, event_id: str, state: str) -> None:
+        """An event claimed on arrival (``claim_event(received=True)``) that its handler did
+        not take on (nothing to answer, or it failed): ``state`` ends its claim, so no worker
+        handles it again. Best effort: a claim left "received" is handled again later."""
+        try:
+            await self.store.settle_event(platform, event_id, state)
+        except Exception as exc:
+            log.warning("settling event %s failed (%s)", event_id, type(exc).__name__)
 
     async def _settle_failed(self, inbound: Inbound) -> None:
         """Record that ``inbound`` got no answer (it was told why, or cut by a restart)."""
@@ -384,6 +397,9 @@ class ConversationService:
             async with self.exclusive(inbound.key, inbound.sent_at), slot:
                 async for event in self._answer(inbound):
                     yield event
+        except ClaimLost:
+            log.warning("answer in %s was taken over by another worker; giving it up", inbound.key)
+            yield Withdrawn()
         except UserFacingError as exc:
             log.info("answer in %s ended: %s (%s)", inbound.key, exc.code, exc.detail or "")
             yield UserError(exc.user_message, exc.code)

@@ -7,8 +7,9 @@ sha256, so nothing is downloaded at run time.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import lru_cache
 from importlib import resources
 from typing import TYPE_CHECKING
@@ -41,24 +42,74 @@ TOKENS_REPLY_PRIMER = 3
 TOKENS_PER_IMAGE = 1445
 
 
-@lru_cache(maxsize=1)
-def encoding() -> tiktoken.Encoding:
-    """The o200k_base encoding, built from the bundled ranks (verified by sha256)."""
+def _bundled_ranks() -> dict[bytes, int]:
+    """The o200k_base ranks from the bundled file (verified by sha256)."""
     data = (resources.files("core") / "data" / "o200k_base.tiktoken").read_bytes()
     # Parsed here rather than by tiktoken's loader, which would copy the file into a cache
     # directory under /tmp on every new install path.
     if hashlib.sha256(data).hexdigest() != O200K_SHA256:
         raise RuntimeError("the bundled o200k_base.tiktoken is corrupt (sha256 mismatch)")
-    ranks = {
+    return {
         base64.b64decode(token): int(rank)
         for token, rank in (line.split() for line in data.splitlines() if line)
     }
-    return tiktoken.Encoding(
+
+
+class _RanksOnDemand(Mapping[bytes, int]):
+    """Stands in for the Python copy of the ranks an encoding keeps (tiktoken reads it only
+    to pickle the encoding): read from the bundled file again if anything ever asks."""
+
+    def __init__(self) -> None:
+        self._ranks: dict[bytes, int] | None = None
+
+    def _loaded(self) -> dict[bytes, int]:
+        if self._ranks is None:
+            self._ranks = _bundled_ranks()
+        return self._ranks
+
+    def __getitem__(self, token: bytes) -> int:
+        return self._loaded()[token]
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._loaded())
+
+    def __len__(self) -> int:
+        return len(self._loaded())
+
+    def __reduce__(self) -> tuple[Callable[[], dict[bytes, int]], tuple[()]]:
+        return _bundled_ranks, ()
+
+
+def _release_freed_memory() -> None:
+    """Hand the memory freed after building the encoding back to the system (glibc keeps it
+    in its arenas otherwise); nothing to do with other C libraries."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (AttributeError, OSError, TypeError):
+        pass
+
+
+@lru_cache(maxsize=1)
+def encoding() -> tiktoken.Encoding:
+    """The o200k_base encoding, built from the bundled ranks.
+
+    The ranks live on in tiktoken's Rust core; the Python dict of them (about 25 MB) is freed
+    once the core is built. A tiktoken that keeps no such copy is left as it is."""
+    ranks = _bundled_ranks()
+    built = tiktoken.Encoding(
         name="o200k_base",
         pat_str=_O200K_PATTERN,
         mergeable_ranks=ranks,
         special_tokens={"<|endoftext|>": 199999, "<|endofprompt|>": 200018},
     )
+    if getattr(built, "_mergeable_ranks", None) is ranks:
+        with contextlib.suppress(AttributeError, TypeError):
+            built._mergeable_ranks = _RanksOnDemand()  # type: ignore[assignment]
+    del ranks
+    _release_freed_memory()
+    return built
 
 
 def count_text(text: str) -> int:

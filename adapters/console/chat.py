@@ -108,11 +108,14 @@ class ConsoleChat:
         screen: Screen | None = None,
         history_file: Path | None = None,
         audio_dir: Path | None = None,
+        shown: asyncio.Event | None = None,
     ) -> None:
         """``service`` may still be starting (a future): the prompt shows at once, and the
-        first message waits for it. Audio files (``/speak``) are written to ``audio_dir``
-        (the working directory when not given)."""
+        first message waits for it. ``shown`` is set once the first prompt is on the screen
+        (with piped input: before the input is read), so a start-up can wait for it. Audio
+        files (``/speak``) are written to ``audio_dir`` (the working directory when not given)."""
         self.audio_dir = audio_dir
+        self.shown = shown or asyncio.Event()
         self._service = service
         self.where = where
         self.screen = screen or Screen()
@@ -135,6 +138,7 @@ class ConsoleChat:
         if stdin.isatty() and self.screen.console.is_terminal:
             await self.interactive()
             return 0
+        self.shown.set()
         await self.service()
         for item in script_items(await asyncio.to_thread(stdin.read)):
             if not await self.handle(item):
@@ -156,11 +160,16 @@ class ConsoleChat:
                     with contextlib.suppress(Exception):  # the prompt is not up: next one
                         session.app.exit(exception=error)
 
+        def before_drawing() -> None:
+            # called just before the prompt is drawn, in the same step of the loop
+            asyncio.get_running_loop().call_soon(self.shown.set)
+            failed_start()
+
         if isinstance(starting, asyncio.Future):
             starting.add_done_callback(lambda _future: failed_start())
         while True:
             try:
-                text = await session.prompt_async(pre_run=failed_start)
+                text = await session.prompt_async(pre_run=before_drawing)
             except (EOFError, Quit):
                 return
             if not await self.interruptible(self.handle(text)):

@@ -41,6 +41,7 @@ from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
 from adapters.inflight import InFlight
 from adapters.slack import translate
+from adapters.slack.arrivals import Arrival, Claim
 from adapters.slack.budget import BudgetedWebClient
 from adapters.slack.commands import SlackCommands
 from adapters.slack.edge import HttpEdge, quiet_bolt_error
@@ -504,8 +505,9 @@ class SlackAdapter:
 
     def _register(self) -> None:
         track = [self._track]
-        self.app.event("app_mention", middleware=track)(self._on_mention)
-        self.app.event("message", middleware=track)(self._on_message)
+        arriving: list[Callable[..., Any]] = [self._track, self._arrive]
+        self.app.event("app_mention", middleware=arriving)(self._on_message)
+        self.app.event("message", middleware=arriving)(self._on_message)
         self.app.event("assistant_thread_started", middleware=track)(
             self._on_assistant_thread_started
         )
@@ -532,6 +534,30 @@ class SlackAdapter:
         await next()
         return None
 
+    async def _arrive(
+        self,
+        body: dict[str, Any],
+        event: dict[str, Any],
+        context: AsyncBoltContext,
+        next: Callable[[], Awaitable[Any]],
+    ) -> BoltResponse | None:
+        """Listener middleware of messages and mentions: one Parley may answer is claimed
+        before bolt acknowledges it (``adapters.slack.arrivals``); a redelivery of one claimed
+        already is acknowledged and goes no further."""
+        arrival = Arrival(body, event, context.bot_user_id, context.bot_id)
+        message = arrival.answerable(follow_threads=self.settings.follow_threads)
+        if message is not None:
+            claim = await Claim.start(self.service, arrival, message)
+            if claim.redelivered:
+                log.info("slack: dropping a redelivered message in %s", message.key)
+                done = context.get("parley_done")
+                if done is not None and not done.done():
+                    done.set_result(None)
+                return BoltResponse(status=200, body="")
+            context["parley_claim"] = claim
+        await next()
+        return None
+
     @contextlib.contextmanager
     def _handling(self, context: AsyncBoltContext) -> Iterator[None]:
         """Around a listener: its task can be cut by ``stop()``; marks the request done."""
@@ -547,17 +573,38 @@ class SlackAdapter:
         """The person opened another channel beside an assistant thread: remember it."""
         self.assistant_contexts.keep(str(body.get("team_id") or ""), event)
 
-    async def _on_mention(
-        self, body: dict[str, Any], event: dict[str, Any], context: AsyncBoltContext
-    ) -> None:
-        with self._handling(context):
-            await self._on_message_like(body, event, context, mention=True)
-
     async def _on_message(
         self, body: dict[str, Any], event: dict[str, Any], context: AsyncBoltContext
     ) -> None:
+        """A message or a mention (``Arrival.mention`` tells them apart)."""
         with self._handling(context):
-            await self._on_message_like(body, event, context, mention=False)
+            arrival = Arrival(body, event, context.bot_user_id, context.bot_id)
+            await self._handle(arrival, self.workspace(context), context.get("parley_claim"))
+
+    async def _handle(
+        self, arrival: Arrival, workspace: Workspace | None, arrived: Claim | None
+    ) -> None:
+        """Handle a message; a claim taken on its arrival and not taken on by an answer (no
+        answer due, a command, a failure) is settled, so no worker handles it again."""
+        claim = None
+        if arrived is not None:
+            claimed = await arrived.claiming
+            if claimed is False:
+                log.info("slack: dropping a redelivered message")
+                return
+            claim = arrived.event_id if claimed else None
+        answering, state = False, "answered"
+        try:
+            answering = await self._on_message_like(arrival, workspace)
+        except asyncio.CancelledError:
+            claim = None  # cut by shutdown: left to another worker, as received
+            raise
+        except Exception:
+            state = "failed"
+            raise
+        finally:
+            if claim is not None and not answering:
+                await self.service.settle_received(translate.PLATFORM, claim, state)
 
     async def _on_command(
         self, ack: Callable[[], Awaitable[Any]], body: dict[str, Any], context: AsyncBoltContext
@@ -601,39 +648,33 @@ class SlackAdapter:
             except SlackApiError as exc:
                 log.info("slack: thanking for feedback failed (%s)", error_code(exc))
 
-    async def _on_message_like(
-        self,
-        body: Mapping[str, Any],
-        event: Mapping[str, Any],
-        context: AsyncBoltContext,
-        *,
-        mention: bool,
-    ) -> None:
-        """A message or mention: a command, or a question answered through the core."""
-        bot_user, bot_id = context.bot_user_id, context.bot_id
+    async def _on_message_like(self, arrival: Arrival, workspace: Workspace | None) -> bool:
+        """A message or mention: a command, or a question answered through the core (True:
+        it was handed to ``answer``)."""
+        bot_user, bot_id, event = arrival.bot_user_id, arrival.bot_id, arrival.event
         reason = translate.ignore_reason(event, bot_user, bot_id)
-        workspace = self.workspace(context)
         if reason is not None or workspace is None:
             log.debug("slack: ignoring a %s event (%s)", event.get("type"), reason or "no token")
-            return
-        message = translate.parse_message(body, event)
+            return False
+        message = translate.parse_message(arrival.body, event)
         route = translate.route(
             message,
-            mention=mention,
+            mention=arrival.mention,
             bot_user_id=bot_user,
             follow_threads=self.settings.follow_threads,
         )
         if route == "ignore":
-            return
+            return False
         threads = workspace.threads
         if route == "if followed" and not await threads.answered_in(message, bot_user, bot_id):
-            return
+            return False
         inbound = await self._read(workspace, message, bot_user)
         if inbound is None:
-            return
+            return False
         if not message.direct:
             threads.remember(message.channel, message.reply_thread or message.ts)
         await self.answer(inbound, message.target, status=message.status, workspace=workspace)
+        return True
 
     async def _read(
         self, workspace: Workspace, message: translate.SlackMessage, bot_user: str | None
@@ -684,7 +725,7 @@ class SlackAdapter:
         if workspace is None:
             log.error("slack: no workspace to answer in %s", inbound.key)
             return None
-        renderer = self._renderer(workspace, target, status)
+        renderer = self._renderer(workspace, target, status, answers=inbound.event_id or "")
         journal = self.service.journal(inbound)
         pacing = Interval(self.settings.update_interval)
         try:
@@ -696,7 +737,15 @@ class SlackAdapter:
             self._log_failure("answering", inbound.key, exc)
             return None
 
-    def _renderer(self, workspace: Workspace, target: ReplyTarget, status: bool) -> SlackAnswer:
+    def _renderer(
+        self,
+        workspace: Workspace,
+        target: ReplyTarget,
+        status: bool,
+        *,
+        answers: str = "",
+        bot_user_id: str | None = None,
+    ) -> SlackAnswer:
         return SlackAnswer(
             workspace.client,
             target,
@@ -705,6 +754,8 @@ class SlackAdapter:
             on_streaming_unsupported=self._streaming_unsupported,
             feedback=self.settings.feedback_buttons,
             later=self._later,
+            answers=answers,
+            bot_user_id=bot_user_id,
         )
 
     def _later(self, work: Coroutine[Any, Any, None]) -> None:
@@ -717,17 +768,26 @@ class SlackAdapter:
 
     async def resume(self, resumed: Resumed) -> None:
         """Finish an answer a stopped worker left (``core.recovery``): take down what it
-        showed, then show the stored answer, or ask again, in the same place."""
+        showed, then show the stored answer, or ask again, in the same place. A message it
+        had only received is handled as if it had just arrived."""
+        if resumed.received is not None:
+            await self._handle_received(resumed.received, resumed.event_id)
+            return
         inbound = resumed.inbound
+        assert inbound is not None
         target, status = translate.reply_target(dict(inbound.reply_to))
         workspace = await self.workspace_of(target.team_id) if target.channel else None
         if workspace is None:
             log.error("slack: an unfinished answer in %s has no place to go; dropped", inbound.key)
             return
-        renderer = self._renderer(workspace, target, status)
-        await renderer.clear(resumed.shown)
+        bot_user = await self.bot_user_of(target.team_id)
+        renderer = self._renderer(
+            workspace, target, status, answers=inbound.event_id or "", bot_user_id=bot_user
+        )
+        since = translate.ts_of(inbound.sent_at) if inbound.sent_at is not None else None
+        renderer.resume(resumed.shown, since)
         if resumed.answer is not None:
-            events = self.service.replay(resumed.answer)
+            events = self.service.replay(inbound, resumed.answer)
         else:
             events = self.service.answer(inbound, resumed=True, slot=self._answers)
         pacing = Interval(self.settings.update_interval)
@@ -735,6 +795,24 @@ class SlackAdapter:
             await deliver(events, renderer, pacing, journal=self.service.journal(inbound))
         except Exception as exc:
             self._log_failure("finishing an answer", inbound.key, exc)
+
+    async def _handle_received(self, payload: Mapping[str, Any], claim: str) -> None:
+        """A message a stopped worker claimed on arrival (``claim``) and never took on."""
+        arrival = Arrival.of(payload)
+        if arrival is None:
+            log.error("slack: a message a stopped worker received could not be read; dropped")
+            await self.service.settle_received(translate.PLATFORM, claim, "failed")
+            return
+        team = str(arrival.body.get("team_id") or arrival.event.get("team") or "")
+        with self._tasks.track():
+            await self._handle(arrival, await self.workspace_of(team), Claim.taken(claim))
+
+    async def bot_user_of(self, team_id: str) -> str | None:
+        """Parley's bot user in workspace ``team_id``."""
+        if self.home is not None or self.installations is None:
+            return self.bot_user_id
+        bot = await self.installations.async_find_bot(enterprise_id=None, team_id=team_id)
+        return bot.bot_user_id if bot is not None else None
 
     def _streaming_unsupported(self, code: str) -> None:
         if self.streaming:

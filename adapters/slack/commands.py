@@ -29,7 +29,7 @@ from adapters.slack import translate
 from adapters.slack.layout import fit
 from adapters.slack.mrkdwn import to_mrkdwn
 from adapters.slack.permissions import SlackPrivileges
-from adapters.slack.render import describe, error_code
+from adapters.slack.render import REPLY_METADATA, describe, error_code
 from core import sentences
 from core.commands import canonical, summary_count
 from core.errors import BadCommand, UserFacingError
@@ -179,7 +179,11 @@ class SlackCommands:
                     thread_ts=target.thread_ts,
                 )
                 continue
-            where: dict[str, Any] = {"channel": message.channel, "text": to_mrkdwn(piece)}
+            where: dict[str, Any] = {
+                "channel": message.channel,
+                "text": to_mrkdwn(piece),
+                "metadata": {"event_type": REPLY_METADATA, "event_payload": {"reply": "command"}},
+            }
             if target.thread_ts:
                 where["thread_ts"] = target.thread_ts
             await self.client.chat_postMessage(**where)

@@ -18,8 +18,9 @@ so an answer never stays "Thinking…" or half written while Slack still accepts
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,12 +31,17 @@ from adapters.slack.budget import WriteDeferred, waiting_at_most
 from adapters.slack.layout import LIMIT, Layout, fit
 from adapters.slack.mrkdwn import to_markdown_text, to_mrkdwn
 from adapters.slack.translate import ReplyTarget
-from core import sentences
+from core import budget, sentences
 
 log = logging.getLogger("parley.slack")
 
 THINKING = "_Thinking…_"
 FEEDBACK_ACTION = "parley_feedback"  # action ids: parley_feedback_up, parley_feedback_down
+# The message metadata every message of an answer carries (its payload names the answer's
+# event), so a worker finishing an answer another left can find what that one wrote.
+ANSWER_METADATA = "parley_answer"
+REPLY_METADATA = "parley_reply"  # what a command's reply carries
+LEFTOVER_PAGES = 10  # pages of a thread read for what a dead worker left
 SECTION_LIMIT = 3000  # characters of text in one section block
 THINKING_STATUS = "is thinking…"
 # How long the final edit of a message may wait for chat.update's budget before the piece is
@@ -103,6 +109,8 @@ class SlackAnswer:
         on_streaming_unsupported: Callable[[str], None] | None = None,
         feedback: bool = False,
         later: Later | None = None,
+        answers: str = "",
+        bot_user_id: str | None = None,
     ) -> None:
         self._client = client
         self._target = target
@@ -118,6 +126,19 @@ class SlackAnswer:
         # The feedback buttons, while the final write of the last piece still has to carry them.
         self._buttons: list[dict[str, Any]] | None = None
         self.finished = False
+        # The event this answer answers, named in every message's metadata.
+        self._answers = answers
+        self._metadata: dict[str, Any] = {
+            "event_type": ANSWER_METADATA,
+            "event_payload": {"event": answers},
+        }
+        # Replaced messages still to delete (kept in the record until they are), and when.
+        self._stale: list[_Message] = []
+        self._retired: asyncio.Future[None] | None = None
+        # Resuming: what a stopped worker's answer showed (its record) and the question's ts;
+        # taken down before the first write (``resume``). The bot is ``bot_user_id``.
+        self._left: tuple[Mapping[str, Any], str | None] | None = None
+        self._bot_user_id = bot_user_id
 
     # --- the Renderer ---------------------------------------------------------------------
 
@@ -128,13 +149,16 @@ class SlackAnswer:
             self._status_shown = True
             await self._set_status(THINKING_STATUS)
         if not self._stream:
-            response = await self._client.chat_postMessage(**self._where(), text=THINKING)
+            response = await self._client.chat_postMessage(
+                **self._where(), text=THINKING, metadata=self._metadata
+            )
             self._messages.append(_Message(str(response["ts"]), THINKING, False, False))
 
     async def progress(self, text: str) -> None:
         """Show the answer so far; best effort (a failed write is logged and skipped)."""
         if self.finished:
             return
+        await self._take_down_leftovers()
         # A "<" at the very end may begin "<!here>", escaped only once its "!" arrives.
         text = text.rstrip("<")
         try:
@@ -156,6 +180,7 @@ class SlackAnswer:
         logged.
         """
         try:
+            await self._take_down_leftovers()
             pieces = self._layout.pieces(text, final=True) or [sentences.EMPTY_ANSWER]
             await self._finish_pieces(pieces)
             for stale in self._messages[len(pieces) :]:
@@ -190,6 +215,7 @@ class SlackAnswer:
         already shown stays, and the sentence follows it in a new message.
         """
         try:
+            await self._take_down_leftovers()
             for message in self._messages:
                 if message.streaming:
                     await self._stop(message)
@@ -210,25 +236,118 @@ class SlackAnswer:
 
     def record(self) -> dict[str, Any]:
         """What this answer has shown, for another worker to clear if this one dies."""
+        messages = [*self._messages, *self._stale]
         return {
             "channel": self._target.channel,
-            "messages": [m.ts for m in self._messages],
-            "streams": [m.ts for m in self._messages if m.streaming],
+            "messages": [m.ts for m in messages],
+            "streams": [m.ts for m in messages if m.streaming],
         }
 
-    async def clear(self, record: Mapping[str, Any]) -> None:
-        """Take down what a dead worker's answer showed here (``record``): its open streams
-        closed, its messages deleted; best effort, so the answer that follows is the only
-        one."""
-        channel = str(record.get("channel") or self._target.channel)
+    async def withdraw(self) -> None:
+        """Another worker took this answer over and shows it: take down what this one
+        showed (streams closed, messages deleted)."""
+        self.finished = True
+        for message in [*self._messages, *self._stale]:
+            await self._retire(message)
+        self._messages, self._stale = [], []
+        await self._end()
+
+    async def tidied(self, then: Callable[[], Awaitable[None]]) -> None:
+        """Run ``then`` (the answer is shown in full: nothing is left to finish) once the
+        messages the final write replaced are deleted; until then a worker finishing this
+        answer after a crash takes them down too (they stay in ``record``)."""
+        retired = self._retired
+        if retired is None or retired.done() or self._later is None:
+            await then()
+            return
+
+        async def after() -> None:
+            await asyncio.shield(retired)
+            await then()
+
+        self._later(after())
+
+    def resume(self, record: Mapping[str, Any], since: str | None) -> None:
+        """Finish an answer a stopped worker left: before this answer's first write (made
+        holding its conversation, so no other answer there is being written), take down what
+        that worker wrote after the question (ts ``since``): what its ``record`` names, what
+        carries this answer's metadata, and the bot's messages that carry none (a stream it
+        opened and did not record). Best effort; each message is looked up first, so only
+        what is still there is deleted (chat.delete has a small budget)."""
+        self._left = (record, since)
+
+    async def _take_down_leftovers(self) -> None:
+        if self._left is None:
+            return
+        (record, since), self._left = self._left, None
+        recorded = [str(ts) for ts in record.get("messages") or ()]
         streams = {str(ts) for ts in record.get("streams") or ()}
-        for ts in record.get("messages") or ():
-            if str(ts) in streams:
-                try:
-                    await self._client.chat_stopStream(channel=channel, ts=str(ts))
-                except Exception as exc:
-                    log.warning("chat.stopStream failed (%s)", describe(exc))
-            await self._delete(str(ts))
+        found = None
+        if since is not None:
+            try:
+                found = await self._written_since(since)
+            except Exception as exc:
+                log.warning("slack: reading what a stopped worker left failed (%s)", describe(exc))
+        if found is None:  # not known what is there: what the record names
+            leftovers = [(ts, ts in streams) for ts in recorded]
+        else:
+            mine = {m.ts for m in self._messages}
+            leftovers = [
+                (str(m.get("ts")), str(m.get("ts")) in streams or "metadata" not in m)
+                for m in found
+                if str(m.get("ts")) not in mine
+                and (str(m.get("ts")) in recorded or self._leftover(m, since or ""))
+            ]
+        with budget.writing("final"):  # the answer's own writes wait for these
+            for ts, stream in leftovers:
+                if stream:
+                    await self._stop_leftover(ts)
+                await self._delete(ts)
+
+    async def _stop_leftover(self, ts: str) -> None:
+        try:
+            await self._client.chat_stopStream(channel=self._target.channel, ts=ts)
+        except Exception as exc:
+            log.debug("slack: chat.stopStream of a leftover failed (%s)", describe(exc))
+
+    def _leftover(self, message: Mapping[str, Any], since: str) -> bool:
+        """Whether ``message`` is what a dead worker wrote for this answer."""
+        if message.get("files") or _ts_key(message.get("ts")) <= _ts_key(since):
+            return False
+        metadata = message.get("metadata")
+        if isinstance(metadata, Mapping):
+            payload = metadata.get("event_payload")
+            return (
+                metadata.get("event_type") == ANSWER_METADATA
+                and isinstance(payload, Mapping)
+                and payload.get("event") == self._answers
+            )
+        # Unmarked: only the bot's stream (chat.startStream takes no metadata), in a thread.
+        mine = self._bot_user_id is not None and message.get("user") == self._bot_user_id
+        return mine and self._target.thread_ts is not None
+
+    async def _written_since(self, since: str) -> list[Mapping[str, Any]]:
+        """The messages after ``since`` where this answer goes (its thread, or the channel)."""
+        found: list[Mapping[str, Any]] = []
+        cursor = None
+        channel, thread_ts = self._target.channel, self._target.thread_ts
+        for _ in range(LEFTOVER_PAGES):
+            asked: dict[str, Any] = {
+                "channel": channel,
+                "oldest": since,
+                "include_all_metadata": True,
+            }
+            if cursor:
+                asked["cursor"] = cursor
+            if thread_ts:
+                page = await self._client.conversations_replies(ts=thread_ts, **asked)
+            else:
+                page = await self._client.conversations_history(**asked)
+            found += [m for m in page.get("messages") or [] if isinstance(m, Mapping)]
+            cursor = (page.get("response_metadata") or {}).get("next_cursor")
+            if not cursor:
+                break
+        return found
 
     # --- writing pieces -------------------------------------------------------------------
 
@@ -248,7 +367,9 @@ class SlackAnswer:
     async def _post(self, piece: str) -> None:
         text = to_mrkdwn(piece)
         extra = self._text_blocks(text)
-        response = await self._client.chat_postMessage(**self._where(), text=text, **extra)
+        response = await self._client.chat_postMessage(
+            **self._where(), text=text, metadata=self._metadata, **extra
+        )
         self._sent(extra)
         self._messages.append(_Message(str(response["ts"]), text, False, False))
 
@@ -275,7 +396,11 @@ class SlackAnswer:
         if done:
             extra = self._button_blocks()
             await self._client.chat_stopStream(
-                channel=channel, ts=message.ts, markdown_text=delta or None, **extra
+                channel=channel,
+                ts=message.ts,
+                markdown_text=delta or None,
+                metadata=self._metadata,
+                **extra,
             )
             self._sent(extra)
             message.streaming = False
@@ -292,10 +417,14 @@ class SlackAnswer:
         channel = self._target.channel
         if message.markdown:
             # Markdown text takes no blocks: such a message goes without the buttons.
-            await self._client.chat_update(channel=channel, ts=message.ts, markdown_text=text)
+            await self._client.chat_update(
+                channel=channel, ts=message.ts, markdown_text=text, metadata=self._metadata
+            )
         else:
             extra = self._text_blocks(text)
-            await self._client.chat_update(channel=channel, ts=message.ts, text=text, **extra)
+            await self._client.chat_update(
+                channel=channel, ts=message.ts, text=text, metadata=self._metadata, **extra
+            )
             self._sent(extra)
         message.shown = text
 
@@ -353,11 +482,24 @@ class SlackAnswer:
                 self._messages.extend(stale[index - first :])
                 stale = stale[: index - first]
                 break
-        for message in stale:
-            if self._later is None:
+        if self._later is None:
+            for message in stale:
                 await self._retire(message)
-            else:
-                self._later(self._retire(message))
+            return
+        self._stale += stale
+        self._retired = asyncio.get_running_loop().create_future()
+        self._later(self._retire_stale(self._retired))
+
+    async def _retire_stale(self, done: asyncio.Future[None]) -> None:
+        """Delete the messages a final write replaced (in the background: the answer is
+        whole already); ``done`` once they are, or once it gave up."""
+        try:
+            while self._stale:
+                await self._retire(self._stale[0])
+                del self._stale[0]
+        finally:
+            if not done.done():
+                done.set_result(None)
 
     async def _try_update(self, message: _Message, piece: str) -> bool:
         try:
@@ -391,7 +533,9 @@ class SlackAnswer:
         message.streaming = False
         extra = self._button_blocks() if buttons else {}
         try:
-            await self._client.chat_stopStream(channel=self._target.channel, ts=message.ts, **extra)
+            await self._client.chat_stopStream(
+                channel=self._target.channel, ts=message.ts, metadata=self._metadata, **extra
+            )
             self._sent(extra)
         except Exception as exc:
             log.warning("chat.stopStream failed (%s)", describe(exc))
@@ -425,6 +569,14 @@ class SlackAnswer:
             )
         except Exception as exc:
             log.debug("slack: assistant.threads.setStatus failed (%s)", describe(exc))
+
+
+def _ts_key(ts: Any) -> tuple[int, int]:
+    """A Slack ts as a number that sorts (a malformed one sorts first)."""
+    seconds, _, fraction = str(ts or "").partition(".")
+    if not seconds.isdigit() or not (fraction.isdigit() or not fraction):
+        return (0, 0)
+    return (int(seconds), int(fraction.ljust(6, "0")[:6]))
 
 
 def feedback_buttons() -> list[dict[str, Any]]:
@@ -461,7 +613,9 @@ def text_sections(text: str) -> list[dict[str, Any]]:
 
 
 __all__ = [
+    "ANSWER_METADATA",
     "LIMIT",
+    "REPLY_METADATA",
     "ReplyTarget",
     "SlackAnswer",
     "THINKING",

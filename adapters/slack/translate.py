@@ -155,6 +155,18 @@ def reply_target(place: Mapping[str, str]) -> tuple[ReplyTarget, bool]:
     return target, bool(place.get("status"))
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def ts_of(moment: datetime) -> str:
+    """The Slack ts of ``moment`` (``time_of`` backwards)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    since = moment - EPOCH
+    micros = since.days * 86_400_000_000 + since.seconds * 1_000_000 + since.microseconds
+    return f"{micros // 1_000_000}.{micros % 1_000_000:06d}"
+
+
 def time_of(ts: str) -> datetime | None:
     """A Slack ``ts`` ("1700000000.000123": seconds, then microseconds) as an exact UTC time,
     without going through a float; None when it is not one."""

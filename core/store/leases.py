@@ -44,6 +44,8 @@ log = logging.getLogger("parley.store")
 
 # How long a lease outlives its holder's last heartbeat.
 LEASE_SECONDS = 30.0
+# A renewal later than this share of the lease time after the last is logged.
+LATE_SHARE = 0.7
 # Waits between attempts to take a lease someone else holds.
 FIRST_WAIT, LONGEST_WAIT = 0.02, 0.5
 
@@ -200,9 +202,16 @@ class Leases:
         self._start_heartbeat()
 
     async def _beat(self) -> None:
+        last = time.monotonic()
         while True:
             try:
                 await self.renew()
+                gap, last = time.monotonic() - last, time.monotonic()
+                if gap > self.seconds * LATE_SHARE:
+                    # Past the lease time, another worker may take this one's answers over.
+                    log.warning(
+                        "leases renewed %.1f s after the last (they last %s s)", gap, self.seconds
+                    )
             except Exception as exc:  # the next beat tries again; the lease time is the margin
                 log.warning("renewing leases failed (%s)", type(exc).__name__)
             await asyncio.sleep(self.seconds / 3)

@@ -121,21 +121,91 @@ USAGE = insert(UsageRow)
 
 QUESTION_OF_EVENT = event_update().values(question_id=bindparam("e_message"))
 
-ANSWER_OF_EVENT = event_update().values(state="stored", answer_id=bindparam("e_message"))
-
 _MINE = ProcessedEventRow.holder == bindparam("e_holder")
+
+# The claim told its question or its stored answer only while this worker (``e_holder``)
+# still holds it: no row updated means another worker took it over (``ClaimLost``).
+QUESTION_CLAIMED = event_update().where(_MINE).values(question_id=bindparam("e_message"))
+
+ANSWER_CLAIMED = (
+    event_update().where(_MINE).values(state="stored", answer_id=bindparam("e_message"))
+)
 
 SETTLE = event_update().where(_MINE).values(state=bindparam("e_state"))
 
 DELIVERY = event_update().where(_MINE).values(delivery=bindparam("e_delivery"))
 
-# Claim an unsettled event whose holder is a worker no longer alive (never one this worker
-# or another live one is still answering: that would answer it twice).
-TAKE_OVER = (
-    event_update()
-    .where(ProcessedEventRow.state.in_(UNSETTLED), ~alive(bindparam("e_now")))
-    .values(holder=bindparam("e_holder"), state="answering")
+
+def _taking() -> Any:
+    """A claim update made this worker's (``e_holder``, state ``e_state``), keeping its
+    request, conversation and time unless new ones are given."""
+    row = ProcessedEventRow
+    return event_update().values(
+        holder=bindparam("e_holder"),
+        state=bindparam("e_state"),
+        request=func.coalesce(bindparam("e_request", type_=Text), row.request),
+        conversation=func.coalesce(
+            bindparam("e_conversation", type_=row.conversation.type), row.conversation
+        ),
+        sent_at=func.coalesce(bindparam("e_sent_at", type_=row.sent_at.type), row.sent_at),
+    )
+
+
+_DEAD = ~alive(bindparam("e_now"))
+
+# The handler's claim: it takes on an event this worker received (claimed on arrival, before
+# acknowledging it) and has not taken on yet, or takes over an unsettled claim whose holder
+# is a worker no longer alive (never one a live worker is still answering: that would answer
+# it twice).
+TAKE_OVER = _taking().where(
+    or_(
+        and_(ProcessedEventRow.state == "received", _MINE),
+        and_(ProcessedEventRow.state.in_(UNSETTLED), _DEAD),
+    )
 )
+
+# A claim on arrival takes over only what a dead worker received and never took on: an
+# answer it began is left to the sweeper, which takes down what it showed.
+TAKE_OVER_RECEIVED = _taking().where(ProcessedEventRow.state == "received", _DEAD)
+
+
+def _mine_locked() -> Any:
+    """PostgreSQL: the claim of (``e_platform``, ``e_event``) if this worker (``e_holder``)
+    still holds it, locked until the statement's end (a take-over waits for it)."""
+    return (
+        select(ProcessedEventRow.id)
+        .where(
+            ProcessedEventRow.platform == bindparam("e_platform"),
+            ProcessedEventRow.event_id == bindparam("e_event"),
+            _MINE,
+        )
+        .with_for_update()
+        .cte("mine")
+    )
+
+
+MESSAGE_FIELDS = (
+    ("conversation_id", "m_conversation"),
+    ("role", "m_role"),
+    ("content", "m_content"),
+    ("token_count", "m_tokens"),
+    ("author_id", "m_author_id"),
+    ("author_name", "m_author_name"),
+    ("status", "m_status"),
+    ("model", "m_model"),
+    ("sent_at", "m_sent_at"),
+)
+
+
+def _add_message_if(mine: Any) -> Any:
+    """``ADD_MESSAGE`` only if ``mine`` has a row (the claim is still this worker's)."""
+    columns = [column for column, _ in MESSAGE_FIELDS]
+    values = [
+        bindparam(name, type_=MessageRow.__table__.c[column].type)
+        for column, name in MESSAGE_FIELDS
+    ]
+    chosen = select(*values).select_from(mine)
+    return insert(MessageRow).from_select(columns, chosen).returning(MessageRow.id)
 
 
 def _memory_json(name: str) -> Any:
@@ -209,6 +279,40 @@ def finish_in_one(question: bool, event: bool, usage: int) -> Any:
     """PostgreSQL: an answer stored (``ADD_MESSAGE``'s parameters), its question
     ``f_question`` made complete, its claim (``e_platform``, ``e_event``) told, and ``usage``
     ledger entries (``u0_platform``, ...) recorded: one statement, one round trip."""
+    if not event:
+        return _finish_unclaimed(question, usage)
+    # The claim (``e_holder``'s) is checked first: when another worker took it over, nothing
+    # is stored and the statement returns no row (``ClaimLost``).
+    mine = _mine_locked()
+    answer = _add_message_if(mine).cte("answer")
+    ours = select(mine.c.id)
+    ctes = []
+    if question:
+        complete = (
+            _update(MessageRow)
+            .where(MessageRow.id == bindparam("f_question"), ours.exists())
+            .values(status="complete")
+            .returning(MessageRow.id)
+        )
+        ctes.append(complete.cte("question"))
+    stored = (
+        _update(ProcessedEventRow)
+        .where(ProcessedEventRow.id.in_(ours.scalar_subquery()))
+        .values(state="stored", answer_id=select(answer.c.id).scalar_subquery())
+    )
+    ctes.append(stored.returning(ProcessedEventRow.id).cte("claim"))
+    for i in range(usage):
+        fields = USAGE_FIELDS
+        values = [
+            bindparam(f"u{i}_{name}", type_=UsageRow.__table__.c[name].type) for name in fields
+        ]
+        entry = insert(UsageRow).from_select(list(fields), select(*values).select_from(mine))
+        ctes.append(entry.returning(UsageRow.id).cte(f"usage{i}"))
+    return select(answer.c.id).add_cte(mine, *ctes)
+
+
+def _finish_unclaimed(question: bool, usage: int) -> Any:
+    """``finish_in_one`` for an answer to no claimed event."""
     answer = ADD_MESSAGE.cte("answer")
     ctes = []
     if question:
@@ -219,11 +323,6 @@ def finish_in_one(question: bool, event: bool, usage: int) -> Any:
             .returning(MessageRow.id)
         )
         ctes.append(complete.cte("question"))
-    if event:
-        stored = event_update().values(
-            state="stored", answer_id=select(answer.c.id).scalar_subquery()
-        )
-        ctes.append(stored.returning(ProcessedEventRow.id).cte("claim"))
     for i in range(usage):
         values: dict[str, Any] = {name: bindparam(f"u{i}_{name}") for name in USAGE_FIELDS}
         entry = insert(UsageRow).values(**values).returning(UsageRow.id)
@@ -366,7 +465,10 @@ def ask_in_one(event: bool) -> Any:
     The statement sees the table as it was before the question came in, so the history is
     every turn sent up to the question's time (under the conversation's lease no other turn
     of it is being stored)."""
-    question = ADD_MESSAGE.cte("question")
+    mine = _mine_locked() if event else None
+    # With a claim, the question is stored only while the claim is this worker's
+    # (``e_holder``): else no row (``ClaimLost``).
+    question = (ADD_MESSAGE if mine is None else _add_message_if(mine)).cte("question")
     fit = _fitting(MessageRow.sent_at <= bindparam("r_sent_at")).subquery("fit")
     stmt = (
         select(question.c.id, fit.c.id, fit.c.role, fit.c.content, fit.c.token_count)
@@ -375,9 +477,13 @@ def ask_in_one(event: bool) -> Any:
         .outerjoin(fit, true())
         .order_by(fit.c.sent_at.desc(), fit.c.id.desc())
     )
-    if event:
-        told = event_update().values(question_id=select(question.c.id).scalar_subquery())
-        stmt = stmt.add_cte(told.returning(ProcessedEventRow.id).cte("claim"))
+    if mine is not None:
+        told = (
+            _update(ProcessedEventRow)
+            .where(ProcessedEventRow.id.in_(select(mine.c.id).scalar_subquery()))
+            .values(question_id=select(question.c.id).scalar_subquery())
+        )
+        stmt = stmt.add_cte(mine, told.returning(ProcessedEventRow.id).cte("claim"))
     return stmt
 
 

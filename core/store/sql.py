@@ -10,7 +10,7 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar, cast
@@ -30,6 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from core.errors import ClaimLost
 from core.messages import ChannelKey, ConversationKey
 from core.ports import (
     ChannelOverrides,
@@ -211,10 +212,24 @@ def _orphans(conn: Connection, taking: Any) -> list[Orphan]:
     return [_orphan(conn, row) for row in conn.execute(taking).all()]
 
 
-def _claim(conn: Connection, claiming: Any, params: dict[str, Any]) -> bool:
+def _claim(conn: Connection, claiming: Any, params: dict[str, Any], received: bool) -> bool:
+    """The event's claim made, or taken on (received by this worker) or over (left by a dead
+    worker): see ``SqlStore.claim_event``."""
     if _rowcount(conn, claiming, params):
         return True
-    return bool(_rowcount(conn, prepared.TAKE_OVER, {**params, "e_now": now_micros()}))
+    taking = prepared.TAKE_OVER_RECEIVED if received else prepared.TAKE_OVER
+    return bool(_rowcount(conn, taking, {**params, "e_now": now_micros()}))
+
+
+def _claim_lost(event: tuple[str, str]) -> ClaimLost:
+    return ClaimLost(f"event {event[1]} on {event[0]} was taken over")
+
+
+def _claimed(conn: Connection, stmt: Any, event: tuple[str, str], **params: Any) -> None:
+    """Update this worker's claim of ``event``; ``ClaimLost`` (the transaction is rolled
+    back) when another worker has taken it over."""
+    if not _rowcount(conn, stmt, _event(event, **params)):
+        raise _claim_lost(event)
 
 
 def _sum(conn: Connection, where: Sequence[Any]) -> UsageTotals:
@@ -262,6 +277,15 @@ def _add_message(conn: Connection, conversation_id: int, turn: NewTurn) -> int:
     return message_id
 
 
+def _add_question(conn: Connection, conversation_id: int, turn: NewTurn, holder: str) -> int:
+    """``_add_message``, its claim (if any) told only while ``holder`` holds it."""
+    message_id = _add_message(conn, conversation_id, replace(turn, event=None))
+    if turn.event is not None:  # the claim knows its question, to mark it if it dies
+        args = {"e_message": message_id, "e_holder": holder}
+        _claimed(conn, prepared.QUESTION_CLAIMED, turn.event, **args)
+    return message_id
+
+
 def _message(conversation_id: int, turn: NewTurn) -> dict[str, Any]:
     """``ADD_MESSAGE``'s parameters."""
     return {
@@ -304,36 +328,51 @@ def _record_usage(conn: Connection, rows: list[Any]) -> None:
         conn.execute(prepared.USAGE, rows)
 
 
-def _finish(
-    conn: Connection, answer: NewTurn, question_id: int | None, usage: list[Any], conversation: int
-) -> int:
-    """The answer stored with its question made complete, its claim told, its usage."""
-    if question_id is not None:
-        conn.execute(prepared.MESSAGE_STATUS, {"m_id": question_id, "m_status": "complete"})
-    message_id = _add_message(conn, conversation, replace(answer, event=None))
+@dataclass(frozen=True, slots=True)
+class _Turn:
+    """What ``_finish`` needs besides the answer: its conversation, its question, its usage
+    rows and this worker's name as a claim's holder."""
+
+    conversation: int
+    question_id: int | None
+    usage: list[Any]
+    holder: str
+
+
+def _finish(conn: Connection, answer: NewTurn, turn: _Turn) -> int:
+    """The answer stored with its question made complete, its claim told (``ClaimLost`` if
+    another worker took it over), its usage."""
+    if turn.question_id is not None:
+        conn.execute(prepared.MESSAGE_STATUS, {"m_id": turn.question_id, "m_status": "complete"})
+    message_id = _add_message(conn, turn.conversation, replace(answer, event=None))
     if answer.event is not None:  # "answered" once shown (``settle_event``)
-        conn.execute(prepared.ANSWER_OF_EVENT, _event(answer.event, e_message=message_id))
-    _record_usage(conn, usage)
+        args = {"e_message": message_id, "e_holder": turn.holder}
+        _claimed(conn, prepared.ANSWER_CLAIMED, answer.event, **args)
+    _record_usage(conn, turn.usage)
     return message_id
 
 
-def _finish_in_one(
-    conn: Connection, answer: NewTurn, question_id: int | None, usage: list[Any], conversation: int
-) -> int:
-    """``_finish`` as one statement (PostgreSQL)."""
-    stmt = prepared.finish_in_one(question_id is not None, answer.event is not None, len(usage))
-    params = _message(conversation, answer)
-    if question_id is not None:
-        params["f_question"] = question_id
-    if answer.event is not None:
-        params.update(_event(answer.event))
-    for i, row in enumerate(usage):
+def _finish_in_one(conn: Connection, answer: NewTurn, turn: _Turn) -> int:
+    """``_finish`` as one statement (PostgreSQL); with a claim no longer this worker's it
+    stores nothing."""
+    event = answer.event
+    stmt = prepared.finish_in_one(turn.question_id is not None, event is not None, len(turn.usage))
+    params = _message(turn.conversation, answer)
+    if turn.question_id is not None:
+        params["f_question"] = turn.question_id
+    if event is not None:
+        params.update(_event(event, e_holder=turn.holder))
+    for i, row in enumerate(turn.usage):
         params.update({f"u{i}_{name}": value for name, value in row.items()})
-    return int(conn.execute(stmt, params).scalar_one())
+    message_id = conn.execute(stmt, params).scalar_one_or_none()
+    if message_id is None and event is not None:
+        raise _claim_lost(event)
+    return int(cast(int, message_id))
 
 
-def _ask(conn: Connection, facts: TurnFacts, plan: TurnPlan) -> TurnFacts:
-    """``SqlStore._begin`` as one statement (PostgreSQL)."""
+def _ask(conn: Connection, facts: TurnFacts, plan: TurnPlan, holder: str) -> TurnFacts:
+    """``SqlStore._begin`` as one statement (PostgreSQL); with a claim no longer this
+    worker's it stores nothing (``ClaimLost``)."""
     state, question = facts.state, plan.question
     params = _message(state.id, question)
     params.update(
@@ -344,8 +383,10 @@ def _ask(conn: Connection, facts: TurnFacts, plan: TurnPlan) -> TurnFacts:
         r_sent_at=params["m_sent_at"],
     )
     if question.event is not None:
-        params.update(_event(question.event))
+        params.update(_event(question.event, e_holder=holder))
     rows = conn.execute(prepared.ask_in_one(question.event is not None), params).all()
+    if not rows and question.event is not None:
+        raise _claim_lost(question.event)
     history = tuple(_history([row[1:] for row in rows if row[1] is not None]))
     return replace(facts, question_id=int(rows[0][0]), history=history)
 
@@ -440,28 +481,32 @@ class SqlStore:
         request: str | None = None,
         conversation: str | None = None,
         sent_at: datetime | None = None,
+        received: bool = False,
     ) -> bool:
         """True the first time ``event_id`` arrives, or when the claim it had was left
-        unfinished by a worker that is gone.
+        unfinished by a worker that is gone, or (not ``received``) when this worker received
+        it and now takes it on.
 
-        ``settled=False`` claims it "answering" until ``settle_event`` says how it ended
-        (or "received" while its worker makes it wait for a slot, see ``conversation_lock``)."""
-        if not settled:
+        ``settled=False`` claims it "answering" until ``settle_event`` says how it ended.
+        ``received=True`` claims it "received": on arrival, before the platform is told it
+        arrived; its handler takes it on with a second claim."""
+        if not settled or received:
             await self._announce()
         params = _event(
             (platform, event_id),
-            e_state="answered" if settled else "answering",
+            e_state="received" if received else "answered" if settled else "answering",
             e_holder=self.leases.holder,
             e_request=request,
             e_conversation=conversation,
             e_sent_at=micros(sent_at) if sent_at is not None else None,
         )
-        return await self._run(_claim, self._statements.claim, params, single=True)
+        claiming = self._statements.claim
+        return await self._run(_claim, claiming, params, received, single=True)
 
-    async def settle_event(self, platform: str, event_id: str, state: str) -> None:
+    async def settle_event(self, platform: str, event_id: str, state: str) -> bool:
         """Only while this worker holds the claim: once another took it over, it is theirs."""
         params = _event((platform, event_id), e_holder=self.leases.holder, e_state=state)
-        await self._run(_rowcount, prepared.SETTLE, params, single=True)
+        return bool(await self._run(_rowcount, prepared.SETTLE, params, single=True))
 
     async def record_delivery(self, platform: str, event_id: str, delivery: str) -> None:
         params = _event((platform, event_id), e_holder=self.leases.holder, e_delivery=delivery)
@@ -526,7 +571,7 @@ class SqlStore:
         facts = await self._run(self._open_turn, key, spender, None, single=True)
         if plan is None:
             return facts
-        return await self._run(_ask, facts, plan(facts), single=True)
+        return await self._run(_ask, facts, plan(facts), self.leases.holder, single=True)
 
     def _open_turn(
         self, conn: Connection, key: ConversationKey, spender: str | None, plan: Planner | None
@@ -555,7 +600,7 @@ class SqlStore:
     def _begin(self, conn: Connection, facts: TurnFacts, plan: TurnPlan) -> TurnFacts:
         """Store the plan's question and read the history before it (same transaction)."""
         state = facts.state
-        question_id = _add_message(conn, state.id, plan.question)
+        question_id = _add_question(conn, state.id, plan.question, self.leases.holder)
         params = prepared.recent_params(
             state.id, state.context_start, question_id, plan.history_rows, plan.history_tokens
         )
@@ -581,10 +626,10 @@ class SqlStore:
             "assistant", content, token_count, model=model, sent_at=sent_at, event=event
         )
         rows = _usage_rows(channel, user_id, usage)
+        turn = _Turn(conversation_id, question_id, rows, self.leases.holder)
         if self._dialect == "postgresql":
-            args = (answer, question_id, rows, conversation_id)
-            return await self._run(_finish_in_one, *args, single=True)
-        return await self._run(_finish, answer, question_id, rows, conversation_id)
+            return await self._run(_finish_in_one, answer, turn, single=True)
+        return await self._run(_finish, answer, turn)
 
     async def add_message(
         self,

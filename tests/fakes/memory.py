@@ -78,15 +78,22 @@ class MemoryStore:
         request: str | None = None,
         conversation: str | None = None,
         sent_at: datetime | None = None,
+        received: bool = False,
     ) -> bool:
+        state = self.event_states.get((platform, event_id))
+        if state == "received" and not received:  # one process: the handler takes it on
+            self.event_states[(platform, event_id)] = "answered" if settled else "answering"
+            return True
         if (platform, event_id) in self.events:
             return False
         self.events.add((platform, event_id))
-        self.event_states[(platform, event_id)] = "answered" if settled else "answering"
+        state = "received" if received else "answered" if settled else "answering"
+        self.event_states[(platform, event_id)] = state
         return True
 
-    async def settle_event(self, platform: str, event_id: str, state: str) -> None:
+    async def settle_event(self, platform: str, event_id: str, state: str) -> bool:
         self.event_states[(platform, event_id)] = state
+        return True
 
     async def record_delivery(self, platform: str, event_id: str, delivery: str) -> None:
         self.deliveries[(platform, event_id)] = delivery

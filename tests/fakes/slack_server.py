@@ -96,8 +96,10 @@ class Message:
     streaming: bool = False
     blocks: list[dict[str, Any]] | None = None
     files: list[dict[str, Any]] = field(default_factory=list)
+    metadata: dict[str, Any] | None = None  # message metadata: event_type, event_payload
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self, *, metadata: bool = False) -> dict[str, Any]:
+        """The message as the Web API lists it (its metadata with ``include_all_metadata``)."""
         data: dict[str, Any] = {"type": "message", "ts": self.ts, "text": self.text}
         if self.user:
             data["user"] = self.user
@@ -105,6 +107,10 @@ class Message:
             data["bot_id"] = self.bot_id
         if self.thread_ts:
             data["thread_ts"] = self.thread_ts
+        if self.files:
+            data["files"] = [{"id": f.get("id"), "name": f.get("name")} for f in self.files]
+        if metadata and self.metadata is not None:
+            data["metadata"] = self.metadata
         return data
 
 
@@ -656,6 +662,7 @@ class FakeSlack:
             return {"ok": False, "error": "msg_too_long"}
         message = self._post(channel, text, params.get("thread_ts"))
         message.blocks = _blocks(params)
+        message.metadata = _metadata(params, message.metadata)
         return {"channel": channel, "ts": message.ts, "message": message.as_json()}
 
     def _m_chat_update(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -670,6 +677,7 @@ class FakeSlack:
         else:
             message.text, message.markdown = str(params.get("text") or ""), False
             message.blocks = _blocks(params)
+        message.metadata = _metadata(params, message.metadata)
         message.streaming = False
         return {"channel": channel, "ts": ts, "text": message.text}
 
@@ -724,23 +732,25 @@ class FakeSlack:
             if ts in self.streams:
                 self.streams[ts].stopped = True
             message.blocks = _blocks(params)
+            message.metadata = _metadata(params, message.metadata)
         return {"channel": channel, "ts": ts}
 
     def _m_conversations_replies(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The thread's parent, then its replies oldest first (those after ``oldest``)."""
         channel, ts = str(params.get("channel") or ""), str(params.get("ts") or "")
         found = [m for m in self.messages.get(channel, []) if m.ts == ts or m.thread_ts == ts]
         if not found:
             return {"ok": False, "error": "thread_not_found"}
         found.sort(key=lambda m: m.ts)
-        limit = int(params.get("limit") or 1000)
-        return {"messages": [m.as_json() for m in found[:limit]], "has_more": len(found) > limit}
+        found = [m for m in found if m.ts == ts or _within(m.ts, params)]
+        return _page(found, params, 1000)
 
     def _m_conversations_history(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Top-level messages, newest first (those after ``oldest``)."""
         channel = str(params.get("channel") or "")
         top = [m for m in self.messages.get(channel, []) if not m.thread_ts or m.thread_ts == m.ts]
         top.sort(key=lambda m: m.ts, reverse=True)
-        limit = int(params.get("limit") or 100)
-        return {"messages": [m.as_json() for m in top[:limit]], "has_more": len(top) > limit}
+        return _page([m for m in top if _within(m.ts, params)], params, 100)
 
     def _m_users_info(self, params: Mapping[str, Any]) -> dict[str, Any]:
         user = str(params.get("user") or "")
@@ -901,6 +911,48 @@ class FakeSlack:
         self.calls.append(Call("response_url", params))
         await self._notify()
         return web.Response(text="ok")
+
+
+def _ts(ts: Any) -> tuple[int, int]:
+    seconds, _, fraction = str(ts or "0").partition(".")
+    return (int(seconds or 0), int(fraction.ljust(6, "0")[:6] or 0))
+
+
+def _within(ts: str, params: Mapping[str, Any]) -> bool:
+    """Whether ``ts`` lies between ``oldest`` and ``latest`` (exclusive unless ``inclusive``)."""
+    inclusive = str(params.get("inclusive") or "").lower() in ("1", "true")
+    oldest, latest = params.get("oldest"), params.get("latest")
+    if oldest and (_ts(ts) < _ts(oldest) or (_ts(ts) == _ts(oldest) and not inclusive)):
+        return False
+    return not (latest and (_ts(ts) > _ts(latest) or (_ts(ts) == _ts(latest) and not inclusive)))
+
+
+def _page(found: list[Message], params: Mapping[str, Any], default: int) -> dict[str, Any]:
+    """One page of ``found`` as the Web API pages lists (``limit``, ``cursor``)."""
+    limit = int(params.get("limit") or default)
+    start = int(params.get("cursor") or 0)
+    metadata = str(params.get("include_all_metadata") or "").lower() in ("1", "true")
+    page = found[start : start + limit]
+    more = start + limit < len(found)
+    return {
+        "messages": [m.as_json(metadata=metadata) for m in page],
+        "has_more": more,
+        "response_metadata": {"next_cursor": str(start + limit) if more else ""},
+    }
+
+
+def _metadata(params: Mapping[str, Any], kept: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A write's ``metadata`` (JSON text or an object); a write without keeps what was."""
+    given = params.get("metadata")
+    if isinstance(given, str):
+        given = json.loads(given)
+    if not isinstance(given, dict):
+        return kept
+    if not isinstance(given.get("event_type"), str) or not isinstance(
+        given.get("event_payload"), dict
+    ):
+        return kept
+    return {"event_type": given["event_type"], "event_payload": given["event_payload"]}
 
 
 def _blocks(params: Mapping[str, Any]) -> list[dict[str, Any]] | None:

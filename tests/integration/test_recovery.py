@@ -30,6 +30,7 @@ class Screen:
         self.final: str | None = None
         self.hang_on_finish = hang_on_finish
         self.reached_finish = asyncio.Event()
+        self.withdrawn = False
 
     async def start(self) -> None:
         self.shown.append("placeholder")
@@ -49,6 +50,9 @@ class Screen:
     def record(self) -> dict[str, Any]:
         return {"messages": ["ts-1"], "showing": len(self.shown)}
 
+    async def withdraw(self) -> None:
+        self.withdrawn = True
+
 
 class Stalls(ScriptedModel):
     """Says a few words, then never another (its worker is about to die)."""
@@ -61,6 +65,22 @@ class Stalls(ScriptedModel):
         yield "The answer is"
         self.talking.set()
         await asyncio.Event().wait()
+
+
+class Gated(ScriptedModel):
+    """Says a few words, then waits for ``gate`` before the rest (its worker stalls)."""
+
+    def __init__(self) -> None:
+        super().__init__(reply=lambda r: "stalled answer")
+        self.talking = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def stream(self, request):
+        async for item in super().stream(request):
+            if not isinstance(item, str):
+                self.talking.set()
+                await self.gate.wait()
+            yield item
 
 
 async def _worker(url: str, llm: ScriptedModel) -> Parley:
@@ -91,7 +111,7 @@ async def _sweep_into(parley: Parley, resumed: list[Resumed], screen: Screen) ->
     async def resume(item: Resumed) -> None:
         resumed.append(item)
         events = (
-            service.replay(item.answer)
+            service.replay(item.inbound, item.answer)
             if item.answer is not None
             else service.answer(item.inbound, resumed=True)
         )
@@ -193,3 +213,38 @@ async def test_an_answer_shown_in_full_is_left_alone(database_url):
     finally:
         await parley.close()
         await other.close()
+
+
+async def test_an_answer_taken_over_while_its_worker_stalled_is_given_up_by_it(postgres_url):
+    stalling = await _worker(postgres_url, Gated())
+    survivor = await _worker(
+        postgres_url, ScriptedModel(reply=lambda r: f"answer to {r.messages[-1].text}")
+    )
+    stalled_screen, screen = Screen(), Screen()
+    question = _question("who answers?", "Ev-stalled")
+    service = stalling.service
+    stalled = asyncio.create_task(
+        deliver(
+            service.answer(question), stalled_screen, Interval(0), journal=service.journal(question)
+        )
+    )
+    try:
+        await asyncio.wait_for(stalling.llm.talking.wait(), 10)
+        await _die(stalling)  # its leases run out while it still lives
+        assert await _sweep_into(survivor, [], screen) == 1
+        assert screen.final == "answer to who answers?"
+        stalling.llm.gate.set()  # it wakes up with its own answer
+        result = await asyncio.wait_for(stalled, 10)
+        assert result.outcome == "nothing"
+        assert stalled_screen.withdrawn and stalled_screen.final is None
+        assert await _history(survivor) == [
+            ("user", "who answers?"),
+            ("assistant", "answer to who answers?"),
+        ]
+        assert await _sweep_into(survivor, [], Screen()) == 0
+    finally:
+        stalled.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stalled
+        await stalling.close()
+        await survivor.close()

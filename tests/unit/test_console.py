@@ -3,6 +3,7 @@ help table's commands, Markdown blocks that are final, JSON answers for scripts.
 
 from __future__ import annotations
 
+import asyncio
 import io
 
 from adapters.console.ask import JsonAnswer
@@ -10,6 +11,8 @@ from adapters.console.chat import completions, help_rows, script_items
 from adapters.console.render import Screen, Where, hard_breaks, settled_blocks
 from core import commands
 from core.messages import UsageReport
+from core.service import ConversationService
+from core.settings import Settings
 
 USAGE = UsageReport("gpt-4o", 120, 30, 0.00105)
 
@@ -67,3 +70,22 @@ async def test_json_answers_come_bare_with_notes_on_stderr():
     await answer.finish('```json\n{\n  "a": 1\n}\n```\n\n_(a note)_')
     assert out.getvalue() == '{\n  "a": 1\n}\n'
     assert err.getvalue() == "_(a note)_\n"
+
+
+async def test_a_start_up_waiting_for_the_prompt_is_let_go_before_piped_input_needs_it():
+    from adapters.console.chat import ConsoleChat
+    from tests.fakes.memory import MemoryStore, ScriptedModel
+
+    shown = asyncio.Event()
+
+    async def start() -> ConversationService:
+        await shown.wait()  # as `parley chat` starts its core
+        return ConversationService(MemoryStore(), ScriptedModel(), Settings(_env_file=None))
+
+    out = io.StringIO()
+    service = asyncio.ensure_future(start())
+    chat = ConsoleChat(
+        service, Where("gpt-4o", "test", offline=False), screen=Screen(out), shown=shown
+    )
+    code = await asyncio.wait_for(chat.run(io.StringIO("hello\n")), timeout=10)
+    assert code == 0 and shown.is_set() and service.done()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 
 from core.pricing import cost_usd, price_for
@@ -16,6 +18,14 @@ def test_bundled_encoding_matches_known_token_ids():
     assert count_text("") == 0
     assert count_message("hello world") == 2 + 3
     assert count_message("hi", images=1) > count_message("hi")
+
+
+def test_the_encoding_keeps_no_python_copy_of_its_ranks_yet_still_pickles():
+    held = encoding().__dict__.get("_mergeable_ranks")
+    assert not isinstance(held, dict), "the ranks' Python dict outlived the encoding's build"
+    copy = pickle.loads(pickle.dumps(encoding()))
+    assert copy.encode("hello world") == [24912, 2375]
+    assert copy.decode([24912, 2375]) == "hello world"
 
 
 def test_prices_are_matched_by_exact_model_and_snapshot():
