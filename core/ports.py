@@ -194,6 +194,7 @@ class NewTurn:
     status: str = "complete"
     sent_at: datetime | None = None
     event: tuple[str, str] | None = None
+    model: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,10 +20,20 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, CursorResult, and_, delete, literal, select, update
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    CursorResult,
+    String,
+    and_,
+    bindparam,
+    delete,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -44,6 +54,36 @@ def now_micros() -> int:
     return time.time_ns() // 1000
 
 
+GIVE_BACK = delete(LeaseRow).where(
+    LeaseRow.name == bindparam("l_name"), LeaseRow.holder == bindparam("l_holder")
+)
+
+
+@lru_cache(maxsize=8)
+def _taking(dialect: str, unless: ColumnElement[bool] | None) -> Any:
+    """Take lease ``l_name`` for ``l_holder`` until ``l_until`` if it is free at ``l_now``
+    and ``unless`` is not true (built once per ``unless``; parameters given per call)."""
+    insert_ = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    free = LeaseRow.until < bindparam("l_now")
+    if unless is None:
+        stmt = insert_(LeaseRow).values(
+            name=bindparam("l_name"), holder=bindparam("l_holder"), until=bindparam("l_until")
+        )
+    else:
+        values = select(
+            bindparam("l_name", type_=String),
+            bindparam("l_holder", type_=String),
+            bindparam("l_until", type_=BigInteger),
+        )
+        stmt = insert_(LeaseRow).from_select(["name", "holder", "until"], values.where(~unless))
+        free = and_(free, ~unless)
+    return stmt.on_conflict_do_update(
+        index_elements=[LeaseRow.name],
+        set_={"holder": stmt.excluded.holder, "until": stmt.excluded.until},
+        where=free,
+    ).returning(LeaseRow.holder)
+
+
 def worker_name(holder: str) -> str:
     """The lease a worker holds on itself while it lives."""
     return f"worker:{holder}"
@@ -54,8 +94,16 @@ class Leases:
 
     def __init__(self, engine: AsyncEngine, *, seconds: float = LEASE_SECONDS) -> None:
         self.engine = engine
+        # Taking and giving back are one statement each: on PostgreSQL without BEGIN and
+        # COMMIT around it (two round trips fewer).
+        self.single = (
+            engine.execution_options(isolation_level="AUTOCOMMIT")
+            if engine.dialect.name == "postgresql"
+            else engine
+        )
         self.holder = uuid.uuid4().hex[:16]
         self.seconds = seconds
+        self._dialect = engine.dialect.name
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
         self._heartbeat: asyncio.Task[None] | None = None
         # Names this worker holds now, set once given back (its own waiters wait on them).
@@ -64,42 +112,47 @@ class Leases:
     def _until(self) -> int:
         return now_micros() + int(self.seconds * 1_000_000)
 
-    async def try_take(self, name: str, *, unless: ColumnElement[bool] | None = None) -> bool:
+    async def try_take(
+        self,
+        name: str,
+        *,
+        unless: ColumnElement[bool] | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> bool:
         """Take ``name`` if nobody holds it (or its holder's lease has run out), and
-        ``unless`` (someone with a better claim waiting) is not true."""
+        ``unless`` (someone with a better claim waiting; its own ``params``) is not true."""
         self._start_heartbeat()
-        name = storable(name)  # as the column keeps it (no NUL)
-        free = LeaseRow.until < now_micros()
-        if unless is None:
-            stmt = self._insert(LeaseRow).values(name=name, holder=self.holder, until=self._until())
-        else:
-            values = select(literal(name), literal(self.holder), literal(self._until()))
-            stmt = self._insert(LeaseRow).from_select(
-                ["name", "holder", "until"], values.where(~unless)
-            )
-            free = and_(free, ~unless)
-        taking = stmt.on_conflict_do_update(
-            index_elements=[LeaseRow.name],
-            set_={"holder": stmt.excluded.holder, "until": stmt.excluded.until},
-            where=free,
-        ).returning(LeaseRow.holder)
-        async with self.engine.begin() as conn:
-            taken = (await conn.execute(taking)).scalar_one_or_none()
+        values = {
+            **(params or {}),
+            "l_name": storable(name),  # as the column keeps it (no NUL)
+            "l_holder": self.holder,
+            "l_until": self._until(),
+            "l_now": now_micros(),
+        }
+        async with self.single.connect() as conn:
+            taken = (
+                await conn.execute(_taking(self._dialect, unless), values)
+            ).scalar_one_or_none()
+            await conn.commit()
         return taken == self.holder
 
     async def give_back(self, name: str) -> None:
-        where = (LeaseRow.name == storable(name), LeaseRow.holder == self.holder)
-        async with self.engine.begin() as conn:
-            await conn.execute(delete(LeaseRow).where(*where))
+        async with self.single.connect() as conn:
+            await conn.execute(GIVE_BACK, {"l_name": storable(name), "l_holder": self.holder})
+            await conn.commit()
 
     @asynccontextmanager
     async def hold(
-        self, name: str, *, unless: ColumnElement[bool] | None = None
+        self,
+        name: str,
+        *,
+        unless: ColumnElement[bool] | None = None,
+        params: dict[str, Any] | None = None,
     ) -> AsyncIterator[None]:
         """Hold ``name`` for the block, waiting (never failing) while another worker has it
         (or while ``unless``: someone who should go first is waiting). While this worker
         holds it, its own waiters wait for it here rather than asking the database."""
-        await self._take(name, unless)
+        await self._take(name, unless, params)
         released = self._held[name] = asyncio.Event()
         try:
             yield
@@ -110,14 +163,16 @@ class Leases:
             del self._held[name]
             released.set()
 
-    async def _take(self, name: str, unless: ColumnElement[bool] | None) -> None:
+    async def _take(
+        self, name: str, unless: ColumnElement[bool] | None, params: dict[str, Any] | None
+    ) -> None:
         wait = FIRST_WAIT
         while True:
             mine = self._held.get(name)
             if mine is not None:
                 await mine.wait()
                 continue
-            if await retrying(partial(self.try_take, name, unless=unless)):
+            if await retrying(partial(self.try_take, name, unless=unless, params=params)):
                 return
             await asyncio.sleep(wait)
             wait = min(LONGEST_WAIT, wait * 2)

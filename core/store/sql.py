@@ -5,34 +5,30 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import json
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import (
-    ColumnElement,
+    Connection,
     CursorResult,
-    String,
-    and_,
+    Engine,
+    create_engine,
     delete,
     event,
     func,
     insert,
-    literal,
-    or_,
     select,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import (
-    AsyncEngine,
-    AsyncSession,
-    async_sessionmaker,
-    create_async_engine,
-)
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from core.errors import ClaimLost
 from core.messages import ChannelKey, ConversationKey
@@ -40,6 +36,7 @@ from core.ports import (
     ChannelOverrides,
     ConversationState,
     MemoryFact,
+    NewTurn,
     Orphan,
     Planner,
     Role,
@@ -49,21 +46,19 @@ from core.ports import (
     UsageEntry,
     UsageTotals,
 )
+from core.store import prepared
 from core.store.leases import LEASE_SECONDS, Leases, now_micros
 from core.store.models import (
     ChannelMemoryRow,
     ChannelSettingsRow,
     ConversationRow,
     FeedbackRow,
-    LeaseRow,
     MessageRow,
     ProcessedEventRow,
     UsageRow,
 )
 from core.store.retry import PATIENCE, retrying
 
-# Claims still in progress: a redelivery may take one over when its holder is gone.
-UNSETTLED = ("received", "answering")
 # Claims a sweeper finishes when their holder is gone: still being answered, or answered and
 # stored but maybe not shown.
 RESUMABLE = ("received", "answering", "stored")
@@ -82,23 +77,63 @@ def make_engine(url: str, *, log_parameters: bool = False, **kwargs: Any) -> Asy
         kwargs.setdefault("max_overflow", 0)
         engine = create_async_engine(url, connect_args={"timeout": 30}, **kwargs)
 
-        @event.listens_for(engine.sync_engine, "connect")
-        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cursor = dbapi_conn.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.close()
-
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    kwargs.setdefault("pool_size", 10)
-    kwargs.setdefault("max_overflow", 10)
+    # A steady pool: an overflow connection would be closed on its return and opened anew
+    # (with its prepared statements) at the next burst, the worker's CPU spent reconnecting.
+    kwargs.setdefault("pool_size", 20)
+    kwargs.setdefault("max_overflow", 0)
     # Connections are recycled rather than pinged: a ping is one more round trip per query.
     kwargs.setdefault("pool_recycle", 1800)
     # Thousands of answers in flight share the pool: a short query waiting for a connection
     # is queueing, not failing.
     kwargs.setdefault("pool_timeout", 600)
     return create_async_engine(url, **kwargs)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _local_engine(engine: AsyncEngine) -> Engine | None:
+    """For a SQLite file, a plain engine on it for the store's own thread (one connection:
+    SQLite has one writer at a time); None elsewhere (an in-memory database is the async
+    engine's alone)."""
+    url = engine.url
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    if (url.database or "").startswith("file:"):
+        return None
+    local = create_engine(
+        url.set(drivername="sqlite+pysqlite"),
+        pool_size=1,
+        max_overflow=0,
+        connect_args={"timeout": 30, "check_same_thread": False},
+        hide_parameters=engine.sync_engine.hide_parameters,
+    )
+    event.listen(local, "connect", _sqlite_pragmas)
+    return local
+
+
+T = TypeVar("T")
+
+
+def _transaction(
+    engine: Engine, stop: threading.Event, work: Callable[..., T], args: tuple[Any, ...]
+) -> T:
+    """``work(connection, *args)`` in one transaction, in the store's thread; rolled back
+    if its caller stopped waiting for it (cancelled) before it could commit."""
+    with engine.connect() as conn:
+        result = work(conn, *args)
+        if stop.is_set():
+            conn.rollback()
+        else:
+            conn.commit()
+        return result
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -118,58 +153,9 @@ def _insert(dialect: str, table: Any) -> Any:
     return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
 
 
-def _beyond(
-    conversation_id: int, message_id: int, *, later: bool, inclusive: bool = False
-) -> ColumnElement[bool]:
-    """Turns after (``later``) or before turn ``message_id`` in conversation order, that is
-    by (sent_at, id); no bound if ``message_id`` is no turn of the conversation."""
-    sent_at = (
-        select(MessageRow.sent_at)
-        .where(MessageRow.id == message_id, MessageRow.conversation_id == conversation_id)
-        .scalar_subquery()
-    )
-    if later:
-        tie = MessageRow.id >= message_id if inclusive else MessageRow.id > message_id
-        ordered = or_(MessageRow.sent_at > sent_at, and_(MessageRow.sent_at == sent_at, tie))
-    else:
-        tie = MessageRow.id <= message_id if inclusive else MessageRow.id < message_id
-        ordered = or_(MessageRow.sent_at < sent_at, and_(MessageRow.sent_at == sent_at, tie))
-    return or_(sent_at.is_(None), ordered)
-
-
-def _event(platform: str, event_id: str) -> Any:
-    return update(ProcessedEventRow).where(
-        ProcessedEventRow.platform == platform, ProcessedEventRow.event_id == event_id
-    )
-
-
 def _alive() -> Any:
     """The claim's holder still holds its worker lease."""
-    return (
-        select(LeaseRow.name)
-        .where(
-            LeaseRow.name == literal("worker:", String) + ProcessedEventRow.holder,
-            LeaseRow.until >= now_micros(),
-        )
-        .exists()
-    )
-
-
-async def _orphan(session: AsyncSession, row: Any) -> Orphan:
-    """A claim taken over: its pending question leaves the context (it is asked again), or
-    its stored answer is read to be shown."""
-    platform, event_id, state, request, delivery, question_id, answer_id = row
-    answer = None
-    if state == "stored" and answer_id is not None:
-        stmt = select(MessageRow.content).where(MessageRow.id == answer_id)
-        answer = (await session.execute(stmt)).scalar_one_or_none()
-    if answer is None and question_id is not None:
-        await session.execute(
-            update(MessageRow)
-            .where(MessageRow.id == question_id, MessageRow.status == "pending")
-            .values(status="failed")
-        )
-    return Orphan(platform, event_id, request, delivery, answer)
+    return prepared.alive(now_micros())
 
 
 def _earlier_waiting(conversation: str, sent_at: datetime | None) -> Any:
@@ -190,68 +176,63 @@ def _earlier_waiting(conversation: str, sent_at: datetime | None) -> Any:
     )
 
 
-def _take_over(
-    platform: str, event_id: str, values: dict[str, Any], states: Sequence[str] = UNSETTLED
-) -> Any:
-    """Claim an event in one of ``states`` whose holder is a worker no longer alive (never
-    one this worker or another live one is still answering: that would answer it twice)."""
-    return (
-        _event(platform, event_id)
-        .where(ProcessedEventRow.state.in_(states), ~_alive())
-        .values(**values)
-    )
+# --- transactions: each runs whole on one connection (see ``SqlStore._run``) -------------------
 
 
-def _take_received(platform: str, event_id: str, holder: str, values: dict[str, Any]) -> Any:
-    """Take on an event this worker received (claimed before acknowledging it) and has not
-    taken on yet: its handler now answers it, or settles it."""
-    return (
-        _event(platform, event_id)
-        .where(ProcessedEventRow.state == "received", ProcessedEventRow.holder == holder)
-        .values(**values)
-    )
+def _rowcount(conn: Connection, stmt: Any, params: Any = None) -> int:
+    return int(cast(CursorResult[Any], conn.execute(stmt, params)).rowcount or 0)
 
 
-def _recent(
-    conversation_id: int, after_id: int, before_id: int, limit: int, *, through: bool = False
-) -> Any:
-    """Complete turns between two turns, newest first (see ``Store.recent_messages``)."""
-    return (
-        select(
-            MessageRow.id,
-            MessageRow.role,
-            MessageRow.content,
-            MessageRow.token_count,
-            MessageRow.author_name,
-            MessageRow.sent_at,
+def _scalar(conn: Connection, stmt: Any) -> Any:
+    return conn.execute(stmt).scalar_one()
+
+
+def _rows(conn: Connection, stmt: Any, params: Any = None) -> list[Any]:
+    return list(conn.execute(stmt, params).all())
+
+
+def _orphan(conn: Connection, row: Any) -> Orphan:
+    """A claim taken over: its pending question leaves the context (it is asked again), or
+    its stored answer is read to be shown."""
+    platform, event_id, state, request, delivery, question_id, answer_id = row
+    answer = None
+    if state == "stored" and answer_id is not None:
+        stmt = select(MessageRow.content).where(MessageRow.id == answer_id)
+        answer = conn.execute(stmt).scalar_one_or_none()
+    if answer is None and question_id is not None:
+        conn.execute(
+            update(MessageRow)
+            .where(MessageRow.id == question_id, MessageRow.status == "pending")
+            .values(status="failed")
         )
-        .where(
-            MessageRow.conversation_id == conversation_id,
-            _beyond(conversation_id, after_id, later=True),
-            _beyond(conversation_id, before_id, later=False, inclusive=through),
-            MessageRow.status == "complete",
-        )
-        .order_by(MessageRow.sent_at.desc(), MessageRow.id.desc())
-        .limit(limit)
-    )
+    return Orphan(platform, event_id, request, delivery, answer)
 
 
-def _fitting(recent: Any, tokens: int) -> Any:
-    """Of ``recent`` (turns newest first), those whose running token sum fits ``tokens``,
-    and the first that does not: the whole context read in one statement."""
-    newest_first = (recent.c.sent_at.desc(), recent.c.id.desc())
-    summed = select(
-        *recent.c, func.sum(recent.c.token_count).over(order_by=newest_first).label("running")
-    ).subquery()
-    return (
-        select(summed.c.id, summed.c.role, summed.c.content, summed.c.token_count)
-        .add_columns(summed.c.author_name)
-        .where(summed.c.running - summed.c.token_count <= tokens)
-        .order_by(summed.c.sent_at.desc(), summed.c.id.desc())
-    )
+def _orphans(conn: Connection, taking: Any) -> list[Orphan]:
+    return [_orphan(conn, row) for row in conn.execute(taking).all()]
 
 
-async def _sum(session: AsyncSession, where: Sequence[Any]) -> UsageTotals:
+def _claim(conn: Connection, claiming: Any, params: dict[str, Any], received: bool) -> bool:
+    """The event's claim made, or taken on (received by this worker) or over (left by a dead
+    worker): see ``SqlStore.claim_event``."""
+    if _rowcount(conn, claiming, params):
+        return True
+    taking = prepared.TAKE_OVER_RECEIVED if received else prepared.TAKE_OVER
+    return bool(_rowcount(conn, taking, {**params, "e_now": now_micros()}))
+
+
+def _claim_lost(event: tuple[str, str]) -> ClaimLost:
+    return ClaimLost(f"event {event[1]} on {event[0]} was taken over")
+
+
+def _claimed(conn: Connection, stmt: Any, event: tuple[str, str], **params: Any) -> None:
+    """Update this worker's claim of ``event``; ``ClaimLost`` (the transaction is rolled
+    back) when another worker has taken it over."""
+    if not _rowcount(conn, stmt, _event(event, **params)):
+        raise _claim_lost(event)
+
+
+def _sum(conn: Connection, where: Sequence[Any]) -> UsageTotals:
     """Sums over the ledger entries matching ``where``."""
     stmt = select(
         func.coalesce(func.sum(UsageRow.input_tokens), 0),
@@ -261,15 +242,174 @@ async def _sum(session: AsyncSession, where: Sequence[Any]) -> UsageTotals:
         func.count(UsageRow.id).filter(UsageRow.estimated.is_(True)),
         func.count(UsageRow.id).filter(UsageRow.cost_usd.is_(None)),
     ).where(*where)
-    row = (await session.execute(stmt)).one()
+    row = conn.execute(stmt).one()
     return UsageTotals(
         int(row[0]), int(row[1]), float(row[2] or 0.0), int(row[3]), int(row[4]), int(row[5])
     )
 
 
+def _conversation(key: ConversationKey) -> dict[str, str]:
+    return {
+        "platform": key.platform,
+        "workspace": key.workspace,
+        "channel": key.channel,
+        "thread": key.thread,
+    }
+
+
+def _channel(channel: ChannelKey) -> dict[str, str]:
+    return {
+        "platform": channel.platform,
+        "workspace": channel.workspace,
+        "channel": channel.channel,
+    }
+
+
+def _history(rows: Sequence[Any]) -> list[StoredMessage]:
+    return [StoredMessage(r[0], cast(Role, r[1]), r[2], r[3], r[4]) for r in rows]
+
+
+def _add_message(conn: Connection, conversation_id: int, turn: NewTurn) -> int:
+    params = _message(conversation_id, turn)
+    message_id = int(conn.execute(prepared.ADD_MESSAGE, params).scalar_one())
+    if turn.event is not None:  # the claim knows its question, to mark it if it dies
+        conn.execute(prepared.QUESTION_OF_EVENT, _event(turn.event, e_message=message_id))
+    return message_id
+
+
+def _add_question(conn: Connection, conversation_id: int, turn: NewTurn, holder: str) -> int:
+    """``_add_message``, its claim (if any) told only while ``holder`` holds it."""
+    message_id = _add_message(conn, conversation_id, replace(turn, event=None))
+    if turn.event is not None:  # the claim knows its question, to mark it if it dies
+        args = {"e_message": message_id, "e_holder": holder}
+        _claimed(conn, prepared.QUESTION_CLAIMED, turn.event, **args)
+    return message_id
+
+
+def _message(conversation_id: int, turn: NewTurn) -> dict[str, Any]:
+    """``ADD_MESSAGE``'s parameters."""
+    return {
+        "m_conversation": conversation_id,
+        "m_role": turn.role,
+        "m_content": turn.content,
+        "m_tokens": turn.token_count,
+        "m_author_id": turn.author_id,
+        "m_author_name": turn.author_name[:100],
+        "m_status": turn.status,
+        "m_model": turn.model,
+        "m_sent_at": micros(turn.sent_at),
+    }
+
+
+def _event(event: tuple[str, str], **more: Any) -> dict[str, Any]:
+    """Parameters naming the claim of ``event`` (platform, event id)."""
+    return {"e_platform": event[0], "e_event": event[1], **more}
+
+
+def _usage_rows(channel: ChannelKey, user_id: str, usage: Sequence[UsageEntry]) -> list[Any]:
+    return [
+        {
+            "platform": channel.platform,
+            "workspace": channel.workspace,
+            "channel": channel.channel,
+            "user_id": user_id,
+            "model": entry.model,
+            "input_tokens": entry.input_tokens,
+            "output_tokens": entry.output_tokens,
+            "cost_usd": entry.cost_usd,
+            "estimated": entry.estimated,
+        }
+        for entry in usage
+    ]
+
+
+def _record_usage(conn: Connection, rows: list[Any]) -> None:
+    if rows:
+        conn.execute(prepared.USAGE, rows)
+
+
+@dataclass(frozen=True, slots=True)
+class _Turn:
+    """What ``_finish`` needs besides the answer: its conversation, its question, its usage
+    rows and this worker's name as a claim's holder."""
+
+    conversation: int
+    question_id: int | None
+    usage: list[Any]
+    holder: str
+
+
+def _finish(conn: Connection, answer: NewTurn, turn: _Turn) -> int:
+    """The answer stored with its question made complete, its claim told (``ClaimLost`` if
+    another worker took it over), its usage."""
+    if turn.question_id is not None:
+        conn.execute(prepared.MESSAGE_STATUS, {"m_id": turn.question_id, "m_status": "complete"})
+    message_id = _add_message(conn, turn.conversation, replace(answer, event=None))
+    if answer.event is not None:  # "answered" once shown (``settle_event``)
+        args = {"e_message": message_id, "e_holder": turn.holder}
+        _claimed(conn, prepared.ANSWER_CLAIMED, answer.event, **args)
+    _record_usage(conn, turn.usage)
+    return message_id
+
+
+def _finish_in_one(conn: Connection, answer: NewTurn, turn: _Turn) -> int:
+    """``_finish`` as one statement (PostgreSQL); with a claim no longer this worker's it
+    stores nothing."""
+    event = answer.event
+    stmt = prepared.finish_in_one(turn.question_id is not None, event is not None, len(turn.usage))
+    params = _message(turn.conversation, answer)
+    if turn.question_id is not None:
+        params["f_question"] = turn.question_id
+    if event is not None:
+        params.update(_event(event, e_holder=turn.holder))
+    for i, row in enumerate(turn.usage):
+        params.update({f"u{i}_{name}": value for name, value in row.items()})
+    message_id = conn.execute(stmt, params).scalar_one_or_none()
+    if message_id is None and event is not None:
+        raise _claim_lost(event)
+    return int(cast(int, message_id))
+
+
+def _ask(conn: Connection, facts: TurnFacts, plan: TurnPlan, holder: str) -> TurnFacts:
+    """``SqlStore._begin`` as one statement (PostgreSQL); with a claim no longer this
+    worker's it stores nothing (``ClaimLost``)."""
+    state, question = facts.state, plan.question
+    params = _message(state.id, question)
+    params.update(
+        r_conversation=state.id,
+        r_after=state.context_start,
+        r_limit=plan.history_rows,
+        r_tokens=plan.history_tokens,
+        r_sent_at=params["m_sent_at"],
+    )
+    if question.event is not None:
+        params.update(_event(question.event, e_holder=holder))
+    rows = conn.execute(prepared.ask_in_one(question.event is not None), params).all()
+    if not rows and question.event is not None:
+        raise _claim_lost(question.event)
+    history = tuple(_history([row[1:] for row in rows if row[1] is not None]))
+    return replace(facts, question_id=int(rows[0][0]), history=history)
+
+
+def _reset(conn: Connection, conversation_id: int) -> int:
+    removed = _rowcount(
+        conn, delete(MessageRow).where(MessageRow.conversation_id == conversation_id)
+    )
+    conn.execute(
+        update(ConversationRow)
+        .where(ConversationRow.id == conversation_id)
+        .values(summary="", summary_tokens=0, context_start=0)
+    )
+    return removed
+
+
 class SqlStore:
     """Implements ``core.ports.Store``; each method is one short transaction, tried again while
-    the database is unreachable (``core.store.retry``) for up to ``patience`` seconds."""
+    the database is unreachable (``core.store.retry``) for up to ``patience`` seconds.
+
+    On a SQLite file each transaction runs whole in one call to the store's own thread (one
+    thread hop per call, the calls of a worker queued there as SQLite's one writer wants);
+    elsewhere on the async engine."""
 
     def __init__(
         self,
@@ -281,16 +421,46 @@ class SqlStore:
         self.engine = engine
         self.patience = patience
         self._dialect = engine.dialect.name
-        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self._statements = prepared.Dialect(self._dialect)
+        self._local = _local_engine(engine)
+        self._thread = (
+            ThreadPoolExecutor(1, thread_name_prefix="parley-store") if self._local else None
+        )
         # Turns of a conversation run one at a time across workers under its lease; no
         # connection is held while the model answers.
         self.leases = Leases(engine, seconds=lease_seconds)
+        self._single = self.leases.single
         self._announced = False
         self._announcing = asyncio.Lock()
 
     async def close(self) -> None:
         await self.leases.close()
+        if self._thread is not None and self._local is not None:
+            await asyncio.get_running_loop().run_in_executor(self._thread, self._local.dispose)
+            self._thread.shutdown(wait=False)
         await self.engine.dispose()
+
+    async def _run(self, work: Callable[..., T], *args: Any, single: bool = False) -> T:
+        """``work(connection, *args)`` in one transaction, committed when it returns.
+
+        ``single``: ``work`` is one statement, a transaction of its own on PostgreSQL (no
+        BEGIN and COMMIT around it: two round trips fewer)."""
+        if self._thread is None:
+            async with (self._single if single else self.engine).connect() as conn:
+                result = await conn.run_sync(work, *args)
+                await conn.commit()
+                return result
+        stop = threading.Event()
+        call = partial(_transaction, cast(Engine, self._local), stop, work, args)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._thread, call)
+        except asyncio.CancelledError:
+            stop.set()  # rolled back, unless it was committing already
+            raise
+
+    async def _execute(self, stmt: Any) -> int:
+        """One statement in its own transaction; its row count."""
+        return await self._run(_rowcount, stmt, single=True)
 
     async def _announce(self) -> None:
         """Make this worker's own lease exist before its first claim names it as holder
@@ -322,50 +492,25 @@ class SqlStore:
         arrived; its handler takes it on with a second claim."""
         if not settled or received:
             await self._announce()
-        holder = self.leases.holder
-        state = "received" if received else "answered" if settled else "answering"
-        values: dict[str, Any] = {"holder": holder, "state": state}
-        given: dict[str, Any] = {"request": request, "conversation": conversation}
-        given["sent_at"] = micros(sent_at) if sent_at is not None else None
-        values.update({name: value for name, value in given.items() if value is not None})
-        stmt = (
-            _insert(self._dialect, ProcessedEventRow)
-            .values(platform=platform, event_id=event_id, **values)
-            .on_conflict_do_nothing(index_elements=["platform", "event_id"])
+        params = _event(
+            (platform, event_id),
+            e_state="received" if received else "answered" if settled else "answering",
+            e_holder=self.leases.holder,
+            e_request=request,
+            e_conversation=conversation,
+            e_sent_at=micros(sent_at) if sent_at is not None else None,
         )
-        async with self._sessions.begin() as session:
-            result = await session.execute(stmt)
-            if cast(CursorResult[Any], result).rowcount:
-                return True
-            if not received:
-                own = await session.execute(_take_received(platform, event_id, holder, values))
-                if cast(CursorResult[Any], own).rowcount:
-                    return True
-            # Received anew, an answer a dead worker began is left to the sweeper, which
-            # takes down what it showed (``core.recovery``).
-            states = ("received",) if received else UNSETTLED
-            taken = await session.execute(_take_over(platform, event_id, values, states))
-        return bool(cast(CursorResult[Any], taken).rowcount)
+        claiming = self._statements.claim
+        return await self._run(_claim, claiming, params, received, single=True)
 
     async def settle_event(self, platform: str, event_id: str, state: str) -> bool:
         """Only while this worker holds the claim: once another took it over, it is theirs."""
-        async with self._sessions.begin() as session:
-            result = await session.execute(self._mine(platform, event_id).values(state=state))
-        return bool(cast(CursorResult[Any], result).rowcount)
+        params = _event((platform, event_id), e_holder=self.leases.holder, e_state=state)
+        return bool(await self._run(_rowcount, prepared.SETTLE, params, single=True))
 
     async def record_delivery(self, platform: str, event_id: str, delivery: str) -> None:
-        async with self._sessions.begin() as session:
-            await session.execute(self._mine(platform, event_id).values(delivery=delivery))
-
-    async def _claimed(self, session: AsyncSession, event: tuple[str, str], **values: Any) -> None:
-        """Update this worker's claim of ``event``; ``ClaimLost`` (the transaction is rolled
-        back) when another worker has taken it over."""
-        result = await session.execute(self._mine(*event).values(**values))
-        if not cast(CursorResult[Any], result).rowcount:
-            raise ClaimLost(f"event {event[1]} on {event[0]} was taken over")
-
-    def _mine(self, platform: str, event_id: str) -> Any:
-        return _event(platform, event_id).where(ProcessedEventRow.holder == self.leases.holder)
+        params = _event((platform, event_id), e_holder=self.leases.holder, e_delivery=delivery)
+        await self._run(_rowcount, prepared.DELIVERY, params, single=True)
 
     async def orphans(self, platforms: Sequence[str], limit: int) -> list[Orphan]:
         """Take over claims left unfinished by workers that are gone (see ``Store.orphans``)."""
@@ -397,87 +542,70 @@ class SqlStore:
                 ProcessedEventRow.answer_id,
             )
         )
-        async with self._sessions.begin() as session:
-            taken = (await session.execute(taking)).all()
-            return [await _orphan(session, row) for row in taken]
+        return await self._run(_orphans, taking)
 
     async def prune_events(self, older_than_seconds: float) -> int:
         cutoff = datetime.now(UTC) - timedelta(seconds=older_than_seconds)
-        async with self._sessions.begin() as session:
-            result = await session.execute(
-                delete(ProcessedEventRow).where(ProcessedEventRow.created_at < cutoff)
-            )
-        return int(cast(CursorResult[Any], result).rowcount or 0)
-
-    async def _conversation(self, session: AsyncSession, key: ConversationKey) -> ConversationRow:
-        where = (
-            ConversationRow.platform == key.platform,
-            ConversationRow.workspace == key.workspace,
-            ConversationRow.channel == key.channel,
-            ConversationRow.thread == key.thread,
+        return await self._execute(
+            delete(ProcessedEventRow).where(ProcessedEventRow.created_at < cutoff)
         )
-        row = (await session.execute(select(ConversationRow).where(*where))).scalar_one_or_none()
+
+    def _conversation(self, conn: Connection, key: ConversationKey) -> ConversationState:
+        params = _conversation(key)
+        row = conn.execute(prepared.CONVERSATION, params).one_or_none()
         if row is None:
-            await session.execute(
-                _insert(self._dialect, ConversationRow)
-                .values(
-                    platform=key.platform,
-                    workspace=key.workspace,
-                    channel=key.channel,
-                    thread=key.thread,
-                    summary="",
-                    summary_tokens=0,
-                    context_start=0,
-                )
-                .on_conflict_do_nothing(
-                    index_elements=["platform", "workspace", "channel", "thread"]
-                )
-            )
-            row = (await session.execute(select(ConversationRow).where(*where))).scalar_one()
-        return row
+            conn.execute(self._statements.new_conversation, params)
+            row = conn.execute(prepared.CONVERSATION, params).one()
+        return ConversationState(row[0], row[1], row[2], row[3])
 
     async def conversation(self, key: ConversationKey) -> ConversationState:
-        async with self._sessions.begin() as session:
-            row = await self._conversation(session, key)
-            return ConversationState(row.id, row.summary, row.summary_tokens, row.context_start)
+        return await self._run(self._conversation, key)
 
     async def open_turn(
         self, key: ConversationKey, *, spender: str | None = None, plan: Planner | None = None
     ) -> TurnFacts:
-        async with self._sessions.begin() as session:
-            row = await self._conversation(session, key)
-            state = ConversationState(row.id, row.summary, row.summary_tokens, row.context_start)
-            overrides = await self._overrides(session, key.channel_key)
-            memory = await self._memory(session, key.channel_key)
-            spent = None
-            if spender is not None:
-                where = (UsageRow.platform == key.platform, UsageRow.user_id == spender)
-                spent = (await _sum(session, where)).cost_usd
-            facts = TurnFacts(state, overrides, tuple(fact.text for fact in memory), spent)
-            if plan is None:
-                return facts
-            return await self._begin(session, facts, plan(facts))
+        if self._dialect != "postgresql":
+            return await self._run(self._open_turn, key, spender, plan)
+        # Two statements that commit themselves: the facts; then the question stored and
+        # the history before it read (each one round trip, no BEGIN or COMMIT).
+        facts = await self._run(self._open_turn, key, spender, None, single=True)
+        if plan is None:
+            return facts
+        return await self._run(_ask, facts, plan(facts), self.leases.holder, single=True)
 
-    async def _begin(self, session: AsyncSession, facts: TurnFacts, plan: TurnPlan) -> TurnFacts:
+    def _open_turn(
+        self, conn: Connection, key: ConversationKey, spender: str | None, plan: Planner | None
+    ) -> TurnFacts:
+        facts = self._facts(conn, key)
+        if spender is not None:
+            where = (UsageRow.platform == key.platform, UsageRow.user_id == spender)
+            facts = replace(facts, spent_usd=_sum(conn, where).cost_usd)
+        if plan is None:
+            return facts
+        return self._begin(conn, facts, plan(facts))
+
+    def _facts(self, conn: Connection, key: ConversationKey) -> TurnFacts:
+        """The conversation (made if new), its channel's settings and memory: one statement
+        (two more the first time)."""
+        params = _conversation(key)
+        row = conn.execute(self._statements.turn_facts, params).one_or_none()
+        if row is None:
+            conn.execute(self._statements.new_conversation, params)
+            row = conn.execute(self._statements.turn_facts, params).one()
+        state = ConversationState(row[0], row[1], row[2], row[3])
+        overrides = ChannelOverrides(*row[4:9])
+        memory = tuple(str(text) for text in json.loads(row[9] or "[]"))
+        return TurnFacts(state, overrides, memory, None)
+
+    def _begin(self, conn: Connection, facts: TurnFacts, plan: TurnPlan) -> TurnFacts:
         """Store the plan's question and read the history before it (same transaction)."""
-        q, state = plan.question, facts.state
-        question_id = await self._add_message(
-            session,
-            state.id,
-            q.role,
-            q.content,
-            q.token_count,
-            author_id=q.author_id,
-            author_name=q.author_name,
-            status=q.status,
-            sent_at=q.sent_at,
+        state = facts.state
+        question_id = _add_question(conn, state.id, plan.question, self.leases.holder)
+        params = prepared.recent_params(
+            state.id, state.context_start, question_id, plan.history_rows, plan.history_tokens
         )
-        if q.event is not None:  # the claim knows its question, to mark it if it dies
-            await self._claimed(session, q.event, question_id=question_id)
-        recent = _recent(state.id, state.context_start, question_id, plan.history_rows)
-        stmt = _fitting(recent.subquery(), plan.history_tokens)
-        rows = (await session.execute(stmt)).all()
-        history = tuple(StoredMessage(r[0], cast(Role, r[1]), r[2], r[3], r[4]) for r in rows)
+        stmt = prepared.recent(through=False, fitting=True)
+        history = tuple(_history(conn.execute(stmt, params).all()))
         return replace(facts, question_id=question_id, history=history)
 
     async def finish_turn(
@@ -494,55 +622,14 @@ class SqlStore:
         question_id: int | None = None,
         event: tuple[str, str] | None = None,
     ) -> int:
-        async with self._sessions.begin() as session:
-            if question_id is not None:
-                await session.execute(
-                    update(MessageRow).where(MessageRow.id == question_id).values(status="complete")
-                )
-            message_id = await self._add_message(
-                session,
-                conversation_id,
-                "assistant",
-                content,
-                token_count,
-                model=model,
-                sent_at=sent_at,
-            )
-            if event is not None:  # "answered" once shown (``settle_event``)
-                await self._claimed(session, event, state="stored", answer_id=message_id)
-            await self._record_usage(session, channel, user_id, usage)
-        return message_id
-
-    async def _add_message(
-        self,
-        session: AsyncSession,
-        conversation_id: int,
-        role: str,
-        content: str,
-        token_count: int,
-        *,
-        author_id: str = "",
-        author_name: str = "",
-        status: str = "complete",
-        model: str | None = None,
-        sent_at: datetime | None = None,
-    ) -> int:
-        stmt = (
-            insert(MessageRow)
-            .values(
-                conversation_id=conversation_id,
-                role=role,
-                content=content,
-                token_count=token_count,
-                author_id=author_id,
-                author_name=author_name[:100],
-                status=status,
-                model=model,
-                sent_at=micros(sent_at),
-            )
-            .returning(MessageRow.id)
+        answer = NewTurn(
+            "assistant", content, token_count, model=model, sent_at=sent_at, event=event
         )
-        return int((await session.execute(stmt)).scalar_one())
+        rows = _usage_rows(channel, user_id, usage)
+        turn = _Turn(conversation_id, question_id, rows, self.leases.holder)
+        if self._dialect == "postgresql":
+            return await self._run(_finish_in_one, answer, turn, single=True)
+        return await self._run(_finish, answer, turn)
 
     async def add_message(
         self,
@@ -558,28 +645,22 @@ class SqlStore:
         sent_at: datetime | None = None,
         event: tuple[str, str] | None = None,
     ) -> int:
-        async with self._sessions.begin() as session:
-            message_id = await self._add_message(
-                session,
-                conversation_id,
-                role,
-                content,
-                token_count,
-                author_id=author_id,
-                author_name=author_name,
-                status=status,
-                model=model,
-                sent_at=sent_at,
-            )
-            if event is not None:  # the claim knows its question, to mark it if it dies
-                await session.execute(_event(*event).values(question_id=message_id))
-        return message_id
+        turn = NewTurn(
+            cast(Role, role),
+            content,
+            token_count,
+            author_id=author_id,
+            author_name=author_name,
+            status=status,
+            model=model,
+            sent_at=sent_at,
+            event=event,
+        )
+        return await self._run(_add_message, conversation_id, turn)
 
     async def set_message_status(self, message_id: int, status: str) -> None:
-        async with self._sessions.begin() as session:
-            await session.execute(
-                update(MessageRow).where(MessageRow.id == message_id).values(status=status)
-            )
+        params = {"m_id": message_id, "m_status": status}
+        await self._run(_rowcount, prepared.MESSAGE_STATUS, params, single=True)
 
     async def recent_messages(
         self,
@@ -591,21 +672,18 @@ class SqlStore:
         through: bool = False,
         tokens: int | None = None,
     ) -> list[StoredMessage]:
-        recent = _recent(conversation_id, after_id, before_id, limit, through=through)
-        stmt = recent if tokens is None else _fitting(recent.subquery(), tokens)
-        async with self._sessions() as session:
-            rows = (await session.execute(stmt)).all()
-        return [StoredMessage(r[0], cast(Role, r[1]), r[2], r[3], r[4]) for r in rows]
+        stmt = prepared.recent(through=through, fitting=tokens is not None)
+        params = prepared.recent_params(conversation_id, after_id, before_id, limit, tokens)
+        return _history(await self._run(_rows, stmt, params, single=True))
 
     async def set_summary(
         self, conversation_id: int, summary: str, summary_tokens: int, context_start: int
     ) -> None:
-        async with self._sessions.begin() as session:
-            await session.execute(
-                update(ConversationRow)
-                .where(ConversationRow.id == conversation_id)
-                .values(summary=summary, summary_tokens=summary_tokens, context_start=context_start)
-            )
+        await self._execute(
+            update(ConversationRow)
+            .where(ConversationRow.id == conversation_id)
+            .values(summary=summary, summary_tokens=summary_tokens, context_start=context_start)
+        )
 
     @asynccontextmanager
     async def conversation_lock(
@@ -620,21 +698,17 @@ class SqlStore:
         if self._dialect != "postgresql":
             yield
             return
-        async with self.leases.hold(name, unless=_earlier_waiting(name, sent_at)):
+        if sent_at is None:
+            async with self.leases.hold(name):
+                yield
+            return
+        waiting = {"w_conversation": name, "w_sent_at": micros(sent_at)}
+        async with self.leases.hold(name, unless=prepared.EARLIER_WAITING, params=waiting):
             yield
 
     async def reset_conversation(self, key: ConversationKey) -> int:
         state = await self.conversation(key)
-        async with self._sessions.begin() as session:
-            result = await session.execute(
-                delete(MessageRow).where(MessageRow.conversation_id == state.id)
-            )
-            await session.execute(
-                update(ConversationRow)
-                .where(ConversationRow.id == state.id)
-                .values(summary="", summary_tokens=0, context_start=0)
-            )
-        return int(cast(CursorResult[Any], result).rowcount or 0)
+        return await self._run(_reset, state.id)
 
     def _channel_where(self, channel: ChannelKey) -> tuple[Any, ...]:
         return (
@@ -643,19 +717,12 @@ class SqlStore:
             ChannelSettingsRow.channel == channel.channel,
         )
 
-    async def _overrides(self, session: AsyncSession, channel: ChannelKey) -> ChannelOverrides:
-        row = (
-            await session.execute(select(ChannelSettingsRow).where(*self._channel_where(channel)))
-        ).scalar_one_or_none()
-        if row is None:
-            return ChannelOverrides()
-        return ChannelOverrides(
-            row.system_prompt, row.model, row.temperature, row.max_output_tokens, row.json_mode
-        )
+    def _overrides(self, conn: Connection, channel: ChannelKey) -> ChannelOverrides:
+        row = conn.execute(prepared.OVERRIDES, _channel(channel)).one_or_none()
+        return ChannelOverrides() if row is None else ChannelOverrides(*row)
 
     async def channel_overrides(self, channel: ChannelKey) -> ChannelOverrides:
-        async with self._sessions() as session:
-            return await self._overrides(session, channel)
+        return await self._run(self._overrides, channel, single=True)
 
     async def save_channel_overrides(
         self, channel: ChannelKey, overrides: ChannelOverrides
@@ -677,43 +744,16 @@ class SqlStore:
             )
             .on_conflict_do_update(index_elements=["platform", "workspace", "channel"], set_=values)
         )
-        async with self._sessions.begin() as session:
-            await session.execute(stmt)
-
-    async def _record_usage(
-        self,
-        session: AsyncSession,
-        channel: ChannelKey,
-        user_id: str,
-        usage: Sequence[UsageEntry],
-    ) -> None:
-        if not usage:
-            return
-        rows = [
-            {
-                "platform": channel.platform,
-                "workspace": channel.workspace,
-                "channel": channel.channel,
-                "user_id": user_id,
-                "model": entry.model,
-                "input_tokens": entry.input_tokens,
-                "output_tokens": entry.output_tokens,
-                "cost_usd": entry.cost_usd,
-                "estimated": entry.estimated,
-            }
-            for entry in usage
-        ]
-        await session.execute(insert(UsageRow), rows)
+        await self._execute(stmt)
 
     async def record_usage(
         self, channel: ChannelKey, user_id: str, usage: Sequence[UsageEntry]
     ) -> None:
-        async with self._sessions.begin() as session:
-            await self._record_usage(session, channel, user_id, usage)
+        if usage:
+            await self._run(_record_usage, _usage_rows(channel, user_id, usage), single=True)
 
     async def _totals(self, *where: Any) -> UsageTotals:
-        async with self._sessions() as session:
-            return await _sum(session, where)
+        return await self._run(_sum, where, single=True)
 
     async def channel_usage(self, channel: ChannelKey) -> UsageTotals:
         return await self._totals(
@@ -734,18 +774,12 @@ class SqlStore:
             ChannelMemoryRow.channel == channel.channel,
         )
 
-    async def _memory(self, session: AsyncSession, channel: ChannelKey) -> list[MemoryFact]:
-        stmt = (
-            select(ChannelMemoryRow.id, ChannelMemoryRow.text)
-            .where(*self._memory_where(channel))
-            .order_by(ChannelMemoryRow.id)
-        )
-        rows = (await session.execute(stmt)).all()
+    def _memory(self, conn: Connection, channel: ChannelKey) -> list[MemoryFact]:
+        rows = conn.execute(prepared.MEMORY, _channel(channel)).all()
         return [MemoryFact(int(r[0]), str(r[1])) for r in rows]
 
     async def channel_memory(self, channel: ChannelKey) -> list[MemoryFact]:
-        async with self._sessions() as session:
-            return await self._memory(session, channel)
+        return await self._run(self._memory, channel, single=True)
 
     async def add_memory(self, channel: ChannelKey, text: str, *, author_id: str = "") -> int:
         stmt = (
@@ -759,16 +793,13 @@ class SqlStore:
             )
             .returning(ChannelMemoryRow.id)
         )
-        async with self._sessions.begin() as session:
-            return int((await session.execute(stmt)).scalar_one())
+        return int(await self._run(_scalar, stmt, single=True))
 
     async def remove_memory(self, channel: ChannelKey, fact_id: int) -> bool:
         stmt = delete(ChannelMemoryRow).where(
             ChannelMemoryRow.id == fact_id, *self._memory_where(channel)
         )
-        async with self._sessions.begin() as session:
-            result = await session.execute(stmt)
-        return bool(cast(CursorResult[Any], result).rowcount)
+        return bool(await self._execute(stmt))
 
     # --- feedback on answers --------------------------------------------------------------
 
@@ -790,8 +821,7 @@ class SqlStore:
                 set_={"helpful": helpful, "created_at": func.now()},
             )
         )
-        async with self._sessions.begin() as session:
-            await session.execute(stmt)
+        await self._execute(stmt)
 
     async def channel_feedback(self, channel: ChannelKey) -> tuple[int, int]:
         stmt = select(
@@ -802,8 +832,7 @@ class SqlStore:
             FeedbackRow.workspace == channel.workspace,
             FeedbackRow.channel == channel.channel,
         )
-        async with self._sessions() as session:
-            row = (await session.execute(stmt)).one()
+        row = (await self._run(_rows, stmt, single=True))[0]
         return int(row[0]), int(row[1])
 
 

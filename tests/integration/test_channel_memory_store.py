@@ -54,3 +54,22 @@ async def test_the_memory_table_goes_away_on_downgrade(store):
     assert await schema.current_revision(store.engine) == "0004"
     await schema.upgrade(store.engine)
     assert await store.channel_memory(CHANNEL) == []
+
+
+async def test_a_turn_reads_its_channels_memory_and_settings_with_its_conversation(store):
+    from core.messages import ConversationKey
+    from core.ports import ChannelOverrides
+
+    key = ConversationKey("slack", "T1", "C1", "1700000000.000100")
+    assert (await store.open_turn(key)).memory == ()
+    for text in ("first fact", "second fact", 'a "quoted" fact, with [brackets]'):
+        await store.add_memory(CHANNEL, text)
+    await store.add_memory(ELSEWHERE, "another channel's fact")
+    await store.save_channel_overrides(CHANNEL, ChannelOverrides("Be brief.", json_mode=True))
+    facts = await store.open_turn(key)
+    assert facts.memory == ("first fact", "second fact", 'a "quoted" fact, with [brackets]')
+    assert facts.overrides == ChannelOverrides("Be brief.", json_mode=True)
+    assert facts.state == await store.conversation(key)
+    elsewhere = await store.open_turn(ConversationKey("slack", "T1", "C2", ""))
+    assert elsewhere.memory == ("another channel's fact",)
+    assert elsewhere.overrides == ChannelOverrides()

@@ -194,8 +194,7 @@ async def test_questions_waiting_for_a_conversation_take_turns_in_the_order_sent
         await first.settle_event("slack", "Ev-early", "received")  # waits for a slot
         assert await second.leases.try_take(name, unless=_earlier_waiting(name, late))
         await second.leases.give_back(name)
-        async with first.engine.begin() as conn:  # as conversation_lock does on its first try
-            await conn.execute(first._mine("slack", "Ev-early").values(state="answering"))
+        await first.settle_event("slack", "Ev-early", "answering")  # its slot is free again
         assert not await second.leases.try_take(name, unless=_earlier_waiting(name, late))
         assert await first.leases.try_take(name, unless=_earlier_waiting(name, early))
         state = await first.conversation(KEY)

@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import text, update
 
 from bots.bootstrap import prepare_schema
 from core.context import newest_turns
-from core.errors import SchemaOutOfDate
+from core.errors import ClaimLost, SchemaOutOfDate
 from core.messages import ChannelKey, ConversationKey
-from core.ports import ChannelOverrides, UsageEntry
+from core.ports import ChannelOverrides, NewTurn, TurnPlan, UsageEntry
 from core.settings import Settings
 from core.store import schema
+from core.store.models import ProcessedEventRow
 from core.store.sql import SqlStore, make_engine
+from tests.fakes.counting import Counting
 
 KEY = ConversationKey("slack", "T1", "C1", "1700000000.000100")
 
@@ -136,13 +138,53 @@ async def test_a_context_of_many_short_turns_is_read_in_one_statement(store):
     state = await store.conversation(KEY)
     for i in range(600):
         await store.add_message(state.id, "user" if i % 2 == 0 else "assistant", f"t{i}", 3)
-    statements: list[str] = []
-    listener = lambda *args: statements.append(args[2])  # noqa: E731
-    event.listen(store.engine.sync_engine, "before_cursor_execute", listener)
-    try:
+    with Counting() as counting:
         picked, cut_at = await newest_turns(store, state.id, 0, 10**12, 1000)
-    finally:
-        event.remove(store.engine.sync_engine, "before_cursor_execute", listener)
     assert [m.content for m in picked] == [f"t{i}" for i in range(267, 600)]
     assert cut_at is not None
-    assert len(statements) == 1
+    assert counting.statements == 1
+
+
+async def test_a_claim_received_on_arrival_is_taken_on_by_its_own_worker_only(store, database_url):
+    other = SqlStore(make_engine(database_url))
+    try:
+        assert await store.claim_event("slack", "Ev-r", settled=False, received=True)
+        assert not await store.claim_event("slack", "Ev-r", settled=False, received=True)
+        assert not await other.claim_event("slack", "Ev-r", settled=False)  # its worker lives
+        assert await store.claim_event("slack", "Ev-r", settled=False, request="{}")
+        assert not await store.claim_event("slack", "Ev-r", settled=False)  # taken on once
+        assert not await other.settle_event("slack", "Ev-r", "answered")
+        assert await store.settle_event("slack", "Ev-r", "answered")
+    finally:
+        await other.close()
+
+
+async def _lose(store, event_id):
+    """The claim of ``event_id`` now names another worker as its holder."""
+    async with store.engine.begin() as conn:
+        stmt = update(ProcessedEventRow).where(ProcessedEventRow.event_id == event_id)
+        await conn.execute(stmt.values(holder="someone-else"))
+
+
+async def test_a_question_or_answer_whose_claim_was_taken_over_stores_nothing(store):
+    channel = ChannelKey("slack", "T1", "C1")
+    event = ("slack", "Ev-lost")
+    assert await store.claim_event(*event, settled=False, request="{}")
+    question = NewTurn("user", "q", 4, status="pending", event=event)
+    facts = await store.open_turn(KEY, plan=lambda facts: TurnPlan(question, 1000, 10))
+    usage = [UsageEntry("gpt-4o", 10, 2, 0.1)]
+    args = (facts.state.id, "a", 4, "gpt-4o", channel, "u1", usage)
+    await _lose(store, "Ev-lost")
+    with pytest.raises(ClaimLost):
+        await store.finish_turn(*args, question_id=facts.question_id, event=event)
+    turns = await store.recent_messages(facts.state.id, 0, 10**12, 10)
+    assert turns == []  # the question is still pending, no answer was stored
+    assert (await store.channel_usage(channel)).turns == 0
+    assert await store.claim_event("slack", "Ev-lost-2", settled=False, request="{}")
+    await _lose(store, "Ev-lost-2")
+    question = NewTurn("user", "q2", 4, status="pending", event=("slack", "Ev-lost-2"))
+    with pytest.raises(ClaimLost):
+        await store.open_turn(KEY, plan=lambda facts: TurnPlan(question, 1000, 10))
+    async with store.engine.connect() as conn:
+        count = await conn.execute(text("SELECT count(*) FROM messages"))
+        assert count.scalar_one() == 1  # the first question alone

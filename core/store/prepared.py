@@ -1,0 +1,501 @@
+"""The statements of a turn, built once with bound parameters.
+
+A store call passes values only: SQLAlchemy neither builds the statement again nor works out
+its cache key again (building them took most of a turn's CPU in the store), and finds it
+compiled in its cache.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    String,
+    Text,
+    and_,
+    bindparam,
+    cast,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    true,
+)
+from sqlalchemy import update as _update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from core.store.models import (
+    ChannelMemoryRow,
+    ChannelSettingsRow,
+    ConversationRow,
+    LeaseRow,
+    MessageRow,
+    ProcessedEventRow,
+    UsageRow,
+)
+
+# Claims still in progress: a redelivery may take one over when its holder is gone.
+UNSETTLED = ("received", "answering")
+
+
+def alive(now: Any) -> Any:
+    """The claim's holder still held its worker lease at ``now`` (microseconds)."""
+    return (
+        select(LeaseRow.name)
+        .where(
+            LeaseRow.name == literal("worker:", String) + ProcessedEventRow.holder,
+            LeaseRow.until >= now,
+        )
+        .exists()
+    )
+
+
+def event_update() -> Any:
+    """An update of the claim of (``e_platform``, ``e_event``)."""
+    return _update(ProcessedEventRow).where(
+        ProcessedEventRow.platform == bindparam("e_platform"),
+        ProcessedEventRow.event_id == bindparam("e_event"),
+    )
+
+
+CONVERSATION = select(
+    ConversationRow.id,
+    ConversationRow.summary,
+    ConversationRow.summary_tokens,
+    ConversationRow.context_start,
+).where(
+    ConversationRow.platform == bindparam("platform"),
+    ConversationRow.workspace == bindparam("workspace"),
+    ConversationRow.channel == bindparam("channel"),
+    ConversationRow.thread == bindparam("thread"),
+)
+
+OVERRIDES = select(
+    ChannelSettingsRow.system_prompt,
+    ChannelSettingsRow.model,
+    ChannelSettingsRow.temperature,
+    ChannelSettingsRow.max_output_tokens,
+    ChannelSettingsRow.json_mode,
+).where(
+    ChannelSettingsRow.platform == bindparam("platform"),
+    ChannelSettingsRow.workspace == bindparam("workspace"),
+    ChannelSettingsRow.channel == bindparam("channel"),
+)
+
+MEMORY = (
+    select(ChannelMemoryRow.id, ChannelMemoryRow.text)
+    .where(
+        ChannelMemoryRow.platform == bindparam("platform"),
+        ChannelMemoryRow.workspace == bindparam("workspace"),
+        ChannelMemoryRow.channel == bindparam("channel"),
+    )
+    .order_by(ChannelMemoryRow.id)
+)
+
+ADD_MESSAGE = (
+    insert(MessageRow)
+    .values(
+        conversation_id=bindparam("m_conversation"),
+        role=bindparam("m_role"),
+        content=bindparam("m_content"),
+        token_count=bindparam("m_tokens"),
+        author_id=bindparam("m_author_id"),
+        author_name=bindparam("m_author_name"),
+        status=bindparam("m_status"),
+        model=bindparam("m_model"),
+        sent_at=bindparam("m_sent_at"),
+    )
+    .returning(MessageRow.id)
+)
+
+MESSAGE_STATUS = (
+    _update(MessageRow)
+    .where(MessageRow.id == bindparam("m_id"))
+    .values(status=bindparam("m_status"))
+)
+
+USAGE = insert(UsageRow)
+
+QUESTION_OF_EVENT = event_update().values(question_id=bindparam("e_message"))
+
+_MINE = ProcessedEventRow.holder == bindparam("e_holder")
+
+# The claim told its question or its stored answer only while this worker (``e_holder``)
+# still holds it: no row updated means another worker took it over (``ClaimLost``).
+QUESTION_CLAIMED = event_update().where(_MINE).values(question_id=bindparam("e_message"))
+
+ANSWER_CLAIMED = (
+    event_update().where(_MINE).values(state="stored", answer_id=bindparam("e_message"))
+)
+
+SETTLE = event_update().where(_MINE).values(state=bindparam("e_state"))
+
+DELIVERY = event_update().where(_MINE).values(delivery=bindparam("e_delivery"))
+
+
+def _taking() -> Any:
+    """A claim update made this worker's (``e_holder``, state ``e_state``), keeping its
+    request, conversation and time unless new ones are given."""
+    row = ProcessedEventRow
+    return event_update().values(
+        holder=bindparam("e_holder"),
+        state=bindparam("e_state"),
+        request=func.coalesce(bindparam("e_request", type_=Text), row.request),
+        conversation=func.coalesce(
+            bindparam("e_conversation", type_=row.conversation.type), row.conversation
+        ),
+        sent_at=func.coalesce(bindparam("e_sent_at", type_=row.sent_at.type), row.sent_at),
+    )
+
+
+_DEAD = ~alive(bindparam("e_now"))
+
+# The handler's claim: it takes on an event this worker received (claimed on arrival, before
+# acknowledging it) and has not taken on yet, or takes over an unsettled claim whose holder
+# is a worker no longer alive (never one a live worker is still answering: that would answer
+# it twice).
+TAKE_OVER = _taking().where(
+    or_(
+        and_(ProcessedEventRow.state == "received", _MINE),
+        and_(ProcessedEventRow.state.in_(UNSETTLED), _DEAD),
+    )
+)
+
+# A claim on arrival takes over only what a dead worker received and never took on: an
+# answer it began is left to the sweeper, which takes down what it showed.
+TAKE_OVER_RECEIVED = _taking().where(ProcessedEventRow.state == "received", _DEAD)
+
+
+def _mine_locked() -> Any:
+    """PostgreSQL: the claim of (``e_platform``, ``e_event``) if this worker (``e_holder``)
+    still holds it, locked until the statement's end (a take-over waits for it)."""
+    return (
+        select(ProcessedEventRow.id)
+        .where(
+            ProcessedEventRow.platform == bindparam("e_platform"),
+            ProcessedEventRow.event_id == bindparam("e_event"),
+            _MINE,
+        )
+        .with_for_update()
+        .cte("mine")
+    )
+
+
+MESSAGE_FIELDS = (
+    ("conversation_id", "m_conversation"),
+    ("role", "m_role"),
+    ("content", "m_content"),
+    ("token_count", "m_tokens"),
+    ("author_id", "m_author_id"),
+    ("author_name", "m_author_name"),
+    ("status", "m_status"),
+    ("model", "m_model"),
+    ("sent_at", "m_sent_at"),
+)
+
+
+def _add_message_if(mine: Any) -> Any:
+    """``ADD_MESSAGE`` only if ``mine`` has a row (the claim is still this worker's)."""
+    columns = [column for column, _ in MESSAGE_FIELDS]
+    values = [
+        bindparam(name, type_=MessageRow.__table__.c[column].type)
+        for column, name in MESSAGE_FIELDS
+    ]
+    chosen = select(*values).select_from(mine)
+    return insert(MessageRow).from_select(columns, chosen).returning(MessageRow.id)
+
+
+def _memory_json(name: str) -> Any:
+    """The channel's memory, oldest fact first, as a JSON array of texts (or NULL)."""
+    where = (
+        ChannelMemoryRow.platform == ConversationRow.platform,
+        ChannelMemoryRow.workspace == ConversationRow.workspace,
+        ChannelMemoryRow.channel == ConversationRow.channel,
+    )
+    if name == "postgresql":
+        ordered = postgresql.aggregate_order_by(ChannelMemoryRow.text, ChannelMemoryRow.id)
+        return select(cast(func.json_agg(ordered), Text)).where(*where).scalar_subquery()
+    facts = (
+        select(ChannelMemoryRow.text)
+        .where(*where)
+        .order_by(ChannelMemoryRow.id)
+        .correlate(ConversationRow)
+        .subquery()
+    )
+    return select(func.json_group_array(facts.c.text)).scalar_subquery()
+
+
+def _turn_facts(name: str) -> Any:
+    """A conversation, its channel's settings and memory: one statement."""
+    settings = ChannelSettingsRow
+    return (
+        select(
+            ConversationRow.id,
+            ConversationRow.summary,
+            ConversationRow.summary_tokens,
+            ConversationRow.context_start,
+            settings.system_prompt,
+            settings.model,
+            settings.temperature,
+            settings.max_output_tokens,
+            settings.json_mode,
+            _memory_json(name),
+        )
+        .outerjoin(
+            settings,
+            and_(
+                settings.platform == ConversationRow.platform,
+                settings.workspace == ConversationRow.workspace,
+                settings.channel == ConversationRow.channel,
+            ),
+        )
+        .where(
+            ConversationRow.platform == bindparam("platform"),
+            ConversationRow.workspace == bindparam("workspace"),
+            ConversationRow.channel == bindparam("channel"),
+            ConversationRow.thread == bindparam("thread"),
+        )
+    )
+
+
+USAGE_FIELDS = (
+    "platform",
+    "workspace",
+    "channel",
+    "user_id",
+    "model",
+    "input_tokens",
+    "output_tokens",
+    "cost_usd",
+    "estimated",
+)
+
+
+@lru_cache(maxsize=32)
+def finish_in_one(question: bool, event: bool, usage: int) -> Any:
+    """PostgreSQL: an answer stored (``ADD_MESSAGE``'s parameters), its question
+    ``f_question`` made complete, its claim (``e_platform``, ``e_event``) told, and ``usage``
+    ledger entries (``u0_platform``, ...) recorded: one statement, one round trip."""
+    if not event:
+        return _finish_unclaimed(question, usage)
+    # The claim (``e_holder``'s) is checked first: when another worker took it over, nothing
+    # is stored and the statement returns no row (``ClaimLost``).
+    mine = _mine_locked()
+    answer = _add_message_if(mine).cte("answer")
+    ours = select(mine.c.id)
+    ctes = []
+    if question:
+        complete = (
+            _update(MessageRow)
+            .where(MessageRow.id == bindparam("f_question"), ours.exists())
+            .values(status="complete")
+            .returning(MessageRow.id)
+        )
+        ctes.append(complete.cte("question"))
+    stored = (
+        _update(ProcessedEventRow)
+        .where(ProcessedEventRow.id.in_(ours.scalar_subquery()))
+        .values(state="stored", answer_id=select(answer.c.id).scalar_subquery())
+    )
+    ctes.append(stored.returning(ProcessedEventRow.id).cte("claim"))
+    for i in range(usage):
+        fields = USAGE_FIELDS
+        values = [
+            bindparam(f"u{i}_{name}", type_=UsageRow.__table__.c[name].type) for name in fields
+        ]
+        entry = insert(UsageRow).from_select(list(fields), select(*values).select_from(mine))
+        ctes.append(entry.returning(UsageRow.id).cte(f"usage{i}"))
+    return select(answer.c.id).add_cte(mine, *ctes)
+
+
+def _finish_unclaimed(question: bool, usage: int) -> Any:
+    """``finish_in_one`` for an answer to no claimed event."""
+    answer = ADD_MESSAGE.cte("answer")
+    ctes = []
+    if question:
+        complete = (
+            _update(MessageRow)
+            .where(MessageRow.id == bindparam("f_question"))
+            .values(status="complete")
+            .returning(MessageRow.id)
+        )
+        ctes.append(complete.cte("question"))
+    for i in range(usage):
+        values: dict[str, Any] = {name: bindparam(f"u{i}_{name}") for name in USAGE_FIELDS}
+        entry = insert(UsageRow).values(**values).returning(UsageRow.id)
+        ctes.append(entry.cte(f"usage{i}"))
+    return select(answer.c.id).add_cte(*ctes)
+
+
+# A question sent before ``w_sent_at`` is waiting for conversation ``w_conversation``
+# (claimed by a live worker at ``l_now``, not yet begun): it goes first.
+EARLIER_WAITING = (
+    select(ProcessedEventRow.id)
+    .where(
+        ProcessedEventRow.conversation == bindparam("w_conversation"),
+        ProcessedEventRow.state == "answering",
+        ProcessedEventRow.question_id.is_(None),
+        ProcessedEventRow.sent_at < bindparam("w_sent_at"),
+        alive(bindparam("l_now")),
+    )
+    .exists()
+)
+
+
+class Dialect:
+    """The statements that differ by database (its INSERT ... ON CONFLICT, JSON)."""
+
+    def __init__(self, name: str) -> None:
+        insert_ = postgresql.insert if name == "postgresql" else sqlite.insert
+        self.insert = insert_
+        self.turn_facts = _turn_facts(name)
+        self.claim = (
+            insert_(ProcessedEventRow)
+            .values(
+                platform=bindparam("e_platform"),
+                event_id=bindparam("e_event"),
+                state=bindparam("e_state"),
+                holder=bindparam("e_holder"),
+                request=bindparam("e_request"),
+                conversation=bindparam("e_conversation"),
+                sent_at=bindparam("e_sent_at"),
+            )
+            .on_conflict_do_nothing(index_elements=["platform", "event_id"])
+        )
+        self.new_conversation = (
+            insert_(ConversationRow)
+            .values(
+                platform=bindparam("platform"),
+                workspace=bindparam("workspace"),
+                channel=bindparam("channel"),
+                thread=bindparam("thread"),
+                summary="",
+                summary_tokens=0,
+                context_start=0,
+            )
+            .on_conflict_do_nothing(index_elements=["platform", "workspace", "channel", "thread"])
+        )
+
+
+def beyond(conversation_id: Any, message_id: Any, *, later: bool, inclusive: bool = False) -> Any:
+    """Turns after (``later``) or before turn ``message_id`` in conversation order, that is
+    by (sent_at, id); no bound if ``message_id`` is no turn of the conversation."""
+    sent_at = (
+        select(MessageRow.sent_at)
+        .where(MessageRow.id == message_id, MessageRow.conversation_id == conversation_id)
+        .scalar_subquery()
+    )
+    ordered: ColumnElement[bool]
+    if later:
+        tie = MessageRow.id >= message_id if inclusive else MessageRow.id > message_id
+        ordered = or_(MessageRow.sent_at > sent_at, and_(MessageRow.sent_at == sent_at, tie))
+    else:
+        tie = MessageRow.id <= message_id if inclusive else MessageRow.id < message_id
+        ordered = or_(MessageRow.sent_at < sent_at, and_(MessageRow.sent_at == sent_at, tie))
+    return or_(sent_at.is_(None), ordered)
+
+
+TURN_COLUMNS = (
+    MessageRow.id,
+    MessageRow.role,
+    MessageRow.content,
+    MessageRow.token_count,
+    MessageRow.author_name,
+    MessageRow.sent_at,
+)
+
+
+def _recent(before: Any, *columns: Any) -> Any:
+    """``columns`` of the complete turns of ``r_conversation`` after turn ``r_after`` and
+    ``before``, newest first, at most ``r_limit``."""
+    conversation: Any = bindparam("r_conversation")
+    return (
+        select(*columns)
+        .where(
+            MessageRow.conversation_id == conversation,
+            beyond(conversation, bindparam("r_after"), later=True),
+            before,
+            MessageRow.status == "complete",
+        )
+        .order_by(MessageRow.sent_at.desc(), MessageRow.id.desc())
+        .limit(bindparam("r_limit"))
+    )
+
+
+def _fitting(before: Any) -> Any:
+    """Of the turns ``_recent`` reads, those whose running token sum (newest first) fits
+    ``r_tokens``, and the first that does not: the whole context read in one statement.
+    The sums are taken over ids and token counts alone; only the turns that fit are read
+    whole, so a long history of short turns costs little more than a short one."""
+    recent = _recent(before, MessageRow.id, MessageRow.sent_at, MessageRow.token_count).subquery()
+    newest_first = (recent.c.sent_at.desc(), recent.c.id.desc())
+    summed = select(
+        recent.c.id,
+        recent.c.token_count,
+        func.sum(recent.c.token_count).over(order_by=newest_first).label("running"),
+    ).subquery()
+    return (
+        select(*TURN_COLUMNS)
+        .join(summed, summed.c.id == MessageRow.id)
+        .where(summed.c.running - summed.c.token_count <= bindparam("r_tokens"))
+        .order_by(MessageRow.sent_at.desc(), MessageRow.id.desc())
+    )
+
+
+@lru_cache(maxsize=4)
+def recent(*, through: bool, fitting: bool) -> Any:
+    """The history read (see ``Store.recent_messages``): parameters ``r_conversation``,
+    ``r_after``, ``r_before``, ``r_limit`` and, ``fitting``, ``r_tokens``."""
+    before = beyond(
+        bindparam("r_conversation"), bindparam("r_before"), later=False, inclusive=through
+    )
+    return _fitting(before) if fitting else _recent(before, *TURN_COLUMNS)
+
+
+@lru_cache(maxsize=2)
+def ask_in_one(event: bool) -> Any:
+    """PostgreSQL: a question stored (``ADD_MESSAGE``'s parameters), its claim told
+    (``e_platform``, ``e_event``) and the history that fits before it read (``recent``'s
+    parameters, ``r_sent_at`` the question's time for ``r_before``): one statement, one
+    round trip. Its rows: the question's id, then a turn of the history (NULL if none).
+
+    The statement sees the table as it was before the question came in, so the history is
+    every turn sent up to the question's time (under the conversation's lease no other turn
+    of it is being stored)."""
+    mine = _mine_locked() if event else None
+    # With a claim, the question is stored only while the claim is this worker's
+    # (``e_holder``): else no row (``ClaimLost``).
+    question = (ADD_MESSAGE if mine is None else _add_message_if(mine)).cte("question")
+    fit = _fitting(MessageRow.sent_at <= bindparam("r_sent_at")).subquery("fit")
+    stmt = (
+        select(question.c.id, fit.c.id, fit.c.role, fit.c.content, fit.c.token_count)
+        .add_columns(fit.c.author_name)
+        .select_from(question)
+        .outerjoin(fit, true())
+        .order_by(fit.c.sent_at.desc(), fit.c.id.desc())
+    )
+    if mine is not None:
+        told = (
+            _update(ProcessedEventRow)
+            .where(ProcessedEventRow.id.in_(select(mine.c.id).scalar_subquery()))
+            .values(question_id=select(question.c.id).scalar_subquery())
+        )
+        stmt = stmt.add_cte(mine, told.returning(ProcessedEventRow.id).cte("claim"))
+    return stmt
+
+
+def recent_params(
+    conversation_id: int, after_id: int, before_id: int, limit: int, tokens: int | None
+) -> dict[str, Any]:
+    params = {
+        "r_conversation": conversation_id,
+        "r_after": after_id,
+        "r_before": before_id,
+        "r_limit": limit,
+    }
+    if tokens is not None:
+        params["r_tokens"] = tokens
+    return params
