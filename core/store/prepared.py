@@ -23,6 +23,7 @@ from sqlalchemy import (
     or_,
     select,
     true,
+    tuple_,
 )
 from sqlalchemy import update as _update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -380,9 +381,18 @@ class Dialect:
         )
 
 
-def beyond(conversation_id: Any, message_id: Any, *, later: bool, inclusive: bool = False) -> Any:
-    """Turns after (``later``) or before turn ``message_id`` in conversation order, that is
-    by (sent_at, id); no bound if ``message_id`` is no turn of the conversation."""
+def beyond(
+    conversation_id: Any,
+    message_id: Any,
+    *,
+    later: bool,
+    inclusive: bool = False,
+    rows: Any = None,
+) -> Any:
+    """Turns of ``rows`` (the messages table or an alias of it) after (``later``) or before
+    turn ``message_id`` in conversation order, that is by (sent_at, id); no bound if
+    ``message_id`` is no turn of the conversation."""
+    table = MessageRow.__table__ if rows is None else rows
     sent_at = (
         select(MessageRow.sent_at)
         .where(MessageRow.id == message_id, MessageRow.conversation_id == conversation_id)
@@ -390,11 +400,11 @@ def beyond(conversation_id: Any, message_id: Any, *, later: bool, inclusive: boo
     )
     ordered: ColumnElement[bool]
     if later:
-        tie = MessageRow.id >= message_id if inclusive else MessageRow.id > message_id
-        ordered = or_(MessageRow.sent_at > sent_at, and_(MessageRow.sent_at == sent_at, tie))
+        tie = table.c.id >= message_id if inclusive else table.c.id > message_id
+        ordered = or_(table.c.sent_at > sent_at, and_(table.c.sent_at == sent_at, tie))
     else:
-        tie = MessageRow.id <= message_id if inclusive else MessageRow.id < message_id
-        ordered = or_(MessageRow.sent_at < sent_at, and_(MessageRow.sent_at == sent_at, tie))
+        tie = table.c.id <= message_id if inclusive else table.c.id < message_id
+        ordered = or_(table.c.sent_at < sent_at, and_(table.c.sent_at == sent_at, tie))
     return or_(sent_at.is_(None), ordered)
 
 
@@ -426,21 +436,49 @@ def _recent(before: Any, *columns: Any) -> Any:
 
 
 def _fitting(before: Any) -> Any:
-    """Of the turns ``_recent`` reads, those whose running token sum (newest first) fits
-    ``r_tokens``, and the first that does not: the whole context read in one statement.
-    The sums are taken over ids and token counts alone; only the turns that fit are read
-    whole, so a long history of short turns costs little more than a short one."""
-    recent = _recent(before, MessageRow.id, MessageRow.sent_at, MessageRow.token_count).subquery()
-    newest_first = (recent.c.sent_at.desc(), recent.c.id.desc())
-    summed = select(
-        recent.c.id,
-        recent.c.token_count,
-        func.sum(recent.c.token_count).over(order_by=newest_first).label("running"),
-    ).subquery()
+    """Of the turns ``_recent`` would read, those whose running token sum (newest first)
+    fits ``r_tokens``, and the first that does not: the whole context read in one statement.
+
+    The statement walks the conversation's index from the newest turn back, one index step
+    per turn, and stops at the first turn that does not fit (or after ``r_limit`` turns):
+    its cost follows the turns that fit, not the length of the conversation."""
+    conversation: Any = bindparam("r_conversation")
+    newest = _recent(before, MessageRow.id).limit(1).scalar_subquery().correlate(None)
+    walk = (
+        select(
+            MessageRow.id,
+            MessageRow.sent_at,
+            MessageRow.token_count.label("running"),
+            literal(1).label("n"),
+        )
+        .where(MessageRow.id == newest)
+        .cte("walk", recursive=True)
+    )
+    older = MessageRow.__table__.alias("older")
+    following = (
+        select(older.c.id)
+        .where(
+            older.c.conversation_id == conversation,
+            older.c.status == "complete",
+            tuple_(older.c.sent_at, older.c.id) < tuple_(walk.c.sent_at, walk.c.id),
+            beyond(conversation, bindparam("r_after"), later=True, rows=older),
+        )
+        .order_by(older.c.sent_at.desc(), older.c.id.desc())
+        .limit(1)
+        .scalar_subquery()
+        .correlate(walk)
+    )
+    turn = MessageRow.__table__.alias("turn")
+    step = (
+        select(turn.c.id, turn.c.sent_at, walk.c.running + turn.c.token_count, walk.c.n + 1)
+        .select_from(walk)
+        .join(turn, turn.c.id == following)
+        .where(walk.c.running <= bindparam("r_tokens"), walk.c.n < bindparam("r_limit"))
+    )
+    walk = walk.union_all(step)
     return (
         select(*TURN_COLUMNS)
-        .join(summed, summed.c.id == MessageRow.id)
-        .where(summed.c.running - summed.c.token_count <= bindparam("r_tokens"))
+        .join(walk, walk.c.id == MessageRow.id)
         .order_by(MessageRow.sent_at.desc(), MessageRow.id.desc())
     )
 

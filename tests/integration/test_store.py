@@ -145,6 +145,48 @@ async def test_a_context_of_many_short_turns_is_read_in_one_statement(store):
     assert counting.statements == 1
 
 
+async def test_the_context_walk_keeps_conversation_order_and_its_bounds(store):
+    """The context read walks turns newest first by (sent_at, id): turns sent at the same
+    moment, turns not complete, the conversation's start and the token limit all hold; the
+    answer equals the same choice made over every stored turn."""
+    import random
+    from datetime import UTC, datetime, timedelta
+
+    state = await store.conversation(KEY)
+    other = await store.conversation(ConversationKey("slack", "T1", "C1", "other"))
+    rng = random.Random(7)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    stored = []  # (sent_at, id, tokens, complete, content)
+    for i in range(300):
+        sent_at = start + timedelta(seconds=rng.randrange(120))  # many ties, out of order
+        complete = rng.random() > 0.1
+        tokens = rng.randrange(1, 40)
+        status = "complete" if complete else "pending"
+        role = "user" if i % 2 == 0 else "assistant"
+        content = f"t{i}"
+        turn_id = await store.add_message(
+            state.id, role, content, tokens, status=status, sent_at=sent_at
+        )
+        await store.add_message(other.id, role, "elsewhere", 1, sent_at=sent_at)
+        stored.append((sent_at, turn_id, tokens, complete, content))
+    ordered = sorted(stored)
+    after_id = ordered[40][1]  # the conversation starts after this turn
+    before_id = ordered[-30][1]  # and the context ends before this one
+    for limit in (1, 50, 700, 10**6):
+        expected, remaining, cut = [], limit, None
+        for _sent_at, turn_id, tokens, complete, content in reversed(ordered[41:-30]):
+            if not complete:
+                continue
+            if tokens > remaining:
+                cut = turn_id
+                break
+            remaining -= tokens
+            expected.append(content)
+        picked, cut_at = await newest_turns(store, state.id, after_id, before_id, limit)
+        assert [m.content for m in picked] == expected[::-1], limit
+        assert cut_at == cut, limit
+
+
 async def test_a_claim_received_on_arrival_is_taken_on_by_its_own_worker_only(store, database_url):
     other = SqlStore(make_engine(database_url))
     try:
