@@ -251,9 +251,11 @@ class InteractionSurface:
         self.reply: Reply = LiveReply(reply) if isinstance(reply, discord.Interaction) else reply
         self.private = private
         self.deadline = (time.monotonic() if started is None else started) + TOKEN_SAFE_SECONDS
+        # The same moment by the wall clock, for another worker (kept in the record).
+        self.until = time.time() + self.deadline - time.monotonic()
         self.posted = 0
         self.fallback: ChannelSurface | None = None
-        self._note: int | None = None  # the fallback's note that the answer continues there
+        self._note: discord.Message | None = None  # the fallback's note "continues here"
         self._followups: list[discord.WebhookMessage] = []
         self._moved: dict[int, int] = {}  # answer piece -> its message on the fallback surface
 
@@ -313,7 +315,7 @@ class InteractionSurface:
             "followups": [str(m.id) for m in self._followups],
         }
         if fallback is not None:
-            shown = [str(self._note)] if self._note is not None else []
+            shown = [str(self._note.id)] if self._note is not None else []
             record["fallback"] = {
                 "channel": str(getattr(fallback.channel, "id", "")),
                 "messages": shown + [str(m.id) for m in fallback.messages],
@@ -321,7 +323,7 @@ class InteractionSurface:
         if credentials:
             record["application"] = str(self.reply.application_id)
             record["token"] = self.reply.token
-            record["until"] = time.time() + self.deadline - time.monotonic()
+            record["until"] = self.until
         return record
 
     async def take_down_extras(self) -> None:
@@ -336,6 +338,9 @@ class InteractionSurface:
             if self.fallback.messages:
                 with contextlib.suppress(discord.HTTPException):
                     await self.fallback.delete(0)
+            if self._note is not None:
+                with contextlib.suppress(discord.HTTPException):
+                    await self._note.delete()
 
     async def _post_here(self, text: str) -> None:
         if self.posted == 0 and not self.reply.acknowledged():
@@ -374,7 +379,7 @@ class InteractionSurface:
         note = await channel.send(
             f"-# The answer to {reply.asked()} continues here.", allowed_mentions=NO_MENTIONS
         )
-        self._note = note.id
+        self._note = note
 
 
 class DiscordAnswer:

@@ -41,6 +41,10 @@ from core.service import ConversationService
 
 log = logging.getLogger("parley.discord")
 
+# How many messages after a question are searched for an answer to it that a stopped worker
+# posted without recording it.
+UNRECORDED_SEARCH = 20
+
 
 class WebhookReply:
     """``render.Reply`` through an interaction's webhook (its application id and token), for
@@ -122,7 +126,7 @@ async def resume(
         return
     try:
         surface = await _surface(client, inbound, record)
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, discord.HTTPException):
         log.error("discord: an unfinished answer in %s has no place to go; dropped", inbound.key)
         await service.settle_received(PLATFORM, resumed.event_id, "failed")
         return
@@ -151,10 +155,26 @@ async def _surface(
     if where.get("reply"):
         surface.reply_to = channel.get_partial_message(int(where["reply"]))
     first, *extras = [int(m) for m in record.get("messages") or ()] or [0]
+    if not first and where.get("reply"):  # it may have posted before it could record it
+        first = await _unrecorded_reply(client, channel, int(where["reply"]))
     await _delete(channel, extras)
     if first:
         surface.continues = channel.get_partial_message(first)
     return surface
+
+
+async def _unrecorded_reply(
+    client: discord.Client, channel: discord.PartialMessageable, question: int
+) -> int:
+    """The bot's reply to message ``question`` in ``channel`` (0: none), posted by a worker
+    that stopped before it could record it."""
+    me = client.user.id if client.user is not None else None
+    after = discord.Object(question)
+    async for message in channel.history(limit=UNRECORDED_SEARCH, after=after):
+        reference = message.reference
+        if message.author.id == me and reference and reference.message_id == question:
+            return message.id
+    return 0
 
 
 async def _interaction(client: discord.Client, record: Mapping[str, Any]) -> InteractionSurface:

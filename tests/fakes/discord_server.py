@@ -903,6 +903,9 @@ class FakeDiscord:
                 stored = list(self.messages.get(channel_id, []))
                 if "before" in query:
                     stored = [x for x in stored if int(x["id"]) < int(query["before"])]
+                if "after" in query:  # the oldest ones after it, newest first
+                    later = [x for x in stored if int(x["id"]) > int(query["after"])]
+                    return 200, [self._as_read(x) for x in reversed(later[:limit])]
                 return 200, [self._as_read(x) for x in reversed(stored)][:limit]
         if r := m(r"/channels/(\d+)/messages/(\d+)", path):
             msg = next(

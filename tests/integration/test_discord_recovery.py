@@ -39,13 +39,14 @@ PARTIAL = "The answer is " + "very " * 500  # more than one Discord message (2,0
 class Cut(ScriptedModel):
     """Says a long first part, then never another word (its worker is about to die)."""
 
-    def __init__(self) -> None:
+    def __init__(self, partial: str = PARTIAL) -> None:
         super().__init__()
+        self.partial = partial
         self.talking = asyncio.Event()
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[Any]:
         self.requests.append(request)
-        yield PARTIAL
+        yield self.partial
         self.talking.set()
         await asyncio.Event().wait()
 
@@ -131,6 +132,16 @@ async def deliveries(store: SqlStore) -> list[str]:
         return [row[0] or "" for row in rows]
 
 
+async def on_record(store: SqlStore, check: Any) -> dict[str, Any]:
+    """Wait until the answer's record (what it has shown) passes ``check``; the record."""
+    for _ in range(200):
+        [shown] = await deliveries(store)
+        if shown and check(json.loads(shown)):
+            return dict(json.loads(shown))
+        await asyncio.sleep(0.05)
+    raise AssertionError("the answer's record never got there")
+
+
 async def test_a_slash_command_cut_by_a_dead_worker_is_finished_in_its_reply(
     database_url: str, places: tuple[FakeDiscord, Any]
 ) -> None:
@@ -142,6 +153,7 @@ async def test_a_slash_command_cut_by_a_dead_worker_is_finished_in_its_reply(
         # The cut answer shows in the reply and a follow-up.
         await fake.wait_for(lambda: len(fake.interaction_messages(token)) == 2)
         assert "".join(fake.interaction_messages(token)).startswith("The answer is very")
+        await on_record(dying.store, lambda r: r["followups"])
         async with worker(database_url, fake, standin) as survivor:
             assert await survivor.sweep() == 0  # its worker still lives
             await dying.die()
@@ -169,6 +181,7 @@ async def test_a_mention_cut_by_a_dead_worker_is_finished_in_its_reply(
 
         await fake.wait_for(lambda: len(bot_messages()) == 2)
         first = bot_messages()[0]
+        await on_record(dying.store, lambda r: len(r["messages"]) == 2)
         async with worker(database_url, fake, standin) as survivor:
             await dying.die()
             assert await survivor.sweep() == 1
@@ -219,10 +232,12 @@ async def test_past_the_token_the_answer_moves_to_the_channel(
         asked = await fake.send_command("ask", {"prompt": "what is a lease?"})
         token = asked["token"]
         await fake.wait_for(lambda: len(fake.interaction_messages(token)) == 2)
+        await on_record(dying.store, lambda r: r["followups"])
         # Time passes: the token's safe end is behind us (the token itself still works).
         async with dying.store.engine.begin() as conn:
             [row] = (await conn.execute(text("SELECT id, delivery FROM processed_events"))).all()
             record = {**json.loads(row[1]), "until": time.time() - 1}
+            assert record["followups"]
             await conn.execute(
                 text("UPDATE processed_events SET delivery = :d WHERE id = :i"),
                 {"d": json.dumps(record), "i": row[0]},
@@ -236,3 +251,29 @@ async def test_past_the_token_the_answer_moves_to_the_channel(
             assert "continues here" in note
             assert answer == said("what is a lease?")
             assert await states(survivor.store) == ["answered"]
+
+
+async def test_a_reply_the_dead_worker_posted_but_never_recorded_is_continued(
+    database_url: str, places: tuple[FakeDiscord, Any]
+) -> None:
+    fake, standin = places
+    async with worker(database_url, fake, standin, Cut("The answer is")) as dying:
+        mention = await fake.send_message("what is a lease?", mention_bot=True)
+
+        def bot_messages() -> list[dict[str, Any]]:
+            return [m for m in fake.messages[fake.channel_id] if m["author"]["id"] == fake.bot.id]
+
+        await fake.wait_for(lambda: bot_messages() and bot_messages()[0]["content"])
+        await on_record(dying.store, lambda r: r["messages"])
+        # It died after posting, before recording it.
+        async with dying.store.engine.begin() as conn:
+            await conn.execute(text("UPDATE processed_events SET delivery = NULL"))
+        later = await fake.send_message("unrelated", author=fake.moderator)
+        async with worker(database_url, fake, standin) as survivor:
+            await dying.die()
+            assert await survivor.sweep() == 1
+
+            [answer] = bot_messages()
+            assert answer["content"] == said("what is a lease?")
+            assert answer["message_reference"]["message_id"] == int(mention["id"])
+            assert later in fake.messages[fake.channel_id]
