@@ -236,8 +236,12 @@ class _Answer:
         except Exception as exc:  # raised once the events are drained
             self.refused = exc
             return
-        if final and self.journal is not None:
-            await self.keep()  # a final write may have posted anew: a resume takes it down
+        if self.journal is None:
+            return
+        # A final write may have posted anew (a resume takes it down), and a record may
+        # drop what it no longer needs (a credential to write with).
+        await self.keep()
+        if final:
             # A renderer still deleting what the final write replaced says when it is done.
             tidied = getattr(self.renderer, "tidied", None)
             await (self._delivered() if tidied is None else tidied(self._delivered))

@@ -21,10 +21,12 @@ from adapters.discord.guard import DispatchGuard, GuardedTree, guard_gateway
 from adapters.discord.inbound import Answers, MessageHandler
 from adapters.discord.interactions import SlashCommands
 from adapters.discord.render import NO_MENTIONS
+from adapters.discord.resume import resume
 from adapters.discord.settings import DiscordSettings
-from adapters.discord.translate import AccessPolicy
+from adapters.discord.translate import PLATFORM, AccessPolicy
 from core.attachments import AttachmentPolicy
 from core.errors import ConfigError, ParleyError
+from core.recovery import Resumed
 from core.service import ConversationService
 
 log = logging.getLogger("parley.discord")
@@ -123,6 +125,7 @@ class DiscordAdapter:
     """
 
     name = "discord"
+    platform = PLATFORM
 
     def __init__(
         self,
@@ -192,6 +195,24 @@ class DiscordAdapter:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
         self.ready.clear()
+
+    async def resume(self, resumed: Resumed) -> None:
+        """Finish an answer a stopped worker left (``core.recovery``), once logged in; one
+        answer in flight like any other (``stop`` waits for it)."""
+        await self.ready.wait()
+        if self.inflight.closing:  # stopping: its claim runs out with this worker's lease
+            return
+        client = self.client
+        assert client is not None
+        with self.inflight.track():
+            async with self.inflight.slots:
+                try:
+                    interval = self.settings.edit_interval
+                    await resume(client, self.service, resumed, edit_interval=interval)
+                except discord.HTTPException as exc:
+                    log.warning(
+                        "finishing an answer failed: HTTP %s (code %s)", exc.status, exc.code
+                    )
 
     async def _login(self, *, message_content: bool) -> ParleyClient:
         kind, options = client_options(self.settings)

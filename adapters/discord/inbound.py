@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import replace
 from typing import Any
 
 import discord
@@ -25,6 +26,7 @@ from adapters.discord.settings import DiscordSettings
 from adapters.discord.translate import (
     REPLY_CHAIN_DEPTH,
     AccessPolicy,
+    answered_in,
     channel_ids,
     ignore_reason,
     message_inbound,
@@ -150,9 +152,16 @@ class MessageHandler:
             chain = await reply_chain(message)
             files, notes = await read_attachments(message.attachments, self.attachments)
         inbound = message_inbound(message, channel, bot_id, chain, files, notes)
+        reply = surface.reply_to.id if surface.reply_to is not None else None
+        inbound = replace(inbound, reply_to=answered_in(channel, reply))
         pace = pacing(surface, self.settings.edit_interval)
         async with self.inflight.slots:
-            await deliver(self.service.answer(inbound), DiscordAnswer(surface, pacing=pace), pace)
+            await deliver(
+                self.service.answer(inbound),
+                DiscordAnswer(surface, pacing=pace),
+                pace,
+                journal=self.service.journal(inbound),
+            )
 
     async def _channel(self, message: discord.Message) -> Any:
         """The message's channel, fetched when the cache doesn't know it (e.g. an old thread)."""

@@ -16,6 +16,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Coroutine
+from dataclasses import replace
 from typing import Any
 
 import discord
@@ -35,6 +36,8 @@ from adapters.discord.render import (
 from adapters.discord.settings import DiscordSettings
 from adapters.discord.translate import (
     AccessPolicy,
+    answered_in,
+    asked_by,
     author_of,
     channel_ids,
     conversation_key,
@@ -268,7 +271,10 @@ class SlashCommands:
         pace = pacing(surface, self.settings.edit_interval)
         async with self.inflight.slots:
             done = await deliver(
-                self.service.answer(inbound), DiscordAnswer(surface, pacing=pace), pace
+                self.service.answer(inbound),
+                DiscordAnswer(surface, pacing=pace),
+                pace,
+                journal=self.service.journal(inbound),
             )
         if done.outcome == "nothing" and isinstance(surface, InteractionSurface):
             log.info("dropping redelivered interaction %s", inbound.event_id)
@@ -297,6 +303,7 @@ class SlashCommands:
             attachments=files,
             event_id=str(interaction.id),
             notes=notes,
+            reply_to=asked_by(interaction, private=private),
         )
         await self._deliver(inbound, surface)
 
@@ -309,15 +316,17 @@ class SlashCommands:
         author = author_of(interaction.user)
         event_id = str(interaction.id)
         if not isinstance(channel, discord.TextChannel):
-            await self._deliver(
-                Inbound(conversation_key(channel), author, prompt, (), event_id), surface
-            )
+            where = asked_by(interaction, private=False)
+            inbound = Inbound(conversation_key(channel), author, prompt, (), event_id)
+            await self._deliver(replace(inbound, reply_to=where), surface)
             return
         async with restart_note(surface):
             thread = await self._open_thread(interaction, channel, prompt, surface)
         if thread is None:
             return
-        inbound = Inbound(conversation_key(thread), author, prompt, (), event_id)
+        inbound = Inbound(
+            conversation_key(thread), author, prompt, (), event_id, reply_to=answered_in(thread)
+        )
         try:
             await self._deliver(inbound, ChannelSurface(thread))
         except discord.Forbidden:

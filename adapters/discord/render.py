@@ -20,7 +20,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import discord
 
@@ -67,17 +67,29 @@ class ChannelSurface:
     """Messages in a channel or thread; the first may be a reply to the user's message."""
 
     def __init__(
-        self, channel: discord.abc.Messageable, *, reply_to: discord.Message | None = None
+        self,
+        channel: discord.abc.Messageable,
+        *,
+        reply_to: discord.Message | discord.PartialMessage | None = None,
     ) -> None:
         self.channel = channel
         self.reply_to = reply_to
-        self.messages: list[discord.Message] = []
+        self.messages: list[discord.Message | discord.PartialMessage] = []
+        # A message a stopped worker's answer showed, which this one continues (``resume``).
+        self.continues: discord.PartialMessage | None = None
 
     async def typing(self) -> None:
         """Show "Parley is typing…" until the first message arrives (Discord ends it then)."""
         await self.channel.typing()
 
     async def post(self, text: str) -> None:
+        if not self.messages and self.continues is not None:
+            continued, self.continues = self.continues, None
+            with contextlib.suppress(discord.NotFound):  # deleted meanwhile: post anew
+                self.messages.append(
+                    await continued.edit(content=text, allowed_mentions=NO_MENTIONS)
+                )
+                return
         if not self.messages and self.reply_to is not None:
             # Still answer (without the reply link) if the message was deleted meanwhile.
             reference = self.reply_to.to_reference(fail_if_not_exists=False)
@@ -97,6 +109,128 @@ class ChannelSurface:
         await self.messages[index].delete()
         del self.messages[index]
 
+    def record(self, *, credentials: bool = True) -> dict[str, Any]:
+        """The messages shown (``core.recovery``: another worker continues the first one)."""
+        continued = [self.continues] if self.continues is not None else []
+        return {
+            "channel": str(getattr(self.channel, "id", "")),
+            "messages": [str(m.id) for m in [*continued, *self.messages]],
+        }
+
+    async def take_down_extras(self) -> None:
+        """Delete every message but the first (the answer's place, which another worker
+        continues)."""
+        while len(self.messages) > 1:
+            with contextlib.suppress(discord.HTTPException):
+                await self.messages[-1].delete()
+            self.messages.pop()
+
+
+class Reply(Protocol):
+    """The interaction an answer replies to: its original response and follow-ups, and where
+    it was asked (``LiveReply``: the interaction as it arrived; ``resume.WebhookReply``: its
+    application id and token, kept by a worker that stopped)."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def application_id(self) -> int: ...
+
+    @property
+    def token(self) -> str: ...
+
+    @property
+    def user_id(self) -> int: ...
+
+    @property
+    def channel_id(self) -> int | None: ...
+
+    def acknowledged(self) -> bool:
+        """Whether the interaction has its original response (deferred or sent)."""
+        ...
+
+    async def respond(self, text: str, *, ephemeral: bool) -> None: ...
+
+    async def edit_original(self, text: str) -> None: ...
+
+    async def delete_original(self) -> None: ...
+
+    async def follow(self, text: str, *, ephemeral: bool) -> discord.WebhookMessage: ...
+
+    async def delete_followup(self, message_id: int) -> None: ...
+
+    async def place(self, private: bool) -> discord.abc.Messageable:
+        """Where the answer continues once the token is gone: the channel, or a DM."""
+        ...
+
+    def asked(self) -> str:
+        """Who asked what, for the note where the answer continues ("<@1>'s `/ask`")."""
+        ...
+
+
+class LiveReply:
+    """``Reply`` through the interaction discord.py received."""
+
+    def __init__(self, interaction: discord.Interaction) -> None:
+        self.interaction = interaction
+
+    @property
+    def id(self) -> int:
+        return self.interaction.id
+
+    @property
+    def application_id(self) -> int:
+        return self.interaction.application_id
+
+    @property
+    def token(self) -> str:
+        return self.interaction.token
+
+    @property
+    def user_id(self) -> int:
+        return self.interaction.user.id
+
+    @property
+    def channel_id(self) -> int | None:
+        return self.interaction.channel_id
+
+    def acknowledged(self) -> bool:
+        return self.interaction.response.is_done()
+
+    async def respond(self, text: str, *, ephemeral: bool) -> None:
+        await self.interaction.response.send_message(
+            text, ephemeral=ephemeral, allowed_mentions=NO_MENTIONS
+        )
+
+    async def edit_original(self, text: str) -> None:
+        await self.interaction.edit_original_response(content=text, allowed_mentions=NO_MENTIONS)
+
+    async def delete_original(self) -> None:
+        await self.interaction.delete_original_response()
+
+    async def follow(self, text: str, *, ephemeral: bool) -> discord.WebhookMessage:
+        return await self.interaction.followup.send(
+            text, ephemeral=ephemeral, wait=True, allowed_mentions=NO_MENTIONS
+        )
+
+    async def delete_followup(self, message_id: int) -> None:
+        await self.interaction.followup.delete_message(message_id)
+
+    async def place(self, private: bool) -> discord.abc.Messageable:
+        interaction = self.interaction
+        if private:
+            return await interaction.user.create_dm()
+        channel: Any = interaction.channel or interaction.client.get_partial_messageable(
+            interaction.channel_id or 0, guild_id=interaction.guild_id
+        )
+        return cast(discord.abc.Messageable, channel)
+
+    def asked(self) -> str:
+        interaction = self.interaction
+        what = f"`/{interaction.command.name}`" if interaction.command else "question"
+        return f"{interaction.user.mention}'s {what}"
+
 
 class InteractionSurface:
     """An interaction's original response (sent, or edited when deferred), then follow-ups.
@@ -109,16 +243,19 @@ class InteractionSurface:
 
     def __init__(
         self,
-        interaction: discord.Interaction,
+        reply: Reply | discord.Interaction,
         *,
         private: bool = False,
         started: float | None = None,
     ) -> None:
-        self.interaction = interaction
+        self.reply: Reply = LiveReply(reply) if isinstance(reply, discord.Interaction) else reply
         self.private = private
         self.deadline = (time.monotonic() if started is None else started) + TOKEN_SAFE_SECONDS
+        # The same moment by the wall clock, for another worker (kept in the record).
+        self.until = time.time() + self.deadline - time.monotonic()
         self.posted = 0
         self.fallback: ChannelSurface | None = None
+        self._note: discord.Message | None = None  # the fallback's note "continues here"
         self._followups: list[discord.WebhookMessage] = []
         self._moved: dict[int, int] = {}  # answer piece -> its message on the fallback surface
 
@@ -139,9 +276,7 @@ class InteractionSurface:
             return
         try:
             if index == 0:
-                await self.interaction.edit_original_response(
-                    content=text, allowed_mentions=NO_MENTIONS
-                )
+                await self.reply.edit_original(text)
             else:
                 await self._followups[index - 1].edit(content=text, allowed_mentions=NO_MENTIONS)
         except discord.HTTPException as exc:
@@ -155,33 +290,65 @@ class InteractionSurface:
         if self.fallback is not None and index in self._moved:
             await self.fallback.delete(self._moved.pop(index))
         elif index == 0:
-            await self.interaction.delete_original_response()
+            await self.reply.delete_original()
         elif index - 1 < len(self._followups):
             await self._followups.pop(index - 1).delete()
 
     async def withdraw(self) -> None:
         """Remove the "thinking…" response of an interaction that gets no answer here."""
         try:
-            await self.interaction.delete_original_response()
+            await self.reply.delete_original()
         except discord.HTTPException as exc:
-            log.info(
-                "could not withdraw the reply of %s (HTTP %s)", self.interaction.id, exc.status
-            )
+            log.info("could not withdraw the reply of %s (HTTP %s)", self.reply.id, exc.status)
+
+    def record(self, *, credentials: bool = True) -> dict[str, Any]:
+        """What the answer shows, for another worker to finish it (``core.recovery``): the
+        interaction, its follow-ups and what moved to the channel. ``credentials``: with the
+        application id and token that edit its reply (until the token's safe end, wall-clock
+        ``until``); without once nothing is left to write."""
+        fallback = self.fallback
+        record: dict[str, Any] = {
+            "interaction": str(self.reply.id),
+            "user": str(self.reply.user_id),
+            "channel": str(self.reply.channel_id or ""),
+            "private": self.private,
+            "followups": [str(m.id) for m in self._followups],
+        }
+        if fallback is not None:
+            shown = [str(self._note.id)] if self._note is not None else []
+            record["fallback"] = {
+                "channel": str(getattr(fallback.channel, "id", "")),
+                "messages": shown + [str(m.id) for m in fallback.messages],
+            }
+        if credentials:
+            record["application"] = str(self.reply.application_id)
+            record["token"] = self.reply.token
+            record["until"] = self.until
+        return record
+
+    async def take_down_extras(self) -> None:
+        """Delete the follow-ups and what moved to the channel, leaving the original response
+        (the answer's place, which another worker continues)."""
+        for message in self._followups:
+            with contextlib.suppress(discord.HTTPException):
+                await message.delete()
+        self._followups = []
+        if self.fallback is not None:
+            await self.fallback.take_down_extras()
+            if self.fallback.messages:
+                with contextlib.suppress(discord.HTTPException):
+                    await self.fallback.delete(0)
+            if self._note is not None:
+                with contextlib.suppress(discord.HTTPException):
+                    await self._note.delete()
 
     async def _post_here(self, text: str) -> None:
-        if self.posted == 0 and not self.interaction.response.is_done():
-            await self.interaction.response.send_message(
-                text, ephemeral=self.private, allowed_mentions=NO_MENTIONS
-            )
+        if self.posted == 0 and not self.reply.acknowledged():
+            await self.reply.respond(text, ephemeral=self.private)
         elif self.posted == 0:
-            await self.interaction.edit_original_response(
-                content=text, allowed_mentions=NO_MENTIONS
-            )
+            await self.reply.edit_original(text)
         else:
-            message = await self.interaction.followup.send(
-                text, ephemeral=self.private, wait=True, allowed_mentions=NO_MENTIONS
-            )
-            self._followups.append(message)
+            self._followups.append(await self.reply.follow(text, ephemeral=self.private))
 
     async def _on_fallback(self, index: int, text: str) -> bool:
         """Write piece ``index`` on the fallback surface if the answer has moved there (or
@@ -200,28 +367,19 @@ class InteractionSurface:
 
     async def _switch(self, why: str, *, token_valid: bool = False) -> None:
         """Continue the answer in the channel (a DM when private), saying so on both sides."""
-        interaction = self.interaction
+        reply = self.reply
         where = "in a direct message" if self.private else "below"
-        log.info("interaction %s: %s; the answer continues %s", interaction.id, why, where)
-        if token_valid and self.posted == 0 and interaction.response.is_done():
+        log.info("interaction %s: %s; the answer continues %s", reply.id, why, where)
+        if token_valid and self.posted == 0 and reply.acknowledged():
             # Replace "thinking…" while the token still works.
             with contextlib.suppress(discord.HTTPException):
-                await interaction.edit_original_response(
-                    content=f"-# The answer continues {where}.", allowed_mentions=NO_MENTIONS
-                )
-        channel: Any
-        if self.private:
-            channel = await interaction.user.create_dm()
-        else:
-            channel = interaction.channel or interaction.client.get_partial_messageable(
-                interaction.channel_id or 0, guild_id=interaction.guild_id
-            )
+                await reply.edit_original(f"-# The answer continues {where}.")
+        channel = await reply.place(self.private)
         self.fallback = ChannelSurface(channel)
-        what = f"`/{interaction.command.name}`" if interaction.command else "question"
-        await channel.send(
-            f"-# The answer to {interaction.user.mention}'s {what} continues here.",
-            allowed_mentions=NO_MENTIONS,
+        note = await channel.send(
+            f"-# The answer to {reply.asked()} continues here.", allowed_mentions=NO_MENTIONS
         )
+        self._note = note
 
 
 class DiscordAnswer:
@@ -245,6 +403,7 @@ class DiscordAnswer:
         self.layout = MessageLayout(limit)
         self.shown: list[str] = []
         self.refused: discord.Forbidden | None = None
+        self.done: str | None = None  # "answered" or "failed" once the final write is shown
 
     async def start(self) -> None:
         if isinstance(self.surface, ChannelSurface):
@@ -257,12 +416,33 @@ class DiscordAnswer:
     async def finish(self, text: str) -> None:
         self._raise_if_refused()
         await self._show(self.layout.pieces(text))
+        self.done = "answered"
 
     async def fail(self, text: str) -> None:
         """The sentence replaces "thinking…", or follows the text already shown."""
         self._raise_if_refused()
         pieces = split_message(text, self.limit)
         await self._show([*self.shown, *pieces] if self.shown else pieces)
+        self.done = "failed"
+
+    # --- resuming (``core.recovery``) -----------------------------------------------------
+
+    def record(self) -> dict[str, Any]:
+        """What this answer has shown, for another worker to finish it if this one stops;
+        once shown in full (``done``), without the interaction's token."""
+        record = getattr(self.surface, "record", None)
+        shown: dict[str, Any] = {} if record is None else record(credentials=self.done is None)
+        if self.done is not None:
+            shown["done"] = self.done
+        return shown
+
+    async def withdraw(self) -> None:
+        """Another worker took this answer over and shows it in the same place (the first
+        message, or the interaction's original response): take down the rest."""
+        self.done = "withdrawn"
+        take_down = getattr(self.surface, "take_down_extras", None)
+        if take_down is not None:
+            await take_down()
 
     def _raise_if_refused(self) -> None:
         if self.refused is not None:
@@ -319,7 +499,7 @@ def pacing(surface: Surface, seconds: float) -> DiscordPacing:
     deployment's write budget of its channel or interaction token (shared by every answer)."""
     interaction = isinstance(surface, InteractionSurface)
     if isinstance(surface, InteractionSurface):
-        place = f"interaction:{surface.interaction.id}"
+        place = f"interaction:{surface.reply.id}"
     else:
         place = f"channel:{getattr(getattr(surface, 'channel', None), 'id', '')}"
     key = f"discord:{discord.http.Route.BASE}:{place}"

@@ -280,3 +280,21 @@ def message_inbound(
 def file_offer(attachment: discord.Attachment) -> FileOffer:
     """A Discord attachment as ``core.attachments`` sees it, before it is downloaded."""
     return FileOffer(attachment.filename, attachment.content_type or "", attachment.size)
+
+
+def answered_in(channel: Any, reply_to: int | None = None) -> tuple[tuple[str, str], ...]:
+    """Where an answer goes (``Inbound.reply_to``): the channel or thread, and the message it
+    replies to, if any."""
+    place = [("channel", str(getattr(channel, "id", "")))]
+    return tuple(place + ([("reply", str(reply_to))] if reply_to is not None else []))
+
+
+def asked_by(interaction: discord.Interaction, *, private: bool) -> tuple[tuple[str, str], ...]:
+    """Where an interaction's answer goes: its reply (the interaction), its channel, who asked
+    (a private answer continues in their DMs once the token is gone). Never the token."""
+    return (
+        ("interaction", str(interaction.id)),
+        ("channel", str(interaction.channel_id or "")),
+        ("user", str(interaction.user.id)),
+        ("private", "1" if private else ""),
+    )

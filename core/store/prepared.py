@@ -332,12 +332,12 @@ def _finish_unclaimed(question: bool, usage: int) -> Any:
 
 
 # A question sent before ``w_sent_at`` is waiting for conversation ``w_conversation``
-# (claimed by a live worker at ``l_now``, not yet begun): it goes first.
+# (claimed by a live worker at ``l_now``, received or answering, not yet begun): it goes first.
 EARLIER_WAITING = (
     select(ProcessedEventRow.id)
     .where(
         ProcessedEventRow.conversation == bindparam("w_conversation"),
-        ProcessedEventRow.state == "answering",
+        ProcessedEventRow.state.in_(UNSETTLED),
         ProcessedEventRow.question_id.is_(None),
         ProcessedEventRow.sent_at < bindparam("w_sent_at"),
         alive(bindparam("l_now")),

@@ -160,14 +160,14 @@ def _alive() -> Any:
 
 def _earlier_waiting(conversation: str, sent_at: datetime | None) -> Any:
     """A question sent before ``sent_at`` is waiting for ``conversation`` (claimed by a live
-    worker, not yet begun): it goes first."""
+    worker, received or answering, not yet begun): it goes first."""
     if sent_at is None:
         return None
     return (
         select(ProcessedEventRow.id)
         .where(
             ProcessedEventRow.conversation == conversation,
-            ProcessedEventRow.state == "answering",
+            ProcessedEventRow.state.in_(prepared.UNSETTLED),
             ProcessedEventRow.question_id.is_(None),
             ProcessedEventRow.sent_at < micros(sent_at),
             _alive(),

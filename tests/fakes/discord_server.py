@@ -43,6 +43,7 @@ MESSAGE_CONTENT_INTENT = 1 << 15
 ALL_PERMISSIONS = str((1 << 50) - 1)
 MEMBER_PERMISSIONS = str((1 << 0) | (1 << 6) | (1 << 10) | (1 << 11) | (1 << 16) | (1 << 31))
 EPHEMERAL = 1 << 6
+LOADING = 1 << 7  # a deferred response still "thinking…"
 WAIT_SECONDS = 30.0
 # Discord's message write limit: 5 writes per 5 s per channel and per interaction token.
 WRITE_LIMIT = (5, 5.0)
@@ -170,6 +171,8 @@ class FakeDiscord:
         self.close_codes: list[int] = []
         self.connected = asyncio.Event()
         self._faults: list[_Fault] = []
+        self._holds: list[tuple[str, re.Pattern[str], list[int], asyncio.Event]] = []
+        self.held: list[Call] = []
         self._files: dict[str, bytes] = {}
         self.file_requests: list[tuple[str, str | None]] = []  # (file, Range header)
         self._interaction_channels: dict[str, str] = {}
@@ -199,6 +202,8 @@ class FakeDiscord:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        for _, _, _, released in self._holds:
+            released.set()
         for ws in list(self._sockets):
             await ws.close()
         if self._runner is not None:
@@ -258,6 +263,23 @@ class FakeDiscord:
         (429: Discord's rate-limit headers and body; 401: an expired interaction token; 403:
         Missing Permissions), once ``after`` matching requests have been answered normally."""
         self._faults.append(_Fault(method, re.compile(path), status, times, retry_after, after))
+
+    def hold(self, method: str, path: str, *, times: int = 1) -> asyncio.Event:
+        """Leave the next ``times`` requests matching ``method`` and the ``path`` regex
+        unanswered (a slow Discord, or a client that dies waiting) until the returned event is
+        set; ``held`` lists them."""
+        released = asyncio.Event()
+        self._holds.append((method, re.compile(path), [times], released))
+        return released
+
+    async def _held(self, call: Call) -> None:
+        for method, pattern, left, released in self._holds:
+            if left[0] > 0 and call.method == method and pattern.search(call.path):
+                left[0] -= 1
+                self.held.append(call)
+                await self._notify()
+                await released.wait()
+                return
 
     def _fault_for(self, method: str, path: str) -> _Fault | None:
         for fault in self._faults:
@@ -727,6 +749,7 @@ class FakeDiscord:
                 body = json.loads(raw) if raw else None
         call = Call(request.method, path, dict(request.query), body)
         self.calls.append(call)
+        await self._held(call)
         try:
             fault = self._fault_for(request.method, path)
             if fault is not None:
@@ -842,6 +865,7 @@ class FakeDiscord:
                 return 404, {"message": "Unknown Message", "code": 10008}
             if method == "PATCH":
                 msg.update({k: v for k, v in (body or {}).items() if k in ("content", "flags")})
+                msg["flags"] = msg.get("flags", 0) & ~LOADING  # an edit ends "thinking…"
                 msg["edited_timestamp"] = _now()
                 return 200, msg
             if method == "GET":
@@ -879,6 +903,9 @@ class FakeDiscord:
                 stored = list(self.messages.get(channel_id, []))
                 if "before" in query:
                     stored = [x for x in stored if int(x["id"]) < int(query["before"])]
+                if "after" in query:  # the oldest ones after it, newest first
+                    later = [x for x in stored if int(x["id"]) > int(query["after"])]
+                    return 200, [self._as_read(x) for x in reversed(later[:limit])]
                 return 200, [self._as_read(x) for x in reversed(stored)][:limit]
         if r := m(r"/channels/(\d+)/messages/(\d+)", path):
             msg = next(
@@ -985,7 +1012,7 @@ class FakeDiscord:
             content = data.get("content", "") if kind == 4 else ""
             msg = self._bot_message(channel_id, content, flags=flags, webhook=True)
             if kind == 5:
-                msg["flags"] = flags | (1 << 7)  # LOADING
+                msg["flags"] = flags | LOADING
             self.webhook_messages[f"{token}:@original"] = msg
         if query.get("with_response") not in ("1", "true", "True"):
             return 204, None

@@ -191,16 +191,52 @@ async def test_questions_waiting_for_a_conversation_take_turns_in_the_order_sent
         assert await second.claim_event(
             "slack", "Ev-late", settled=False, conversation=name, sent_at=late
         )
-        await first.settle_event("slack", "Ev-early", "received")  # waits for a slot
-        assert await second.leases.try_take(name, unless=_earlier_waiting(name, late))
-        await second.leases.give_back(name)
-        await first.settle_event("slack", "Ev-early", "answering")  # its slot is free again
+        # Received, not taken on yet (claimed on arrival, its handler still reading it).
+        await first.settle_event("slack", "Ev-early", "received")
+        assert not await second.leases.try_take(name, unless=_earlier_waiting(name, late))
+        await first.settle_event("slack", "Ev-early", "answering")
         assert not await second.leases.try_take(name, unless=_earlier_waiting(name, late))
         assert await first.leases.try_take(name, unless=_earlier_waiting(name, early))
         state = await first.conversation(KEY)
         await first.add_message(state.id, "user", "q", 1, event=("slack", "Ev-early"))
         await first.leases.give_back(name)  # the early question has begun, and is done
         assert await second.leases.try_take(name, unless=_earlier_waiting(name, late))
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_a_question_received_but_not_taken_on_yet_is_not_overtaken(postgres_url):
+    """A question claimed on arrival whose handler is still reading it (files, names) keeps
+    its place: a later one in its conversation, already answering, waits for it."""
+    first, second = await _store(postgres_url), await _store(postgres_url)
+    name, early = str(KEY), datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    late = early + timedelta(seconds=1)
+    order: list[str] = []
+
+    async def turn(store: SqlStore, event: str, sent_at: datetime) -> None:
+        async with store.conversation_lock(name, sent_at=sent_at):
+            order.append(event)
+            state = await store.conversation(KEY)
+            await store.add_message(state.id, "user", event, 1, event=("slack", event))
+
+    try:
+        assert await first.claim_event(
+            "slack", "Ev-early", received=True, request="{}", conversation=name, sent_at=early
+        )
+        assert await second.claim_event(
+            "slack", "Ev-late", settled=False, conversation=name, sent_at=late
+        )
+        later = asyncio.create_task(turn(second, "Ev-late", late))
+        await asyncio.sleep(1.0)  # the later question's worker tries the lease meanwhile
+        assert order == []
+        # The early question is taken on (its answer's claim) and takes its turn first.
+        assert await first.claim_event(
+            "slack", "Ev-early", settled=False, conversation=name, sent_at=early
+        )
+        await turn(first, "Ev-early", early)
+        await asyncio.wait_for(later, 20)
+        assert order == ["Ev-early", "Ev-late"]
     finally:
         await first.close()
         await second.close()
