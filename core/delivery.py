@@ -196,12 +196,19 @@ class _Answer:
         self.pacing.wrote()
         if not await _admitted(self.pacing, False):
             return  # no budget to spare: the answer itself shows that it came
+        before = self._record()
         try:
             with budget.writing("progress"):
                 await self.renderer.start()
         except Exception as exc:  # the answer itself still comes
             log.warning("showing that an answer is coming failed (%s)", type(exc).__name__)
-        await self.keep()
+        if self._record() != before:  # kept only when it showed something (a placeholder)
+            await self.keep()
+
+    def _record(self) -> Any:
+        """What the renderer shows now (None for a renderer that keeps no record)."""
+        record = getattr(self.renderer, "record", None)
+        return record() if record is not None else None
 
     async def keep(self) -> None:
         """Keep what the renderer shows with the claim (when both can)."""
@@ -227,7 +234,9 @@ class _Answer:
         admit = getattr(self.pacing, "admit", None)
         if admit is not None:
             await admit(True)  # the budget is the write limit; it waits for the final write
-        else:
+        elif self.shown:
+            # Spaced from the last progress write. Nothing else holds up an answer's first
+            # text: the mark at its first text only defers progress writes.
             await asyncio.sleep(self.pacing.delay())
         self.pacing.wrote()
         try:
