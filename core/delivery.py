@@ -295,9 +295,8 @@ async def deliver(
     result = Delivered("nothing")
     try:
         while True:
-            timeout = pacing.delay() if answer.behind else None
             try:
-                event = await asyncio.wait_for(queue.get(), timeout)
+                event = await _next(queue, pacing.delay() if answer.behind else None)
             except TimeoutError:
                 await answer.progress()
                 continue
@@ -323,6 +322,17 @@ async def deliver(
     if answer.refused is not None:
         raise answer.refused
     return result
+
+
+async def _next(
+    queue: asyncio.Queue[ReplyEvent | None], timeout: float | None
+) -> ReplyEvent | None:
+    """The next event, waiting at most ``timeout`` seconds (TimeoutError after); one waiting
+    already is taken at once (an answer's deltas often come faster than they are shown)."""
+    if not queue.empty():
+        return queue.get_nowait()
+    async with asyncio.timeout(timeout):
+        return await queue.get()
 
 
 async def _on_event(event: ReplyEvent, answer: _Answer, result: Delivered) -> Delivered:
