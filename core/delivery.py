@@ -325,13 +325,13 @@ async def deliver(
 
 
 async def _next(
-    queue: asyncio.Queue[ReplyEvent | None], timeout: float | None
+    queue: asyncio.Queue[ReplyEvent | None], patience: float | None
 ) -> ReplyEvent | None:
-    """The next event, waiting at most ``timeout`` seconds (TimeoutError after); one waiting
+    """The next event, waiting at most ``patience`` seconds (TimeoutError after); one waiting
     already is taken at once (an answer's deltas often come faster than they are shown)."""
     if not queue.empty():
         return queue.get_nowait()
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(patience):
         return await queue.get()
 
 
