@@ -63,6 +63,7 @@ def with_memory(system_prompt: str, facts: Sequence[str], limit: int) -> str:
     return f"{system_prompt}\n\n{block}" if block else system_prompt
 
 
+@lru_cache(maxsize=4096)
 def speaker(name: str) -> str:
     """How a person is named to the model: their display name on one line, never empty.
 
@@ -240,6 +241,8 @@ class _Speakers:
         """Drop the oldest turns until the names (and the note saying so) fit in ``room``.
 
         One person alone is unchanged: no names, no note, nothing dropped."""
+        if all(m.author_name == current for m in history if m.role == "user"):
+            return cls(history, cut_at, False, 0)
         kept = list(history)
         people = Counter(speaker(m.author_name) for m in kept if m.role == "user")
         people[speaker(current)] += 1

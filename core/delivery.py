@@ -196,12 +196,19 @@ class _Answer:
         self.pacing.wrote()
         if not await _admitted(self.pacing, False):
             return  # no budget to spare: the answer itself shows that it came
+        before = self._record()
         try:
             with budget.writing("progress"):
                 await self.renderer.start()
         except Exception as exc:  # the answer itself still comes
             log.warning("showing that an answer is coming failed (%s)", type(exc).__name__)
-        await self.keep()
+        if self._record() != before:  # kept only when it showed something (a placeholder)
+            await self.keep()
+
+    def _record(self) -> Any:
+        """What the renderer shows now (None for a renderer that keeps no record)."""
+        record = getattr(self.renderer, "record", None)
+        return record() if record is not None else None
 
     async def keep(self) -> None:
         """Keep what the renderer shows with the claim (when both can)."""
@@ -227,7 +234,9 @@ class _Answer:
         admit = getattr(self.pacing, "admit", None)
         if admit is not None:
             await admit(True)  # the budget is the write limit; it waits for the final write
-        else:
+        elif self.shown:
+            # Spaced from the last progress write. Nothing else holds up an answer's first
+            # text: the mark at its first text only defers progress writes.
             await asyncio.sleep(self.pacing.delay())
         self.pacing.wrote()
         try:
@@ -290,9 +299,8 @@ async def deliver(
     result = Delivered("nothing")
     try:
         while True:
-            timeout = pacing.delay() if answer.behind else None
             try:
-                event = await asyncio.wait_for(queue.get(), timeout)
+                event = await _next(queue, pacing.delay() if answer.behind else None)
             except TimeoutError:
                 await answer.progress()
                 continue
@@ -318,6 +326,17 @@ async def deliver(
     if answer.refused is not None:
         raise answer.refused
     return result
+
+
+async def _next(
+    queue: asyncio.Queue[ReplyEvent | None], patience: float | None
+) -> ReplyEvent | None:
+    """The next event, waiting at most ``patience`` seconds (TimeoutError after); one waiting
+    already is taken at once (an answer's deltas often come faster than they are shown)."""
+    if not queue.empty():
+        return queue.get_nowait()
+    async with asyncio.timeout(patience):
+        return await queue.get()
 
 
 async def _on_event(event: ReplyEvent, answer: _Answer, result: Delivered) -> Delivered:

@@ -30,6 +30,7 @@ from core.context import (
     token_budget,
     with_memory,
 )
+from core.deadline import WaitDeadline
 from core.errors import (
     BadCommand,
     ClaimLost,
@@ -193,7 +194,8 @@ class ConversationLocks:
 
     @asynccontextmanager
     async def hold(self, key: ConversationKey) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        held = self._locks.get(key)
+        lock, users = held if held is not None else (asyncio.Lock(), 0)
         self._locks[key] = (lock, users + 1)
         try:
             async with lock:
@@ -646,20 +648,17 @@ class ConversationService:
         Only the waits for the model count, never the caller's work between items.
         """
         first, whole = self.settings.parley_first_token_timeout, self.settings.parley_answer_timeout
-        loop = asyncio.get_running_loop()
-        waited, started = 0.0, False
+        deadline = WaitDeadline(min(first, whole))
+        started = False
         items = self.llm.stream(request)
         try:
             while True:
-                limit = min(first, whole) if not started else whole
-                began = loop.time()
                 try:
-                    async with asyncio.timeout(limit - waited) as timer:
-                        item = await anext(items)
+                    item = await deadline.wait(anext(items))
                 except StopAsyncIteration:
                     return
                 except TimeoutError:
-                    if not timer.expired():
+                    if not deadline.expired:
                         raise
                     stalled = not started and first < whole
                     sentence = (
@@ -668,10 +667,11 @@ class ConversationService:
                         else sentences.answer_too_slow(whole)
                     )
                     raise ModelTimeout(sentence, detail="deadline passed") from None
-                waited += loop.time() - began
-                started = True
+                if not started:
+                    started, deadline.limit = True, whole
                 yield item
         finally:
+            deadline.close()
             close = getattr(items, "aclose", None)
             if close is not None:
                 await close()
