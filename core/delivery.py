@@ -202,7 +202,8 @@ class _Answer:
                 await self.renderer.start()
         except Exception as exc:  # the answer itself still comes
             log.warning("showing that an answer is coming failed (%s)", type(exc).__name__)
-        if self._record() != before:  # kept only when it showed something (a placeholder)
+        after = self._record()
+        if after != before or _reaches_something(after):  # not a record of nothing shown
             await self.keep()
 
     def _record(self) -> Any:
@@ -326,6 +327,14 @@ async def deliver(
     if answer.refused is not None:
         raise answer.refused
     return result
+
+
+def _reaches_something(record: Any) -> bool:
+    """Whether a renderer's record names something shown or a way to reach it (a Discord
+    interaction's reply); a channel alone with empty lists is a record of nothing."""
+    if not isinstance(record, dict):
+        return False
+    return any(value not in ("", [], {}, None) for key, value in record.items() if key != "channel")
 
 
 async def _next(
