@@ -37,6 +37,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from core.store.driver import PgLinks, Sql, compile_sql
 from core.store.models import LeaseRow, storable
 from core.store.retry import retrying
 
@@ -108,6 +109,15 @@ class Leases:
         self._heartbeat: asyncio.Task[None] | None = None
         # Names this worker holds now, set once given back (its own waiters wait on them).
         self._held: dict[str, asyncio.Event] = {}
+        # Taking and giving back on the driver itself (PostgreSQL; set by the store).
+        self.links: PgLinks | None = None
+        self._texts: dict[Any, Sql] = {}
+
+    def _text(self, stmt: Any) -> Sql:
+        found = self._texts.get(stmt)
+        if found is None:
+            found = self._texts[stmt] = compile_sql(stmt, self._dialect)
+        return found
 
     def _until(self) -> int:
         return now_micros() + int(self.seconds * 1_000_000)
@@ -129,16 +139,22 @@ class Leases:
             "l_until": self._until(),
             "l_now": now_micros(),
         }
+        taking = _taking(self._dialect, unless)
+        if self.links is not None:
+            found = await self.links.fetch(self._text(taking), values)
+            return bool(found) and found[0][0] == self.holder
         async with self.single.connect() as conn:
-            taken = (
-                await conn.execute(_taking(self._dialect, unless), values)
-            ).scalar_one_or_none()
+            taken = (await conn.execute(taking, values)).scalar_one_or_none()
             await conn.commit()
         return taken == self.holder
 
     async def give_back(self, name: str) -> None:
+        values = {"l_name": storable(name), "l_holder": self.holder}
+        if self.links is not None:
+            await self.links.count(self._text(GIVE_BACK), values)
+            return
         async with self.single.connect() as conn:
-            await conn.execute(GIVE_BACK, {"l_name": storable(name), "l_holder": self.holder})
+            await conn.execute(GIVE_BACK, values)
             await conn.commit()
 
     @asynccontextmanager

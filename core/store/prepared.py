@@ -27,6 +27,7 @@ from sqlalchemy import (
 from sqlalchemy import update as _update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from core.store.driver import Sql, compile_sql
 from core.store.models import (
     ChannelMemoryRow,
     ChannelSettingsRow,
@@ -160,7 +161,8 @@ _DEAD = ~alive(bindparam("e_now"))
 TAKE_OVER = _taking().where(
     or_(
         and_(ProcessedEventRow.state == "received", _MINE),
-        and_(ProcessedEventRow.state.in_(UNSETTLED), _DEAD),
+        # (compared one by one: an IN list would be expanded per call)
+        and_(or_(*(ProcessedEventRow.state == state for state in UNSETTLED)), _DEAD),
     )
 )
 
@@ -499,3 +501,57 @@ def recent_params(
     if tokens is not None:
         params["r_tokens"] = tokens
     return params
+
+
+# What a user has spent (``s_platform``, ``s_user``): the budget check of a turn.
+SPENT = select(func.coalesce(func.sum(UsageRow.cost_usd), 0.0)).where(
+    UsageRow.platform == bindparam("s_platform"), UsageRow.user_id == bindparam("s_user")
+)
+
+
+class Compiled:
+    """A turn's statements compiled for the driver of database ``name`` (``driver.Sql``),
+    once per store."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        statements = Dialect(name)
+        self.facts = compile_sql(statements.turn_facts, name)
+        self.new_conversation = compile_sql(statements.new_conversation, name)
+        self.claim = compile_sql(statements.claim, name)
+        self.take_over = compile_sql(TAKE_OVER, name)
+        self.take_over_received = compile_sql(TAKE_OVER_RECEIVED, name)
+        self.settle = compile_sql(SETTLE, name)
+        self.delivery = compile_sql(DELIVERY, name)
+        self.add_message = compile_sql(ADD_MESSAGE, name)
+        self.question_claimed = compile_sql(QUESTION_CLAIMED, name)
+        self.answer_claimed = compile_sql(ANSWER_CLAIMED, name)
+        self.message_status = compile_sql(MESSAGE_STATUS, name)
+        usage: dict[str, Any] = {field: bindparam(field) for field in USAGE_FIELDS}
+        self.usage = compile_sql(insert(UsageRow).values(**usage), name)
+        self.spent = compile_sql(SPENT, name)
+        self._recent = {
+            (through, fitting): compile_sql(recent(through=through, fitting=fitting), name)
+            for through in (False, True)
+            for fitting in (False, True)
+        }
+        self._finish: dict[tuple[bool, bool, int], Sql] = {}
+        self._ask: dict[bool, Sql] = {}
+
+    def recent(self, *, through: bool, fitting: bool) -> Sql:
+        return self._recent[through, fitting]
+
+    def ask(self, event: bool) -> Sql:
+        """``ask_in_one`` (PostgreSQL)."""
+        found = self._ask.get(event)
+        if found is None:
+            found = self._ask[event] = compile_sql(ask_in_one(event), self.name)
+        return found
+
+    def finish(self, question: bool, event: bool, usage: int) -> Sql:
+        """``finish_in_one`` (PostgreSQL)."""
+        key = (question, event, usage)
+        found = self._finish.get(key)
+        if found is None:
+            found = self._finish[key] = compile_sql(finish_in_one(*key), self.name)
+        return found

@@ -25,7 +25,7 @@ TURNS = 3
 # warm. Round trips: statements, plus BEGIN and COMMIT of transactions of more than one
 # statement (a lone statement commits itself on PostgreSQL).
 PLAIN = {"sqlite": (6, 2, 10), "postgresql": (5, 5, 5)}
-SLACK = {"sqlite": (11, 5, 21), "postgresql": (8, 8, 8)}
+SLACK = {"sqlite": (11, 5, 15), "postgresql": (8, 8, 8)}
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
