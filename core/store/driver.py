@@ -222,22 +222,22 @@ class PgLinks:
             yield pair[1]
         except BaseException as exc:
             if _healthy(exc):
-                self._give(pair)
+                await self._give(pair)
             else:
                 await asyncio.shield(_drop(pair[0]))
             raise
-        self._give(pair)
+        await self._give(pair)
 
     async def _borrow(self) -> tuple[AsyncConnection, Any]:
         conn = await self.engine.connect()
         raw = await conn.get_raw_connection()
         return conn, raw.driver_connection
 
-    def _give(self, pair: tuple[AsyncConnection, Any]) -> None:
+    async def _give(self, pair: tuple[AsyncConnection, Any]) -> None:
         if len(self._idle) < self.keep:
             self._idle.append(pair)
-        else:
-            asyncio.get_running_loop().create_task(pair[0].close())
+        else:  # back to the engine's pool
+            await asyncio.shield(pair[0].close())
 
     async def fetch(self, sql: Sql, params: dict[str, Any]) -> list[Any]:
         """The rows of one statement that commits itself."""
