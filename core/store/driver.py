@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
@@ -203,41 +204,85 @@ class AlchemyLink:
 
 
 class PgLinks:
-    """asyncpg connections borrowed from the engine's pool and kept between calls (at most
-    half the pool idle here, so the rest of the store finds connections too): the pool's
-    size limits both. Each statement commits itself (asyncpg sends no BEGIN of its own)."""
+    """asyncpg connections borrowed from the engine's pool and kept between calls: at most
+    all but two of the pool's (so the rest of the store always finds one), at most half of
+    it kept idle here. A connection given back goes first to a call waiting for one."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        size = getattr(engine.sync_engine.pool, "size", lambda: 2)()
+        size = getattr(engine.sync_engine.pool, "size", lambda: 3)()
+        self.limit = max(1, size - 2)
         self.keep = max(1, size // 2)
         self._idle: list[tuple[AsyncConnection, Any]] = []
+        self._owned = 0
+        # Calls waiting for a connection: given one, or None (borrow one from the pool).
+        self._waiters: deque[asyncio.Future[tuple[AsyncConnection, Any] | None]] = deque()
 
     @asynccontextmanager
     async def link(self) -> AsyncIterator[Any]:
         """A connection of this worker's for a few statements; one that failed in a way
         that may have left it broken (lost, cancelled) is dropped from the pool."""
-        pair = self._idle.pop() if self._idle else await self._borrow()
+        pair = await self._acquire()
         try:
             yield pair[1]
         except BaseException as exc:
             if _healthy(exc):
                 await self._give(pair)
             else:
+                self._owned -= 1
+                self._hand_over(None)
                 await asyncio.shield(_drop(pair[0]))
             raise
         await self._give(pair)
+
+    async def _acquire(self) -> tuple[AsyncConnection, Any]:
+        if self._idle:
+            return self._idle.pop()
+        if self._owned >= self.limit:
+            waiting: asyncio.Future[tuple[AsyncConnection, Any] | None]
+            waiting = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiting)
+            try:
+                pair = await waiting
+            except asyncio.CancelledError:
+                if waiting.done() and not waiting.cancelled():
+                    self._hand_over(waiting.result())  # on to the next, or kept
+                else:
+                    self._waiters.remove(waiting)
+                raise
+            if pair is not None:
+                return pair
+        self._owned += 1
+        try:
+            return await self._borrow()
+        except BaseException:
+            self._owned -= 1
+            self._hand_over(None)
+            raise
 
     async def _borrow(self) -> tuple[AsyncConnection, Any]:
         conn = await self.engine.connect()
         raw = await conn.get_raw_connection()
         return conn, raw.driver_connection
 
-    async def _give(self, pair: tuple[AsyncConnection, Any]) -> None:
-        if len(self._idle) < self.keep:
+    def _hand_over(self, pair: tuple[AsyncConnection, Any] | None) -> bool:
+        """``pair`` (or, None, leave to borrow one) to the first call still waiting."""
+        while self._waiters:
+            waiting = self._waiters.popleft()
+            if not waiting.done():
+                waiting.set_result(pair)
+                return True
+        if pair is not None:
             self._idle.append(pair)
-        else:  # back to the engine's pool
-            await asyncio.shield(pair[0].close())
+            return True
+        return False
+
+    async def _give(self, pair: tuple[AsyncConnection, Any]) -> None:
+        if self._waiters or len(self._idle) < self.keep:
+            self._hand_over(pair)
+            return
+        self._owned -= 1  # back to the engine's pool
+        await asyncio.shield(pair[0].close())
 
     async def fetch(self, sql: Sql, params: dict[str, Any]) -> list[Any]:
         """The rows of one statement that commits itself."""
@@ -273,6 +318,7 @@ class PgLinks:
 
     async def close(self) -> None:
         idle, self._idle = self._idle, []
+        self._owned -= len(idle)
         for conn, _ in idle:
             with suppress(Exception):
                 await conn.close()

@@ -24,6 +24,7 @@ from sqlalchemy import (
     select,
     true,
 )
+from sqlalchemy import delete as _delete
 from sqlalchemy import update as _update
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -276,11 +277,34 @@ USAGE_FIELDS = (
 )
 
 
-@lru_cache(maxsize=32)
-def finish_in_one(question: bool, event: bool, usage: int) -> Any:
+def _giving_back() -> Any:
+    """PostgreSQL: lease ``l_name`` given back by ``l_holder``, as a CTE of a turn's statement."""
+    return (
+        _delete(LeaseRow)
+        .where(LeaseRow.name == bindparam("l_name"), LeaseRow.holder == bindparam("l_holder"))
+        .returning(LeaseRow.name)
+        .cte("given_back")
+    )
+
+
+@lru_cache(maxsize=64)
+def finish_in_one(question: bool, event: bool, usage: int, release: bool = False) -> Any:
     """PostgreSQL: an answer stored (``ADD_MESSAGE``'s parameters), its question
     ``f_question`` made complete, its claim (``e_platform``, ``e_event``) told, and ``usage``
-    ledger entries (``u0_platform``, ...) recorded: one statement, one round trip."""
+    ledger entries (``u0_platform``, ...) recorded: one statement, one round trip.
+    ``release``: the conversation's lease given back too (``l_name``, ``l_holder``)."""
+    stmt = _finish(question, event, usage)
+    return stmt.add_cte(_giving_back()) if release else stmt
+
+
+# A claim settled (``SETTLE``) and the lease of its conversation given back (``l_name``,
+# ``l_holder``) in one statement (PostgreSQL); its one row counts the claims settled.
+def _settle_releasing() -> Any:
+    settled = SETTLE.returning(ProcessedEventRow.id).cte("settled")
+    return select(func.count()).select_from(settled).add_cte(_giving_back())
+
+
+def _finish(question: bool, event: bool, usage: int) -> Any:
     if not event:
         return _finish_unclaimed(question, usage)
     # The claim (``e_holder``'s) is checked first: when another worker took it over, nothing
@@ -535,7 +559,10 @@ class Compiled:
             for through in (False, True)
             for fitting in (False, True)
         }
-        self._finish: dict[tuple[bool, bool, int], Sql] = {}
+        self._finish: dict[tuple[bool, bool, int, bool], Sql] = {}
+        if name == "postgresql":
+            self.settle_releasing = compile_sql(_settle_releasing(), name)
+            self.facts_select = statements.turn_facts
         self._ask: dict[bool, Sql] = {}
 
     def recent(self, *, through: bool, fitting: bool) -> Sql:
@@ -548,9 +575,9 @@ class Compiled:
             found = self._ask[event] = compile_sql(ask_in_one(event), self.name)
         return found
 
-    def finish(self, question: bool, event: bool, usage: int) -> Sql:
+    def finish(self, question: bool, event: bool, usage: int, release: bool = False) -> Sql:
         """``finish_in_one`` (PostgreSQL)."""
-        key = (question, event, usage)
+        key = (question, event, usage, release)
         found = self._finish.get(key)
         if found is None:
             found = self._finish[key] = compile_sql(finish_in_one(*key), self.name)

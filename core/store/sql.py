@@ -303,6 +303,11 @@ class SqlStore:
         self._link = SqliteLink(str(engine.url.database)) if self._local else None
         self._links = PgLinks(engine) if self._dialect == "postgresql" else None
         self.leases.links = self._links
+        # PostgreSQL, by lease name or conversation: a turn's facts read with its lease, and
+        # the lease to give back with the turn's finish or its event's settling.
+        self._ahead: dict[str, TurnFacts] = {}
+        self._leased: dict[int, str] = {}
+        self._settling: dict[tuple[str, str], str] = {}
 
     async def close(self) -> None:
         await self.leases.close()
@@ -406,7 +411,13 @@ class SqlStore:
     async def settle_event(self, platform: str, event_id: str, state: str) -> bool:
         """Only while this worker holds the claim: once another took it over, it is theirs."""
         params = _event((platform, event_id), e_holder=self.leases.holder, e_state=state)
-        return bool(await self._count(self._texts.settle, params))
+        lease = self._settling.pop((platform, event_id), None)
+        if lease is None or self._links is None:
+            return bool(await self._count(self._texts.settle, params))
+        params.update(l_name=lease, l_holder=self.leases.holder)
+        found = await self._links.fetch(self._texts.settle_releasing, params)
+        self.leases.given_back.add(lease)
+        return bool(found[0][0])
 
     async def record_delivery(self, platform: str, event_id: str, delivery: str) -> None:
         params = _event((platform, event_id), e_holder=self.leases.holder, e_delivery=delivery)
@@ -465,9 +476,16 @@ class SqlStore:
         self, key: ConversationKey, *, spender: str | None = None, plan: Planner | None = None
     ) -> TurnFacts:
         holder = self.leases.holder
-        if self._links is not None:
-            return await turns.pg_open_turn(self._links, self._texts, key, spender, plan, holder)
-        return await self._hot(turns.open_turn, key, spender, plan, holder)
+        if self._links is None:
+            return await self._hot(turns.open_turn, key, spender, plan, holder)
+        name = str(key)
+        known = self._ahead.pop(name, None)
+        facts = await turns.pg_open_turn(
+            self._links, self._texts, key, spender, plan, holder, known
+        )
+        if known is not None:  # its lease is given back when the turn ends
+            self._leased[facts.state.id] = name
+        return facts
 
     async def finish_turn(
         self,
@@ -488,9 +506,18 @@ class SqlStore:
         )
         rows = _usage_rows(channel, user_id, usage)
         turn = turns.Finish(conversation_id, question_id, rows, self.leases.holder)
-        if self._links is not None:
-            return await turns.pg_finish(self._links, self._texts, answer, turn)
-        return await self._hot(turns.finish, answer, turn)
+        if self._links is None:
+            return await self._hot(turns.finish, answer, turn)
+        lease = self._leased.pop(conversation_id, None)
+        if event is not None:  # shown, then settled: the lease goes with the settling
+            message_id = await turns.pg_finish(self._links, self._texts, answer, turn)
+            if lease is not None:
+                self._settling[event] = lease
+            return message_id
+        message_id = await turns.pg_finish(self._links, self._texts, answer, turn, lease)
+        if lease is not None:
+            self.leases.given_back.add(lease)
+        return message_id
 
     async def add_message(
         self,
@@ -554,10 +581,15 @@ class SqlStore:
         name: str,
         *,
         sent_at: datetime | None = None,
+        key: ConversationKey | None = None,
     ) -> AsyncIterator[None]:
         """The lease on ``name`` (PostgreSQL, several workers): held without a connection,
         renewed by this worker's heartbeat, expired when it dies. SQLite serves a single
-        worker: the service's in-process lock is enough there."""
+        worker: the service's in-process lock is enough there.
+
+        For a turn (``sent_at`` and the conversation's ``key`` given), the lease is taken
+        in the statement that reads the turn's facts (``open_turn`` uses them), and given
+        back by the statement that finishes the turn (no event) or settles its event."""
         if self._dialect != "postgresql":
             yield
             return
@@ -565,9 +597,28 @@ class SqlStore:
             async with self.leases.hold(name):
                 yield
             return
-        waiting = {"w_conversation": name, "w_sent_at": micros(sent_at)}
-        async with self.leases.hold(name, unless=prepared.EARLIER_WAITING, params=waiting):
-            yield
+        waiting: dict[str, Any] = {"w_conversation": name, "w_sent_at": micros(sent_at)}
+        also = None
+        if key is not None and self._links is not None:  # its turn's facts read with it
+            waiting.update(_conversation(key))
+            also = self._statements.turn_facts
+        unless = prepared.EARLIER_WAITING
+        async with self.leases.hold(name, unless=unless, params=waiting, also=also):
+            row = self.leases.read.pop(name, None)
+            if row is not None and row[0] is not None:
+                self._ahead[name] = turns.facts_of(row)
+            try:
+                yield
+            finally:
+                self._forget(name)
+
+    def _forget(self, name: str) -> None:
+        """The lease on ``name`` ends: nothing read with it or to give it back with is kept."""
+        self._ahead.pop(name, None)
+        for conversation in [k for k, lease in self._leased.items() if lease == name]:
+            del self._leased[conversation]
+        for claimed in [k for k, lease in self._settling.items() if lease == name]:
+            del self._settling[claimed]
 
     async def reset_conversation(self, key: ConversationKey) -> int:
         state = await self.conversation(key)

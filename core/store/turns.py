@@ -80,7 +80,7 @@ def claim_lost(event: tuple[str, str]) -> ClaimLost:
     return ClaimLost(f"event {event[1]} on {event[0]} was taken over")
 
 
-def _facts(row: Sequence[Any]) -> TurnFacts:
+def facts_of(row: Sequence[Any]) -> TurnFacts:
     """A ``turn_facts`` row: the conversation, its channel's settings and memory."""
     state = ConversationState(row[0], row[1], row[2], row[3])
     json_mode = row[8]
@@ -148,7 +148,7 @@ def open_turn(
     if row is None:
         link.execute(c.new_conversation, params)
         row = link.execute(c.facts, params).fetchone()
-    facts = _facts(row)
+    facts = facts_of(row)
     if spender is not None:
         spent = link.execute(c.spent, {"s_platform": key.platform, "s_user": spender})
         facts = replace(facts, spent_usd=float(spent.fetchone()[0] or 0.0))
@@ -203,21 +203,26 @@ async def pg_open_turn(
     spender: str | None,
     plan: Planner | None,
     holder: str,
+    known: TurnFacts | None = None,
 ) -> TurnFacts:
-    """``open_turn`` on PostgreSQL: the facts; then the question stored and the history
-    before it read, in one statement."""
-    params = conversation_params(key)
-    found = await links.fetch(c.facts, params)
-    if not found:
-        await links.count(c.new_conversation, params)
-        found = await links.fetch(c.facts, params)
-    facts = _facts(found[0])
+    """``open_turn`` on PostgreSQL: the facts (unless ``known``, read with the conversation's
+    lease); then the question stored and the history before it read, in one statement."""
+    facts = known or await _pg_facts(links, c, key)
     if spender is not None:
         spent = await links.fetch(c.spent, {"s_platform": key.platform, "s_user": spender})
         facts = replace(facts, spent_usd=float(spent[0][0] or 0.0))
     if plan is None:
         return facts
     return await _pg_ask(links, c, facts, plan(facts), holder)
+
+
+async def _pg_facts(links: PgLinks, c: Compiled, key: ConversationKey) -> TurnFacts:
+    params = conversation_params(key)
+    found = await links.fetch(c.facts, params)
+    if not found:
+        await links.count(c.new_conversation, params)
+        found = await links.fetch(c.facts, params)
+    return facts_of(found[0])
 
 
 async def _pg_ask(
@@ -245,11 +250,17 @@ async def _pg_ask(
     return replace(facts, question_id=int(found[0][0]), history=turns)
 
 
-async def pg_finish(links: PgLinks, c: Compiled, answer: NewTurn, turn: Finish) -> int:
-    """``finish`` as one statement; with a claim no longer this worker's it stores nothing."""
+async def pg_finish(
+    links: PgLinks, c: Compiled, answer: NewTurn, turn: Finish, lease: str | None = None
+) -> int:
+    """``finish`` as one statement; with a claim no longer this worker's it stores nothing.
+    ``lease``: the conversation's lease given back by the same statement."""
     event = answer.event
-    sql = c.finish(turn.question_id is not None, event is not None, len(turn.usage))
+    release = lease is not None
+    sql = c.finish(turn.question_id is not None, event is not None, len(turn.usage), release)
     params = message_params(turn.conversation, answer)
+    if release:
+        params.update(l_name=lease, l_holder=turn.holder)
     if turn.question_id is not None:
         params["f_question"] = turn.question_id
     if event is not None:
