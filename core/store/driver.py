@@ -215,6 +215,7 @@ class PgLinks:
         self.keep = max(1, size // 2)
         self._idle: list[tuple[AsyncConnection, Any]] = []
         self._owned = 0
+        self._closed = False
         # Calls waiting for a connection: given one, or None (borrow one from the pool).
         self._waiters: deque[asyncio.Future[tuple[AsyncConnection, Any] | None]] = deque()
 
@@ -262,7 +263,11 @@ class PgLinks:
 
     async def _borrow(self) -> tuple[AsyncConnection, Any]:
         conn = await self.engine.connect()
-        raw = await conn.get_raw_connection()
+        try:
+            raw = await conn.get_raw_connection()
+        except BaseException:
+            await asyncio.shield(_drop(conn))
+            raise
         return conn, raw.driver_connection
 
     def _hand_over(self, pair: tuple[AsyncConnection, Any] | None) -> bool:
@@ -278,7 +283,7 @@ class PgLinks:
         return False
 
     async def _give(self, pair: tuple[AsyncConnection, Any]) -> None:
-        if self._waiters or len(self._idle) < self.keep:
+        if not self._closed and (self._waiters or len(self._idle) < self.keep):
             self._hand_over(pair)
             return
         self._owned -= 1  # back to the engine's pool
@@ -317,6 +322,9 @@ class PgLinks:
         return int(status.rsplit(" ", 1)[-1] or 0)
 
     async def close(self) -> None:
+        """Give the idle connections back to the engine's pool, and those in use as they
+        come back."""
+        self._closed = True
         idle, self._idle = self._idle, []
         self._owned -= len(idle)
         for conn, _ in idle:
