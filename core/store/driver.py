@@ -92,7 +92,11 @@ _DIALECTS = {"sqlite": sqlite.dialect(), "postgresql": _asyncpg.dialect()}  # ty
 def compile_sql(stmt: Any, dialect: str) -> Sql:
     """``stmt`` as the driver of ``dialect`` ("sqlite" or "postgresql") takes it."""
     compiled = stmt.compile(dialect=_DIALECTS[dialect])
-    assert "POSTCOMPILE" not in compiled.string, "expanding parameters are not supported"
+    if "POSTCOMPILE" in compiled.string:  # a fixed IN list: its values rendered in place
+        given = {name for name, bind in compiled.binds.items() if bind.required}
+        expanded = compiled.construct_expanded_state(dict.fromkeys(given))
+        fixed = {name: value for name, value in expanded.parameters.items() if name not in given}
+        return Sql(expanded.statement, tuple(expanded.positiontup or ()), fixed)
     names = tuple(compiled.positiontup or ())
     fixed = {
         name: bind.effective_value for name, bind in compiled.binds.items() if not bind.required

@@ -162,8 +162,7 @@ _DEAD = ~alive(bindparam("e_now"))
 TAKE_OVER = _taking().where(
     or_(
         and_(ProcessedEventRow.state == "received", _MINE),
-        # (compared one by one: an IN list would be expanded per call)
-        and_(or_(*(ProcessedEventRow.state == state for state in UNSETTLED)), _DEAD),
+        and_(ProcessedEventRow.state.in_(UNSETTLED), _DEAD),
     )
 )
 
