@@ -365,12 +365,14 @@ class Store(Protocol):
         name: str,
         *,
         sent_at: datetime | None = None,
+        key: ConversationKey | None = None,
     ) -> AbstractAsyncContextManager[None]:
         """Hold ``name`` exclusively across every worker sharing this store; released when the
         block ends, or soon after a worker dies, and holding no connection meanwhile. With
         ``sent_at`` (the question's), claimed questions sent earlier go first. A store only one
         process can use (SQLite, memory) may make this a no-op: the service's in-process lock
-        is enough."""
+        is enough. ``key``: the conversation a turn holds it for (a store may read the turn's
+        facts with the lock, and give it back as the turn ends)."""
         ...
 
     async def reset_conversation(self, key: ConversationKey) -> int:

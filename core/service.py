@@ -250,7 +250,7 @@ class ConversationService:
         nothing on a database only one process uses). It is taken first: a question waiting
         for it holds nothing, so an earlier question, in this worker or another, can go first.
         """
-        lock = self.store.conversation_lock(str(key), sent_at=sent_at)
+        lock = self.store.conversation_lock(str(key), sent_at=sent_at, key=key)
         async with lock, self.locks.hold(key):
             yield
 

@@ -32,11 +32,13 @@ from sqlalchemy import (
     bindparam,
     delete,
     select,
+    true,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from core.store.driver import PgLinks, Sql, compile_sql
 from core.store.models import LeaseRow, storable
 from core.store.retry import retrying
 
@@ -84,6 +86,15 @@ def _taking(dialect: str, unless: ColumnElement[bool] | None) -> Any:
     ).returning(LeaseRow.holder)
 
 
+@lru_cache(maxsize=8)
+def _taking_with(dialect: str, unless: ColumnElement[bool] | None, also: Any) -> Any:
+    """``_taking`` with the select ``also`` read in the same statement: no row if the lease
+    was not taken, else its holder and then ``also``'s columns (NULLs if it finds nothing)."""
+    lease = _taking(dialect, unless).cte("lease")
+    read = also.subquery("also")
+    return select(lease.c.holder, *read.c).select_from(lease).outerjoin(read, true())
+
+
 def worker_name(holder: str) -> str:
     """The lease a worker holds on itself while it lives."""
     return f"worker:{holder}"
@@ -108,6 +119,19 @@ class Leases:
         self._heartbeat: asyncio.Task[None] | None = None
         # Names this worker holds now, set once given back (its own waiters wait on them).
         self._held: dict[str, asyncio.Event] = {}
+        # Taking and giving back on the driver itself (PostgreSQL; set by the store).
+        self.links: PgLinks | None = None
+        # What was read along with a lease just taken (``hold(also=...)``), by name.
+        self.read: dict[str, tuple[Any, ...]] = {}
+        # Names held here but already given back by a statement of the store's own.
+        self.given_back: set[str] = set()
+        self._texts: dict[Any, Sql] = {}
+
+    def _text(self, stmt: Any) -> Sql:
+        found = self._texts.get(stmt)
+        if found is None:
+            found = self._texts[stmt] = compile_sql(stmt, self._dialect)
+        return found
 
     def _until(self) -> int:
         return now_micros() + int(self.seconds * 1_000_000)
@@ -118,9 +142,12 @@ class Leases:
         *,
         unless: ColumnElement[bool] | None = None,
         params: dict[str, Any] | None = None,
+        also: Any = None,
     ) -> bool:
         """Take ``name`` if nobody holds it (or its holder's lease has run out), and
-        ``unless`` (someone with a better claim waiting; its own ``params``) is not true."""
+        ``unless`` (someone with a better claim waiting; its own ``params``) is not true.
+        ``also``: a select (its parameters in ``params``) read in the same statement when
+        the lease is taken, kept in ``read`` (PostgreSQL)."""
         self._start_heartbeat()
         values = {
             **(params or {}),
@@ -129,16 +156,28 @@ class Leases:
             "l_until": self._until(),
             "l_now": now_micros(),
         }
+        taking = _taking(self._dialect, unless)
+        if self.links is not None:
+            if also is not None:
+                taking = _taking_with(self._dialect, unless, also)
+            found = await self.links.fetch(self._text(taking), values)
+            if not found or found[0][0] != self.holder:
+                return False
+            if also is not None:
+                self.read[name] = tuple(found[0][1:])
+            return True
         async with self.single.connect() as conn:
-            taken = (
-                await conn.execute(_taking(self._dialect, unless), values)
-            ).scalar_one_or_none()
+            taken = (await conn.execute(taking, values)).scalar_one_or_none()
             await conn.commit()
         return taken == self.holder
 
     async def give_back(self, name: str) -> None:
+        values = {"l_name": storable(name), "l_holder": self.holder}
+        if self.links is not None:
+            await self.links.count(self._text(GIVE_BACK), values)
+            return
         async with self.single.connect() as conn:
-            await conn.execute(GIVE_BACK, {"l_name": storable(name), "l_holder": self.holder})
+            await conn.execute(GIVE_BACK, values)
             await conn.commit()
 
     @asynccontextmanager
@@ -148,31 +187,43 @@ class Leases:
         *,
         unless: ColumnElement[bool] | None = None,
         params: dict[str, Any] | None = None,
+        also: Any = None,
     ) -> AsyncIterator[None]:
         """Hold ``name`` for the block, waiting (never failing) while another worker has it
         (or while ``unless``: someone who should go first is waiting). While this worker
-        holds it, its own waiters wait for it here rather than asking the database."""
-        await self._take(name, unless, params)
+        holds it, its own waiters wait for it here rather than asking the database.
+        ``also``: see ``try_take``. A lease a statement of the store gave back already
+        (``given_back``) is not given back again."""
+        await self._take(name, unless, params, also)
         released = self._held[name] = asyncio.Event()
         try:
             yield
         finally:
-            # A lease not given back (database gone, task cancelled) expires on its own.
-            with suppress(Exception):
-                await asyncio.shield(retrying(partial(self.give_back, name), patience=5.0))
+            self.read.pop(name, None)
+            if name in self.given_back:
+                self.given_back.discard(name)
+            else:
+                # A lease not given back (database gone, task cancelled) expires on its own.
+                with suppress(Exception):
+                    await asyncio.shield(retrying(partial(self.give_back, name), patience=5.0))
             del self._held[name]
             released.set()
 
     async def _take(
-        self, name: str, unless: ColumnElement[bool] | None, params: dict[str, Any] | None
+        self,
+        name: str,
+        unless: ColumnElement[bool] | None,
+        params: dict[str, Any] | None,
+        also: Any,
     ) -> None:
         wait = FIRST_WAIT
+        take = partial(self.try_take, name, unless=unless, params=params, also=also)
         while True:
             mine = self._held.get(name)
             if mine is not None:
                 await mine.wait()
                 continue
-            if await retrying(partial(self.try_take, name, unless=unless, params=params)):
+            if await retrying(take):
                 return
             await asyncio.sleep(wait)
             wait = min(LONGEST_WAIT, wait * 2)

@@ -25,9 +25,11 @@ from sqlalchemy import (
     true,
     tuple_,
 )
+from sqlalchemy import delete as _delete
 from sqlalchemy import update as _update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from core.store.driver import Sql, compile_sql
 from core.store.models import (
     ChannelMemoryRow,
     ChannelSettingsRow,
@@ -275,11 +277,34 @@ USAGE_FIELDS = (
 )
 
 
-@lru_cache(maxsize=32)
-def finish_in_one(question: bool, event: bool, usage: int) -> Any:
+def _giving_back() -> Any:
+    """PostgreSQL: lease ``l_name`` given back by ``l_holder``, as a CTE of a turn's statement."""
+    return (
+        _delete(LeaseRow)
+        .where(LeaseRow.name == bindparam("l_name"), LeaseRow.holder == bindparam("l_holder"))
+        .returning(LeaseRow.name)
+        .cte("given_back")
+    )
+
+
+@lru_cache(maxsize=64)
+def finish_in_one(question: bool, event: bool, usage: int, release: bool = False) -> Any:
     """PostgreSQL: an answer stored (``ADD_MESSAGE``'s parameters), its question
     ``f_question`` made complete, its claim (``e_platform``, ``e_event``) told, and ``usage``
-    ledger entries (``u0_platform``, ...) recorded: one statement, one round trip."""
+    ledger entries (``u0_platform``, ...) recorded: one statement, one round trip.
+    ``release``: the conversation's lease given back too (``l_name``, ``l_holder``)."""
+    stmt = _finish(question, event, usage)
+    return stmt.add_cte(_giving_back()) if release else stmt
+
+
+# A claim settled (``SETTLE``) and the lease of its conversation given back (``l_name``,
+# ``l_holder``) in one statement (PostgreSQL); its one row counts the claims settled.
+def _settle_releasing() -> Any:
+    settled = SETTLE.returning(ProcessedEventRow.id).cte("settled")
+    return select(func.count()).select_from(settled).add_cte(_giving_back())
+
+
+def _finish(question: bool, event: bool, usage: int) -> Any:
     if not event:
         return _finish_unclaimed(question, usage)
     # The claim (``e_holder``'s) is checked first: when another worker took it over, nothing
@@ -537,3 +562,60 @@ def recent_params(
     if tokens is not None:
         params["r_tokens"] = tokens
     return params
+
+
+# What a user has spent (``s_platform``, ``s_user``): the budget check of a turn.
+SPENT = select(func.coalesce(func.sum(UsageRow.cost_usd), 0.0)).where(
+    UsageRow.platform == bindparam("s_platform"), UsageRow.user_id == bindparam("s_user")
+)
+
+
+class Compiled:
+    """A turn's statements compiled for the driver of database ``name`` (``driver.Sql``),
+    once per store."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        statements = Dialect(name)
+        self.facts = compile_sql(statements.turn_facts, name)
+        self.new_conversation = compile_sql(statements.new_conversation, name)
+        self.claim = compile_sql(statements.claim, name)
+        self.take_over = compile_sql(TAKE_OVER, name)
+        self.take_over_received = compile_sql(TAKE_OVER_RECEIVED, name)
+        self.settle = compile_sql(SETTLE, name)
+        self.delivery = compile_sql(DELIVERY, name)
+        self.add_message = compile_sql(ADD_MESSAGE, name)
+        self.question_claimed = compile_sql(QUESTION_CLAIMED, name)
+        self.answer_claimed = compile_sql(ANSWER_CLAIMED, name)
+        self.message_status = compile_sql(MESSAGE_STATUS, name)
+        usage: dict[str, Any] = {field: bindparam(field) for field in USAGE_FIELDS}
+        self.usage = compile_sql(insert(UsageRow).values(**usage), name)
+        self.spent = compile_sql(SPENT, name)
+        self._recent = {
+            (through, fitting): compile_sql(recent(through=through, fitting=fitting), name)
+            for through in (False, True)
+            for fitting in (False, True)
+        }
+        self._finish: dict[tuple[bool, bool, int, bool], Sql] = {}
+        if name == "postgresql":
+            self.settle_releasing = compile_sql(_settle_releasing(), name)
+            self.facts_select = statements.turn_facts
+        self._ask: dict[bool, Sql] = {}
+
+    def recent(self, *, through: bool, fitting: bool) -> Sql:
+        return self._recent[through, fitting]
+
+    def ask(self, event: bool) -> Sql:
+        """``ask_in_one`` (PostgreSQL)."""
+        found = self._ask.get(event)
+        if found is None:
+            found = self._ask[event] = compile_sql(ask_in_one(event), self.name)
+        return found
+
+    def finish(self, question: bool, event: bool, usage: int, release: bool = False) -> Sql:
+        """``finish_in_one`` (PostgreSQL)."""
+        key = (question, event, usage, release)
+        found = self._finish.get(key)
+        if found is None:
+            found = self._finish[key] = compile_sql(finish_in_one(*key), self.name)
+        return found

@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-import json
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar, cast
@@ -30,7 +28,6 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from core.errors import ClaimLost
 from core.messages import ChannelKey, ConversationKey
 from core.ports import (
     ChannelOverrides,
@@ -42,11 +39,11 @@ from core.ports import (
     Role,
     StoredMessage,
     TurnFacts,
-    TurnPlan,
     UsageEntry,
     UsageTotals,
 )
-from core.store import prepared
+from core.store import prepared, turns
+from core.store.driver import AlchemyLink, PgLinks, SqliteLink
 from core.store.leases import LEASE_SECONDS, Leases, now_micros
 from core.store.models import (
     ChannelMemoryRow,
@@ -58,6 +55,11 @@ from core.store.models import (
     UsageRow,
 )
 from core.store.retry import PATIENCE, retrying
+from core.store.turns import conversation_params as _conversation
+from core.store.turns import event_params as _event
+from core.store.turns import history as _history
+from core.store.turns import message_params as _message
+from core.store.turns import micros
 
 # Claims a sweeper finishes when their holder is gone: still being answered, or answered and
 # stored but maybe not shown.
@@ -136,19 +138,6 @@ def _transaction(
         return result
 
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-MICROSECOND = timedelta(microseconds=1)
-
-
-def micros(moment: datetime | None) -> int:
-    """``moment`` (now when None; UTC when naive) in microseconds since 1970, the unit of
-    ``sent_at``."""
-    moment = moment or datetime.now(UTC)
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return (moment - EPOCH) // MICROSECOND
-
-
 def _insert(dialect: str, table: Any) -> Any:
     return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
 
@@ -212,26 +201,6 @@ def _orphans(conn: Connection, taking: Any) -> list[Orphan]:
     return [_orphan(conn, row) for row in conn.execute(taking).all()]
 
 
-def _claim(conn: Connection, claiming: Any, params: dict[str, Any], received: bool) -> bool:
-    """The event's claim made, or taken on (received by this worker) or over (left by a dead
-    worker): see ``SqlStore.claim_event``."""
-    if _rowcount(conn, claiming, params):
-        return True
-    taking = prepared.TAKE_OVER_RECEIVED if received else prepared.TAKE_OVER
-    return bool(_rowcount(conn, taking, {**params, "e_now": now_micros()}))
-
-
-def _claim_lost(event: tuple[str, str]) -> ClaimLost:
-    return ClaimLost(f"event {event[1]} on {event[0]} was taken over")
-
-
-def _claimed(conn: Connection, stmt: Any, event: tuple[str, str], **params: Any) -> None:
-    """Update this worker's claim of ``event``; ``ClaimLost`` (the transaction is rolled
-    back) when another worker has taken it over."""
-    if not _rowcount(conn, stmt, _event(event, **params)):
-        raise _claim_lost(event)
-
-
 def _sum(conn: Connection, where: Sequence[Any]) -> UsageTotals:
     """Sums over the ledger entries matching ``where``."""
     stmt = select(
@@ -248,15 +217,6 @@ def _sum(conn: Connection, where: Sequence[Any]) -> UsageTotals:
     )
 
 
-def _conversation(key: ConversationKey) -> dict[str, str]:
-    return {
-        "platform": key.platform,
-        "workspace": key.workspace,
-        "channel": key.channel,
-        "thread": key.thread,
-    }
-
-
 def _channel(channel: ChannelKey) -> dict[str, str]:
     return {
         "platform": channel.platform,
@@ -265,45 +225,12 @@ def _channel(channel: ChannelKey) -> dict[str, str]:
     }
 
 
-def _history(rows: Sequence[Any]) -> list[StoredMessage]:
-    return [StoredMessage(r[0], cast(Role, r[1]), r[2], r[3], r[4]) for r in rows]
-
-
 def _add_message(conn: Connection, conversation_id: int, turn: NewTurn) -> int:
     params = _message(conversation_id, turn)
     message_id = int(conn.execute(prepared.ADD_MESSAGE, params).scalar_one())
     if turn.event is not None:  # the claim knows its question, to mark it if it dies
         conn.execute(prepared.QUESTION_OF_EVENT, _event(turn.event, e_message=message_id))
     return message_id
-
-
-def _add_question(conn: Connection, conversation_id: int, turn: NewTurn, holder: str) -> int:
-    """``_add_message``, its claim (if any) told only while ``holder`` holds it."""
-    message_id = _add_message(conn, conversation_id, replace(turn, event=None))
-    if turn.event is not None:  # the claim knows its question, to mark it if it dies
-        args = {"e_message": message_id, "e_holder": holder}
-        _claimed(conn, prepared.QUESTION_CLAIMED, turn.event, **args)
-    return message_id
-
-
-def _message(conversation_id: int, turn: NewTurn) -> dict[str, Any]:
-    """``ADD_MESSAGE``'s parameters."""
-    return {
-        "m_conversation": conversation_id,
-        "m_role": turn.role,
-        "m_content": turn.content,
-        "m_tokens": turn.token_count,
-        "m_author_id": turn.author_id,
-        "m_author_name": turn.author_name[:100],
-        "m_status": turn.status,
-        "m_model": turn.model,
-        "m_sent_at": micros(turn.sent_at),
-    }
-
-
-def _event(event: tuple[str, str], **more: Any) -> dict[str, Any]:
-    """Parameters naming the claim of ``event`` (platform, event id)."""
-    return {"e_platform": event[0], "e_event": event[1], **more}
 
 
 def _usage_rows(channel: ChannelKey, user_id: str, usage: Sequence[UsageEntry]) -> list[Any]:
@@ -326,69 +253,6 @@ def _usage_rows(channel: ChannelKey, user_id: str, usage: Sequence[UsageEntry]) 
 def _record_usage(conn: Connection, rows: list[Any]) -> None:
     if rows:
         conn.execute(prepared.USAGE, rows)
-
-
-@dataclass(frozen=True, slots=True)
-class _Turn:
-    """What ``_finish`` needs besides the answer: its conversation, its question, its usage
-    rows and this worker's name as a claim's holder."""
-
-    conversation: int
-    question_id: int | None
-    usage: list[Any]
-    holder: str
-
-
-def _finish(conn: Connection, answer: NewTurn, turn: _Turn) -> int:
-    """The answer stored with its question made complete, its claim told (``ClaimLost`` if
-    another worker took it over), its usage."""
-    if turn.question_id is not None:
-        conn.execute(prepared.MESSAGE_STATUS, {"m_id": turn.question_id, "m_status": "complete"})
-    message_id = _add_message(conn, turn.conversation, replace(answer, event=None))
-    if answer.event is not None:  # "answered" once shown (``settle_event``)
-        args = {"e_message": message_id, "e_holder": turn.holder}
-        _claimed(conn, prepared.ANSWER_CLAIMED, answer.event, **args)
-    _record_usage(conn, turn.usage)
-    return message_id
-
-
-def _finish_in_one(conn: Connection, answer: NewTurn, turn: _Turn) -> int:
-    """``_finish`` as one statement (PostgreSQL); with a claim no longer this worker's it
-    stores nothing."""
-    event = answer.event
-    stmt = prepared.finish_in_one(turn.question_id is not None, event is not None, len(turn.usage))
-    params = _message(turn.conversation, answer)
-    if turn.question_id is not None:
-        params["f_question"] = turn.question_id
-    if event is not None:
-        params.update(_event(event, e_holder=turn.holder))
-    for i, row in enumerate(turn.usage):
-        params.update({f"u{i}_{name}": value for name, value in row.items()})
-    message_id = conn.execute(stmt, params).scalar_one_or_none()
-    if message_id is None and event is not None:
-        raise _claim_lost(event)
-    return int(cast(int, message_id))
-
-
-def _ask(conn: Connection, facts: TurnFacts, plan: TurnPlan, holder: str) -> TurnFacts:
-    """``SqlStore._begin`` as one statement (PostgreSQL); with a claim no longer this
-    worker's it stores nothing (``ClaimLost``)."""
-    state, question = facts.state, plan.question
-    params = _message(state.id, question)
-    params.update(
-        r_conversation=state.id,
-        r_after=state.context_start,
-        r_limit=plan.history_rows,
-        r_tokens=plan.history_tokens,
-        r_sent_at=params["m_sent_at"],
-    )
-    if question.event is not None:
-        params.update(_event(question.event, e_holder=holder))
-    rows = conn.execute(prepared.ask_in_one(question.event is not None), params).all()
-    if not rows and question.event is not None:
-        raise _claim_lost(question.event)
-    history = tuple(_history([row[1:] for row in rows if row[1] is not None]))
-    return replace(facts, question_id=int(rows[0][0]), history=history)
 
 
 def _reset(conn: Connection, conversation_id: int) -> int:
@@ -432,13 +296,33 @@ class SqlStore:
         self._single = self.leases.single
         self._announced = False
         self._announcing = asyncio.Lock()
+        # A turn's calls go to the driver itself (``core.store.turns``): on a SQLite file a
+        # ``sqlite3`` connection of the store's thread, on PostgreSQL asyncpg connections of
+        # the engine's pool.
+        self._texts = prepared.Compiled(self._dialect)
+        self._link = SqliteLink(str(engine.url.database)) if self._local else None
+        self._links = PgLinks(engine) if self._dialect == "postgresql" else None
+        self.leases.links = self._links
+        # PostgreSQL, by lease name or conversation: a turn's facts read with its lease, and
+        # the lease to give back with the turn's finish or its event's settling.
+        self._ahead: dict[str, TurnFacts] = {}
+        self._leased: dict[int, str] = {}
+        self._settling: dict[tuple[str, str], str] = {}
 
     async def close(self) -> None:
         await self.leases.close()
+        if self._links is not None:
+            await self._links.close()
         if self._thread is not None and self._local is not None:
-            await asyncio.get_running_loop().run_in_executor(self._thread, self._local.dispose)
+            await asyncio.get_running_loop().run_in_executor(self._thread, self._close_local)
             self._thread.shutdown(wait=False)
         await self.engine.dispose()
+
+    def _close_local(self) -> None:
+        if self._link is not None:
+            self._link.close()
+        if self._local is not None:
+            self._local.dispose()
 
     async def _run(self, work: Callable[..., T], *args: Any, single: bool = False) -> T:
         """``work(connection, *args)`` in one transaction, committed when it returns.
@@ -452,6 +336,20 @@ class SqlStore:
                 return result
         stop = threading.Event()
         call = partial(_transaction, cast(Engine, self._local), stop, work, args)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._thread, call)
+        except asyncio.CancelledError:
+            stop.set()  # rolled back, unless it was committing already
+            raise
+
+    async def _hot(self, work: Callable[..., T], *args: Any, single: bool = False) -> T:
+        """``work(link, compiled statements, *args)`` (``core.store.turns``) on SQLite: on the
+        store's thread over ``sqlite3`` (one thread hop), in one transaction or (``single``)
+        statements that commit themselves; over the async engine for an in-memory database."""
+        if self._link is None:
+            return await self._run(_over_alchemy, work, self._texts, *args, single=single)
+        stop = threading.Event()
+        call = partial(self._link.transaction, stop, work, (self._texts, *args), single)
         try:
             return await asyncio.get_running_loop().run_in_executor(self._thread, call)
         except asyncio.CancelledError:
@@ -500,17 +398,30 @@ class SqlStore:
             e_conversation=conversation,
             e_sent_at=micros(sent_at) if sent_at is not None else None,
         )
-        claiming = self._statements.claim
-        return await self._run(_claim, claiming, params, received, single=True)
+        if self._links is not None:
+            return await turns.pg_claim(self._links, self._texts, params, received)
+        return await self._hot(turns.claim, params, received, single=True)
+
+    async def _count(self, sql: Any, params: dict[str, Any]) -> int:
+        """One statement of a turn that commits itself; its row count."""
+        if self._links is not None:
+            return await self._links.count(sql, params)
+        return await self._hot(turns.count, sql, params, single=True)
 
     async def settle_event(self, platform: str, event_id: str, state: str) -> bool:
         """Only while this worker holds the claim: once another took it over, it is theirs."""
         params = _event((platform, event_id), e_holder=self.leases.holder, e_state=state)
-        return bool(await self._run(_rowcount, prepared.SETTLE, params, single=True))
+        lease = self._settling.pop((platform, event_id), None)
+        if lease is None or self._links is None:
+            return bool(await self._count(self._texts.settle, params))
+        params.update(l_name=lease, l_holder=self.leases.holder)
+        found = await self._links.fetch(self._texts.settle_releasing, params)
+        self.leases.given_back.add(lease)
+        return bool(found[0][0])
 
     async def record_delivery(self, platform: str, event_id: str, delivery: str) -> None:
         params = _event((platform, event_id), e_holder=self.leases.holder, e_delivery=delivery)
-        await self._run(_rowcount, prepared.DELIVERY, params, single=True)
+        await self._count(self._texts.delivery, params)
 
     async def orphans(self, platforms: Sequence[str], limit: int) -> list[Orphan]:
         """Take over claims left unfinished by workers that are gone (see ``Store.orphans``)."""
@@ -564,49 +475,17 @@ class SqlStore:
     async def open_turn(
         self, key: ConversationKey, *, spender: str | None = None, plan: Planner | None = None
     ) -> TurnFacts:
-        if self._dialect != "postgresql":
-            return await self._run(self._open_turn, key, spender, plan)
-        # Two statements that commit themselves: the facts; then the question stored and
-        # the history before it read (each one round trip, no BEGIN or COMMIT).
-        facts = await self._run(self._open_turn, key, spender, None, single=True)
-        if plan is None:
-            return facts
-        return await self._run(_ask, facts, plan(facts), self.leases.holder, single=True)
-
-    def _open_turn(
-        self, conn: Connection, key: ConversationKey, spender: str | None, plan: Planner | None
-    ) -> TurnFacts:
-        facts = self._facts(conn, key)
-        if spender is not None:
-            where = (UsageRow.platform == key.platform, UsageRow.user_id == spender)
-            facts = replace(facts, spent_usd=_sum(conn, where).cost_usd)
-        if plan is None:
-            return facts
-        return self._begin(conn, facts, plan(facts))
-
-    def _facts(self, conn: Connection, key: ConversationKey) -> TurnFacts:
-        """The conversation (made if new), its channel's settings and memory: one statement
-        (two more the first time)."""
-        params = _conversation(key)
-        row = conn.execute(self._statements.turn_facts, params).one_or_none()
-        if row is None:
-            conn.execute(self._statements.new_conversation, params)
-            row = conn.execute(self._statements.turn_facts, params).one()
-        state = ConversationState(row[0], row[1], row[2], row[3])
-        overrides = ChannelOverrides(*row[4:9])
-        memory = tuple(str(text) for text in json.loads(row[9] or "[]"))
-        return TurnFacts(state, overrides, memory, None)
-
-    def _begin(self, conn: Connection, facts: TurnFacts, plan: TurnPlan) -> TurnFacts:
-        """Store the plan's question and read the history before it (same transaction)."""
-        state = facts.state
-        question_id = _add_question(conn, state.id, plan.question, self.leases.holder)
-        params = prepared.recent_params(
-            state.id, state.context_start, question_id, plan.history_rows, plan.history_tokens
+        holder = self.leases.holder
+        if self._links is None:
+            return await self._hot(turns.open_turn, key, spender, plan, holder)
+        name = str(key)
+        known = self._ahead.pop(name, None)
+        facts = await turns.pg_open_turn(
+            self._links, self._texts, key, spender, plan, holder, known
         )
-        stmt = prepared.recent(through=False, fitting=True)
-        history = tuple(_history(conn.execute(stmt, params).all()))
-        return replace(facts, question_id=question_id, history=history)
+        if known is not None:  # its lease is given back when the turn ends
+            self._leased[facts.state.id] = name
+        return facts
 
     async def finish_turn(
         self,
@@ -626,10 +505,19 @@ class SqlStore:
             "assistant", content, token_count, model=model, sent_at=sent_at, event=event
         )
         rows = _usage_rows(channel, user_id, usage)
-        turn = _Turn(conversation_id, question_id, rows, self.leases.holder)
-        if self._dialect == "postgresql":
-            return await self._run(_finish_in_one, answer, turn, single=True)
-        return await self._run(_finish, answer, turn)
+        turn = turns.Finish(conversation_id, question_id, rows, self.leases.holder)
+        if self._links is None:
+            return await self._hot(turns.finish, answer, turn)
+        lease = self._leased.pop(conversation_id, None)
+        if event is not None:  # shown, then settled: the lease goes with the settling
+            message_id = await turns.pg_finish(self._links, self._texts, answer, turn)
+            if lease is not None:
+                self._settling[event] = lease
+            return message_id
+        message_id = await turns.pg_finish(self._links, self._texts, answer, turn, lease)
+        if lease is not None:
+            self.leases.given_back.add(lease)
+        return message_id
 
     async def add_message(
         self,
@@ -660,7 +548,7 @@ class SqlStore:
 
     async def set_message_status(self, message_id: int, status: str) -> None:
         params = {"m_id": message_id, "m_status": status}
-        await self._run(_rowcount, prepared.MESSAGE_STATUS, params, single=True)
+        await self._count(self._texts.message_status, params)
 
     async def recent_messages(
         self,
@@ -672,9 +560,11 @@ class SqlStore:
         through: bool = False,
         tokens: int | None = None,
     ) -> list[StoredMessage]:
-        stmt = prepared.recent(through=through, fitting=tokens is not None)
+        sql = self._texts.recent(through=through, fitting=tokens is not None)
         params = prepared.recent_params(conversation_id, after_id, before_id, limit, tokens)
-        return _history(await self._run(_rows, stmt, params, single=True))
+        if self._links is not None:
+            return _history(await self._links.fetch(sql, params))
+        return _history(await self._hot(turns.rows, sql, params, single=True))
 
     async def set_summary(
         self, conversation_id: int, summary: str, summary_tokens: int, context_start: int
@@ -691,10 +581,15 @@ class SqlStore:
         name: str,
         *,
         sent_at: datetime | None = None,
+        key: ConversationKey | None = None,
     ) -> AsyncIterator[None]:
         """The lease on ``name`` (PostgreSQL, several workers): held without a connection,
         renewed by this worker's heartbeat, expired when it dies. SQLite serves a single
-        worker: the service's in-process lock is enough there."""
+        worker: the service's in-process lock is enough there.
+
+        For a turn (``sent_at`` and the conversation's ``key`` given), the lease is taken
+        in the statement that reads the turn's facts (``open_turn`` uses them), and given
+        back by the statement that finishes the turn (no event) or settles its event."""
         if self._dialect != "postgresql":
             yield
             return
@@ -702,9 +597,28 @@ class SqlStore:
             async with self.leases.hold(name):
                 yield
             return
-        waiting = {"w_conversation": name, "w_sent_at": micros(sent_at)}
-        async with self.leases.hold(name, unless=prepared.EARLIER_WAITING, params=waiting):
-            yield
+        waiting: dict[str, Any] = {"w_conversation": name, "w_sent_at": micros(sent_at)}
+        also = None
+        if key is not None and self._links is not None:  # its turn's facts read with it
+            waiting.update(_conversation(key))
+            also = self._statements.turn_facts
+        unless = prepared.EARLIER_WAITING
+        async with self.leases.hold(name, unless=unless, params=waiting, also=also):
+            row = self.leases.read.pop(name, None)
+            if row is not None and row[0] is not None:
+                self._ahead[name] = turns.facts_of(row)
+            try:
+                yield
+            finally:
+                self._forget(name)
+
+    def _forget(self, name: str) -> None:
+        """The lease on ``name`` ends: nothing read with it or to give it back with is kept."""
+        self._ahead.pop(name, None)
+        for conversation in [k for k, lease in self._leased.items() if lease == name]:
+            del self._leased[conversation]
+        for claimed in [k for k, lease in self._settling.items() if lease == name]:
+            del self._settling[claimed]
 
     async def reset_conversation(self, key: ConversationKey) -> int:
         state = await self.conversation(key)
@@ -834,6 +748,10 @@ class SqlStore:
         )
         row = (await self._run(_rows, stmt, single=True))[0]
         return int(row[0]), int(row[1])
+
+
+def _over_alchemy(conn: Connection, work: Callable[..., T], *args: Any) -> T:
+    return work(AlchemyLink(conn), *args)
 
 
 def _retried(cls: type[SqlStore]) -> type[SqlStore]:

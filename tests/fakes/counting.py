@@ -4,8 +4,12 @@ A hook on SQLAlchemy's ``Engine`` class (so every engine, sync or under an async
 thread): ``before_cursor_execute`` counts statements, ``begin``/``commit``/``rollback`` count
 transactions. A transaction on an AUTOCOMMIT connection (one statement that commits itself,
 no BEGIN or COMMIT sent) is counted as a transaction and also in ``autocommit``; round trips
-are the statements plus a BEGIN and a COMMIT for each of the others. Used by the round-trip tests and by ``bench/core_overhead.py`` (which loads this
-file by its path, so it also counts an older Parley's store).
+are the statements plus a BEGIN and a COMMIT for each of the others.
+
+A turn's statements that the store sends on the database driver itself, past SQLAlchemy
+(``core.store.driver``), are counted alike: this counter observes that module too, where it
+exists. Used by the round-trip tests and by ``bench/core_overhead.py`` (which loads this file
+by its path, so it also counts an older Parley's store).
 """
 
 from __future__ import annotations
@@ -16,6 +20,15 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+
+
+def _driver_observers() -> list[Any] | None:
+    """``core.store.driver.OBSERVERS`` of the Parley being measured (None before it had one)."""
+    try:
+        from core.store import driver
+    except ImportError:
+        return None
+    return driver.OBSERVERS
 
 
 class Counting:
@@ -62,12 +75,25 @@ class Counting:
                 self.sql.append(" ".join(statement.split())[:120])
 
     def _begin(self, conn: Any) -> None:
-        autocommit = conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
+        self.begin(conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT")
+
+    # --- ``core.store.driver.Observer``: what the store sends past SQLAlchemy ----------------
+
+    def statement(self, sql: str) -> None:
+        self._statement(None, None, sql)
+
+    def begin(self, autocommit: bool) -> None:
         with self._lock:
             self.begins += 1
             self.autocommit += autocommit
             if self.keep_sql:
                 self.sql.append("BEGIN")
+
+    def commit(self) -> None:
+        self._commit(None)
+
+    def rollback(self) -> None:
+        self._rollback(None)
 
     def _commit(self, _conn: Any) -> None:
         with self._lock:
@@ -92,6 +118,9 @@ class Counting:
     def __enter__(self) -> Counting:
         for name, hook in self._hooks():
             event.listen(Engine, name, hook)
+        observers = _driver_observers()
+        if observers is not None:
+            observers.append(self)
         return self
 
     def __exit__(
@@ -102,3 +131,6 @@ class Counting:
     ) -> None:
         for name, hook in self._hooks():
             event.remove(Engine, name, hook)
+        observers = _driver_observers()
+        if observers is not None and self in observers:
+            observers.remove(self)

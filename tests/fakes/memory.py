@@ -244,6 +244,7 @@ class MemoryStore:
         name: str,
         *,
         sent_at: datetime | None = None,
+        key: ConversationKey | None = None,
     ) -> AsyncIterator[None]:
         self.locked.append(name)
         yield

@@ -86,7 +86,9 @@ class Gated(ScriptedModel):
 async def _worker(url: str, llm: ScriptedModel) -> Parley:
     store = SqlStore(make_engine(url), lease_seconds=30)
     await schema.upgrade(store.engine)
-    return await build(Settings(_env_file=None, database_url=url), store=store, llm=llm)
+    parley = await build(Settings(_env_file=None, database_url=url), store=store, llm=llm)
+    parley.opened.push_async_callback(store.close)  # the store passed in is this test's
+    return parley
 
 
 async def _die(parley: Parley) -> None:

@@ -91,6 +91,7 @@ async def worker(url: str, slack: FakeSlack, standin: StandinServer) -> AsyncIte
     finally:
         await adapter.stop()
         await parley.close()
+        await store.close()
 
 
 @pytest.fixture

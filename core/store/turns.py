@@ -1,0 +1,275 @@
+"""A turn's store calls on the driver (``core.store.driver``): claims, opening and finishing
+a turn, the history read.
+
+On SQLite each call is a function run whole on the store's thread over a ``Link`` (one
+transaction, or statements that commit themselves); on PostgreSQL each statement commits
+itself (no BEGIN or COMMIT: one round trip each) on a connection of ``PgLinks``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+from core.errors import ClaimLost
+from core.messages import ConversationKey
+from core.ports import (
+    ChannelOverrides,
+    ConversationState,
+    NewTurn,
+    Planner,
+    Role,
+    StoredMessage,
+    TurnFacts,
+    TurnPlan,
+)
+from core.store.driver import Link, PgLinks
+from core.store.leases import now_micros
+from core.store.prepared import Compiled, recent_params
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MICROSECOND = timedelta(microseconds=1)
+
+
+def micros(moment: datetime | None) -> int:
+    """``moment`` (now when None; UTC when naive) in microseconds since 1970, the unit of
+    ``sent_at``."""
+    moment = moment or datetime.now(UTC)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - EPOCH) // MICROSECOND
+
+
+def conversation_params(key: ConversationKey) -> dict[str, str]:
+    return {
+        "platform": key.platform,
+        "workspace": key.workspace,
+        "channel": key.channel,
+        "thread": key.thread,
+    }
+
+
+def event_params(event: tuple[str, str], **more: Any) -> dict[str, Any]:
+    """Parameters naming the claim of ``event`` (platform, event id)."""
+    return {"e_platform": event[0], "e_event": event[1], **more}
+
+
+def message_params(conversation_id: int, turn: NewTurn) -> dict[str, Any]:
+    """``ADD_MESSAGE``'s parameters."""
+    return {
+        "m_conversation": conversation_id,
+        "m_role": turn.role,
+        "m_content": turn.content,
+        "m_tokens": turn.token_count,
+        "m_author_id": turn.author_id,
+        "m_author_name": turn.author_name[:100],
+        "m_status": turn.status,
+        "m_model": turn.model,
+        "m_sent_at": micros(turn.sent_at),
+    }
+
+
+def history(rows: Sequence[Any]) -> list[StoredMessage]:
+    return [StoredMessage(r[0], cast(Role, r[1]), r[2], r[3], r[4]) for r in rows]
+
+
+def claim_lost(event: tuple[str, str]) -> ClaimLost:
+    return ClaimLost(f"event {event[1]} on {event[0]} was taken over")
+
+
+def facts_of(row: Sequence[Any]) -> TurnFacts:
+    """A ``turn_facts`` row: the conversation, its channel's settings and memory."""
+    state = ConversationState(row[0], row[1], row[2], row[3])
+    json_mode = row[8]
+    overrides = ChannelOverrides(
+        row[4], row[5], row[6], row[7], None if json_mode is None else bool(json_mode)
+    )
+    memory = tuple(str(text) for text in json.loads(row[9] or "[]"))
+    return TurnFacts(state, overrides, memory, None)
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """What finishing a turn needs besides the answer: its conversation, its question, its
+    usage rows and this worker's name as a claim's holder."""
+
+    conversation: int
+    question_id: int | None
+    usage: list[dict[str, Any]]
+    holder: str
+
+
+# --- SQLite: functions run whole on the store's thread ------------------------------------
+
+
+def claim(link: Link, c: Compiled, params: dict[str, Any], received: bool) -> bool:
+    """The event's claim made, or taken on (received by this worker) or over (left by a dead
+    worker): see ``SqlStore.claim_event``."""
+    if link.execute(c.claim, params).rowcount:
+        return True
+    taking = c.take_over_received if received else c.take_over
+    return bool(link.execute(taking, {**params, "e_now": now_micros()}).rowcount)
+
+
+def count(link: Link, _c: Compiled, sql: Any, params: dict[str, Any]) -> int:
+    return int(link.execute(sql, params).rowcount or 0)
+
+
+def rows(link: Link, _c: Compiled, sql: Any, params: dict[str, Any]) -> list[Any]:
+    return list(link.execute(sql, params).fetchall())
+
+
+def _claimed(link: Link, sql: Any, event: tuple[str, str], **params: Any) -> None:
+    """Update this worker's claim of ``event``; ``ClaimLost`` (the transaction is rolled
+    back) when another worker has taken it over."""
+    if not link.execute(sql, event_params(event, **params)).rowcount:
+        raise claim_lost(event)
+
+
+def _inserted(link: Link, sql: Any, params: dict[str, Any]) -> int:
+    return int(link.execute(sql, params).fetchall()[0][0])
+
+
+def open_turn(
+    link: Link,
+    c: Compiled,
+    key: ConversationKey,
+    spender: str | None,
+    plan: Planner | None,
+    holder: str,
+) -> TurnFacts:
+    """The facts of a turn in ``key`` (the conversation made if new), what ``spender`` has
+    spent, and (given a ``plan``) its question stored with the history before it."""
+    params = conversation_params(key)
+    row = link.execute(c.facts, params).fetchone()
+    if row is None:
+        link.execute(c.new_conversation, params)
+        row = link.execute(c.facts, params).fetchone()
+    facts = facts_of(row)
+    if spender is not None:
+        spent = link.execute(c.spent, {"s_platform": key.platform, "s_user": spender})
+        facts = replace(facts, spent_usd=float(spent.fetchone()[0] or 0.0))
+    if plan is None:
+        return facts
+    return _begin(link, c, facts, plan(facts), holder)
+
+
+def _begin(link: Link, c: Compiled, facts: TurnFacts, plan: TurnPlan, holder: str) -> TurnFacts:
+    """Store the plan's question and read the history before it (same transaction)."""
+    state, question = facts.state, plan.question
+    question_id = _inserted(link, c.add_message, message_params(state.id, question))
+    if question.event is not None:  # the claim knows its question, to mark it if it dies
+        args = {"e_message": question_id, "e_holder": holder}
+        _claimed(link, c.question_claimed, question.event, **args)
+    params = recent_params(
+        state.id, state.context_start, question_id, plan.history_rows, plan.history_tokens
+    )
+    found = link.execute(c.recent(through=False, fitting=True), params).fetchall()
+    return replace(facts, question_id=question_id, history=tuple(history(found)))
+
+
+def finish(link: Link, c: Compiled, answer: NewTurn, turn: Finish) -> int:
+    """The answer stored with its question made complete, its claim told (``ClaimLost`` if
+    another worker took it over), its usage."""
+    if turn.question_id is not None:
+        link.execute(c.message_status, {"m_id": turn.question_id, "m_status": "complete"})
+    message_id = _inserted(link, c.add_message, message_params(turn.conversation, answer))
+    if answer.event is not None:  # "answered" once shown (``settle_event``)
+        args = {"e_message": message_id, "e_holder": turn.holder}
+        _claimed(link, c.answer_claimed, answer.event, **args)
+    if turn.usage:
+        link.executemany(c.usage, turn.usage)
+    return message_id
+
+
+# --- PostgreSQL: one statement per round trip, each committing itself -----------------------
+
+
+async def pg_claim(links: PgLinks, c: Compiled, params: dict[str, Any], received: bool) -> bool:
+    """``claim`` on PostgreSQL."""
+    if await links.count(c.claim, params):
+        return True
+    taking = c.take_over_received if received else c.take_over
+    return bool(await links.count(taking, {**params, "e_now": now_micros()}))
+
+
+async def pg_open_turn(
+    links: PgLinks,
+    c: Compiled,
+    key: ConversationKey,
+    spender: str | None,
+    plan: Planner | None,
+    holder: str,
+    known: TurnFacts | None = None,
+) -> TurnFacts:
+    """``open_turn`` on PostgreSQL: the facts (unless ``known``, read with the conversation's
+    lease); then the question stored and the history before it read, in one statement."""
+    facts = known or await _pg_facts(links, c, key)
+    if spender is not None:
+        spent = await links.fetch(c.spent, {"s_platform": key.platform, "s_user": spender})
+        facts = replace(facts, spent_usd=float(spent[0][0] or 0.0))
+    if plan is None:
+        return facts
+    return await _pg_ask(links, c, facts, plan(facts), holder)
+
+
+async def _pg_facts(links: PgLinks, c: Compiled, key: ConversationKey) -> TurnFacts:
+    params = conversation_params(key)
+    found = await links.fetch(c.facts, params)
+    if not found:
+        await links.count(c.new_conversation, params)
+        found = await links.fetch(c.facts, params)
+    return facts_of(found[0])
+
+
+async def _pg_ask(
+    links: PgLinks, c: Compiled, facts: TurnFacts, plan: TurnPlan, holder: str
+) -> TurnFacts:
+    """The question stored (its claim told, if any) and the history that fits before it read:
+    one statement; with a claim no longer this worker's it stores nothing (``ClaimLost``)."""
+    state, question = facts.state, plan.question
+    params = message_params(state.id, question)
+    params.update(
+        r_conversation=state.id,
+        r_after=state.context_start,
+        r_limit=plan.history_rows,
+        r_tokens=plan.history_tokens,
+        r_sent_at=params["m_sent_at"],
+    )
+    if question.event is not None:
+        params.update(event_params(question.event, e_holder=holder))
+    found = await links.fetch(c.ask(question.event is not None), params)
+    if not found and question.event is not None:
+        raise claim_lost(question.event)
+    turns = tuple(
+        StoredMessage(r[1], cast(Role, r[2]), r[3], r[4], r[5]) for r in found if r[1] is not None
+    )
+    return replace(facts, question_id=int(found[0][0]), history=turns)
+
+
+async def pg_finish(
+    links: PgLinks, c: Compiled, answer: NewTurn, turn: Finish, lease: str | None = None
+) -> int:
+    """``finish`` as one statement; with a claim no longer this worker's it stores nothing.
+    ``lease``: the conversation's lease given back by the same statement."""
+    event = answer.event
+    release = lease is not None
+    sql = c.finish(turn.question_id is not None, event is not None, len(turn.usage), release)
+    params = message_params(turn.conversation, answer)
+    if release:
+        params.update(l_name=lease, l_holder=turn.holder)
+    if turn.question_id is not None:
+        params["f_question"] = turn.question_id
+    if event is not None:
+        params.update(event_params(event, e_holder=turn.holder))
+    for i, row in enumerate(turn.usage):
+        params.update({f"u{i}_{name}": value for name, value in row.items()})
+    found = await links.fetch(sql, params)
+    if not found:
+        if event is not None:
+            raise claim_lost(event)
+        raise RuntimeError("the answer was not stored")
+    return int(found[0][0])
