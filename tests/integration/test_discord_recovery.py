@@ -91,6 +91,7 @@ async def worker(
         openai_max_retries=0,
     )
     parley = await build(settings, store=store, llm=llm)
+    parley.opened.push_async_callback(store.close)  # the store passed in is this test's
     section = DiscordSettings(
         _env_file=None,
         token="x",
