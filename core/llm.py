@@ -20,6 +20,7 @@ import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import urlsplit
 
 import httpx2
 import openai
@@ -376,6 +377,19 @@ def _ollama_context(shown: object) -> int | None:
     return None
 
 
+def _http_client(url: str | None, timeout: float) -> httpx2.AsyncClient | None:
+    """The openai client's aiohttp transport, with its default connection limits (1,000 at
+    once): the client's default transport checks every pooled connection on each request, a
+    quarter of a worker's CPU at 100 conversations at once.
+
+    A URL with credentials (``https://user:secret@gateway/v1``) keeps the default transport
+    (None), which sends them as basic auth; the aiohttp one refuses them next to the key."""
+    parts = urlsplit(url or "")
+    if parts.username or parts.password:
+        return None
+    return openai.DefaultAioHttpClient(timeout=timeout)
+
+
 class OpenAIChat:
     """``ChatModel`` on ``openai.AsyncOpenAI``, with fallback to other models when one is missing."""
 
@@ -406,10 +420,7 @@ class OpenAIChat:
             organization=settings.openai_organization,
             timeout=settings.openai_timeout,
             max_retries=settings.openai_max_retries,
-            # The client's aiohttp transport: the default one checks every pooled connection
-            # on each request, which at 100 conversations at once was a quarter of a worker's
-            # CPU. Its defaults keep the client's connection limits (1,000 at once).
-            http_client=openai.DefaultAioHttpClient(timeout=settings.openai_timeout),
+            http_client=_http_client(url, settings.openai_timeout),
         )
         return cls(client, settings.parley_fallback_models)
 

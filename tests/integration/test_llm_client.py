@@ -390,6 +390,22 @@ async def test_from_settings_uses_the_key_and_url(server: StandinServer) -> None
     assert done.text
 
 
+async def test_from_settings_with_credentials_in_the_url(server: StandinServer) -> None:
+    url = server.base_url.replace("http://", "http://gateway-user:gateway-secret@")
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        openai_api_key=SecretStr(API_KEY),
+        openai_base_url=url,
+        openai_max_retries=0,
+    )
+    model = OpenAIChat.from_settings(settings)
+    try:
+        _, done = await collect(model, request())
+    finally:
+        await model.close()
+    assert done.text
+
+
 def test_from_settings_without_key_or_url() -> None:
     settings = Settings(
         _env_file=None,  # type: ignore[call-arg]
