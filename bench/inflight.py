@@ -7,7 +7,12 @@ conversation, the most answers inside the model at once, the most connections ch
 of the pool at once, wall time and CPU. Prints a table and writes JSON
 (bench/results/inflight.json).
 
-    python bench/inflight.py --conversations 1000 --questions 2 --stream-seconds 10
+With ``--http`` the answers come through the real openai client as ``parley run`` builds it
+(``OpenAIChat.from_settings``, its HTTP transport and connection limits) from an
+OpenAI-compatible server in this process, which counts the answers inside it at once; CPU then
+includes that server's.
+
+    python bench/inflight.py --conversations 1000 --questions 2 --stream-seconds 10 [--http]
 """
 
 from __future__ import annotations
@@ -24,12 +29,14 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from aiohttp import web
 from sqlalchemy import event
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bots.bootstrap import build  # noqa: E402
+from core.llm import OpenAIChat  # noqa: E402
 from core.messages import Author, ConversationKey, FinalText, Inbound  # noqa: E402
 from core.ports import ChatRequest, Completion  # noqa: E402
 from core.settings import Settings  # noqa: E402
@@ -60,6 +67,62 @@ class SlowModel:
             self.inside -= 1
 
     async def close(self) -> None: ...
+
+
+class HttpModel:
+    """An OpenAI-compatible server streaming "answer to <question>" in ten pieces over
+    ``seconds``, as server-sent events; counts the answers inside it at once."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.inside = 0
+        self.peak = 0
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, backlog=4096)
+        await site.start()
+        host, port = self._runner.addresses[0][:2]
+        return f"http://{host}:{port}/v1"
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": []})
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        text = f"answer to {body['messages'][-1]['content']}"
+        self.inside += 1
+        self.peak = max(self.peak, self.inside)
+        try:
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            step = -(-len(text) // 10)
+            for start in range(0, len(text), step):
+                await asyncio.sleep(self.seconds / 10)
+                await response.write(_event({"content": text[start : start + step]}))
+            await response.write(_event({}, "stop"))
+            usage = {"prompt_tokens": 10, "completion_tokens": 5}
+            await response.write(b"data: " + json.dumps({"choices": [], "usage": usage}).encode())
+            await response.write(b"\n\ndata: [DONE]\n\n")
+            await response.write_eof()
+            return response
+        finally:
+            self.inside -= 1
+
+
+def _event(delta: dict[str, Any], finish: str | None = None) -> bytes:
+    choice = {"index": 0, "delta": delta, "finish_reason": finish}
+    chunk = {"id": "c", "model": "gpt-4o", "choices": [choice]}
+    return b"data: " + json.dumps(chunk).encode() + b"\n\n"
 
 
 class PoolWatch:
@@ -108,9 +171,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         store = SqlStore(make_engine(url, pool_size=args.pool, max_overflow=0))
         await schema.upgrade(store.engine)
-        watch, model = PoolWatch(store), SlowModel(args.stream_seconds)
+        watch, slow = PoolWatch(store), SlowModel(args.stream_seconds)
+        server = HttpModel(args.stream_seconds) if args.http else None
         settings = Settings(_env_file=None, database_url=url)
-        parley = await build(settings, store=store, llm=model)
+        llm: SlowModel | OpenAIChat = slow
+        if server is not None:
+            llm = OpenAIChat.from_settings(settings, base_url=await server.start())
+        parley = await build(settings, store=store, llm=llm)
         started, cpu = time.perf_counter(), time.process_time()
         try:
             done = await asyncio.gather(
@@ -118,16 +185,20 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             )
         finally:
             await parley.close()
+            await llm.close()
+            if server is not None:
+                await server.close()
         wall, cpu = time.perf_counter() - started, time.process_time() - cpu
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
     answers = args.conversations * args.questions
     return {
+        "model": "http (openai client, server in this process)" if args.http else "in process",
         "conversations": args.conversations,
         "answers": answers,
         "in_order": sum(done),
-        "model_at_once": model.peak,
+        "model_at_once": (server or slow).peak,
         "pool_size": args.pool,
         "connections_at_once": watch.peak,
         "wall_s": round(wall, 1),
@@ -142,6 +213,7 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=2)
     parser.add_argument("--stream-seconds", type=float, default=10.0)
     parser.add_argument("--pool", type=int, default=20)
+    parser.add_argument("--http", action="store_true", help="through the openai client")
     args = parser.parse_args()
     result = asyncio.run(run(args))
     width = max(len(k) for k in result)

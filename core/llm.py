@@ -8,6 +8,7 @@ options, never a loop of ours.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
@@ -15,10 +16,13 @@ import json
 import logging
 import math
 import re
+import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import urlsplit
 
+import httpx2
 import openai
 
 from core import sentences
@@ -56,8 +60,8 @@ log = logging.getLogger(__name__)
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 OPENAI_HOST = "api.openai.com"
 OFFLINE_API_KEY = "offline"
-# A stream whose chunks the client hands over as parsed JSON, without building a model of each.
-_Chunks = openai.AsyncStream[object]
+_DONE = b"[DONE]"
+_DRAIN_SECONDS = 0.1
 
 
 # --- the wire format --------------------------------------------------------------------------
@@ -110,6 +114,51 @@ def count_input_tokens(messages: Iterable[Mapping[str, Any]]) -> int:
 # --- reading a stream -------------------------------------------------------------------------
 
 
+class _Events:
+    """Server-sent events read straight from the bytes of a stream: the data of each event.
+
+    Lines end with LF, CRLF or CR; an empty line ends an event; its ``data:`` lines are joined
+    with LF. Event names, ids, retry times and comments do not matter to a chat stream and are
+    skipped, as is an event without data. Lean on purpose: no object per event or per line."""
+
+    __slots__ = ("_data", "_rest")
+
+    def __init__(self) -> None:
+        self._rest = b""
+        self._data: list[bytes] = []
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """The data of each event that ``chunk`` completes."""
+        if self._rest:
+            chunk = self._rest + chunk
+        if b"\r" in chunk:
+            chunk = _lf_lines(chunk)
+        lines = chunk.split(b"\n")
+        self._rest = lines.pop()
+        events: list[bytes] = []
+        for line in lines:
+            if not line:
+                if self._data:
+                    events.append(b"\n".join(self._data))
+                    self._data = []
+            elif line.startswith(b"data:"):
+                value = line[5:]
+                self._data.append(value[1:] if value[:1] == b" " else value)
+            elif line == b"data":
+                self._data.append(b"")
+        return events
+
+
+def _lf_lines(chunk: bytes) -> bytes:
+    """``chunk`` with CRLF and CR line ends made LF; a CR at its very end is kept as it is
+    (the next chunk may begin with the LF of a CRLF)."""
+    held = chunk.endswith(b"\r")
+    if held:
+        chunk = chunk[:-1]
+    chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    return chunk + b"\r" if held else chunk
+
+
 @dataclass(slots=True)
 class _Answer:
     """What one stream has said so far."""
@@ -121,6 +170,27 @@ class _Answer:
     output_tokens: int | None = None
     model: str | None = None
     chunks: int = 0
+    done: bool = False
+    events: _Events = field(default_factory=_Events)
+
+    def feed(self, data: bytes, response: httpx2.Response) -> list[str]:
+        """Take in the bytes of the stream as they arrived; returns the text each of the
+        events they complete adds (the deltas as the server sent them).
+
+        Raises ValueError for an event that is not a JSON object, and ``openai.APIError`` for
+        an error the server reported in the stream (as the client's own stream reader does)."""
+        added: list[str] = []
+        for event in self.events.feed(data):
+            if event.startswith(_DONE):
+                self.done = True
+                break
+            chunk = json.loads(event)
+            if isinstance(chunk, dict) and chunk.get("error"):
+                raise _in_stream_error(chunk["error"], response)
+            text = self.add(chunk)
+            if text:
+                added.append(text)
+        return added
 
     def add(self, chunk: object) -> str:
         """Take in one chunk (the JSON the server streamed); returns the text it adds.
@@ -181,6 +251,24 @@ class _Answer:
         )
 
 
+async def _drain(chunks: AsyncIterator[bytes]) -> None:
+    """Read what follows ``[DONE]`` (the end of the body), so the connection can be used again;
+    a server that keeps the stream open or drops it then costs at most ``_DRAIN_SECONDS``, and
+    never the answer, which is complete."""
+    with contextlib.suppress(TimeoutError, httpx2.RequestError, ssl.SSLError):
+        async with asyncio.timeout(_DRAIN_SECONDS):
+            async for _ in chunks:
+                pass
+
+
+def _in_stream_error(error: object, response: httpx2.Response) -> openai.APIError:
+    """The client's error for an error the server reported inside a stream."""
+    message = error.get("message") if isinstance(error, dict) else None
+    if not message or not isinstance(message, str):
+        message = "An error occurred during streaming"
+    return openai.APIError(message, response.request, body=error)
+
+
 def _count(value: object) -> int | None:
     """A token count as the server reported it, if it is one."""
     return value if isinstance(value, int) and not isinstance(value, bool) else None
@@ -215,6 +303,7 @@ class ServerModels:
 
     def __init__(self, client: openai.AsyncOpenAI) -> None:
         self._client = client.with_options(max_retries=0)
+        self._openai = client.base_url.host == OPENAI_HOST
         self._listed: dict[str, int | None] | None = None
         self._shown: dict[str, int | None] = {}
 
@@ -242,8 +331,10 @@ class ServerModels:
             if model != requested:
                 log.info("the server answered %s with its only model, %s", requested, model)
         window = listed.get(model)
-        if window is None and model in listed and self._client.base_url.host != OPENAI_HOST:
+        if window is None and model in listed and not self._openai:
             window = await self._ollama_window(model)
+        if model == completion.model and window == completion.window:
+            return completion
         return replace(completion, model=model, window=window)
 
     async def named(self, requested: str) -> str:
@@ -286,6 +377,19 @@ def _ollama_context(shown: object) -> int | None:
     return None
 
 
+def _http_client(url: str | None, timeout: float) -> httpx2.AsyncClient | None:
+    """The openai client's aiohttp transport, with its default connection limits (1,000 at
+    once): the client's default transport checks every pooled connection on each request, a
+    quarter of a worker's CPU at 100 conversations at once.
+
+    A URL with credentials (``https://user:secret@gateway/v1``) keeps the default transport
+    (None), which sends them as basic auth; the aiohttp one refuses them next to the key."""
+    parts = urlsplit(url or "")
+    if parts.username or parts.password:
+        return None
+    return openai.DefaultAioHttpClient(timeout=timeout)
+
+
 class OpenAIChat:
     """``ChatModel`` on ``openai.AsyncOpenAI``, with fallback to other models when one is missing."""
 
@@ -316,11 +420,12 @@ class OpenAIChat:
             organization=settings.openai_organization,
             timeout=settings.openai_timeout,
             max_retries=settings.openai_max_retries,
+            http_client=_http_client(url, settings.openai_timeout),
         )
         return cls(client, settings.parley_fallback_models)
 
     async def close(self) -> None:
-        """Release the HTTP connections."""
+        """Release the HTTP connections (the transport's session and its sockets)."""
         await self._client.close()
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[str | Completion]:
@@ -328,7 +433,7 @@ class OpenAIChat:
         models = list(dict.fromkeys([request.model, *self._fallback_models]))
         for index, model in enumerate(models):
             try:
-                chunks = await self._open(request, model)
+                response = await self._open(request, model)
             except openai.APIStatusError as exc:
                 if not _is_model_missing(exc):
                     _log_failure(exc, model)
@@ -343,10 +448,11 @@ class OpenAIChat:
                     f"falling back to {following}" if following else "no fallback left",
                 )
                 continue
-            except openai.APIError as exc:
-                _log_failure(exc, model)
-                raise _user_error(exc, model, request) from exc
-            async with contextlib.aclosing(self._read(chunks, request, model)) as items:
+            except openai.APIError as raised:
+                error = _true_error(raised)
+                _log_failure(error, model)
+                raise _user_error(error, model, request) from raised
+            async with contextlib.aclosing(self._read(response, request, model)) as items:
                 async for item in items:
                     yield item
             return
@@ -370,9 +476,10 @@ class OpenAIChat:
                 response_format=cast(Any, request.audio_format),
                 **extra,
             )
-        except openai.APIError as exc:
+        except openai.APIError as raised:
+            exc = _true_error(raised)
             _log_failure(exc, request.model)
-            raise _speech_error(exc, request.model) from exc
+            raise _speech_error(exc, request.model) from raised
         model = await self._server.named(request.model)
         kind = answer.response.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind == "text/event-stream":
@@ -387,9 +494,9 @@ class OpenAIChat:
             return Speech(audio, audio_format, model)
         return Speech(audio, audio_format, model, tokens[0], tokens[1])
 
-    async def _open(self, request: ChatRequest, model: str) -> _Chunks:
-        """Open the stream: the client's own request (auth, retries, timeouts, errors), with
-        its chunks handed over as the JSON the server sent."""
+    async def _open(self, request: ChatRequest, model: str) -> httpx2.Response:
+        """Open the stream: the client's own request (auth, retries, timeouts, errors), its
+        body handed over unread (``_read`` reads the events from its bytes)."""
         body = _body(request)
         body.update(
             model=model,
@@ -399,7 +506,7 @@ class OpenAIChat:
             stream_options={"include_usage": True},
         )
         return await self._client.post(
-            "/chat/completions", cast_to=object, body=body, stream=True, stream_cls=_Chunks
+            "/chat/completions", cast_to=httpx2.Response, body=body, stream=True
         )
 
     async def _whole(self, request: ChatRequest, model: str) -> Completion:
@@ -414,9 +521,10 @@ class OpenAIChat:
                 max_tokens=request.max_output_tokens,
                 extra_body=_body(request),
             )
-        except openai.APIError as exc:
+        except openai.APIError as raised:
+            exc = _true_error(raised)
             _log_failure(exc, model)
-            raise _user_error(exc, model, request) from exc
+            raise _user_error(exc, model, request) from raised
         if not done.choices:
             raise _broken("empty answer to a plain request")
         choice = done.choices[0]
@@ -432,40 +540,44 @@ class OpenAIChat:
 
     async def _read(
         self,
-        chunks: _Chunks,
+        response: httpx2.Response,
         request: ChatRequest,
         model: str,
     ) -> AsyncGenerator[str | Completion, None]:
         """Yield the deltas of one open stream, then its Completion."""
         answer = _Answer()
         try:
-            async for chunk in chunks:
-                added = answer.add(chunk)
-                if added:
+            chunks = response.aiter_bytes()
+            async for data in chunks:
+                for added in answer.feed(data, response):
                     yield added
-        except openai.APIError as exc:
-            _log_failure(exc, model, request_id=_request_id(chunks))
-            raise _stream_error(exc, model, request, started=bool(answer.parts)) from exc
+                if answer.done:
+                    await _drain(chunks)
+                    break
+        except (openai.APIError, httpx2.RequestError, ssl.SSLError) as exc:
+            error = _client_error(exc, response)
+            _log_failure(error, model, request_id=_request_id(response))
+            raise _stream_error(error, model, request, started=bool(answer.parts)) from exc
         except ValueError as exc:  # a chunk that is not JSON: the server broke the protocol
             log.warning(
                 "model call failed: unreadable stream chunk model=%s request_id=%s",
                 model,
-                _request_id(chunks),
+                _request_id(response),
             )
             raise _broken("unreadable stream chunk") from exc
         finally:
-            await chunks.close()
+            await response.aclose()
         if answer.chunks == 0 and answer.finish_reason is None:
             log.warning(
                 "model stream was empty; asking again without streaming model=%s request_id=%s",
                 model,
-                _request_id(chunks),
+                _request_id(response),
             )
             completion = await self._whole(request, model)
             if completion.text:
                 yield completion.text
         else:
-            completion = answer.completion(request, model, _request_id(chunks))
+            completion = answer.completion(request, model, _request_id(response))
         yield await self._server.identify(completion, model)
 
 
@@ -537,7 +649,11 @@ def _body(request: ChatRequest) -> dict[str, Any]:
     Sent this way they skip the client's per-field type transform, whose CPU cost grows with
     every message in the context (it dominated Parley's per-turn overhead in
     bench/core_overhead.py)."""
-    body: dict[str, Any] = {"messages": [wire_message(m) for m in request.messages]}
+    messages = [
+        wire_message(m) if m.images else {"role": m.role, "content": m.text}
+        for m in request.messages
+    ]  # text-only messages built inline: this runs for every message of every turn
+    body: dict[str, Any] = {"messages": messages}
     if request.json_mode:
         body["response_format"] = {"type": "json_object"}
     return body
@@ -602,8 +718,42 @@ def _context_too_long(exc: openai.APIError, request: ChatRequest | None) -> Cont
     )
 
 
-def _request_id(chunks: _Chunks) -> str | None:
-    return chunks.response.headers.get("x-request-id")
+def _request_id(response: httpx2.Response) -> str | None:
+    return response.headers.get("x-request-id")
+
+
+def _client_error(exc: Exception, response: httpx2.Response) -> openai.APIError:
+    """The client's error for a failure while reading a stream, as its own reader raises."""
+    if isinstance(exc, openai.APIError):
+        return _true_error(exc)
+    if isinstance(exc, httpx2.TimeoutException) and _timed_out(exc):
+        return openai.APITimeoutError(request=response.request)
+    return openai.APIConnectionError(request=response.request)
+
+
+def _true_error(exc: openai.APIError) -> openai.APIError:
+    """``exc``, or a connection error where the client reported a timeout that was not one.
+
+    The client's aiohttp transport reports every connection error it does not know better
+    (a refused connection, a server that hung up) as a connect timeout."""
+    if isinstance(exc, openai.APITimeoutError) and not _timed_out(exc):
+        error = openai.APIConnectionError(request=exc.request)
+        error.__cause__ = exc.__cause__
+        return error
+    return exc
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """Whether a timeout is among the causes of ``exc`` (each transport raises the client's
+    timeout errors from the ``TimeoutError`` that made them)."""
+    cause: BaseException | None = exc
+    for _ in range(8):
+        if cause is None:
+            return False
+        if isinstance(cause, TimeoutError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def _log_failure(exc: openai.APIError, model: str, *, request_id: str | None = None) -> None:

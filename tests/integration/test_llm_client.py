@@ -3,10 +3,11 @@ fallback, and every fault turned into the right ``core.errors`` class."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import socket
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 
 import openai
 import pytest
@@ -45,21 +46,36 @@ async def server() -> AsyncIterator[StandinServer]:
         yield standin
 
 
-def make_chat(
-    base_url: str,
-    fallbacks: Sequence[str] = (),
-    *,
-    retries: int = 0,
-    timeout: float = 5.0,
-) -> OpenAIChat:
-    client = openai.AsyncOpenAI(
-        base_url=base_url, api_key=API_KEY, max_retries=retries, timeout=timeout
-    )
-    return OpenAIChat(client, fallbacks)
+ChatFactory = Callable[..., OpenAIChat]
+
+
+@pytest.fixture(params=["aiohttp", "httpx"])
+def make_chat(request: pytest.FixtureRequest) -> ChatFactory:
+    """``OpenAIChat`` on the openai client's aiohttp transport (the one
+    ``OpenAIChat.from_settings`` picks) and on its default one: each test runs on both."""
+
+    def make(
+        base_url: str,
+        fallbacks: Sequence[str] = (),
+        *,
+        retries: int = 0,
+        timeout: float = 5.0,
+    ) -> OpenAIChat:
+        http_client = openai.DefaultAioHttpClient() if request.param == "aiohttp" else None
+        client = openai.AsyncOpenAI(
+            base_url=base_url,
+            api_key=API_KEY,
+            max_retries=retries,
+            timeout=timeout,
+            http_client=http_client,
+        )
+        return OpenAIChat(client, fallbacks)
+
+    return make
 
 
 @pytest.fixture
-async def chat(server: StandinServer) -> AsyncIterator[OpenAIChat]:
+async def chat(server: StandinServer, make_chat: ChatFactory) -> AsyncIterator[OpenAIChat]:
     model = make_chat(server.base_url, ["gpt-4o-mini"])
     yield model
     await model.close()
@@ -165,7 +181,7 @@ async def test_json_mode_without_the_word_is_a_plain_llm_error(
 
 
 async def test_falls_back_to_the_next_model(
-    server: StandinServer, logs: pytest.LogCaptureFixture
+    server: StandinServer, logs: pytest.LogCaptureFixture, make_chat: ChatFactory
 ) -> None:
     model = make_chat(server.base_url, ["gpt-4o-mini", "gpt-4o"])
     try:
@@ -179,7 +195,7 @@ async def test_falls_back_to_the_next_model(
     assert "gpt-4o-mini" in logs.text
 
 
-async def test_fallback_skips_duplicates(server: StandinServer) -> None:
+async def test_fallback_skips_duplicates(server: StandinServer, make_chat: ChatFactory) -> None:
     model = make_chat(server.base_url, ["gpt-4-gone", "gpt-4-gone", "gpt-4o"])
     try:
         _, done = await collect(model, request(model="gpt-4-gone"))
@@ -189,7 +205,9 @@ async def test_fallback_skips_duplicates(server: StandinServer) -> None:
     assert [sent["model"] for sent in server.requests] == ["gpt-4-gone", "gpt-4o"]
 
 
-async def test_no_model_available(server: StandinServer, logs: pytest.LogCaptureFixture) -> None:
+async def test_no_model_available(
+    server: StandinServer, logs: pytest.LogCaptureFixture, make_chat: ChatFactory
+) -> None:
     model = make_chat(server.base_url, ["missing-mini"])
     try:
         _, error = await failure(model, request(model="missing-4o"))
@@ -219,7 +237,9 @@ async def test_rate_limited_names_the_wait(
     assert "req_standin" in logs.text
 
 
-async def test_rate_limit_recovers_within_client_retries(server: StandinServer) -> None:
+async def test_rate_limit_recovers_within_client_retries(
+    server: StandinServer, make_chat: ChatFactory
+) -> None:
     server.inject("rate_limit", retry_after=0.01)
     model = make_chat(server.base_url, retries=1)
     try:
@@ -242,7 +262,9 @@ async def test_server_error(chat: OpenAIChat, server: StandinServer) -> None:
     assert len(server.requests) == 1, "a server error is not a reason to try another model"
 
 
-async def test_stall_is_a_timeout(server: StandinServer, logs: pytest.LogCaptureFixture) -> None:
+async def test_stall_is_a_timeout(
+    server: StandinServer, logs: pytest.LogCaptureFixture, make_chat: ChatFactory
+) -> None:
     server.inject("stall", seconds=30)
     model = make_chat(server.base_url, timeout=0.3)
     try:
@@ -253,7 +275,7 @@ async def test_stall_is_a_timeout(server: StandinServer, logs: pytest.LogCapture
     assert "APITimeoutError" in logs.text
 
 
-async def test_unreachable_service() -> None:
+async def test_unreachable_service(make_chat: ChatFactory) -> None:
     with socket.socket() as bound:  # bound but not listening: connections are refused
         bound.bind(("127.0.0.1", 0))
         port = bound.getsockname()[1]
@@ -264,6 +286,25 @@ async def test_unreachable_service() -> None:
             await model.close()
     assert type(error) is ModelUnavailable
     assert "could not reach" in error.user_message
+
+
+async def test_a_server_that_hangs_up_is_unreachable_not_slow(
+    make_chat: ChatFactory, logs: pytest.LogCaptureFixture
+) -> None:
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    model = make_chat(f"http://127.0.0.1:{port}/v1")
+    try:
+        _, error = await failure(model, request())
+    finally:
+        await model.close()
+        server.close()
+    assert type(error) is ModelUnavailable
+    assert "APIConnectionError" in logs.text and "APITimeoutError" not in logs.text
 
 
 async def test_cut_stream_is_broken(chat: OpenAIChat, logs: pytest.LogCaptureFixture) -> None:
@@ -340,6 +381,22 @@ async def test_from_settings_uses_the_key_and_url(server: StandinServer) -> None
         _env_file=None,  # type: ignore[call-arg]
         openai_api_key=SecretStr(API_KEY),
         openai_base_url=server.base_url,
+    )
+    model = OpenAIChat.from_settings(settings)
+    try:
+        _, done = await collect(model, request())
+    finally:
+        await model.close()
+    assert done.text
+
+
+async def test_from_settings_with_credentials_in_the_url(server: StandinServer) -> None:
+    url = server.base_url.replace("http://", "http://gateway-user:gateway-secret@")
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        openai_api_key=SecretStr(API_KEY),
+        openai_base_url=url,
+        openai_max_retries=0,
     )
     model = OpenAIChat.from_settings(settings)
     try:

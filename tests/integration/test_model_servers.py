@@ -4,7 +4,12 @@ an empty body, vLLM's window in ``/v1/models``; plus prices, estimated usage and
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import openai
 import pytest
@@ -12,7 +17,7 @@ from aiohttp import web
 
 from adapters.standin import StandinServer
 from bots.bootstrap import build
-from core.errors import ContextTooLong, EndpointNotFound, LLMError, ModelNotFound
+from core.errors import BrokenStream, ContextTooLong, EndpointNotFound, LLMError, ModelNotFound
 from core.llm import ChatRequest, Completion, OpenAIChat, ServerModels
 from core.messages import Author, ConversationKey, FinalText, Inbound, UsageReport, UserError
 from core.ports import PromptMessage
@@ -31,8 +36,15 @@ def request(text: str = "hello", model: str = "gpt-4o", **options: object) -> Ch
     return ChatRequest(model=model, messages=messages, **{**defaults, **options})  # type: ignore[arg-type]
 
 
-def chat_on(base_url: str, fallbacks: tuple[str, ...] = ()) -> OpenAIChat:
-    client = openai.AsyncOpenAI(base_url=base_url, api_key="k", max_retries=1, timeout=5.0)
+def chat_on(
+    base_url: str, fallbacks: tuple[str, ...] = (), *, transport: str = "httpx"
+) -> OpenAIChat:
+    """The client on ``transport``: the openai client's default one, or its aiohttp one (the
+    one ``OpenAIChat.from_settings`` picks)."""
+    http_client = openai.DefaultAioHttpClient() if transport == "aiohttp" else None
+    client = openai.AsyncOpenAI(
+        base_url=base_url, api_key="k", max_retries=1, timeout=5.0, http_client=http_client
+    )
     return OpenAIChat(client, fallbacks)
 
 
@@ -139,6 +151,193 @@ async def test_errors_inside_a_stream_get_their_own_sentence() -> None:
         await runner.cleanup()
     assert isinstance(too_long, ContextTooLong) and too_long.window == 512
     assert isinstance(missing, ModelNotFound)
+
+
+# --- streams framed in every way server-sent events may be ----------------------------------
+
+REQUEST_ID = "req-raw-1"
+
+
+def event(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> dict[str, Any]:
+    choice = {"index": 0, "delta": delta, "finish_reason": finish}
+    return {"id": "c1", "model": "raw-model", "choices": [choice], **extra}
+
+
+@asynccontextmanager
+async def raw_server(
+    pieces: list[bytes], *, then: str = "end", peers: list[object] | None = None
+) -> AsyncIterator[str]:
+    """A server that answers every chat request with ``pieces``, each written on its own
+    (a short pause between them, so the client reads them apart), ``then`` ends the body
+    ("end"), keeps it open ("hang") or drops the connection ("drop"); yields its base URL.
+    The client's address of each request goes to ``peers``."""
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        if peers is not None and request.transport is not None:
+            peers.append(request.transport.get_extra_info("peername"))
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "x-request-id": REQUEST_ID}
+        )
+        await response.prepare(request)
+        for piece in pieces:
+            await response.write(piece)
+            await asyncio.sleep(0.002)
+        if then == "hang":
+            await asyncio.sleep(60)
+        elif then == "drop" and request.transport is not None:
+            request.transport.abort()
+            return response
+        await response.write_eof()
+        return response
+
+    async def models(request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": []})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", answer)
+    app.router.add_get("/v1/models", models)
+    # handler_cancellation: a hanging answer ends when the client goes
+    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        yield f"http://{host}:{port}/v1"
+    finally:
+        await runner.cleanup()
+
+
+TRANSPORTS = pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+
+
+def split(data: bytes, *cuts: int) -> list[bytes]:
+    """``data`` cut at the given offsets."""
+    edges = [0, *cuts, len(data)]
+    return [data[a:b] for a, b in zip(edges, edges[1:], strict=False) if a < b]
+
+
+@TRANSPORTS
+async def test_a_stream_is_read_however_its_events_are_framed(transport: str) -> None:
+    first = json.dumps(event({"role": "assistant", "content": "Hel"}))
+    body = (
+        b": a comment, then CRLF line ends, an id, a name and a retry time\r\n"
+        + b"id: 1\r\nevent: message\r\nretry: 100\r\ndata: "
+        + first.encode()
+        + b"\r\n\r\n"
+        # one JSON object over two data lines (joined with LF), no space after the colon
+        + b'data:{"id": "c1", "choices": [{"index": 0,\ndata: "delta": {"content": "lo "}}]}\n\n'
+        # CR line ends
+        + b"data: "
+        + json.dumps(event({"content": "w\u00f6rld"}), ensure_ascii=False).encode()
+        + b"\r\r"
+        + b"data: "
+        + json.dumps(event({}, "stop")).encode()
+        + b"\n\n"
+        + b"data: "
+        + json.dumps(
+            {"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3}}
+        ).encode()
+        + b"\n\ndata: [DONE]\n\n"
+    )
+    # cut between a CR and its LF, inside a field name, inside a UTF-8 character, inside JSON
+    cr_lf = body.index(b"\r\n") + 1
+    pieces = split(body, cr_lf, cr_lf + 3, body.index(b"\xc3") + 1, body.index(b"stop") + 2)
+    async with raw_server(pieces) as url:
+        chat = chat_on(url, transport=transport)
+        try:
+            deltas = [d async for d in chat.stream(request())]
+        finally:
+            await chat.close()
+    done = deltas.pop()
+    assert deltas == ["Hel", "lo ", "w\u00f6rld"]
+    assert isinstance(done, Completion)
+    assert done.text == "Hello w\u00f6rld" and done.finish_reason == "stop"
+    assert (done.input_tokens, done.output_tokens, done.estimated) == (7, 3, False)
+    assert done.model == "raw-model"
+
+
+def answered(text: str) -> list[bytes]:
+    """A whole answer: its text, its end, its usage and ``[DONE]``."""
+    return [
+        opened(text),
+        b"data: " + json.dumps(event({}, "stop")).encode() + b"\n\n",
+        b'data: {"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 1}}\n\n',
+        b"data: [DONE]\n\n",
+    ]
+
+
+@TRANSPORTS
+@pytest.mark.parametrize("then", ["hang", "drop"])
+async def test_what_follows_done_cannot_fail_a_complete_answer(transport: str, then: str) -> None:
+    async with raw_server(answered("Hi"), then=then) as url:
+        client = openai.AsyncOpenAI(
+            base_url=url,
+            api_key="k",
+            max_retries=0,
+            timeout=2.0,  # a stream kept open after [DONE] would time out the answer
+            http_client=openai.DefaultAioHttpClient() if transport == "aiohttp" else None,
+        )
+        chat = OpenAIChat(client)
+        try:
+            done = await complete(chat, request())
+        finally:
+            await chat.close()
+    assert done.text == "Hi" and done.finish_reason == "stop"
+
+
+@TRANSPORTS
+async def test_one_connection_serves_one_answer_after_another(transport: str) -> None:
+    peers: list[object] = []
+    async with raw_server(answered("Hi"), peers=peers) as url:
+        chat = chat_on(url, transport=transport)
+        try:
+            for _ in range(3):
+                assert (await complete(chat, request())).text == "Hi"
+        finally:
+            await chat.close()
+    assert len(peers) == 3 and len(set(peers)) == 1, peers
+
+
+def opened(text: str) -> bytes:
+    return b"data: " + json.dumps(event({"role": "assistant", "content": text})).encode() + b"\n\n"
+
+
+@TRANSPORTS
+@pytest.mark.parametrize(
+    ("trouble", "logged"),
+    [
+        (
+            b'event: error\ndata: {"error": {"message": "overloaded", "type": "server_error"}}\n\n',
+            "APIError",
+        ),
+        (b"data: {not json\n\n", "unreadable stream chunk"),
+        (b"data: [1, 2]\n\n", "unreadable stream chunk"),
+        (b'data: {"choices": [{"index": 0, "delta": {"content": "\xff"}}]}\n\n', "unreadable"),
+    ],
+    ids=["error-event", "not-json", "not-an-object", "not-utf-8"],
+)
+async def test_trouble_after_the_first_words_is_a_broken_stream_logged_with_its_request_id(
+    transport: str, trouble: bytes, logged: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="core.llm")
+    async with raw_server([opened("Hello"), trouble, opened(" never read")]) as url:
+        chat = chat_on(url, transport=transport)
+        seen: list[object] = []
+        try:
+            with pytest.raises(BrokenStream):
+                async for item in chat.stream(request()):
+                    seen.append(item)
+            # the connection that failed is not reused in a broken state
+            again = await failure(chat, request())
+        finally:
+            await chat.close()
+    assert seen == ["Hello"]
+    assert isinstance(again, BrokenStream)
+    failed = [r.getMessage() for r in caplog.records if "model call failed" in r.getMessage()]
+    assert len(failed) == 2
+    assert all(logged in m and f"request_id={REQUEST_ID}" in m for m in failed), failed
 
 
 # --- through the whole core ------------------------------------------------------------------
