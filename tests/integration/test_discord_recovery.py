@@ -277,3 +277,24 @@ async def test_a_reply_the_dead_worker_posted_but_never_recorded_is_continued(
             assert answer["content"] == said("what is a lease?")
             assert answer["message_reference"]["message_id"] == int(mention["id"])
             assert later in fake.messages[fake.channel_id]
+
+
+async def test_a_mention_is_answered_when_the_channel_history_cannot_be_read(
+    database_url: str, places: tuple[FakeDiscord, Any]
+) -> None:
+    fake, standin = places
+    model = Cut("")
+    async with worker(database_url, fake, standin, model) as dying:
+        mention = await fake.send_message("what is a lease?", mention_bot=True)
+        await asyncio.wait_for(model.talking.wait(), 10)
+        # It died before posting anything; the survivor may not read the channel's history
+        # (no Read Message History) to look for a reply it did not record.
+        fake.fail("GET", rf"/channels/{fake.channel_id}/messages$", status=403)
+        async with worker(database_url, fake, standin) as survivor:
+            await dying.die()
+            assert await survivor.sweep() == 1
+
+            answers = fake.channel_messages(fake.channel_id, author_id=fake.bot.id)
+            assert answers == [said("what is a lease?")]
+            assert await states(survivor.store) == ["answered"]
+            assert mention in fake.messages[fake.channel_id]
