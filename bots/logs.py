@@ -1,8 +1,8 @@
 """Parley's log output: one format, and no secret ever written, whoever logs it.
 
 Every line (tracebacks included) is passed through ``Redactor``: the credentials inside any URL
-(``https://user:password@host``) and the value of every secret setting are masked before the
-line is written, so a library that logs a request URL or an exception cannot leak them.
+(``https://user:password@host``), Discord interaction tokens and the value of every secret
+setting are masked before the line is written, so a library that logs a request URL or an exception cannot leak them.
 """
 
 from __future__ import annotations
@@ -22,6 +22,10 @@ MIN_SECRET_LENGTH = 6
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _URL_CREDENTIALS = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^\s/@]+@")
 _URL_PASSWORD = re.compile(r"://[^\s/@:]*:(?P<password>[^\s/@]+)@")
+# Discord interaction tokens (credentials of one interaction, not settings): in webhook and
+# interaction callback URLs, and as the "token" of an event discord.py logs at DEBUG.
+_DISCORD_TOKEN_PATH = re.compile(r"(?P<path>/(?:webhooks|interactions)/\d+/)[^\s/?'\"]+")
+_TOKEN_FIELD = re.compile(r"""(?P<key>['"]token['"]\s*:\s*['"])[^'"]+""")
 
 
 def secrets_of(sections: Iterable[BaseSettings]) -> set[str]:
@@ -41,8 +45,11 @@ def secrets_of(sections: Iterable[BaseSettings]) -> set[str]:
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """``text`` with URL credentials and the given secret values masked."""
+    """``text`` with URL credentials, Discord interaction tokens and the given secret values
+    masked."""
     text = _URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{MASK}@", text)
+    text = _DISCORD_TOKEN_PATH.sub(lambda m: f"{m['path']}{MASK}", text)
+    text = _TOKEN_FIELD.sub(lambda m: f"{m['key']}{MASK}", text)
     for secret in sorted(secrets, key=len, reverse=True):
         text = text.replace(secret, MASK)
     return text

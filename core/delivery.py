@@ -245,6 +245,7 @@ class _Answer:
                 await self._final(final, text)
         except Exception as exc:  # raised once the events are drained
             self.refused = exc
+            await self.keep()  # nothing more is written: a record drops its credentials
             return
         if self.journal is None:
             return

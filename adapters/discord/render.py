@@ -404,6 +404,7 @@ class DiscordAnswer:
         self.shown: list[str] = []
         self.refused: discord.Forbidden | None = None
         self.done: str | None = None  # "answered" or "failed" once the final write is shown
+        self.final = False  # the final write is under way (or failed): nothing comes after it
 
     async def start(self) -> None:
         if isinstance(self.surface, ChannelSurface):
@@ -415,12 +416,14 @@ class DiscordAnswer:
 
     async def finish(self, text: str) -> None:
         self._raise_if_refused()
+        self.final = True
         await self._show(self.layout.pieces(text))
         self.done = "answered"
 
     async def fail(self, text: str) -> None:
         """The sentence replaces "thinking…", or follows the text already shown."""
         self._raise_if_refused()
+        self.final = True
         pieces = split_message(text, self.limit)
         await self._show([*self.shown, *pieces] if self.shown else pieces)
         self.done = "failed"
@@ -429,9 +432,10 @@ class DiscordAnswer:
 
     def record(self) -> dict[str, Any]:
         """What this answer has shown, for another worker to finish it if this one stops;
-        once shown in full (``done``), without the interaction's token."""
+        once its final write is done, shown in full or not, without the interaction's token."""
         record = getattr(self.surface, "record", None)
-        shown: dict[str, Any] = {} if record is None else record(credentials=self.done is None)
+        writing = self.done is None and not self.final
+        shown: dict[str, Any] = {} if record is None else record(credentials=writing)
         if self.done is not None:
             shown["done"] = self.done
         return shown

@@ -166,14 +166,18 @@ async def _surface(
 async def _unrecorded_reply(
     client: discord.Client, channel: discord.PartialMessageable, question: int
 ) -> int:
-    """The bot's reply to message ``question`` in ``channel`` (0: none), posted by a worker
-    that stopped before it could record it."""
+    """The bot's reply to message ``question`` in ``channel`` (0: none, or the history can't
+    be read: the answer is posted anew rather than dropped), posted by a worker that stopped
+    before it could record it."""
     me = client.user.id if client.user is not None else None
     after = discord.Object(question)
-    async for message in channel.history(limit=UNRECORDED_SEARCH, after=after):
-        reference = message.reference
-        if message.author.id == me and reference and reference.message_id == question:
-            return message.id
+    try:
+        async for message in channel.history(limit=UNRECORDED_SEARCH, after=after):
+            reference = message.reference
+            if message.author.id == me and reference and reference.message_id == question:
+                return message.id
+    except discord.HTTPException as exc:  # e.g. 403 without Read Message History
+        log.info("discord: looking for an unrecorded reply failed (HTTP %s)", exc.status)
     return 0
 
 

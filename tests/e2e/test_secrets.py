@@ -249,3 +249,19 @@ async def unauthorized() -> AsyncIterator[str]:
         yield f"http://{URL_USER}:{URL_PASSWORD}@127.0.0.1:{port}/v1"
     finally:
         await runner.cleanup()
+
+
+def test_redact_masks_discord_interaction_tokens():
+    """discord.py's DEBUG lines (kept when content logging is on) carry interaction tokens:
+    in webhook and callback URLs, and in the INTERACTION_CREATE event it received."""
+    token = "aW50ZXJhY3Rpb246MTIzNDU2Nzg5OmFiY2RlZg"
+    api = "https://discord.com/api/v10"
+    lines = [
+        f"Webhook ID 1 with PATCH {api}/webhooks/1/{token}/messages/@original has returned 200",
+        f"POST {api}/interactions/2/{token}/callback with None has returned 204",
+        f"WebSocket Event: {{'t': 'INTERACTION_CREATE', 'd': {{'id': '2', 'token': '{token}'}}}}",
+        f'{{"type": 2, "token": "{token}", "id": "2"}}',
+    ]
+    for line in lines:
+        assert token not in redact(line), line
+    assert redact(f"{api}/webhooks/1/{token}/messages/3") == f"{api}/webhooks/1/***/messages/3"

@@ -278,3 +278,44 @@ async def test_a_reply_the_dead_worker_posted_but_never_recorded_is_continued(
             assert answer["content"] == said("what is a lease?")
             assert answer["message_reference"]["message_id"] == int(mention["id"])
             assert later in fake.messages[fake.channel_id]
+
+
+async def test_a_mention_is_answered_when_the_channel_history_cannot_be_read(
+    database_url: str, places: tuple[FakeDiscord, Any]
+) -> None:
+    fake, standin = places
+    model = Cut("")
+    async with worker(database_url, fake, standin, model) as dying:
+        mention = await fake.send_message("what is a lease?", mention_bot=True)
+        await asyncio.wait_for(model.talking.wait(), 10)
+        # It died before posting anything; the survivor may not read the channel's history
+        # (no Read Message History) to look for a reply it did not record.
+        fake.fail("GET", rf"/channels/{fake.channel_id}/messages$", status=403)
+        async with worker(database_url, fake, standin) as survivor:
+            await dying.die()
+            assert await survivor.sweep() == 1
+
+            answers = fake.channel_messages(fake.channel_id, author_id=fake.bot.id)
+            assert answers == [said("what is a lease?")]
+            assert await states(survivor.store) == ["answered"]
+            assert mention in fake.messages[fake.channel_id]
+
+
+async def test_a_resume_refused_by_discord_leaves_no_token_behind(
+    database_url: str, places: tuple[FakeDiscord, Any]
+) -> None:
+    fake, standin = places
+    async with worker(database_url, fake, standin, Cut()) as dying:
+        await fake.wait_for(lambda: fake.commands)
+        asked = await fake.send_command("ask", {"prompt": "what is a lease?"})
+        token = asked["token"]
+        await fake.wait_for(lambda: len(fake.interaction_messages(token)) == 2)
+        await on_record(dying.store, lambda r: r["followups"])
+        async with worker(database_url, fake, standin) as survivor:
+            await dying.die()
+            # Every write to the reply is refused (403) while the survivor finishes it.
+            fake.fail("PATCH", r"/messages/@original$", status=403, times=100)
+            assert await survivor.sweep() == 1  # the sweeper lives on
+
+            assert token not in "".join(await deliveries(survivor.store))
+            assert await survivor.sweep() == 0
