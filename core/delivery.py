@@ -196,26 +196,23 @@ class _Answer:
         self.pacing.wrote()
         if not await _admitted(self.pacing, False):
             return  # no budget to spare: the answer itself shows that it came
-        before = self._record()
         try:
             with budget.writing("progress"):
                 await self.renderer.start()
         except Exception as exc:  # the answer itself still comes
             log.warning("showing that an answer is coming failed (%s)", type(exc).__name__)
-        after = self._record()
-        if after != before or _reaches_something(after):  # not a record of nothing shown
-            await self.keep()
+        await self.keep(unless_empty=True)  # no write for a record of nothing shown
 
-    def _record(self) -> Any:
-        """What the renderer shows now (None for a renderer that keeps no record)."""
+    async def keep(self, *, unless_empty: bool = False) -> None:
+        """Keep what the renderer shows with the claim (when both can); ``unless_empty``:
+        not when the record reaches nothing yet."""
         record = getattr(self.renderer, "record", None)
-        return record() if record is not None else None
-
-    async def keep(self) -> None:
-        """Keep what the renderer shows with the claim (when both can)."""
-        record = getattr(self.renderer, "record", None)
-        if self.journal is not None and record is not None:
-            await self.journal.shown(record())
+        if self.journal is None or record is None:
+            return
+        shown = record()
+        if unless_empty and not _reaches_something(shown):
+            return
+        await self.journal.shown(shown)
 
     async def progress(self) -> None:
         self.pacing.wrote()
