@@ -16,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -63,6 +63,22 @@ def _ended(committed: bool) -> None:
             observer.commit()
         else:
             observer.rollback()
+
+
+@contextmanager
+def _told(sql: Sql) -> Iterator[None]:
+    """One statement that commits itself, told to the observers (when there are any)."""
+    if not OBSERVERS:
+        yield
+        return
+    _begun(True)
+    _sent(sql.text)
+    try:
+        yield
+    except BaseException:
+        _ended(False)
+        raise
+    _ended(True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,34 +311,16 @@ class PgLinks:
 
     async def fetch(self, sql: Sql, params: dict[str, Any]) -> list[Any]:
         """The rows of one statement that commits itself."""
-        if OBSERVERS:
-            _begun(True)
-            _sent(sql.text)
-        try:
-            async with self.link() as conn:
+        async with self.link() as conn:
+            with _told(sql):
                 rows: list[Any] = await conn.fetch(sql.text, *sql.args(params))
-        except BaseException:
-            if OBSERVERS:
-                _ended(False)
-            raise
-        if OBSERVERS:
-            _ended(True)
         return rows
 
     async def count(self, sql: Sql, params: dict[str, Any]) -> int:
         """The rows one statement (that commits itself) changed."""
-        if OBSERVERS:
-            _begun(True)
-            _sent(sql.text)
-        try:
-            async with self.link() as conn:
+        async with self.link() as conn:
+            with _told(sql):
                 status: str = await conn.execute(sql.text, *sql.args(params))
-        except BaseException:
-            if OBSERVERS:
-                _ended(False)
-            raise
-        if OBSERVERS:
-            _ended(True)
         return int(status.rsplit(" ", 1)[-1] or 0)
 
     async def close(self) -> None:
