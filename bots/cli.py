@@ -8,9 +8,9 @@ import contextlib
 import importlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from bots.logs import Redactor, configure
@@ -180,6 +180,21 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+T = TypeVar("T")
+
+
+def loop_runner(choice: str) -> Callable[[Coroutine[Any, Any, T]], T]:
+    """What runs `parley run`'s event loop: uvloop's when chosen and installed (it spends
+    less CPU per turn on the same work), else the standard library's."""
+    if choice == "uvloop":
+        try:
+            import uvloop
+        except ImportError:  # no build of it for this platform
+            return asyncio.run
+        return uvloop.run
+    return asyncio.run
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -193,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "ask":
             return asyncio.run(_ask(settings, args))
         if args.command == "run":
-            return asyncio.run(_run(settings, redactor))
+            return loop_runner(settings.parley_event_loop)(_run(settings, redactor))
         return asyncio.run(_db(settings, args.action))
     except (ConfigError, ParleyError) as exc:
         print(f"parley: {exc}", file=sys.stderr)

@@ -168,3 +168,22 @@ async def test_a_parley_error_at_start_goes_out_as_it_is():
         await run_adapters([discord], exit_now=never_exit)
     assert info.value is refused
     assert discord.stopped
+
+
+async def _loop_module() -> str:
+    return type(asyncio.get_running_loop()).__module__.split(".")[0]
+
+
+@pytest.mark.parametrize(("choice", "module"), [("uvloop", "uvloop"), ("asyncio", "asyncio")])
+def test_parley_run_runs_on_the_event_loop_chosen(choice, module):
+    from bots.cli import loop_runner
+
+    assert loop_runner(choice)(_loop_module()) == module
+
+
+def test_a_bad_event_loop_setting_is_refused_naming_it(monkeypatch):
+    from core.settings import load_settings
+
+    monkeypatch.setenv("PARLEY_EVENT_LOOP", "trio")
+    with pytest.raises(ConfigError, match="PARLEY_EVENT_LOOP"):
+        load_settings()
