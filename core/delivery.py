@@ -33,7 +33,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 from core import budget, sentences
 from core.messages import (
@@ -85,8 +85,9 @@ class Journal(Protocol):
 
     async def shown(self, record: Mapping[str, Any]) -> None: ...
 
-    async def delivered(self) -> bool:
-        """The answer is shown in full; False when another worker took it over meanwhile."""
+    async def delivered(self, record: Mapping[str, Any] | None = None) -> bool:
+        """The answer is shown in full; False when another worker took it over meanwhile.
+        ``record``: what the renderer shows in the end, kept with it."""
         ...
 
 
@@ -248,17 +249,22 @@ class _Answer:
             return
         # A final write may have posted anew (a resume takes it down), and a record may
         # drop what it no longer needs (a credential to write with).
+        tidied = getattr(self.renderer, "tidied", None)
+        if final and tidied is None:  # the record goes with the answer's settling
+            record = getattr(self.renderer, "record", None)
+            await self._delivered(None if record is None else record())
+            return
         await self.keep()
         if final:
             # A renderer still deleting what the final write replaced says when it is done.
-            tidied = getattr(self.renderer, "tidied", None)
-            await (self._delivered() if tidied is None else tidied(self._delivered))
+            await cast(Any, tidied)(self._delivered)
 
-    async def _delivered(self) -> None:
-        """Record that the answer is shown; when another worker took it over meanwhile (and
-        shows it too), take this one down."""
+    async def _delivered(self, record: Mapping[str, Any] | None = None) -> None:
+        """Record that the answer is shown (with the renderer's ``record`` in the end, if
+        given); when another worker took it over meanwhile (and shows it too), take this
+        one down."""
         assert self.journal is not None
-        if not await self.journal.delivered():
+        if not await self.journal.delivered(record):
             log.warning("an answer shown was taken over by another worker; taking it down")
             await self.withdraw()
 

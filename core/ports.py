@@ -261,9 +261,12 @@ class Store(Protocol):
         own claim in the same worker then takes it on, a redelivery meanwhile is dropped."""
         ...
 
-    async def settle_event(self, platform: str, event_id: str, state: str) -> bool:
+    async def settle_event(
+        self, platform: str, event_id: str, state: str, *, delivery: str | None = None
+    ) -> bool:
         """How a claimed event ended: "answered" (and shown) or "failed"; False when this
-        worker no longer holds the claim (another took it over)."""
+        worker no longer holds the claim (another took it over). ``delivery``: what the
+        answer showed in the end (``record_delivery``), kept by the same statement."""
         ...
 
     async def record_delivery(self, platform: str, event_id: str, delivery: str) -> None:

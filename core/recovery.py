@@ -95,22 +95,33 @@ class Journal:
         self.event = (platform, event_id)
         self._last: str | None = None
 
-    async def shown(self, record: Mapping[str, Any]) -> None:
-        """The renderer's record now (written only when it changed; best effort)."""
+    def _changed(self, record: Mapping[str, Any] | None) -> str | None:
+        """``record`` as kept, unless it is what was kept last."""
+        if record is None:
+            return None
         text = json.dumps(record, sort_keys=True)
         if text == self._last:
-            return
+            return None
         self._last = text
+        return text
+
+    async def shown(self, record: Mapping[str, Any]) -> None:
+        """The renderer's record now (written only when it changed; best effort)."""
+        text = self._changed(record)
+        if text is None:
+            return
         try:
             await self.store.record_delivery(*self.event, text)
         except Exception as exc:
             log.warning("recording what an answer showed failed (%s)", type(exc).__name__)
 
-    async def delivered(self) -> bool:
+    async def delivered(self, record: Mapping[str, Any] | None = None) -> bool:
         """The answer is shown in full: nothing is left to finish. False when another worker
-        has taken the answer over meanwhile (it shows it: this one comes down)."""
+        has taken the answer over meanwhile (it shows it: this one comes down). ``record``:
+        the renderer's record in the end, kept by the same write when it changed."""
+        delivery = self._changed(record)
         try:
-            return await self.store.settle_event(*self.event, "answered")
+            return await self.store.settle_event(*self.event, "answered", delivery=delivery)
         except Exception as exc:
             log.warning("recording a shown answer failed (%s)", type(exc).__name__)
             return True

@@ -136,6 +136,9 @@ ANSWER_CLAIMED = (
 
 SETTLE = event_update().where(_MINE).values(state=bindparam("e_state"))
 
+# Settled with what the answer showed in the end (``DELIVERY``), in one statement.
+SETTLE_SHOWN = SETTLE.values(delivery=bindparam("e_delivery"))
+
 DELIVERY = event_update().where(_MINE).values(delivery=bindparam("e_delivery"))
 
 
@@ -299,8 +302,8 @@ def finish_in_one(question: bool, event: bool, usage: int, release: bool = False
 
 # A claim settled (``SETTLE``) and the lease of its conversation given back (``l_name``,
 # ``l_holder``) in one statement (PostgreSQL); its one row counts the claims settled.
-def _settle_releasing() -> Any:
-    settled = SETTLE.returning(ProcessedEventRow.id).cte("settled")
+def _settle_releasing(settle: Any = SETTLE) -> Any:
+    settled = settle.returning(ProcessedEventRow.id).cte("settled")
     return select(func.count()).select_from(settled).add_cte(_giving_back())
 
 
@@ -583,6 +586,7 @@ class Compiled:
         self.take_over = compile_sql(TAKE_OVER, name)
         self.take_over_received = compile_sql(TAKE_OVER_RECEIVED, name)
         self.settle = compile_sql(SETTLE, name)
+        self.settle_shown = compile_sql(SETTLE_SHOWN, name)
         self.delivery = compile_sql(DELIVERY, name)
         self.add_message = compile_sql(ADD_MESSAGE, name)
         self.question_claimed = compile_sql(QUESTION_CLAIMED, name)
@@ -599,6 +603,7 @@ class Compiled:
         self._finish: dict[tuple[bool, bool, int, bool], Sql] = {}
         if name == "postgresql":
             self.settle_releasing = compile_sql(_settle_releasing(), name)
+            self.settle_shown_releasing = compile_sql(_settle_releasing(SETTLE_SHOWN), name)
             self.facts_select = statements.turn_facts
         self._ask: dict[bool, Sql] = {}
 

@@ -408,14 +408,21 @@ class SqlStore:
             return await self._links.count(sql, params)
         return await self._hot(turns.count, sql, params, single=True)
 
-    async def settle_event(self, platform: str, event_id: str, state: str) -> bool:
+    async def settle_event(
+        self, platform: str, event_id: str, state: str, *, delivery: str | None = None
+    ) -> bool:
         """Only while this worker holds the claim: once another took it over, it is theirs."""
         params = _event((platform, event_id), e_holder=self.leases.holder, e_state=state)
+        shown = delivery is not None
+        if shown:
+            params["e_delivery"] = delivery
         lease = self._settling.pop((platform, event_id), None)
         if lease is None or self._links is None:
-            return bool(await self._count(self._texts.settle, params))
+            texts = self._texts
+            return bool(await self._count(texts.settle_shown if shown else texts.settle, params))
         params.update(l_name=lease, l_holder=self.leases.holder)
-        found = await self._links.fetch(self._texts.settle_releasing, params)
+        releasing = self._texts.settle_shown_releasing if shown else self._texts.settle_releasing
+        found = await self._links.fetch(releasing, params)
         self.leases.given_back.add(lease)
         return bool(found[0][0])
 

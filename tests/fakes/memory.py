@@ -91,8 +91,12 @@ class MemoryStore:
         self.event_states[(platform, event_id)] = state
         return True
 
-    async def settle_event(self, platform: str, event_id: str, state: str) -> bool:
+    async def settle_event(
+        self, platform: str, event_id: str, state: str, *, delivery: str | None = None
+    ) -> bool:
         self.event_states[(platform, event_id)] = state
+        if delivery is not None:
+            self.deliveries[(platform, event_id)] = delivery
         return True
 
     async def record_delivery(self, platform: str, event_id: str, delivery: str) -> None:

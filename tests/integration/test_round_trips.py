@@ -54,7 +54,10 @@ async def parley(backend: tuple[str, str], standin: Any) -> Any:
 
 
 class Screen:
-    """A renderer keeping the record a Slack answer keeps (its message, once)."""
+    """A renderer keeping the record a Slack answer keeps: nothing until its one message is
+    posted (an instant answer's final write), then that message."""
+
+    posted = False
 
     async def start(self) -> None:
         pass
@@ -64,12 +67,13 @@ class Screen:
 
     async def finish(self, text: str) -> None:
         self.final = text
+        self.posted = True
 
     async def fail(self, text: str) -> None:
         self.final = text
 
     def record(self) -> dict[str, Any]:
-        return {"messages": ["ts-1"]}
+        return {"channel": "C1", "messages": ["ts-1"] if self.posted else []}
 
 
 async def _plain(parley: Parley, i: int) -> None:
