@@ -128,6 +128,10 @@ class Cursor(Protocol):
 
     def fetchone(self) -> Any: ...
 
+    def __iter__(self) -> Iterator[Any]: ...
+
+    def close(self) -> None: ...
+
 
 class Link(Protocol):
     """Runs compiled statements in a transaction (``sqlite3`` or SQLAlchemy's connection)."""

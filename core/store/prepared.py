@@ -521,6 +521,47 @@ def recent(*, through: bool, fitting: bool) -> Any:
     return _fitting(before) if fitting else _recent(before, *TURN_COLUMNS)
 
 
+# Below and above every ``sent_at``: the bound of a turn that is none of the conversation's.
+_EARLIEST = -(2**63)
+_LATEST = 2**63 - 1
+
+
+def _edge(conversation_id: Any, message_id: Any, *, later: bool, inclusive: bool) -> Any:
+    """``beyond`` as one range over (``sent_at``, id), the conversation's index order: the
+    turn's time is read once per statement (not per row), and an id that names no turn of
+    the conversation bounds nothing (a time before or after every turn)."""
+    sent_at = (
+        select(MessageRow.sent_at)
+        .where(MessageRow.id == message_id, MessageRow.conversation_id == conversation_id)
+        .scalar_subquery()
+    )
+    edge = tuple_(func.coalesce(sent_at, _EARLIEST if later else _LATEST), message_id)
+    order = tuple_(MessageRow.sent_at, MessageRow.id)
+    if later:
+        return order >= edge if inclusive else order > edge
+    return order <= edge if inclusive else order < edge
+
+
+@lru_cache(maxsize=2)
+def newest_first(*, through: bool) -> Any:
+    """SQLite: the history read (``recent``'s parameters but ``r_tokens``) as one walk of the
+    conversation's index from the newest turn back, at most ``r_limit`` rows: the store
+    steps through it and stops at the first turn that does not fit (``turns.fitting``), so
+    its cost follows the turns that fit, not the length of the conversation."""
+    conversation: Any = bindparam("r_conversation")
+    return (
+        select(*TURN_COLUMNS)
+        .where(
+            MessageRow.conversation_id == conversation,
+            _edge(conversation, bindparam("r_after"), later=True, inclusive=False),
+            _edge(conversation, bindparam("r_before"), later=False, inclusive=through),
+            MessageRow.status == "complete",
+        )
+        .order_by(MessageRow.sent_at.desc(), MessageRow.id.desc())
+        .limit(bindparam("r_limit"))
+    )
+
+
 @lru_cache(maxsize=2)
 def ask_in_one(event: bool) -> Any:
     """PostgreSQL: a question stored (``ADD_MESSAGE``'s parameters), its claim told
@@ -595,8 +636,15 @@ class Compiled:
         usage: dict[str, Any] = {field: bindparam(field) for field in USAGE_FIELDS}
         self.usage = compile_sql(insert(UsageRow).values(**usage), name)
         self.spent = compile_sql(SPENT, name)
+        # SQLite reads every history with ``newest_first`` (the store stops at the first
+        # turn that does not fit); PostgreSQL in one statement that stops there itself.
         self._recent = {
-            (through, fitting): compile_sql(recent(through=through, fitting=fitting), name)
+            (through, fitting): compile_sql(
+                newest_first(through=through)
+                if name == "sqlite"
+                else recent(through=through, fitting=fitting),
+                name,
+            )
             for through in (False, True)
             for fitting in (False, True)
         }

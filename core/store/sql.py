@@ -571,7 +571,7 @@ class SqlStore:
         params = prepared.recent_params(conversation_id, after_id, before_id, limit, tokens)
         if self._links is not None:
             return _history(await self._links.fetch(sql, params))
-        return _history(await self._hot(turns.rows, sql, params, single=True))
+        return _history(await self._hot(turns.fitting, params, through, single=True))
 
     async def set_summary(
         self, conversation_id: int, summary: str, summary_tokens: int, context_start: int

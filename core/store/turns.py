@@ -122,6 +122,24 @@ def rows(link: Link, _c: Compiled, sql: Any, params: dict[str, Any]) -> list[Any
     return list(link.execute(sql, params).fetchall())
 
 
+def fitting(link: Link, c: Compiled, params: dict[str, Any], through: bool) -> list[Any]:
+    """The history read (``recent``'s parameters): turns newest first, stepped through one
+    by one; with ``r_tokens``, only those whose running token sum fits it and the first that
+    does not (the rest of the walk never read)."""
+    cursor = link.execute(c.recent(through=through, fitting=True), params)
+    tokens = params.get("r_tokens")
+    if tokens is None:
+        return list(cursor.fetchall())
+    found = []
+    for row in cursor:
+        found.append(row)
+        tokens -= row[3]
+        if tokens < 0:
+            break
+    cursor.close()
+    return found
+
+
 def _claimed(link: Link, sql: Any, event: tuple[str, str], **params: Any) -> None:
     """Update this worker's claim of ``event``; ``ClaimLost`` (the transaction is rolled
     back) when another worker has taken it over."""
@@ -167,7 +185,7 @@ def _begin(link: Link, c: Compiled, facts: TurnFacts, plan: TurnPlan, holder: st
     params = recent_params(
         state.id, state.context_start, question_id, plan.history_rows, plan.history_tokens
     )
-    found = link.execute(c.recent(through=False, fitting=True), params).fetchall()
+    found = fitting(link, c, params, False)
     return replace(facts, question_id=question_id, history=tuple(history(found)))
 
 
