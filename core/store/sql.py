@@ -7,7 +7,6 @@ import functools
 import inspect
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -55,6 +54,7 @@ from core.store.models import (
     UsageRow,
 )
 from core.store.retry import PATIENCE, retrying
+from core.store.thread import StoreThread
 from core.store.turns import conversation_params as _conversation
 from core.store.turns import event_params as _event
 from core.store.turns import history as _history
@@ -287,9 +287,7 @@ class SqlStore:
         self._dialect = engine.dialect.name
         self._statements = prepared.Dialect(self._dialect)
         self._local = _local_engine(engine)
-        self._thread = (
-            ThreadPoolExecutor(1, thread_name_prefix="parley-store") if self._local else None
-        )
+        self._thread = StoreThread() if self._local else None
         # Turns of a conversation run one at a time across workers under its lease; no
         # connection is held while the model answers.
         self.leases = Leases(engine, seconds=lease_seconds)
@@ -313,9 +311,8 @@ class SqlStore:
         await self.leases.close()
         if self._links is not None:
             await self._links.close()
-        if self._thread is not None and self._local is not None:
-            await asyncio.get_running_loop().run_in_executor(self._thread, self._close_local)
-            self._thread.shutdown(wait=False)
+        if self._thread is not None:
+            await self._thread.close(self._close_local)
         await self.engine.dispose()
 
     def _close_local(self) -> None:
@@ -334,13 +331,9 @@ class SqlStore:
                 result = await conn.run_sync(work, *args)
                 await conn.commit()
                 return result
-        stop = threading.Event()
+        stop = threading.Event()  # set if cancelled: rolled back, unless committing already
         call = partial(_transaction, cast(Engine, self._local), stop, work, args)
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._thread, call)
-        except asyncio.CancelledError:
-            stop.set()  # rolled back, unless it was committing already
-            raise
+        return await self._thread.call(stop, call)
 
     async def _hot(self, work: Callable[..., T], *args: Any, single: bool = False) -> T:
         """``work(link, compiled statements, *args)`` (``core.store.turns``) on SQLite: on the
@@ -348,13 +341,9 @@ class SqlStore:
         statements that commit themselves; over the async engine for an in-memory database."""
         if self._link is None:
             return await self._run(_over_alchemy, work, self._texts, *args, single=single)
-        stop = threading.Event()
+        stop = threading.Event()  # set if cancelled: rolled back, unless committing already
         call = partial(self._link.transaction, stop, work, (self._texts, *args), single)
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._thread, call)
-        except asyncio.CancelledError:
-            stop.set()  # rolled back, unless it was committing already
-            raise
+        return await cast(StoreThread, self._thread).call(stop, call)
 
     async def _execute(self, stmt: Any) -> int:
         """One statement in its own transaction; its row count."""
