@@ -18,14 +18,16 @@ import sqlite3
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
+from operator import itemgetter
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.dialects.postgresql import asyncpg as _asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from core.store.models import storable
+from core.store.models import storable, unstorable
 
 T = TypeVar("T")
 
@@ -89,17 +91,36 @@ class Sql:
     text: str
     names: tuple[str, ...]
     fixed: dict[str, Any]
+    _values: Callable[[dict[str, Any]], tuple[Any, ...]] = field(
+        init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        names = self.names
+        get: Callable[[dict[str, Any]], Any]
+        if not names:
+            get = _no_values
+        elif len(names) == 1:
+            get = partial(_one_value, names[0])
+        else:
+            get = itemgetter(*names)
+        object.__setattr__(self, "_values", get)
 
     def args(self, params: dict[str, Any]) -> tuple[Any, ...]:
         """The positional values for ``params`` (text made storable, as the columns do)."""
-        fixed = self.fixed
-        values = []
-        for name in self.names:
-            value = params[name] if name in params else fixed[name]
-            if value.__class__ is str:
-                value = storable(value)
-            values.append(value)
-        return tuple(values)
+        values = self._values({**self.fixed, **params} if self.fixed else params)
+        for value in values:
+            if value.__class__ is str and unstorable(value):
+                return tuple(storable(v) if v.__class__ is str else v for v in values)
+        return values
+
+
+def _no_values(_params: dict[str, Any]) -> tuple[Any, ...]:
+    return ()
+
+
+def _one_value(name: str, params: dict[str, Any]) -> tuple[Any, ...]:
+    return (params[name],)
 
 
 _DIALECTS = {"sqlite": sqlite.dialect(), "postgresql": _asyncpg.dialect()}  # type: ignore[no-untyped-call]

@@ -36,6 +36,10 @@ BigId = BigInteger().with_variant(Integer(), "sqlite")
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
+# Finds what ``storable`` changes in a text (None: the text is stored as it is).
+unstorable = _UNSTORABLE.search
+
+
 def storable(value: str) -> str:
     """``value`` as every database can store it: NUL dropped, lone surrogates replaced."""
     if not _UNSTORABLE.search(value):
