@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -54,7 +53,7 @@ from core.store.models import (
     UsageRow,
 )
 from core.store.retry import PATIENCE, retrying
-from core.store.thread import StoreThread
+from core.store.thread import Stop, StoreThread
 from core.store.turns import conversation_params as _conversation
 from core.store.turns import event_params as _event
 from core.store.turns import history as _history
@@ -124,9 +123,7 @@ def _local_engine(engine: AsyncEngine) -> Engine | None:
 T = TypeVar("T")
 
 
-def _transaction(
-    engine: Engine, stop: threading.Event, work: Callable[..., T], args: tuple[Any, ...]
-) -> T:
+def _transaction(engine: Engine, stop: Stop, work: Callable[..., T], args: tuple[Any, ...]) -> T:
     """``work(connection, *args)`` in one transaction, in the store's thread; rolled back
     if its caller stopped waiting for it (cancelled) before it could commit."""
     with engine.connect() as conn:
@@ -331,7 +328,7 @@ class SqlStore:
                 result = await conn.run_sync(work, *args)
                 await conn.commit()
                 return result
-        stop = threading.Event()  # set if cancelled: rolled back, unless committing already
+        stop = Stop()  # set if cancelled: rolled back, unless committing already
         call = partial(_transaction, cast(Engine, self._local), stop, work, args)
         return await self._thread.call(stop, call)
 
@@ -341,7 +338,7 @@ class SqlStore:
         statements that commit themselves; over the async engine for an in-memory database."""
         if self._link is None:
             return await self._run(_over_alchemy, work, self._texts, *args, single=single)
-        stop = threading.Event()  # set if cancelled: rolled back, unless committing already
+        stop = Stop()  # set if cancelled: rolled back, unless committing already
         call = partial(self._link.transaction, stop, work, (self._texts, *args), single)
         return await cast(StoreThread, self._thread).call(stop, call)
 

@@ -18,6 +18,22 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+class Stop:
+    """Set when a call's caller stops waiting for it (``threading.Event``'s ``set`` and
+    ``is_set``, without its lock and condition: one is made per store call)."""
+
+    __slots__ = ("_set",)
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+
 class _Inbox:
     """Results of calls made from one event loop, handed to it in one wake-up."""
 
@@ -61,7 +77,7 @@ class StoreThread:
         self._inbox: _Inbox | None = None
         self._closed = False
 
-    async def call(self, stop: threading.Event, work: Callable[[], T]) -> T:
+    async def call(self, stop: Stop, work: Callable[[], T]) -> T:
         """``work()`` on the store's thread. If the caller stops waiting (cancelled),
         ``stop`` is set: a call not yet begun is skipped, one under way sees it."""
         if self._closed:
@@ -101,7 +117,7 @@ class StoreThread:
         if self._closed:
             return
         try:
-            await self.call(threading.Event(), last)
+            await self.call(Stop(), last)
         finally:
             self._closed = True
             self._jobs.put(None)
