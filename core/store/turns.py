@@ -118,10 +118,6 @@ def count(link: Link, _c: Compiled, sql: Any, params: dict[str, Any]) -> int:
     return int(link.execute(sql, params).rowcount or 0)
 
 
-def rows(link: Link, _c: Compiled, sql: Any, params: dict[str, Any]) -> list[Any]:
-    return list(link.execute(sql, params).fetchall())
-
-
 def fitting(link: Link, c: Compiled, params: dict[str, Any], through: bool) -> list[Any]:
     """The history read (``recent``'s parameters): turns newest first, stepped through one
     by one; with ``r_tokens``, only those whose running token sum fits it and the first that
