@@ -593,15 +593,6 @@ class ConversationService:
             shown += f"\n\n{sentences.CUT_OFF}"
         return completion, shown, usage
 
-    async def _deltas(self, request: ChatRequest, into: _Streamed) -> AsyncIterator[ReplyEvent]:
-        """Stream ``request``: text deltas out (none in JSON mode), the Completion ``into``."""
-        async for item in self._model_stream(request):
-            if isinstance(item, Completion):
-                into.completion = item
-            elif not request.json_mode:
-                into.deltas += 1
-                yield TextDelta(item)
-
     async def _valid_json(
         self, request: ChatRequest, completion: Completion
     ) -> tuple[Completion, str, list[Completion]]:
@@ -636,18 +627,24 @@ class ConversationService:
         return completion, f"```json\n{pretty}\n```", []
 
     async def _complete(self, request: ChatRequest) -> Completion:
-        async for item in self._model_stream(request):
-            if isinstance(item, Completion):
-                return item
-        raise RuntimeError("ChatModel.stream ended without a Completion")
+        streamed = _Streamed()
+        async for _ in self._deltas(request, streamed, shown=False):
+            pass
+        if streamed.completion is None:
+            raise RuntimeError("ChatModel.stream ended without a Completion")
+        return streamed.completion
 
-    async def _model_stream(self, request: ChatRequest) -> AsyncIterator[str | Completion]:
-        """The model's stream under the core's deadlines: its first item within
-        ``parley_first_token_timeout``, all of it within ``parley_answer_timeout``.
+    async def _deltas(
+        self, request: ChatRequest, into: _Streamed, *, shown: bool = True
+    ) -> AsyncIterator[ReplyEvent]:
+        """Stream ``request`` under the core's deadlines: its text out as deltas (unless not
+        ``shown``, or in JSON mode), its Completion ``into``. The first item is due within
+        ``parley_first_token_timeout``, all of them within ``parley_answer_timeout``.
 
-        Only the waits for the model count, never the caller's work between items.
-        """
+        Only the waits for the model count, never the caller's work between items. One
+        generator between the model and the answer: each of its items passes through all."""
         first, whole = self.settings.parley_first_token_timeout, self.settings.parley_answer_timeout
+        shown = shown and not request.json_mode
         deadline = WaitDeadline(min(first, whole))
         started = False
         items = self.llm.stream(request)
@@ -669,7 +666,11 @@ class ConversationService:
                     raise ModelTimeout(sentence, detail="deadline passed") from None
                 if not started:
                     started, deadline.limit = True, whole
-                yield item
+                if isinstance(item, Completion):
+                    into.completion = item
+                elif shown:
+                    into.deltas += 1
+                    yield TextDelta(item)
         finally:
             deadline.close()
             close = getattr(items, "aclose", None)
