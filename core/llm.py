@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 import httpx2
+import jiter
 import openai
 
 from core import sentences
@@ -186,7 +187,7 @@ class _Answer:
                 if event.startswith(_DONE):
                     self.done = True
                     break
-                chunk = json.loads(event)
+                chunk = _json(event)
                 if isinstance(chunk, dict) and chunk.get("error"):
                     raise _in_stream_error(chunk["error"], response)
                 added += self.add(chunk)
@@ -251,6 +252,16 @@ class _Answer:
             self.input_tokens,
             self.output_tokens,
         )
+
+
+def _json(event: bytes) -> object:
+    """The JSON of one event. jiter reads a chunk in a quarter of the time json takes; what
+    it refuses goes to json, which reads a little more (a lone surrogate in an escape, a
+    byte order mark) or raises the ValueError for a broken chunk."""
+    try:
+        return jiter.from_json(event, cache_mode="keys")
+    except ValueError:
+        return json.loads(event)
 
 
 async def _drain(chunks: AsyncIterator[bytes]) -> None:
