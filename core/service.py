@@ -325,18 +325,7 @@ class ConversationService:
         if inbound.sent_at is None:  # ordered by when it reached the core, then
             inbound = replace(inbound, sent_at=datetime.now(UTC))
         try:
-            if (
-                inbound.event_id
-                and not resumed
-                and not await self.claim_event(
-                    inbound.key.platform,
-                    inbound.event_id,
-                    settled=False,
-                    request=recovery.request_of(inbound),
-                    conversation=str(inbound.key),
-                    sent_at=inbound.sent_at,
-                )
-            ):
+            if not await self._claimed(inbound, resumed):
                 log.info("dropping redelivered event %s on %s", inbound.event_id, inbound.key)
                 return
         except Exception:
@@ -344,13 +333,54 @@ class ConversationService:
             yield UserError(GENERIC_ERROR, "internal")
             return
         answered = False
-        try:
-            async for event in self._accepted(inbound, slot or nullcontext()):
-                answered = answered or isinstance(event, FinalText)
-                yield event
+        try:  # taken on: from here on, an event that gets no answer is settled as failed
+            refused = await self._over_rate(inbound)
+            if refused is not None:
+                yield refused
+                return
+            yield Accepted()
+            try:
+                async with self.exclusive(inbound.key, inbound.sent_at), slot or nullcontext():
+                    async for event in self._answer(inbound):
+                        answered = answered or isinstance(event, FinalText)
+                        yield event
+            except ClaimLost:
+                log.warning(
+                    "answer in %s was taken over by another worker; giving it up", inbound.key
+                )
+                yield Withdrawn()
+            except UserFacingError as exc:
+                log.info("answer in %s ended: %s (%s)", inbound.key, exc.code, exc.detail or "")
+                yield UserError(exc.user_message, exc.code)
+            except Exception:
+                log.exception("answer in %s failed", inbound.key)
+                yield UserError(GENERIC_ERROR, "internal")
         finally:
             if inbound.event_id and not answered:
                 await self._settle_failed(inbound)
+
+    async def _claimed(self, inbound: Inbound, resumed: bool) -> bool:
+        """Whether this worker answers ``inbound``: False for an event claimed before (a
+        redelivery), True without an event id or when ``resumed``."""
+        if not inbound.event_id or resumed:
+            return True
+        return await self.claim_event(
+            inbound.key.platform,
+            inbound.event_id,
+            settled=False,
+            request=recovery.request_of(inbound),
+            conversation=str(inbound.key),
+            sent_at=inbound.sent_at,
+        )
+
+    async def _over_rate(self, inbound: Inbound) -> UserError | None:
+        """What a person over their message rate is told, or None (the message is counted)."""
+        if self.rate is None:
+            return None
+        wait = await self.rate.check(inbound.key.platform, inbound.author.id)
+        if wait <= 0:
+            return None
+        return UserError(sentences.user_rate_limited(self.rate.limit, wait), "user_rate_limited")
 
     def journal(self, inbound: Inbound) -> recovery.Journal | None:
         """Where ``deliver`` keeps what the answer to ``inbound`` shows (claimed messages)."""
@@ -383,31 +413,6 @@ class ConversationService:
             )
         except Exception:
             log.warning("recording the end of event %s failed", inbound.event_id, exc_info=True)
-
-    async def _accepted(
-        self, inbound: Inbound, slot: AbstractAsyncContextManager[Any]
-    ) -> AsyncIterator[ReplyEvent]:
-        if self.rate is not None:
-            wait = await self.rate.check(inbound.key.platform, inbound.author.id)
-            if wait > 0:
-                yield UserError(
-                    sentences.user_rate_limited(self.rate.limit, wait), "user_rate_limited"
-                )
-                return
-        yield Accepted()
-        try:
-            async with self.exclusive(inbound.key, inbound.sent_at), slot:
-                async for event in self._answer(inbound):
-                    yield event
-        except ClaimLost:
-            log.warning("answer in %s was taken over by another worker; giving it up", inbound.key)
-            yield Withdrawn()
-        except UserFacingError as exc:
-            log.info("answer in %s ended: %s (%s)", inbound.key, exc.code, exc.detail or "")
-            yield UserError(exc.user_message, exc.code)
-        except Exception:
-            log.exception("answer in %s failed", inbound.key)
-            yield UserError(GENERIC_ERROR, "internal")
 
     def _user_content(
         self, inbound: Inbound, model: str
