@@ -154,6 +154,9 @@ class _Turn:
         self.user = PromptMessage("user", "")
         self.user_tokens = 0
         self.budget = 0
+        self.state = ConversationState(0, "", 0, 0)
+        self.question_id = 0
+        self.first_page: Sequence[StoredMessage] | None = None
 
     def plan(self, facts: TurnFacts) -> TurnPlan:
         service, inbound = self.service, self.inbound
@@ -184,6 +187,30 @@ class _Turn:
             event=(key.platform, inbound.event_id) if inbound.event_id else None,
         )
         return TurnPlan(question, room, page_rows(room))
+
+    def opened(self, facts: TurnFacts) -> int:
+        """Take in what ``Store.open_turn`` stored and read; returns the question's id."""
+        assert facts.question_id is not None, "open_turn stored no question"
+        self.state, self.question_id = facts.state, facts.question_id
+        self.first_page = facts.history
+        return facts.question_id
+
+    async def assemble(self, current: ConversationState, budget: int) -> Context:
+        """The turn's context from ``current`` within ``budget`` (an ``Assemble``)."""
+        page, self.first_page = self.first_page, None  # read with the question; later anew
+        if current != self.state or budget != self.budget:
+            page = None
+        return await build_context(
+            self.service.store,
+            current,
+            system_prompt=self.system_prompt,
+            user=self.user,
+            user_tokens=self.user_tokens,
+            user_turn_id=self.question_id,
+            budget=budget,
+            speaker_name=self.inbound.author.name,
+            first_page=page,
+        )
 
 
 class ConversationLocks:
@@ -444,51 +471,56 @@ class ConversationService:
             raise OverBudget(sentences.over_budget(spent.cost_usd, limit))
 
     async def _answer(self, inbound: Inbound) -> AsyncIterator[ReplyEvent]:
-        key = inbound.key
-        limit = self.settings.parley_user_budget_usd
+        """Store the question, stream the answer, store it with its usage.
+
+        One generator from the question to the answer: every event and every wait of the
+        turn passes through each generator above the model."""
         turn = _Turn(self, inbound)
-        spender = inbound.author.id if limit is not None else None
+        spender = inbound.author.id if self.settings.parley_user_budget_usd is not None else None
         try:
-            facts = await self.store.open_turn(key, spender=spender, plan=turn.plan)
+            facts = await self.store.open_turn(inbound.key, spender=spender, plan=turn.plan)
         except UserFacingError:
             for note in turn.notes:  # e.g. "that file is not read", then why nothing is
                 yield Notice(note)
             raise
         for note in turn.notes:
             yield Notice(note)
-        assert facts.question_id is not None, "open_turn stored no question"
-        state, config, turn_id = facts.state, turn.config, facts.question_id
-        system_prompt, user_tokens, text = turn.system_prompt, turn.user_tokens, turn.user.text
-        user = turn.user
-        first_page: Sequence[StoredMessage] | None = facts.history
+        question_id = turn.opened(facts)
         if self.settings.parley_log_content:
-            log.info("user turn in %s: %s", key, text)
-
-        async def assemble(current: ConversationState, budget: int) -> Context:
-            nonlocal first_page  # read with the question; later assemblies read anew
-            page = first_page if current == state and budget == turn.budget else None
-            first_page = None
-            return await build_context(
-                self.store,
-                current,
-                system_prompt=system_prompt,
-                user=user,
-                user_tokens=user_tokens,
-                user_turn_id=turn_id,
-                budget=budget,
-                speaker_name=inbound.author.name,
-                first_page=page,
-            )
-
+            log.info("user turn in %s: %s", inbound.key, turn.user.text)
+        state, config = facts.state, turn.config
         try:
-            async for event in self._reply(inbound, state, config, assemble, turn_id):
+            state, context = await self._fitted(inbound, state, config, turn.assemble)
+            request = ChatRequest(
+                model=config.model,
+                messages=context.messages,
+                temperature=config.temperature,
+                max_output_tokens=self._output_tokens(config),
+                json_mode=config.json_mode,
+            )
+            streamed = _Streamed()
+            try:
+                async for event in self._deltas(request, streamed):
+                    yield event
+            except ContextTooLong as exc:
+                if streamed.deltas:
+                    raise
+                # Fold the history into the window the server revealed, and try once more.
+                self._learn_window(config.model, exc, context, request.max_output_tokens)
+                state, context = await self._fitted(inbound, state, config, turn.assemble)
+                output = self._output_tokens(config)
+                request = replace(request, messages=context.messages, max_output_tokens=output)
+                async for event in self._deltas(request, streamed):
+                    yield event
+            done = await self._finished(inbound, state.id, question_id, config, request, streamed)
+            for event in done:
                 yield event
         except (Exception, asyncio.CancelledError) as exc:
             # The question stays on record, but out of the context: the user will ask again.
             # An answer stopped before it was complete (the user interrupted it, or shutdown
             # cancelled it) is "cut": otherwise the next request would carry two user turns.
             cut = isinstance(exc, asyncio.CancelledError)
-            await self.store.set_message_status(turn_id, "cut" if cut else "failed")
+            await self.store.set_message_status(question_id, "cut" if cut else "failed")
             raise
 
     async def _fitted(
@@ -525,36 +557,16 @@ class ConversationService:
         limit = self._budget(config) // commands.MEMORY_BUDGET_SHARE
         return with_memory(system_prompt, memory, limit)
 
-    async def _reply(
+    async def _finished(
         self,
         inbound: Inbound,
-        state: ConversationState,
-        config: ChannelConfig,
-        assemble: Assemble,
+        conversation_id: int,
         question_id: int,
-    ) -> AsyncIterator[ReplyEvent]:
-        state, context = await self._fitted(inbound, state, config, assemble)
-        request = ChatRequest(
-            model=config.model,
-            messages=context.messages,
-            temperature=config.temperature,
-            max_output_tokens=self._output_tokens(config),
-            json_mode=config.json_mode,
-        )
-        streamed = _Streamed()
-        try:
-            async for event in self._deltas(request, streamed):
-                yield event
-        except ContextTooLong as exc:
-            if streamed.deltas:
-                raise
-            # Fold the history into the window the server revealed, and try once more.
-            self._learn_window(config.model, exc, context, request.max_output_tokens)
-            state, context = await self._fitted(inbound, state, config, assemble)
-            output = self._output_tokens(config)
-            request = replace(request, messages=context.messages, max_output_tokens=output)
-            async for event in self._deltas(request, streamed):
-                yield event
+        config: ChannelConfig,
+        request: ChatRequest,
+        streamed: _Streamed,
+    ) -> tuple[FinalText, UsageReport]:
+        """Store the streamed answer with its usage; the answer as shown, and its usage."""
         completion = streamed.completion
         assert completion is not None, "ChatModel.stream ended without a Completion"
         if completion.window:  # the server reports its window: use it from the next turn
@@ -565,7 +577,7 @@ class ConversationService:
         completion, shown, usage = await self._shown(inbound, config, request, completion)
         entries = self._priced(usage)
         await self.store.finish_turn(
-            state.id,
+            conversation_id,
             completion.text,
             count_message(completion.text),
             completion.model,
@@ -576,8 +588,7 @@ class ConversationService:
             question_id=question_id,
             event=(inbound.key.platform, inbound.event_id) if inbound.event_id else None,
         )
-        yield FinalText(shown, completion.model)
-        yield _usage_report(completion.model, entries)
+        return FinalText(shown, completion.model), _usage_report(completion.model, entries)
 
     async def _shown(
         self, inbound: Inbound, config: ChannelConfig, request: ChatRequest, completion: Completion
