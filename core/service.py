@@ -154,6 +154,9 @@ class _Turn:
         self.user = PromptMessage("user", "")
         self.user_tokens = 0
         self.budget = 0
+        self.state = ConversationState(0, "", 0, 0)
+        self.question_id = 0
+        self.first_page: Sequence[StoredMessage] | None = None
 
     def plan(self, facts: TurnFacts) -> TurnPlan:
         service, inbound = self.service, self.inbound
@@ -184,6 +187,30 @@ class _Turn:
             event=(key.platform, inbound.event_id) if inbound.event_id else None,
         )
         return TurnPlan(question, room, page_rows(room))
+
+    def opened(self, facts: TurnFacts) -> int:
+        """Take in what ``Store.open_turn`` stored and read; returns the question's id."""
+        assert facts.question_id is not None, "open_turn stored no question"
+        self.state, self.question_id = facts.state, facts.question_id
+        self.first_page = facts.history
+        return facts.question_id
+
+    async def assemble(self, current: ConversationState, budget: int) -> Context:
+        """The turn's context from ``current`` within ``budget`` (an ``Assemble``)."""
+        page, self.first_page = self.first_page, None  # read with the question; later anew
+        if current != self.state or budget != self.budget:
+            page = None
+        return await build_context(
+            self.service.store,
+            current,
+            system_prompt=self.system_prompt,
+            user=self.user,
+            user_tokens=self.user_tokens,
+            user_turn_id=self.question_id,
+            budget=budget,
+            speaker_name=self.inbound.author.name,
+            first_page=page,
+        )
 
 
 class ConversationLocks:
@@ -325,18 +352,7 @@ class ConversationService:
         if inbound.sent_at is None:  # ordered by when it reached the core, then
             inbound = replace(inbound, sent_at=datetime.now(UTC))
         try:
-            if (
-                inbound.event_id
-                and not resumed
-                and not await self.claim_event(
-                    inbound.key.platform,
-                    inbound.event_id,
-                    settled=False,
-                    request=recovery.request_of(inbound),
-                    conversation=str(inbound.key),
-                    sent_at=inbound.sent_at,
-                )
-            ):
+            if not await self._claimed(inbound, resumed):
                 log.info("dropping redelivered event %s on %s", inbound.event_id, inbound.key)
                 return
         except Exception:
@@ -344,13 +360,54 @@ class ConversationService:
             yield UserError(GENERIC_ERROR, "internal")
             return
         answered = False
-        try:
-            async for event in self._accepted(inbound, slot or nullcontext()):
-                answered = answered or isinstance(event, FinalText)
-                yield event
+        try:  # taken on: from here on, an event that gets no answer is settled as failed
+            refused = await self._over_rate(inbound)
+            if refused is not None:
+                yield refused
+                return
+            yield Accepted()
+            try:
+                async with self.exclusive(inbound.key, inbound.sent_at), slot or nullcontext():
+                    async for event in self._answer(inbound):
+                        answered = answered or isinstance(event, FinalText)
+                        yield event
+            except ClaimLost:
+                log.warning(
+                    "answer in %s was taken over by another worker; giving it up", inbound.key
+                )
+                yield Withdrawn()
+            except UserFacingError as exc:
+                log.info("answer in %s ended: %s (%s)", inbound.key, exc.code, exc.detail or "")
+                yield UserError(exc.user_message, exc.code)
+            except Exception:
+                log.exception("answer in %s failed", inbound.key)
+                yield UserError(GENERIC_ERROR, "internal")
         finally:
             if inbound.event_id and not answered:
                 await self._settle_failed(inbound)
+
+    async def _claimed(self, inbound: Inbound, resumed: bool) -> bool:
+        """Whether this worker answers ``inbound``: False for an event claimed before (a
+        redelivery), True without an event id or when ``resumed``."""
+        if not inbound.event_id or resumed:
+            return True
+        return await self.claim_event(
+            inbound.key.platform,
+            inbound.event_id,
+            settled=False,
+            request=recovery.request_of(inbound),
+            conversation=str(inbound.key),
+            sent_at=inbound.sent_at,
+        )
+
+    async def _over_rate(self, inbound: Inbound) -> UserError | None:
+        """What a person over their message rate is told, or None (the message is counted)."""
+        if self.rate is None:
+            return None
+        wait = await self.rate.check(inbound.key.platform, inbound.author.id)
+        if wait <= 0:
+            return None
+        return UserError(sentences.user_rate_limited(self.rate.limit, wait), "user_rate_limited")
 
     def journal(self, inbound: Inbound) -> recovery.Journal | None:
         """Where ``deliver`` keeps what the answer to ``inbound`` shows (claimed messages)."""
@@ -384,31 +441,6 @@ class ConversationService:
         except Exception:
             log.warning("recording the end of event %s failed", inbound.event_id, exc_info=True)
 
-    async def _accepted(
-        self, inbound: Inbound, slot: AbstractAsyncContextManager[Any]
-    ) -> AsyncIterator[ReplyEvent]:
-        if self.rate is not None:
-            wait = await self.rate.check(inbound.key.platform, inbound.author.id)
-            if wait > 0:
-                yield UserError(
-                    sentences.user_rate_limited(self.rate.limit, wait), "user_rate_limited"
-                )
-                return
-        yield Accepted()
-        try:
-            async with self.exclusive(inbound.key, inbound.sent_at), slot:
-                async for event in self._answer(inbound):
-                    yield event
-        except ClaimLost:
-            log.warning("answer in %s was taken over by another worker; giving it up", inbound.key)
-            yield Withdrawn()
-        except UserFacingError as exc:
-            log.info("answer in %s ended: %s (%s)", inbound.key, exc.code, exc.detail or "")
-            yield UserError(exc.user_message, exc.code)
-        except Exception:
-            log.exception("answer in %s failed", inbound.key)
-            yield UserError(GENERIC_ERROR, "internal")
-
     def _user_content(
         self, inbound: Inbound, model: str
     ) -> tuple[str, tuple[ImageInput, ...], list[str]]:
@@ -439,51 +471,56 @@ class ConversationService:
             raise OverBudget(sentences.over_budget(spent.cost_usd, limit))
 
     async def _answer(self, inbound: Inbound) -> AsyncIterator[ReplyEvent]:
-        key = inbound.key
-        limit = self.settings.parley_user_budget_usd
+        """Store the question, stream the answer, store it with its usage.
+
+        One generator from the question to the answer: every event and every wait of the
+        turn passes through each generator above the model."""
         turn = _Turn(self, inbound)
-        spender = inbound.author.id if limit is not None else None
+        spender = inbound.author.id if self.settings.parley_user_budget_usd is not None else None
         try:
-            facts = await self.store.open_turn(key, spender=spender, plan=turn.plan)
+            facts = await self.store.open_turn(inbound.key, spender=spender, plan=turn.plan)
         except UserFacingError:
             for note in turn.notes:  # e.g. "that file is not read", then why nothing is
                 yield Notice(note)
             raise
         for note in turn.notes:
             yield Notice(note)
-        assert facts.question_id is not None, "open_turn stored no question"
-        state, config, turn_id = facts.state, turn.config, facts.question_id
-        system_prompt, user_tokens, text = turn.system_prompt, turn.user_tokens, turn.user.text
-        user = turn.user
-        first_page: Sequence[StoredMessage] | None = facts.history
+        question_id = turn.opened(facts)
         if self.settings.parley_log_content:
-            log.info("user turn in %s: %s", key, text)
-
-        async def assemble(current: ConversationState, budget: int) -> Context:
-            nonlocal first_page  # read with the question; later assemblies read anew
-            page = first_page if current == state and budget == turn.budget else None
-            first_page = None
-            return await build_context(
-                self.store,
-                current,
-                system_prompt=system_prompt,
-                user=user,
-                user_tokens=user_tokens,
-                user_turn_id=turn_id,
-                budget=budget,
-                speaker_name=inbound.author.name,
-                first_page=page,
-            )
-
+            log.info("user turn in %s: %s", inbound.key, turn.user.text)
+        state, config = facts.state, turn.config
         try:
-            async for event in self._reply(inbound, state, config, assemble, turn_id):
+            state, context = await self._fitted(inbound, state, config, turn.assemble)
+            request = ChatRequest(
+                model=config.model,
+                messages=context.messages,
+                temperature=config.temperature,
+                max_output_tokens=self._output_tokens(config),
+                json_mode=config.json_mode,
+            )
+            streamed = _Streamed()
+            try:
+                async for event in self._deltas(request, streamed):
+                    yield event
+            except ContextTooLong as exc:
+                if streamed.deltas:
+                    raise
+                # Fold the history into the window the server revealed, and try once more.
+                self._learn_window(config.model, exc, context, request.max_output_tokens)
+                state, context = await self._fitted(inbound, state, config, turn.assemble)
+                output = self._output_tokens(config)
+                request = replace(request, messages=context.messages, max_output_tokens=output)
+                async for event in self._deltas(request, streamed):
+                    yield event
+            done = await self._finished(inbound, state.id, question_id, config, request, streamed)
+            for event in done:
                 yield event
         except (Exception, asyncio.CancelledError) as exc:
             # The question stays on record, but out of the context: the user will ask again.
             # An answer stopped before it was complete (the user interrupted it, or shutdown
             # cancelled it) is "cut": otherwise the next request would carry two user turns.
             cut = isinstance(exc, asyncio.CancelledError)
-            await self.store.set_message_status(turn_id, "cut" if cut else "failed")
+            await self.store.set_message_status(question_id, "cut" if cut else "failed")
             raise
 
     async def _fitted(
@@ -520,36 +557,16 @@ class ConversationService:
         limit = self._budget(config) // commands.MEMORY_BUDGET_SHARE
         return with_memory(system_prompt, memory, limit)
 
-    async def _reply(
+    async def _finished(
         self,
         inbound: Inbound,
-        state: ConversationState,
-        config: ChannelConfig,
-        assemble: Assemble,
+        conversation_id: int,
         question_id: int,
-    ) -> AsyncIterator[ReplyEvent]:
-        state, context = await self._fitted(inbound, state, config, assemble)
-        request = ChatRequest(
-            model=config.model,
-            messages=context.messages,
-            temperature=config.temperature,
-            max_output_tokens=self._output_tokens(config),
-            json_mode=config.json_mode,
-        )
-        streamed = _Streamed()
-        try:
-            async for event in self._deltas(request, streamed):
-                yield event
-        except ContextTooLong as exc:
-            if streamed.deltas:
-                raise
-            # Fold the history into the window the server revealed, and try once more.
-            self._learn_window(config.model, exc, context, request.max_output_tokens)
-            state, context = await self._fitted(inbound, state, config, assemble)
-            output = self._output_tokens(config)
-            request = replace(request, messages=context.messages, max_output_tokens=output)
-            async for event in self._deltas(request, streamed):
-                yield event
+        config: ChannelConfig,
+        request: ChatRequest,
+        streamed: _Streamed,
+    ) -> tuple[FinalText, UsageReport]:
+        """Store the streamed answer with its usage; the answer as shown, and its usage."""
         completion = streamed.completion
         assert completion is not None, "ChatModel.stream ended without a Completion"
         if completion.window:  # the server reports its window: use it from the next turn
@@ -560,7 +577,7 @@ class ConversationService:
         completion, shown, usage = await self._shown(inbound, config, request, completion)
         entries = self._priced(usage)
         await self.store.finish_turn(
-            state.id,
+            conversation_id,
             completion.text,
             count_message(completion.text),
             completion.model,
@@ -571,8 +588,7 @@ class ConversationService:
             question_id=question_id,
             event=(inbound.key.platform, inbound.event_id) if inbound.event_id else None,
         )
-        yield FinalText(shown, completion.model)
-        yield _usage_report(completion.model, entries)
+        return FinalText(shown, completion.model), _usage_report(completion.model, entries)
 
     async def _shown(
         self, inbound: Inbound, config: ChannelConfig, request: ChatRequest, completion: Completion
@@ -592,15 +608,6 @@ class ConversationService:
         if completion.finish_reason == "length":
             shown += f"\n\n{sentences.CUT_OFF}"
         return completion, shown, usage
-
-    async def _deltas(self, request: ChatRequest, into: _Streamed) -> AsyncIterator[ReplyEvent]:
-        """Stream ``request``: text deltas out (none in JSON mode), the Completion ``into``."""
-        async for item in self._model_stream(request):
-            if isinstance(item, Completion):
-                into.completion = item
-            elif not request.json_mode:
-                into.deltas += 1
-                yield TextDelta(item)
 
     async def _valid_json(
         self, request: ChatRequest, completion: Completion
@@ -636,18 +643,24 @@ class ConversationService:
         return completion, f"```json\n{pretty}\n```", []
 
     async def _complete(self, request: ChatRequest) -> Completion:
-        async for item in self._model_stream(request):
-            if isinstance(item, Completion):
-                return item
-        raise RuntimeError("ChatModel.stream ended without a Completion")
+        streamed = _Streamed()
+        async for _ in self._deltas(request, streamed, shown=False):
+            pass
+        if streamed.completion is None:
+            raise RuntimeError("ChatModel.stream ended without a Completion")
+        return streamed.completion
 
-    async def _model_stream(self, request: ChatRequest) -> AsyncIterator[str | Completion]:
-        """The model's stream under the core's deadlines: its first item within
-        ``parley_first_token_timeout``, all of it within ``parley_answer_timeout``.
+    async def _deltas(
+        self, request: ChatRequest, into: _Streamed, *, shown: bool = True
+    ) -> AsyncIterator[ReplyEvent]:
+        """Stream ``request`` under the core's deadlines: its text out as deltas (unless not
+        ``shown``, or in JSON mode), its Completion ``into``. The first item is due within
+        ``parley_first_token_timeout``, all of them within ``parley_answer_timeout``.
 
-        Only the waits for the model count, never the caller's work between items.
-        """
+        Only the waits for the model count, never the caller's work between items. One
+        generator between the model and the answer: each of its items passes through all."""
         first, whole = self.settings.parley_first_token_timeout, self.settings.parley_answer_timeout
+        shown = shown and not request.json_mode
         deadline = WaitDeadline(min(first, whole))
         started = False
         items = self.llm.stream(request)
@@ -669,7 +682,11 @@ class ConversationService:
                     raise ModelTimeout(sentence, detail="deadline passed") from None
                 if not started:
                     started, deadline.limit = True, whole
-                yield item
+                if isinstance(item, Completion):
+                    into.completion = item
+                elif shown:
+                    into.deltas += 1
+                    yield TextDelta(item)
         finally:
             deadline.close()
             close = getattr(items, "aclose", None)

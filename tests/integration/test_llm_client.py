@@ -112,6 +112,7 @@ def logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]
 
 
 async def test_deltas_make_up_the_completion(chat: OpenAIChat, server: StandinServer) -> None:
+    server.latency = 0.02  # the chunks arrive apart, as a model writes them
     deltas, done = await collect(chat, request())
     assert len(deltas) > 1
     assert "".join(deltas) == done.text

@@ -251,11 +251,26 @@ async def test_a_stream_is_read_however_its_events_are_framed(transport: str) ->
         finally:
             await chat.close()
     done = deltas.pop()
-    assert deltas == ["Hel", "lo ", "w\u00f6rld"]
+    # the events one read completes come in one piece: "Hel" and "lo " arrive together
+    assert deltas[0].startswith("Hello ") and "".join(deltas) == "Hello w\u00f6rld"
     assert isinstance(done, Completion)
     assert done.text == "Hello w\u00f6rld" and done.finish_reason == "stop"
     assert (done.input_tokens, done.output_tokens, done.estimated) == (7, 3, False)
     assert done.model == "raw-model"
+
+
+async def test_an_emoji_escaped_in_two_chunks_is_read_as_it_was_sent() -> None:
+    # a server that escapes non-ASCII may cut a surrogate pair between two chunks
+    halves = [json.dumps(event({"content": half})) for half in ("caf\u00e9 \ud83d", "\ude00")]
+    assert "\\ud83d" in halves[0], "sent escaped"
+    pieces = [opened(""), *(f"data: {half}\n\n".encode() for half in halves), *answered("")[1:]]
+    async with raw_server(pieces) as url:
+        chat = chat_on(url)
+        try:
+            done = await complete(chat, request())
+        finally:
+            await chat.close()
+    assert done.text == "caf\u00e9 \ud83d\ude00"
 
 
 def answered(text: str) -> list[bytes]:

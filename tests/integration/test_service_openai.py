@@ -55,6 +55,7 @@ async def ask(parley, text, key=DEFAULT_KEY, user="u1"):
 
 
 async def test_streamed_answer_usage_and_ledger(parley, standin):
+    standin.latency = 0.02  # the chunks arrive apart, as a model writes them
     events = await ask(parley, "What is Parley?")
     deltas = [e.text for e in events if isinstance(e, TextDelta)]
     final = next(e for e in events if isinstance(e, FinalText))

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import socket
 
 import pytest
 
-from bots.bootstrap import build
+from bots.bootstrap import GC_YOUNG_THRESHOLD, build
 from core.messages import Author, ConversationKey, FinalText, Inbound
 from core.settings import Settings
 from core.store import schema
@@ -79,3 +80,19 @@ async def test_close_stops_the_stand_in_and_the_store_build_opened(tmp_path):
     await parley.close()
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+async def test_build_collects_cycles_less_often_and_never_more_often(tmp_path):
+    before = gc.get_threshold()
+    store, model = ClosingStore(), ScriptedModel(reply=lambda request: "from the fake")
+    try:
+        gc.set_threshold(700, *before[1:])
+        parley = await build(offline_settings(tmp_path), store=store, llm=model)
+        await parley.close()
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *before[1:])
+        gc.set_threshold(GC_YOUNG_THRESHOLD * 2, *before[1:])
+        parley = await build(offline_settings(tmp_path), store=store, llm=model)
+        await parley.close()
+        assert gc.get_threshold()[0] == GC_YOUNG_THRESHOLD * 2
+    finally:
+        gc.set_threshold(*before)
