@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import gc
+import platform
 import socket
 
 import pytest
 
-from bots.bootstrap import GC_YOUNG_THRESHOLD, build
+from bots.bootstrap import GC_YOUNG_THRESHOLD, build, fewer_malloc_arenas
 from core.messages import Author, ConversationKey, FinalText, Inbound
 from core.settings import Settings
 from core.store import schema
@@ -96,3 +97,10 @@ async def test_build_collects_cycles_less_often_and_never_more_often(tmp_path):
         assert gc.get_threshold()[0] == GC_YOUNG_THRESHOLD * 2
     finally:
         gc.set_threshold(*before)
+
+
+@pytest.mark.skipif(
+    platform.libc_ver()[0] != "glibc", reason="the arena limit is glibc's malloc setting"
+)
+def test_glibc_takes_the_malloc_arena_limit():
+    assert fewer_malloc_arenas()
