@@ -30,6 +30,7 @@ from sqlalchemy import update as _update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from core.store.driver import Sql, compile_sql
+from core.store.leases import lease_taking
 from core.store.models import (
     ChannelMemoryRow,
     ChannelSettingsRow,
@@ -204,7 +205,8 @@ MESSAGE_FIELDS = (
 
 
 def _add_message_if(mine: Any) -> Any:
-    """``ADD_MESSAGE`` only if ``mine`` has a row (the claim is still this worker's)."""
+    """``ADD_MESSAGE`` only if ``mine`` has a row (the claim is still this worker's, the
+    lease taken)."""
     columns = [column for column, _ in MESSAGE_FIELDS]
     values = [
         bindparam(name, type_=MessageRow.__table__.c[column].type)
@@ -463,7 +465,7 @@ def _recent(before: Any, *columns: Any) -> Any:
     )
 
 
-def _fitting(before: Any) -> Any:
+def _fitting(before: Any, numbered: bool = False) -> Any:
     """Of the turns ``_recent`` would read, those whose running token sum (newest first)
     fits ``r_tokens``, and the first that does not: the whole context read in one statement.
 
@@ -504,8 +506,10 @@ def _fitting(before: Any) -> Any:
         .where(walk.c.running <= bindparam("r_tokens"), walk.c.n < bindparam("r_limit"))
     )
     walk = walk.union_all(step)
+    # ``numbered``: each turn's place from the newest (1) on, as column ``n``.
+    number = (walk.c.n,) if numbered else ()
     return (
-        select(*TURN_COLUMNS)
+        select(*TURN_COLUMNS, *number)
         .join(walk, walk.c.id == MessageRow.id)
         .order_by(MessageRow.sent_at.desc(), MessageRow.id.desc())
     )
@@ -594,6 +598,53 @@ def ask_in_one(event: bool) -> Any:
     return stmt
 
 
+@lru_cache(maxsize=2)
+def ask_taking(event: bool) -> Any:
+    """PostgreSQL: ``ask_in_one`` with the conversation's lease taken by the same statement
+    (``Leases.try_take``'s parameters, ``EARLIER_WAITING``'s as ``unless``) and the turn's
+    facts (``turn_facts``' parameters) read as they are now: the question is stored only
+    once the lease is taken. Its rows: none if the lease was not taken; else the lease's
+    holder, its holder before the statement (NULL if none), the question's id (NULL if the
+    claim is no longer this worker's), the facts (with the newest turn only), a turn of the
+    history (NULL if none).
+
+    Every part reads the database as it was when the statement began: a lease taken the
+    moment another worker's statement gave it back (its holder before was that worker) may
+    not see what that statement stored, and the caller reads again."""
+    lease = lease_taking(EARLIER_WAITING).cte("lease")
+    mine = _mine_locked() if event else None
+    source = lease if mine is None else lease.join(mine, true())
+    question = _add_message_if(source).cte("question")
+    fit = _fitting(MessageRow.sent_at <= bindparam("r_sent_at"), numbered=True).subquery("fit")
+    facts = _turn_facts("postgresql").subquery("facts")
+    was = select(LeaseRow.holder).where(LeaseRow.name == bindparam("l_name")).scalar_subquery()
+    turn = (fit.c.id, fit.c.role, fit.c.content, fit.c.token_count, fit.c.author_name)
+    stmt = (
+        select(lease.c.holder, was, question.c.id, *facts.c, *turn)
+        .select_from(lease)
+        .outerjoin(question, true())
+        .outerjoin(fit, question.c.id.is_not(None))
+        .outerjoin(facts, or_(fit.c.n.is_(None), fit.c.n == 1))
+        .order_by(fit.c.sent_at.desc(), fit.c.id.desc())
+    )
+    if mine is not None:
+        told = (
+            _update(ProcessedEventRow)
+            .where(ProcessedEventRow.id.in_(select(mine.c.id).scalar_subquery()))
+            .values(question_id=select(question.c.id).scalar_subquery())
+        )
+        stmt = stmt.add_cte(mine, told.returning(ProcessedEventRow.id).cte("claim"))
+    return stmt
+
+
+# A question stored before its turn was planned anew: its text and tokens as planned now.
+QUESTION_FIXED = (
+    _update(MessageRow)
+    .where(MessageRow.id == bindparam("m_id"))
+    .values(content=bindparam("m_content"), token_count=bindparam("m_tokens"))
+)
+
+
 def recent_params(
     conversation_id: int, after_id: int, before_id: int, limit: int, tokens: int | None
 ) -> dict[str, Any]:
@@ -654,6 +705,8 @@ class Compiled:
             self.settle_shown_releasing = compile_sql(_settle_releasing(SETTLE_SHOWN), name)
             self.facts_select = statements.turn_facts
         self._ask: dict[bool, Sql] = {}
+        self._ask_taking: dict[bool, Sql] = {}
+        self.question_fixed = compile_sql(QUESTION_FIXED, name)
 
     def recent(self, *, through: bool, fitting: bool) -> Sql:
         return self._recent[through, fitting]
@@ -663,6 +716,13 @@ class Compiled:
         found = self._ask.get(event)
         if found is None:
             found = self._ask[event] = compile_sql(ask_in_one(event), self.name)
+        return found
+
+    def ask_taking(self, event: bool) -> Sql:
+        """``ask_taking`` (PostgreSQL)."""
+        found = self._ask_taking.get(event)
+        if found is None:
+            found = self._ask_taking[event] = compile_sql(ask_taking(event), self.name)
         return found
 
     def finish(self, question: bool, event: bool, usage: int, release: bool = False) -> Sql:

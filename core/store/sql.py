@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar, cast
@@ -42,7 +44,7 @@ from core.ports import (
 )
 from core.store import prepared, turns
 from core.store.driver import AlchemyLink, PgLinks, SqliteLink
-from core.store.leases import LEASE_SECONDS, Leases, now_micros
+from core.store.leases import FIRST_WAIT, LEASE_SECONDS, LONGEST_WAIT, Leases, now_micros
 from core.store.models import (
     ChannelMemoryRow,
     ChannelSettingsRow,
@@ -63,6 +65,9 @@ from core.store.turns import micros
 # Claims a sweeper finishes when their holder is gone: still being answered, or answered and
 # stored but maybe not shown.
 RESUMABLE = ("received", "answering", "stored")
+# How many conversations' facts a worker keeps (PostgreSQL: a turn of one of them is planned
+# with them, its lease taken by the statement that stores its question).
+FACTS_KEPT = 4096
 
 
 def make_engine(url: str, *, log_parameters: bool = False, **kwargs: Any) -> AsyncEngine:
@@ -301,6 +306,13 @@ class SqlStore:
         # PostgreSQL, by lease name or conversation: a turn's facts read with its lease, and
         # the lease to give back with the turn's finish or its event's settling.
         self._ahead: dict[str, TurnFacts] = {}
+        # PostgreSQL: the facts of the last turns of a few thousand conversations (by lease
+        # name, with their channel), the newest last. A turn planned with them takes its lease
+        # in the statement that stores its question, which reads them again to check them.
+        self._known: OrderedDict[str, tuple[ChannelKey, TurnFacts]] = OrderedDict()
+        # Turns holding their lease's name in this worker, their lease not taken yet: the
+        # facts that plan them, and the waiting order's parameters (``EARLIER_WAITING``).
+        self._later: dict[str, tuple[TurnFacts, dict[str, Any]]] = {}
         self._leased: dict[int, str] = {}
         self._settling: dict[tuple[str, str], str] = {}
 
@@ -472,13 +484,78 @@ class SqlStore:
         if self._links is None:
             return await self._hot(turns.open_turn, key, spender, plan, holder)
         name = str(key)
-        known = self._ahead.pop(name, None)
-        facts = await turns.pg_open_turn(
-            self._links, self._texts, key, spender, plan, holder, known
-        )
-        if known is not None:  # its lease is given back when the turn ends
-            self._leased[facts.state.id] = name
+        later = self._later.get(name)
+        if later is not None and plan is not None:
+            facts = await self._take_and_ask(key, name, spender, plan, *later)
+        else:
+            if later is not None:  # no question: the lease is taken on its own
+                await self._take_later(name, later[1])
+            known = self._ahead.pop(name, None)
+            facts = await turns.pg_open_turn(
+                self._links, self._texts, key, spender, plan, holder, known
+            )
+            if known is not None or later is not None:  # given back when the turn ends
+                self._leased[facts.state.id] = name
+        self._keep(name, key.channel_key, facts)
         return facts
+
+    async def _take_and_ask(
+        self,
+        key: ConversationKey,
+        name: str,
+        spender: str | None,
+        planner: Planner,
+        known: TurnFacts,
+        waiting: dict[str, Any],
+    ) -> TurnFacts:
+        """PostgreSQL, the facts ``known``: the turn planned with them, its lease taken with
+        its question stored and the history before it read (one statement, tried again after
+        a wait while another worker holds the lease); the turn planned and read again if the
+        facts were no longer true."""
+        assert self._links is not None
+        facts = known
+        if spender is not None:
+            spent = await self._links.fetch(
+                self._texts.spent, {"s_platform": key.platform, "s_user": spender}
+            )
+            facts = replace(facts, spent_usd=float(spent[0][0] or 0.0))
+        plan = planner(facts)
+        params = turns.ask_params(facts, plan, self.leases.holder)
+        params.update(_conversation(key), **waiting)
+        sql = self._texts.ask_taking(plan.question.event is not None)
+        wait = FIRST_WAIT
+        while not (found := await self._links.fetch(sql, params | self.leases.taking_params(name))):
+            await asyncio.sleep(wait)
+            wait = min(LONGEST_WAIT, wait * 2)
+        self.leases.untaken.discard(name)
+        asked, again = turns.taken_and_asked(found, facts, plan)
+        self._leased[asked.state.id] = name  # given back when the turn ends
+        if again:
+            return await turns.pg_again(self._links, self._texts, key, planner, asked, plan)
+        return asked
+
+    async def _take_later(self, name: str, waiting: dict[str, Any]) -> None:
+        """The lease on ``name``, held here without being taken yet, taken (waiting while
+        another worker holds it)."""
+        unless = prepared.EARLIER_WAITING
+        wait = FIRST_WAIT
+        while not await self.leases.try_take(name, unless=unless, params=waiting, ours=True):
+            await asyncio.sleep(wait)
+            wait = min(LONGEST_WAIT, wait * 2)
+        self.leases.untaken.discard(name)
+
+    def _keep(self, name: str, channel: ChannelKey, facts: TurnFacts) -> None:
+        """Keep ``facts`` (without what only their turn needs) as the newest known."""
+        bare = replace(facts, spent_usd=None, question_id=None, history=())
+        self._known[name] = (channel, bare)
+        self._known.move_to_end(name)
+        if len(self._known) > FACTS_KEPT:
+            self._known.popitem(last=False)
+
+    def _drop_known(self, channel: ChannelKey) -> None:
+        """This worker changed ``channel``'s settings or memory: its facts are read anew."""
+        for name in [n for n, (c, _) in self._known.items() if c == channel]:
+            del self._known[name]
 
     async def finish_turn(
         self,
@@ -562,6 +639,10 @@ class SqlStore:
     async def set_summary(
         self, conversation_id: int, summary: str, summary_tokens: int, context_start: int
     ) -> None:
+        for name, (channel, facts) in list(self._known.items()):
+            if facts.state.id == conversation_id:
+                state = ConversationState(conversation_id, summary, summary_tokens, context_start)
+                self._known[name] = (channel, replace(facts, state=state))
         await self._execute(
             update(ConversationRow)
             .where(ConversationRow.id == conversation_id)
@@ -591,6 +672,15 @@ class SqlStore:
                 yield
             return
         waiting: dict[str, Any] = {"w_conversation": name, "w_sent_at": micros(sent_at)}
+        known = self._known.get(name) if key is not None else None
+        if known is not None:  # the lease is taken by the turn's first statement
+            async with self.leases.hold(name, later=True):
+                self._later[name] = (known[1], waiting)
+                try:
+                    yield
+                finally:
+                    self._forget(name)
+            return
         also = None
         if key is not None and self._links is not None:  # its turn's facts read with it
             waiting.update(_conversation(key))
@@ -608,12 +698,14 @@ class SqlStore:
     def _forget(self, name: str) -> None:
         """The lease on ``name`` ends: nothing read with it or to give it back with is kept."""
         self._ahead.pop(name, None)
+        self._later.pop(name, None)
         for conversation in [k for k, lease in self._leased.items() if lease == name]:
             del self._leased[conversation]
         for claimed in [k for k, lease in self._settling.items() if lease == name]:
             del self._settling[claimed]
 
     async def reset_conversation(self, key: ConversationKey) -> int:
+        self._known.pop(str(key), None)
         state = await self.conversation(key)
         return await self._run(_reset, state.id)
 
@@ -651,6 +743,7 @@ class SqlStore:
             )
             .on_conflict_do_update(index_elements=["platform", "workspace", "channel"], set_=values)
         )
+        self._drop_known(channel)
         await self._execute(stmt)
 
     async def record_usage(
@@ -700,12 +793,14 @@ class SqlStore:
             )
             .returning(ChannelMemoryRow.id)
         )
+        self._drop_known(channel)
         return int(await self._run(_scalar, stmt, single=True))
 
     async def remove_memory(self, channel: ChannelKey, fact_id: int) -> bool:
         stmt = delete(ChannelMemoryRow).where(
             ChannelMemoryRow.id == fact_id, *self._memory_where(channel)
         )
+        self._drop_known(channel)
         return bool(await self._execute(stmt))
 
     # --- feedback on answers --------------------------------------------------------------

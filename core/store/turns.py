@@ -244,6 +244,18 @@ async def _pg_ask(
 ) -> TurnFacts:
     """The question stored (its claim told, if any) and the history that fits before it read:
     one statement; with a claim no longer this worker's it stores nothing (``ClaimLost``)."""
+    question = plan.question
+    found = await links.fetch(c.ask(question.event is not None), ask_params(facts, plan, holder))
+    if not found and question.event is not None:
+        raise claim_lost(question.event)
+    turns = tuple(
+        StoredMessage(r[1], cast(Role, r[2]), r[3], r[4], r[5]) for r in found if r[1] is not None
+    )
+    return replace(facts, question_id=int(found[0][0]), history=turns)
+
+
+def ask_params(facts: TurnFacts, plan: TurnPlan, holder: str) -> dict[str, Any]:
+    """``ask_in_one``'s parameters: the plan's question and the history room."""
     state, question = facts.state, plan.question
     params = message_params(state.id, question)
     params.update(
@@ -255,13 +267,67 @@ async def _pg_ask(
     )
     if question.event is not None:
         params.update(event_params(question.event, e_holder=holder))
-    found = await links.fetch(c.ask(question.event is not None), params)
-    if not found and question.event is not None:
-        raise claim_lost(question.event)
-    turns = tuple(
-        StoredMessage(r[1], cast(Role, r[2]), r[3], r[4], r[5]) for r in found if r[1] is not None
+    return params
+
+
+def same_facts(one: TurnFacts, other: TurnFacts) -> bool:
+    """The same conversation state, channel settings and memory (what plans a turn)."""
+    return (
+        one.state == other.state and one.overrides == other.overrides and one.memory == other.memory
     )
-    return replace(facts, question_id=int(found[0][0]), history=turns)
+
+
+def taken_and_asked(
+    found: Sequence[Any], facts: TurnFacts, plan: TurnPlan
+) -> tuple[TurnFacts, bool]:
+    """From ``ask_taking``'s rows (the lease taken): the turn's facts with its question and
+    history, and whether they are to be read again (the facts are no longer ``facts``, which
+    planned the turn, or the statement may not have seen all the last holder stored)."""
+    first = found[0]
+    if first[2] is None:
+        assert plan.question.event is not None, "no claim, yet no question stored"
+        raise claim_lost(plan.question.event)
+    stale = first[1] is not None and first[1] != first[0]
+    now = facts_of(first[3:13]) if first[3] is not None else None
+    turns = tuple(
+        StoredMessage(r[13], cast(Role, r[14]), r[15], r[16], r[17])
+        for r in found
+        if r[13] is not None
+    )
+    asked = replace(facts, question_id=int(first[2]), history=turns)
+    again = stale or now is None or not same_facts(now, facts)
+    return asked, again
+
+
+async def pg_again(
+    links: PgLinks,
+    c: Compiled,
+    key: ConversationKey,
+    planner: Planner,
+    asked: TurnFacts,
+    plan: TurnPlan,
+) -> TurnFacts:
+    """A turn whose question ``asked`` stored under a plan made with facts no longer true:
+    the facts read, the turn planned again (its question, if it reads differently now, made
+    so; made "failed" if the plan now refuses it) and the history before it read again."""
+    question_id = asked.question_id
+    assert question_id is not None
+    facts = replace(await _pg_facts(links, c, key), spent_usd=asked.spent_usd)
+    try:
+        again = planner(facts)
+    except Exception:
+        await links.count(c.message_status, {"m_id": question_id, "m_status": "failed"})
+        raise
+    new, old = again.question, plan.question
+    if (new.content, new.token_count) != (old.content, old.token_count):
+        fixed = {"m_id": question_id, "m_content": new.content, "m_tokens": new.token_count}
+        await links.count(c.question_fixed, fixed)
+    state = facts.state
+    params = recent_params(
+        state.id, state.context_start, question_id, again.history_rows, again.history_tokens
+    )
+    found = await links.fetch(c.recent(through=False, fitting=True), params)
+    return replace(facts, question_id=question_id, history=tuple(history(found)))
 
 
 async def pg_finish(

@@ -24,8 +24,8 @@ TURNS = 3
 # (statements, transactions, round trips) per turn, once the worker and the conversation are
 # warm. Round trips: statements, plus BEGIN and COMMIT of transactions of more than one
 # statement (a lone statement commits itself on PostgreSQL).
-PLAIN = {"sqlite": (6, 2, 10), "postgresql": (3, 3, 3)}
-SLACK = {"sqlite": (10, 4, 14), "postgresql": (5, 5, 5)}
+PLAIN = {"sqlite": (6, 2, 10), "postgresql": (2, 2, 2)}
+SLACK = {"sqlite": (10, 4, 14), "postgresql": (4, 4, 4)}
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
