@@ -287,13 +287,19 @@ class Store(Protocol):
         ...
 
     async def open_turn(
-        self, key: ConversationKey, *, spender: str | None = None, plan: Planner | None = None
+        self,
+        key: ConversationKey,
+        *,
+        spender: str | None = None,
+        plan: Planner | None = None,
+        held: object | None = None,
     ) -> TurnFacts:
         """The conversation (created if needed), its channel's settings and memory, and with
         ``spender`` (a user id on ``key``'s platform) their spending: one transaction.
 
         With ``plan``, called with those facts (it may raise: nothing is stored then), the
         question it returns is stored and the history before it read, in the same transaction.
+        ``held``: what ``conversation_lock`` gave the turn (its lock is taken here, then).
         """
         ...
 
@@ -369,13 +375,18 @@ class Store(Protocol):
         *,
         sent_at: datetime | None = None,
         key: ConversationKey | None = None,
-    ) -> AbstractAsyncContextManager[None]:
+    ) -> AbstractAsyncContextManager[object | None]:
         """Hold ``name`` exclusively across every worker sharing this store; released when the
         block ends, or soon after a worker dies, and holding no connection meanwhile. With
         ``sent_at`` (the question's), claimed questions sent earlier go first. A store only one
         process can use (SQLite, memory) may make this a no-op: the service's in-process lock
-        is enough. ``key``: the conversation a turn holds it for (a store may read the turn's
-        facts with the lock, and give it back as the turn ends)."""
+        is enough. ``key``: the conversation a turn holds it for, whose block begins with
+        ``open_turn`` (a store may read the turn's facts with the lock, and give it back as
+        the turn ends).
+
+        For a turn it may also give (``as``) what ``open_turn`` is then given as ``held``: the
+        lock is not taken yet, but by ``open_turn``'s first statement, which waits its turn as
+        the lock would have (this process's other turns included: no in-process lock then)."""
         ...
 
     async def reset_conversation(self, key: ConversationKey) -> int:

@@ -269,17 +269,27 @@ class ConversationService:
         self,
         key: ConversationKey,
         sent_at: datetime | None = None,
-    ) -> AsyncIterator[None]:
+        *,
+        turn: bool = False,
+    ) -> AsyncIterator[object | None]:
         """Hold ``key``'s conversation: one turn at a time, in this process and across workers
         (questions sent earlier first, given ``sent_at``).
 
         The store decides what "across workers" takes (a lease on PostgreSQL,
         nothing on a database only one process uses). It is taken first: a question waiting
         for it holds nothing, so an earlier question, in this worker or another, can go first.
+
+        ``turn``: the block opens a turn (``Store.open_turn``) first thing; what the store
+        gives then is for ``open_turn``'s ``held``: the store takes its lock there, holding
+        this process's turns apart too.
         """
-        lock = self.store.conversation_lock(str(key), sent_at=sent_at, key=key)
-        async with lock, self.locks.hold(key):
-            yield
+        lock = self.store.conversation_lock(str(key), sent_at=sent_at, key=key if turn else None)
+        async with lock as held:
+            if held is not None:
+                yield held
+                return
+            async with self.locks.hold(key):
+                yield None
 
     # --- settings -----------------------------------------------------------------------
 
@@ -367,8 +377,8 @@ class ConversationService:
                 return
             yield Accepted()
             try:
-                async with self.exclusive(inbound.key, inbound.sent_at), slot or nullcontext():
-                    async for event in self._answer(inbound):
+                async with self.exclusive(inbound.key, inbound.sent_at, turn=True) as held:
+                    async for event in self._answer(inbound, held, slot or nullcontext()):
                         answered = answered or isinstance(event, FinalText)
                         yield event
             except ClaimLost:
@@ -470,51 +480,60 @@ class ConversationService:
         if spent.cost_usd >= limit:
             raise OverBudget(sentences.over_budget(spent.cost_usd, limit))
 
-    async def _answer(self, inbound: Inbound) -> AsyncIterator[ReplyEvent]:
-        """Store the question, stream the answer, store it with its usage.
+    async def _answer(
+        self, inbound: Inbound, held: object | None, slot: AbstractAsyncContextManager[Any]
+    ) -> AsyncIterator[ReplyEvent]:
+        """Store the question (its conversation held from then on at the latest:
+        ``held``, see ``exclusive``), then, once ``slot`` (this worker's answers at once) is
+        free, stream the answer and store it with its usage.
 
         One generator from the question to the answer: every event and every wait of the
         turn passes through each generator above the model."""
         turn = _Turn(self, inbound)
         spender = inbound.author.id if self.settings.parley_user_budget_usd is not None else None
         try:
-            facts = await self.store.open_turn(inbound.key, spender=spender, plan=turn.plan)
+            facts = await self.store.open_turn(
+                inbound.key, spender=spender, plan=turn.plan, held=held
+            )
         except UserFacingError:
             for note in turn.notes:  # e.g. "that file is not read", then why nothing is
                 yield Notice(note)
             raise
-        for note in turn.notes:
-            yield Notice(note)
         question_id = turn.opened(facts)
         if self.settings.parley_log_content:
             log.info("user turn in %s: %s", inbound.key, turn.user.text)
         state, config = facts.state, turn.config
         try:
-            state, context = await self._fitted(inbound, state, config, turn.assemble)
-            request = ChatRequest(
-                model=config.model,
-                messages=context.messages,
-                temperature=config.temperature,
-                max_output_tokens=self._output_tokens(config),
-                json_mode=config.json_mode,
-            )
-            streamed = _Streamed()
-            try:
-                async for event in self._deltas(request, streamed):
-                    yield event
-            except ContextTooLong as exc:
-                if streamed.deltas:
-                    raise
-                # Fold the history into the window the server revealed, and try once more.
-                self._learn_window(config.model, exc, context, request.max_output_tokens)
+            async with slot:
+                for note in turn.notes:
+                    yield Notice(note)
                 state, context = await self._fitted(inbound, state, config, turn.assemble)
-                output = self._output_tokens(config)
-                request = replace(request, messages=context.messages, max_output_tokens=output)
-                async for event in self._deltas(request, streamed):
+                request = ChatRequest(
+                    model=config.model,
+                    messages=context.messages,
+                    temperature=config.temperature,
+                    max_output_tokens=self._output_tokens(config),
+                    json_mode=config.json_mode,
+                )
+                streamed = _Streamed()
+                try:
+                    async for event in self._deltas(request, streamed):
+                        yield event
+                except ContextTooLong as exc:
+                    if streamed.deltas:
+                        raise
+                    # Fold the history into the window the server revealed, and try once more.
+                    self._learn_window(config.model, exc, context, request.max_output_tokens)
+                    state, context = await self._fitted(inbound, state, config, turn.assemble)
+                    output = self._output_tokens(config)
+                    request = replace(request, messages=context.messages, max_output_tokens=output)
+                    async for event in self._deltas(request, streamed):
+                        yield event
+                done = await self._finished(
+                    inbound, state.id, question_id, config, request, streamed
+                )
+                for event in done:
                     yield event
-            done = await self._finished(inbound, state.id, question_id, config, request, streamed)
-            for event in done:
-                yield event
         except (Exception, asyncio.CancelledError) as exc:
             # The question stays on record, but out of the context: the user will ask again.
             # An answer stopped before it was complete (the user interrupted it, or shutdown

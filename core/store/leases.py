@@ -31,7 +31,6 @@ from sqlalchemy import (
     and_,
     bindparam,
     delete,
-    or_,
     select,
     true,
     update,
@@ -63,14 +62,11 @@ GIVE_BACK = delete(LeaseRow).where(
 
 
 @lru_cache(maxsize=8)
-def _taking(dialect: str, unless: ColumnElement[bool] | None, ours: bool = False) -> Any:
+def _taking(dialect: str, unless: ColumnElement[bool] | None) -> Any:
     """Take lease ``l_name`` for ``l_holder`` until ``l_until`` if it is free at ``l_now``
-    (or, ``ours``, already ``l_holder``'s) and ``unless`` is not true (built once per
-    ``unless``; parameters given per call)."""
+    and ``unless`` is not true (built once per ``unless``; parameters given per call)."""
     insert_ = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    free: ColumnElement[bool] = LeaseRow.until < bindparam("l_now")
-    if ours:
-        free = or_(free, LeaseRow.holder == bindparam("l_holder"))
+    free = LeaseRow.until < bindparam("l_now")
     if unless is None:
         stmt = insert_(LeaseRow).values(
             name=bindparam("l_name"), holder=bindparam("l_holder"), until=bindparam("l_until")
@@ -100,9 +96,9 @@ def _taking_with(dialect: str, unless: ColumnElement[bool] | None, also: Any) ->
 
 
 def lease_taking(unless: ColumnElement[bool]) -> Any:
-    """PostgreSQL: lease ``l_name`` taken for ``l_holder`` (free, run out, or already its
-    own) unless ``unless``, returning its holder: a CTE's statement for a store statement."""
-    return _taking("postgresql", unless, True)
+    """PostgreSQL: lease ``l_name`` taken for ``l_holder`` if it is free unless ``unless``,
+    returning its holder: a CTE's statement for a store statement."""
+    return _taking("postgresql", unless)
 
 
 def worker_name(holder: str) -> str:
@@ -135,8 +131,6 @@ class Leases:
         self.read: dict[str, tuple[Any, ...]] = {}
         # Names held here but already given back by a statement of the store's own.
         self.given_back: set[str] = set()
-        # Names held here whose lease a statement of the store is still to take (``later``).
-        self.untaken: set[str] = set()
         self._texts: dict[Any, Sql] = {}
 
     def _text(self, stmt: Any) -> Sql:
@@ -166,15 +160,13 @@ class Leases:
         unless: ColumnElement[bool] | None = None,
         params: dict[str, Any] | None = None,
         also: Any = None,
-        ours: bool = False,
     ) -> bool:
         """Take ``name`` if nobody holds it (or its holder's lease has run out), and
         ``unless`` (someone with a better claim waiting; its own ``params``) is not true.
         ``also``: a select (its parameters in ``params``) read in the same statement when
-        the lease is taken, kept in ``read`` (PostgreSQL). ``ours``: taken also when this
-        worker holds it already."""
+        the lease is taken, kept in ``read`` (PostgreSQL)."""
         values = {**(params or {}), **self.taking_params(name)}
-        taking = _taking(self._dialect, unless, ours)
+        taking = _taking(self._dialect, unless)
         if self.links is not None:
             if also is not None:
                 taking = _taking_with(self._dialect, unless, also)
@@ -206,38 +198,40 @@ class Leases:
         unless: ColumnElement[bool] | None = None,
         params: dict[str, Any] | None = None,
         also: Any = None,
-        later: bool = False,
     ) -> AsyncIterator[None]:
         """Hold ``name`` for the block, waiting (never failing) while another worker has it
         (or while ``unless``: someone who should go first is waiting). While this worker
         holds it, its own waiters wait for it here rather than asking the database.
         ``also``: see ``try_take``. A lease a statement of the store gave back already
-        (``given_back``) is not given back again.
-
-        ``later``: only this worker's own holders are waited for here; a statement of the
-        store takes the lease within the block (it waits itself while another worker holds
-        it) and says so by taking ``name`` out of ``untaken``."""
-        if later:
-            while (mine := self._held.get(name)) is not None:
-                await mine.wait()
-            self.untaken.add(name)
-        else:
-            await self._take(name, unless, params, also)
-        released = self._held[name] = asyncio.Event()
+        (``given_back``) is not given back again."""
+        await self._take(name, unless, params, also)
+        self.taken(name)
         try:
             yield
         finally:
-            self.read.pop(name, None)
-            if name in self.untaken:  # never taken: nothing to give back
-                self.untaken.discard(name)
-            elif name in self.given_back:
-                self.given_back.discard(name)
-            else:
-                # A lease not given back (database gone, task cancelled) expires on its own.
-                with suppress(Exception):
-                    await asyncio.shield(retrying(partial(self.give_back, name), patience=5.0))
-            del self._held[name]
-            released.set()
+            await self.let_go(name)
+
+    def taken(self, name: str) -> None:
+        """``name`` was taken (by ``hold``, or by a statement of the store): this worker's
+        own waiters for it wait for ``let_go``."""
+        self._held[name] = asyncio.Event()
+
+    async def let_go(self, name: str) -> None:
+        """Give back ``name``, held since ``taken``, unless a statement of the store gave it
+        back already (``given_back``)."""
+        self.read.pop(name, None)
+        if name in self.given_back:
+            self.given_back.discard(name)
+        else:
+            # A lease not given back (database gone, task cancelled) expires on its own.
+            with suppress(Exception):
+                await asyncio.shield(retrying(partial(self.give_back, name), patience=5.0))
+        self._held.pop(name).set()
+
+    async def after_mine(self, name: str) -> None:
+        """Wait while this worker holds ``name``."""
+        while (mine := self._held.get(name)) is not None:
+            await mine.wait()
 
     async def _take(
         self,

@@ -8,7 +8,7 @@ import inspect
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar, cast
@@ -269,6 +269,17 @@ def _reset(conn: Connection, conversation_id: int) -> int:
     return removed
 
 
+@dataclass(slots=True)
+class _Later:
+    """A turn holding lease ``name`` from its first statement on (PostgreSQL): the facts that
+    plan it, the waiting order's parameters (``EARLIER_WAITING``), whether it took it."""
+
+    name: str
+    facts: TurnFacts
+    waiting: dict[str, Any]
+    taken: bool = False
+
+
 class SqlStore:
     """Implements ``core.ports.Store``; each method is one short transaction, tried again while
     the database is unreachable (``core.store.retry``) for up to ``patience`` seconds.
@@ -310,9 +321,6 @@ class SqlStore:
         # name, with their channel), the newest last. A turn planned with them takes its lease
         # in the statement that stores its question, which reads them again to check them.
         self._known: OrderedDict[str, tuple[ChannelKey, TurnFacts]] = OrderedDict()
-        # Turns holding their lease's name in this worker, their lease not taken yet: the
-        # facts that plan them, and the waiting order's parameters (``EARLIER_WAITING``).
-        self._later: dict[str, tuple[TurnFacts, dict[str, Any]]] = {}
         self._leased: dict[int, str] = {}
         self._settling: dict[tuple[str, str], str] = {}
 
@@ -478,19 +486,24 @@ class SqlStore:
         return await self._run(self._conversation, key)
 
     async def open_turn(
-        self, key: ConversationKey, *, spender: str | None = None, plan: Planner | None = None
+        self,
+        key: ConversationKey,
+        *,
+        spender: str | None = None,
+        plan: Planner | None = None,
+        held: object | None = None,
     ) -> TurnFacts:
         holder = self.leases.holder
         if self._links is None:
             return await self._hot(turns.open_turn, key, spender, plan, holder)
         name = str(key)
-        later = self._later.get(name)
+        later = held if isinstance(held, _Later) and not held.taken else None
         if later is not None and plan is not None:
-            facts = await self._take_and_ask(key, name, spender, plan, *later)
+            facts = await self._take_and_ask(key, later, spender, plan)
         else:
             if later is not None:  # no question: the lease is taken on its own
-                await self._take_later(name, later[1])
-            known = self._ahead.pop(name, None)
+                await self._take_later(later)
+            known = self._ahead.pop(name, None) if later is None else None
             facts = await turns.pg_open_turn(
                 self._links, self._texts, key, spender, plan, holder, known
             )
@@ -500,20 +513,14 @@ class SqlStore:
         return facts
 
     async def _take_and_ask(
-        self,
-        key: ConversationKey,
-        name: str,
-        spender: str | None,
-        planner: Planner,
-        known: TurnFacts,
-        waiting: dict[str, Any],
+        self, key: ConversationKey, later: _Later, spender: str | None, planner: Planner
     ) -> TurnFacts:
-        """PostgreSQL, the facts ``known``: the turn planned with them, its lease taken with
-        its question stored and the history before it read (one statement, tried again after
-        a wait while another worker holds the lease); the turn planned and read again if the
-        facts were no longer true."""
+        """PostgreSQL, the facts ``later`` knows: the turn planned with them, its lease taken
+        with its question stored and the history before it read (one statement, tried again
+        after a wait while another holds the lease or should go first); the turn planned and
+        read again if the facts were no longer true."""
         assert self._links is not None
-        facts = known
+        facts, name = later.facts, later.name
         if spender is not None:
             spent = await self._links.fetch(
                 self._texts.spent, {"s_platform": key.platform, "s_user": spender}
@@ -521,28 +528,38 @@ class SqlStore:
             facts = replace(facts, spent_usd=float(spent[0][0] or 0.0))
         plan = planner(facts)
         params = turns.ask_params(facts, plan, self.leases.holder)
-        params.update(_conversation(key), **waiting)
+        params.update(_conversation(key), **later.waiting)
         sql = self._texts.ask_taking(plan.question.event is not None)
         wait = FIRST_WAIT
-        while not (found := await self._links.fetch(sql, params | self.leases.taking_params(name))):
+        while True:
+            await self.leases.after_mine(name)  # this worker's holder first
+            found = await self._links.fetch(sql, params | self.leases.taking_params(name))
+            if found:
+                break
             await asyncio.sleep(wait)
             wait = min(LONGEST_WAIT, wait * 2)
-        self.leases.untaken.discard(name)
+        self._taken(later)
         asked, again = turns.taken_and_asked(found, facts, plan)
         self._leased[asked.state.id] = name  # given back when the turn ends
         if again:
             return await turns.pg_again(self._links, self._texts, key, planner, asked, plan)
         return asked
 
-    async def _take_later(self, name: str, waiting: dict[str, Any]) -> None:
-        """The lease on ``name``, held here without being taken yet, taken (waiting while
-        another worker holds it)."""
-        unless = prepared.EARLIER_WAITING
+    async def _take_later(self, later: _Later) -> None:
+        """``later``'s lease taken on its own (waiting as ``Leases.hold`` does)."""
         wait = FIRST_WAIT
-        while not await self.leases.try_take(name, unless=unless, params=waiting, ours=True):
+        unless, name = prepared.EARLIER_WAITING, later.name
+        while True:
+            await self.leases.after_mine(name)
+            if await self.leases.try_take(name, unless=unless, params=later.waiting):
+                break
             await asyncio.sleep(wait)
             wait = min(LONGEST_WAIT, wait * 2)
-        self.leases.untaken.discard(name)
+        self._taken(later)
+
+    def _taken(self, later: _Later) -> None:
+        later.taken = True
+        self.leases.taken(later.name)
 
     def _keep(self, name: str, channel: ChannelKey, facts: TurnFacts) -> None:
         """Keep ``facts`` (without what only their turn needs) as the newest known."""
@@ -656,30 +673,33 @@ class SqlStore:
         *,
         sent_at: datetime | None = None,
         key: ConversationKey | None = None,
-    ) -> AsyncIterator[None]:
+    ) -> AsyncIterator[object | None]:
         """The lease on ``name`` (PostgreSQL, several workers): held without a connection,
         renewed by this worker's heartbeat, expired when it dies. SQLite serves a single
         worker: the service's in-process lock is enough there.
 
         For a turn (``sent_at`` and the conversation's ``key`` given), the lease is taken
         in the statement that reads the turn's facts (``open_turn`` uses them), and given
-        back by the statement that finishes the turn (no event) or settles its event."""
+        back by the statement that finishes the turn (no event) or settles its event. When
+        this worker knows the facts already, it is taken later, by the statement that stores
+        the turn's question (``open_turn``, given what this yields)."""
         if self._dialect != "postgresql":
-            yield
+            yield None
             return
         if sent_at is None:
             async with self.leases.hold(name):
-                yield
+                yield None
             return
         waiting: dict[str, Any] = {"w_conversation": name, "w_sent_at": micros(sent_at)}
         known = self._known.get(name) if key is not None else None
         if known is not None:  # the lease is taken by the turn's first statement
-            async with self.leases.hold(name, later=True):
-                self._later[name] = (known[1], waiting)
-                try:
-                    yield
-                finally:
+            later = _Later(name, known[1], waiting)
+            try:
+                yield later
+            finally:
+                if later.taken:
                     self._forget(name)
+                    await self.leases.let_go(name)
             return
         also = None
         if key is not None and self._links is not None:  # its turn's facts read with it
@@ -691,14 +711,13 @@ class SqlStore:
             if row is not None and row[0] is not None:
                 self._ahead[name] = turns.facts_of(row)
             try:
-                yield
+                yield None
             finally:
                 self._forget(name)
 
     def _forget(self, name: str) -> None:
         """The lease on ``name`` ends: nothing read with it or to give it back with is kept."""
         self._ahead.pop(name, None)
-        self._later.pop(name, None)
         for conversation in [k for k, lease in self._leased.items() if lease == name]:
             del self._leased[conversation]
         for claimed in [k for k, lease in self._settling.items() if lease == name]:

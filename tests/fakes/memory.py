@@ -115,7 +115,12 @@ class MemoryStore:
         return self.conversations[key]
 
     async def open_turn(
-        self, key: ConversationKey, *, spender: str | None = None, plan: Planner | None = None
+        self,
+        key: ConversationKey,
+        *,
+        spender: str | None = None,
+        plan: Planner | None = None,
+        held: object | None = None,
     ) -> TurnFacts:
         memory = await self.channel_memory(key.channel_key)
         spent = None if spender is None else (await self.user_usage(key.platform, spender)).cost_usd
@@ -249,9 +254,9 @@ class MemoryStore:
         *,
         sent_at: datetime | None = None,
         key: ConversationKey | None = None,
-    ) -> AsyncIterator[None]:
+    ) -> AsyncIterator[object | None]:
         self.locked.append(name)
-        yield
+        yield None
 
     async def reset_conversation(self, key: ConversationKey) -> int:
         state = await self.conversation(key)
