@@ -483,9 +483,8 @@ class ConversationService:
     async def _answer(
         self, inbound: Inbound, held: object | None, slot: AbstractAsyncContextManager[Any]
     ) -> AsyncIterator[ReplyEvent]:
-        """Store the question (its conversation held from then on at the latest:
-        ``held``, see ``exclusive``), then, once ``slot`` (this worker's answers at once) is
-        free, stream the answer and store it with its usage.
+        """Store the question (its conversation ``held`` from then on), then, once ``slot``
+        (this worker's answers at once) is free, stream the answer and store it with its usage.
 
         One generator from the question to the answer: every event and every wait of the
         turn passes through each generator above the model."""

@@ -64,7 +64,13 @@ async def test_settings_changed_by_another_worker_reach_the_next_turn(workers):
     await _command(second, "system", "You are a pirate.")
     asked = await _ask(first, model, "q3")
     assert asked.messages[0].text.startswith("You are a pirate.")
-    assert [m.text for m in asked.messages[1:]] == ["q1", "answer to q1", "q2", "answer to q2", "q3"]
+    assert [m.text for m in asked.messages[1:]] == [
+        "q1",
+        "answer to q1",
+        "q2",
+        "answer to q2",
+        "q3",
+    ]
 
     await _command(second, "remember", "The deploy day is Friday.")
     asked = await _ask(first, model, "q4")
