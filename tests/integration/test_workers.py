@@ -123,3 +123,45 @@ async def test_a_cancelled_answer_frees_its_conversation_at_once(database):
     finally:
         await parley.close()
         await other_worker.close()
+
+
+async def test_a_turn_waiting_for_its_conversation_holds_no_answer_slot(database):
+    """A worker that knows a conversation's facts takes its lease with the turn's first
+    statement; waiting for it meanwhile must not keep another conversation from a slot."""
+    slow_started, go_on = asyncio.Event(), asyncio.Event()
+
+    class Gated(ScriptedModel):
+        async def stream(self, request):
+            if request.messages[-1].text == "slow":
+                slow_started.set()
+                await go_on.wait()
+            async for item in super().stream(request):
+                yield item
+
+    model = Gated()
+    first, second = await worker(database, model), await worker(database, model)
+    busy, other = ConversationKey("test", "w", "busy"), ConversationKey("test", "w", "other")
+    slots = {id(first): asyncio.Semaphore(1), id(second): asyncio.Semaphore(1)}
+
+    async def ask(parley: Parley, key: ConversationKey, text: str) -> list:
+        answer = parley.service.answer(Inbound(key, Author("u"), text), slot=slots[id(parley)])
+        return [e async for e in answer]
+
+    try:
+        await ask(first, busy, "warm-up")  # the first worker knows its facts from now on
+        slow = asyncio.create_task(ask(second, busy, "slow"))  # holds the lease meanwhile
+        await asyncio.wait_for(slow_started.wait(), 10)
+        waiting = asyncio.create_task(ask(first, busy, "after the slow one"))
+        # let it reach its wait for the lease (if it has not yet, this proves less, never
+        # fails wrongly)
+        await asyncio.sleep(0.2)
+        assert not waiting.done()
+        answered = await asyncio.wait_for(ask(first, other, "meanwhile"), 30)
+        assert any(isinstance(e, FinalText) for e in answered)
+        go_on.set()
+        for events in (await slow, await waiting):
+            assert any(isinstance(e, FinalText) for e in events), events
+    finally:
+        go_on.set()
+        await first.close()
+        await second.close()
