@@ -533,7 +533,8 @@ class SqlStore:
         wait = FIRST_WAIT
         while True:
             await self.leases.after_mine(name)  # this worker's holder first
-            found = await self._links.fetch(sql, params | self.leases.taking_params(name))
+            taking = self._links.fetch(sql, params | self.leases.taking_params(name))
+            found = await self._taking(later, taking)
             if found:
                 break
             await asyncio.sleep(wait)
@@ -551,11 +552,22 @@ class SqlStore:
         unless, name = prepared.EARLIER_WAITING, later.name
         while True:
             await self.leases.after_mine(name)
-            if await self.leases.try_take(name, unless=unless, params=later.waiting):
+            taking = self.leases.try_take(name, unless=unless, params=later.waiting)
+            if await self._taking(later, taking):
                 break
             await asyncio.sleep(wait)
             wait = min(LONGEST_WAIT, wait * 2)
         self._taken(later)
+
+    async def _taking(self, later: _Later, taking: Awaitable[T]) -> T:
+        """``taking``, a statement that takes ``later``'s lease when it can. Cut short
+        (cancelled, failed), it may have taken it all the same: the lease is then given back
+        when the turn ends, not left to this worker's heartbeat to renew for good."""
+        try:
+            return await taking
+        except BaseException:
+            self._taken(later)
+            raise
 
     def _taken(self, later: _Later) -> None:
         later.taken = True
