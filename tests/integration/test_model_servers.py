@@ -15,6 +15,7 @@ import openai
 import pytest
 from aiohttp import web
 
+from adapters.model_http import model_http_client
 from adapters.standin import StandinServer
 from bots.bootstrap import build
 from core.errors import BrokenStream, ContextTooLong, EndpointNotFound, LLMError, ModelNotFound
@@ -39,9 +40,9 @@ def request(text: str = "hello", model: str = "gpt-4o", **options: object) -> Ch
 def chat_on(
     base_url: str, fallbacks: tuple[str, ...] = (), *, transport: str = "httpx"
 ) -> OpenAIChat:
-    """The client on ``transport``: the openai client's default one, or its aiohttp one (the
-    one ``OpenAIChat.from_settings`` picks)."""
-    http_client = openai.DefaultAioHttpClient() if transport == "aiohttp" else None
+    """The client on ``transport``: the openai client's default one, or Parley's aiohttp one
+    (the one ``parley run`` gives ``OpenAIChat.from_settings``)."""
+    http_client = model_http_client(5.0) if transport == "aiohttp" else None
     client = openai.AsyncOpenAI(
         base_url=base_url, api_key="k", max_retries=1, timeout=5.0, http_client=http_client
     )
@@ -277,7 +278,7 @@ async def test_what_follows_done_cannot_fail_a_complete_answer(transport: str, t
             api_key="k",
             max_retries=0,
             timeout=2.0,  # a stream kept open after [DONE] would time out the answer
-            http_client=openai.DefaultAioHttpClient() if transport == "aiohttp" else None,
+            http_client=model_http_client(2.0) if transport == "aiohttp" else None,
         )
         chat = OpenAIChat(client)
         try:
