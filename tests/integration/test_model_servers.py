@@ -5,6 +5,7 @@ an empty body, vLLM's window in ``/v1/models``; plus prices, estimated usage and
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -267,6 +268,48 @@ def answered(text: str) -> list[bytes]:
         b'data: {"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 1}}\n\n',
         b"data: [DONE]\n\n",
     ]
+
+
+async def test_the_client_parley_runs_reads_gzip_and_sends_a_cookie_back_once() -> None:
+    """``parley run``'s HTTP client: it still asks for compressed answers and reads them
+    (decoded once), and a cookie the server set goes back, once."""
+    seen: list[tuple[str, list[str]]] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        await request.read()
+        seen.append(
+            (request.headers.get("Accept-Encoding", ""), request.headers.getall("Cookie", []))
+        )
+        response = web.Response(
+            body=gzip.compress(b"".join(answered("Hi"))),
+            headers={"Content-Type": "text/event-stream", "Content-Encoding": "gzip"},
+        )
+        response.set_cookie("affinity", "a1")
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        openai_api_key="k",
+        openai_base_url=f"http://{host}:{port}/v1",
+        openai_max_retries=0,
+    )
+    chat = OpenAIChat.from_settings(settings, http_client=model_http_client)
+    try:
+        first = await complete(chat, request())
+        second = await complete(chat, request())
+    finally:
+        await chat.close()
+        await runner.cleanup()
+    assert first.text == second.text == "Hi"
+    assert all("gzip" in accepted for accepted, _ in seen)
+    assert [cookies for _, cookies in seen] == [[], ["affinity=a1"]]
 
 
 @TRANSPORTS
