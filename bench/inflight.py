@@ -8,9 +8,9 @@ of the pool at once, wall time and CPU. Prints a table and writes JSON
 (bench/results/inflight.json).
 
 With ``--http`` the answers come through the real openai client as ``parley run`` builds it
-(``OpenAIChat.from_settings``, its HTTP transport and connection limits) from an
-OpenAI-compatible server in this process, which counts the answers inside it at once; CPU then
-includes that server's.
+(``OpenAIChat.from_settings`` with ``adapters.model_http``'s transport and connection limits)
+from an OpenAI-compatible server in this process, which counts the answers inside it at once;
+CPU then includes that server's.
 
     python bench/inflight.py --conversations 1000 --questions 2 --stream-seconds 10 [--http]
 """
@@ -35,6 +35,7 @@ from sqlalchemy import event
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from adapters.model_http import model_http_client  # noqa: E402
 from bots.bootstrap import build  # noqa: E402
 from core.llm import OpenAIChat  # noqa: E402
 from core.messages import Author, ConversationKey, FinalText, Inbound  # noqa: E402
@@ -176,7 +177,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         settings = Settings(_env_file=None, database_url=url)
         llm: SlowModel | OpenAIChat = slow
         if server is not None:
-            llm = OpenAIChat.from_settings(settings, base_url=await server.start())
+            base_url = await server.start()
+            llm = OpenAIChat.from_settings(settings, base_url, http_client=model_http_client)
         parley = await build(settings, store=store, llm=llm)
         started, cpu = time.perf_counter(), time.process_time()
         try:

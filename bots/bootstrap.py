@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import make_url
 from sqlalchemy.exc import DBAPIError
 
+from adapters.model_http import model_http_client
 from bots.logs import redact
 from bots.shared import RedisSettings, open_shared
 from core import budget
@@ -126,7 +127,7 @@ async def open_model(
         offline_server = StandinServer(record=False, model_name=STANDIN_MODEL)
         base_url = await offline_server.start()
         opened.push_async_callback(offline_server.stop)
-    llm = OpenAIChat.from_settings(settings, base_url=base_url)
+    llm = OpenAIChat.from_settings(settings, base_url=base_url, http_client=model_http_client)
     opened.push_async_callback(llm.close)
     return llm, offline_server
 

@@ -17,7 +17,7 @@ import logging
 import math
 import re
 import ssl
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
@@ -390,17 +390,33 @@ def _ollama_context(shown: object) -> int | None:
     return None
 
 
-def _http_client(url: str | None, timeout: float) -> httpx2.AsyncClient | None:
-    """The openai client's aiohttp transport, with its default connection limits (1,000 at
-    once): the client's default transport checks every pooled connection on each request, a
-    quarter of a worker's CPU at 100 conversations at once.
+def _http_client(
+    url: str | None, timeout: float, make: Callable[[float], httpx2.AsyncClient] | None
+) -> httpx2.AsyncClient | None:
+    """The HTTP client for the openai client: ``make``'s (Parley's own, on aiohttp), else the
+    openai client's aiohttp transport, each with 1,000 connections at once: the client's
+    default transport checks every pooled connection on each request, a quarter of a worker's
+    CPU at 100 conversations at once.
 
     A URL with credentials (``https://user:secret@gateway/v1``) keeps the default transport
-    (None), which sends them as basic auth; the aiohttp one refuses them next to the key."""
+    (None), which sends them as basic auth; the aiohttp ones refuse them next to the key."""
     parts = urlsplit(url or "")
     if parts.username or parts.password:
         return None
-    return openai.DefaultAioHttpClient(timeout=timeout)
+    client = make(timeout) if make is not None else openai.DefaultAioHttpClient(timeout=timeout)
+    _only_accept_encoding(client.headers)
+    return client
+
+
+def _only_accept_encoding(headers: httpx2.Headers) -> None:
+    """Of the HTTP client's own default headers keep Accept-Encoding (the encodings it can
+    decode): the openai client sends its own Accept and User-Agent, and HTTP/1.1 keeps a
+    connection open without ``Connection: keep-alive``. Each default header costs every
+    request a merge with the openai client's headers."""
+    accept_encoding = headers.get("Accept-Encoding")
+    headers.clear()
+    if accept_encoding:
+        headers["Accept-Encoding"] = accept_encoding
 
 
 class OpenAIChat:
@@ -410,10 +426,20 @@ class OpenAIChat:
         self._client = client
         self._fallback_models = tuple(fallback_models)
         self._server = ServerModels(client)
+        base = client.base_url
+        # The absolute URL, as the client would make it of "/chat/completions" (once, not on
+        # every request).
+        self._chat_url = str(base.copy_with(raw_path=base.raw_path + b"chat/completions"))
 
     @classmethod
-    def from_settings(cls, settings: Settings, base_url: str | None = None) -> OpenAIChat:
-        """Build the client from settings; ``base_url`` (e.g. the stand-in) overrides the setting.
+    def from_settings(
+        cls,
+        settings: Settings,
+        base_url: str | None = None,
+        http_client: Callable[[float], httpx2.AsyncClient] | None = None,
+    ) -> OpenAIChat:
+        """Build the client from settings; ``base_url`` (e.g. the stand-in) overrides the setting;
+        ``http_client`` makes the HTTP client (given the timeout) it sends requests with.
 
         Without a key, an explicit endpoint gets a placeholder key (local servers ignore it).
         """
@@ -433,7 +459,7 @@ class OpenAIChat:
             organization=settings.openai_organization,
             timeout=settings.openai_timeout,
             max_retries=settings.openai_max_retries,
-            http_client=_http_client(url, settings.openai_timeout),
+            http_client=_http_client(url, settings.openai_timeout, http_client),
         )
         return cls(client, settings.parley_fallback_models)
 
@@ -559,7 +585,7 @@ class OpenAIChat:
             stream_options={"include_usage": True},
         )
         return await self._client.post(
-            "/chat/completions", cast_to=httpx2.Response, body=body, stream=True
+            self._chat_url, cast_to=httpx2.Response, body=body, stream=True
         )
 
     async def _whole(self, request: ChatRequest, model: str) -> Completion:

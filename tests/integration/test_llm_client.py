@@ -13,6 +13,7 @@ import openai
 import pytest
 from pydantic import SecretStr
 
+from adapters.model_http import model_http_client
 from adapters.standin import StandinServer
 from core.errors import (
     BrokenStream,
@@ -51,8 +52,9 @@ ChatFactory = Callable[..., OpenAIChat]
 
 @pytest.fixture(params=["aiohttp", "httpx"])
 def make_chat(request: pytest.FixtureRequest) -> ChatFactory:
-    """``OpenAIChat`` on the openai client's aiohttp transport (the one
-    ``OpenAIChat.from_settings`` picks) and on its default one: each test runs on both."""
+    """``OpenAIChat`` on Parley's aiohttp transport (the one ``parley run`` gives
+    ``OpenAIChat.from_settings``) and on the openai client's default one: each test runs on
+    both."""
 
     def make(
         base_url: str,
@@ -61,7 +63,7 @@ def make_chat(request: pytest.FixtureRequest) -> ChatFactory:
         retries: int = 0,
         timeout: float = 5.0,
     ) -> OpenAIChat:
-        http_client = openai.DefaultAioHttpClient() if request.param == "aiohttp" else None
+        http_client = model_http_client(timeout) if request.param == "aiohttp" else None
         client = openai.AsyncOpenAI(
             base_url=base_url,
             api_key=API_KEY,

@@ -5,6 +5,7 @@ an empty body, vLLM's window in ``/v1/models``; plus prices, estimated usage and
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ import openai
 import pytest
 from aiohttp import web
 
+from adapters.model_http import model_http_client
 from adapters.standin import StandinServer
 from bots.bootstrap import build
 from core.errors import BrokenStream, ContextTooLong, EndpointNotFound, LLMError, ModelNotFound
@@ -39,9 +41,9 @@ def request(text: str = "hello", model: str = "gpt-4o", **options: object) -> Ch
 def chat_on(
     base_url: str, fallbacks: tuple[str, ...] = (), *, transport: str = "httpx"
 ) -> OpenAIChat:
-    """The client on ``transport``: the openai client's default one, or its aiohttp one (the
-    one ``OpenAIChat.from_settings`` picks)."""
-    http_client = openai.DefaultAioHttpClient() if transport == "aiohttp" else None
+    """The client on ``transport``: the openai client's default one, or Parley's aiohttp one
+    (the one ``parley run`` gives ``OpenAIChat.from_settings``)."""
+    http_client = model_http_client(5.0) if transport == "aiohttp" else None
     client = openai.AsyncOpenAI(
         base_url=base_url, api_key="k", max_retries=1, timeout=5.0, http_client=http_client
     )
@@ -283,6 +285,48 @@ def answered(text: str) -> list[bytes]:
     ]
 
 
+async def test_the_client_parley_runs_reads_gzip_and_sends_a_cookie_back_once() -> None:
+    """``parley run``'s HTTP client: it still asks for compressed answers and reads them
+    (decoded once), and a cookie the server set goes back, once."""
+    seen: list[tuple[str, list[str]]] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        await request.read()
+        seen.append(
+            (request.headers.get("Accept-Encoding", ""), request.headers.getall("Cookie", []))
+        )
+        response = web.Response(
+            body=gzip.compress(b"".join(answered("Hi"))),
+            headers={"Content-Type": "text/event-stream", "Content-Encoding": "gzip"},
+        )
+        response.set_cookie("affinity", "a1")
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        openai_api_key="k",
+        openai_base_url=f"http://{host}:{port}/v1",
+        openai_max_retries=0,
+    )
+    chat = OpenAIChat.from_settings(settings, http_client=model_http_client)
+    try:
+        first = await complete(chat, request())
+        second = await complete(chat, request())
+    finally:
+        await chat.close()
+        await runner.cleanup()
+    assert first.text == second.text == "Hi"
+    assert all("gzip" in accepted for accepted, _ in seen)
+    assert [cookies for _, cookies in seen] == [[], ["affinity=a1"]]
+
+
 @TRANSPORTS
 @pytest.mark.parametrize("then", ["hang", "drop"])
 async def test_what_follows_done_cannot_fail_a_complete_answer(transport: str, then: str) -> None:
@@ -292,7 +336,7 @@ async def test_what_follows_done_cannot_fail_a_complete_answer(transport: str, t
             api_key="k",
             max_retries=0,
             timeout=2.0,  # a stream kept open after [DONE] would time out the answer
-            http_client=openai.DefaultAioHttpClient() if transport == "aiohttp" else None,
+            http_client=model_http_client(2.0) if transport == "aiohttp" else None,
         )
         chat = OpenAIChat(client)
         try:
