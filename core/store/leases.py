@@ -205,16 +205,28 @@ class Leases:
         ``also``: see ``try_take``. A lease a statement of the store gave back already
         (``given_back``) is not given back again."""
         await self._take(name, unless, params, also)
-        self.taken(name)
         try:
             yield
         finally:
             await self.let_go(name)
 
     def taken(self, name: str) -> None:
-        """``name`` was taken (by ``hold``, or by a statement of the store): this worker's
-        own waiters for it wait for ``let_go``."""
+        """``name`` was taken (by ``hold``, or by a statement of the store) by the turn that
+        ``reserve``d it: this worker's own waiters for it wait for ``let_go``."""
+        self._held.setdefault(name, asyncio.Event())
+
+    async def reserve(self, name: str) -> None:
+        """Wait while a turn of this worker holds ``name`` or is taking it, then mark it as
+        this turn's: only one turn of a worker sends a statement that takes a lease at a
+        time, so one whose statement waited (for a connection) never takes the lease that
+        another turn of it gave back but still holds. Then ``taken``, or ``unreserve``."""
+        while (mine := self._held.get(name)) is not None:
+            await mine.wait()
         self._held[name] = asyncio.Event()
+
+    def unreserve(self, name: str) -> None:
+        """The take after ``reserve`` failed: this worker's other turns may try."""
+        self._held.pop(name).set()
 
     async def let_go(self, name: str) -> None:
         """Give back ``name``, held since ``taken``, unless a statement of the store gave it
@@ -228,11 +240,6 @@ class Leases:
                 await asyncio.shield(retrying(partial(self.give_back, name), patience=5.0))
         self._held.pop(name).set()
 
-    async def after_mine(self, name: str) -> None:
-        """Wait while this worker holds ``name``."""
-        while (mine := self._held.get(name)) is not None:
-            await mine.wait()
-
     async def _take(
         self,
         name: str,
@@ -243,12 +250,16 @@ class Leases:
         wait = FIRST_WAIT
         take = partial(self.try_take, name, unless=unless, params=params, also=also)
         while True:
-            mine = self._held.get(name)
-            if mine is not None:
-                await mine.wait()
-                continue
-            if await retrying(take):
+            await self.reserve(name)
+            try:
+                took = await retrying(take)
+            except BaseException:
+                # it may have taken it: given back (and this worker's other turns let on)
+                await self.let_go(name)
+                raise
+            if took:
                 return
+            self.unreserve(name)
             await asyncio.sleep(wait)
             wait = min(LONGEST_WAIT, wait * 2)
 

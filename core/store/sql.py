@@ -532,7 +532,7 @@ class SqlStore:
         sql = self._texts.ask_taking(plan.question.event is not None)
         wait = FIRST_WAIT
         while True:
-            await self.leases.after_mine(name)  # this worker's holder first
+            await self.leases.reserve(name)  # this worker's holder first
             taking = self._links.fetch(sql, params | self.leases.taking_params(name))
             found = await self._taking(later, taking)
             if found:
@@ -551,7 +551,7 @@ class SqlStore:
         wait = FIRST_WAIT
         unless, name = prepared.EARLIER_WAITING, later.name
         while True:
-            await self.leases.after_mine(name)
+            await self.leases.reserve(name)
             taking = self.leases.try_take(name, unless=unless, params=later.waiting)
             if await self._taking(later, taking):
                 break
@@ -560,14 +560,18 @@ class SqlStore:
         self._taken(later)
 
     async def _taking(self, later: _Later, taking: Awaitable[T]) -> T:
-        """``taking``, a statement that takes ``later``'s lease when it can. Cut short
-        (cancelled, failed), it may have taken it all the same: the lease is then given back
-        when the turn ends, not left to this worker's heartbeat to renew for good."""
+        """``taking``, a statement that takes ``later``'s lease (``reserve``d) when it can;
+        the reservation is dropped if it did not. Cut short (cancelled, failed), it may have
+        taken it all the same: it is given back at once, not left to this worker's heartbeat
+        to renew for good."""
         try:
-            return await taking
+            found = await taking
         except BaseException:
-            self._taken(later)
+            await self.leases.let_go(later.name)  # reserved: no other turn of it holds it
             raise
+        if not found:
+            self.leases.unreserve(later.name)
+        return found
 
     def _taken(self, later: _Later) -> None:
         later.taken = True
