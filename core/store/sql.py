@@ -65,9 +65,10 @@ from core.store.turns import micros
 # Claims a sweeper finishes when their holder is gone: still being answered, or answered and
 # stored but maybe not shown.
 RESUMABLE = ("received", "answering", "stored")
-# How many conversations' facts a worker keeps (PostgreSQL: a turn of one of them is planned
-# with them, its lease taken by the statement that stores its question).
-FACTS_KEPT = 4096
+# How many conversations' facts a worker keeps, the most recently answered (PostgreSQL: a turn
+# of one of them is planned with them, its lease taken by the statement that stores its
+# question). About 0.8 KB each; more than a worker answers at once.
+FACTS_KEPT = 1024
 
 
 def make_engine(url: str, *, log_parameters: bool = False, **kwargs: Any) -> AsyncEngine:
