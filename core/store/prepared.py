@@ -566,6 +566,16 @@ def newest_first(*, through: bool) -> Any:
     )
 
 
+def _claim_told(stmt: Any, mine: Any, question: Any) -> Any:
+    """``stmt`` also telling the claim ``mine`` (a CTE) the id of ``question`` (a CTE)."""
+    told = (
+        _update(ProcessedEventRow)
+        .where(ProcessedEventRow.id.in_(select(mine.c.id).scalar_subquery()))
+        .values(question_id=select(question.c.id).scalar_subquery())
+    )
+    return stmt.add_cte(mine, told.returning(ProcessedEventRow.id).cte("claim"))
+
+
 @lru_cache(maxsize=2)
 def ask_in_one(event: bool) -> Any:
     """PostgreSQL: a question stored (``ADD_MESSAGE``'s parameters), its claim told
@@ -588,14 +598,7 @@ def ask_in_one(event: bool) -> Any:
         .outerjoin(fit, true())
         .order_by(fit.c.sent_at.desc(), fit.c.id.desc())
     )
-    if mine is not None:
-        told = (
-            _update(ProcessedEventRow)
-            .where(ProcessedEventRow.id.in_(select(mine.c.id).scalar_subquery()))
-            .values(question_id=select(question.c.id).scalar_subquery())
-        )
-        stmt = stmt.add_cte(mine, told.returning(ProcessedEventRow.id).cte("claim"))
-    return stmt
+    return stmt if mine is None else _claim_told(stmt, mine, question)
 
 
 @lru_cache(maxsize=2)
@@ -627,14 +630,7 @@ def ask_taking(event: bool) -> Any:
         .outerjoin(facts, or_(fit.c.n.is_(None), fit.c.n == 1))
         .order_by(fit.c.sent_at.desc(), fit.c.id.desc())
     )
-    if mine is not None:
-        told = (
-            _update(ProcessedEventRow)
-            .where(ProcessedEventRow.id.in_(select(mine.c.id).scalar_subquery()))
-            .values(question_id=select(question.c.id).scalar_subquery())
-        )
-        stmt = stmt.add_cte(mine, told.returning(ProcessedEventRow.id).cte("claim"))
-    return stmt
+    return stmt if mine is None else _claim_told(stmt, mine, question)
 
 
 # A question stored before its turn was planned anew: its text and tokens as planned now.
