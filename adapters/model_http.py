@@ -26,7 +26,7 @@ CONNECTION_LIMITS = httpx2.Limits(max_connections=1000, max_keepalive_connection
 def model_http_client(timeout: float) -> httpx2.AsyncClient:
     """An ``httpx2`` client on ``AiohttpTransport``, set up as the openai client sets up its
     own (redirects followed, its connection limits). A proxy set in the environment
-    (``HTTPS_PROXY``) is reached through ``httpx2``'s own transport."""
+    (``HTTPS_PROXY``, ``NO_PROXY``) is used by the aiohttp session."""
     return httpx2.AsyncClient(
         timeout=timeout,
         limits=CONNECTION_LIMITS,
@@ -54,6 +54,7 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
         self._session = aiohttp.ClientSession(
             connector=connector,
             cookie_jar=aiohttp.DummyCookieJar(),
+            trust_env=True,  # proxies from the environment, as the openai client's own
             auto_decompress=False,  # httpx2 decodes the body, as Content-Encoding says
         )
         return self._session

@@ -232,13 +232,14 @@ class Leases:
         """Give back ``name``, held since ``taken``, unless a statement of the store gave it
         back already (``given_back``)."""
         self.read.pop(name, None)
-        if name in self.given_back:
-            self.given_back.discard(name)
-        else:
-            # A lease not given back (database gone, task cancelled) expires on its own.
-            with suppress(Exception):
-                await asyncio.shield(retrying(partial(self.give_back, name), patience=5.0))
-        self._held.pop(name).set()
+        try:
+            if name in self.given_back:
+                self.given_back.discard(name)
+            else:
+                with suppress(Exception):
+                    await asyncio.shield(retrying(partial(self.give_back, name), patience=5.0))
+        finally:  # also when cancelled while giving it back: this worker's waiters go on
+            self._held.pop(name).set()
 
     async def _take(
         self,
