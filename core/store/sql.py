@@ -499,10 +499,12 @@ class SqlStore:
             return await self._hot(turns.open_turn, key, spender, plan, holder)
         name = str(key)
         later = held if isinstance(held, _Later) and not held.taken else None
-        if later is not None and plan is not None:
-            facts = await self._take_and_ask(key, later, spender, plan)
+        # A spender's budget is read once the lease is held (a turn of the conversation
+        # finishing meanwhile has spent): that turn takes the lease on its own first.
+        if later is not None and plan is not None and spender is None:
+            facts = await self._take_and_ask(key, later, plan)
         else:
-            if later is not None:  # no question: the lease is taken on its own
+            if later is not None:  # no question, or a budget: the lease is taken on its own
                 await self._take_later(later)
             known = self._ahead.pop(name, None) if later is None else None
             facts = await turns.pg_open_turn(
@@ -514,7 +516,7 @@ class SqlStore:
         return facts
 
     async def _take_and_ask(
-        self, key: ConversationKey, later: _Later, spender: str | None, planner: Planner
+        self, key: ConversationKey, later: _Later, planner: Planner
     ) -> TurnFacts:
         """PostgreSQL, the facts ``later`` knows: the turn planned with them, its lease taken
         with its question stored and the history before it read (one statement, tried again
@@ -522,11 +524,6 @@ class SqlStore:
         read again if the facts were no longer true."""
         assert self._links is not None
         facts, name = later.facts, later.name
-        if spender is not None:
-            spent = await self._links.fetch(
-                self._texts.spent, {"s_platform": key.platform, "s_user": spender}
-            )
-            facts = replace(facts, spent_usd=float(spent[0][0] or 0.0))
         plan = planner(facts)
         params = turns.ask_params(facts, plan, self.leases.holder)
         params.update(_conversation(key), **later.waiting)
