@@ -265,11 +265,15 @@ class Leases:
             wait = min(LONGEST_WAIT, wait * 2)
 
     async def renew(self) -> int:
-        """Push back the expiry of every lease this worker holds, itself included."""
+        """Push back the expiry of this worker's own lease and of those its turns hold (or
+        are taking): one left in the database by a give-back that failed runs out."""
+        names = [worker_name(self.holder), *(storable(name) for name in self._held)]
         async with self.engine.begin() as conn:
             await self._take_self(conn)
             result = await conn.execute(
-                update(LeaseRow).where(LeaseRow.holder == self.holder).values(until=self._until())
+                update(LeaseRow)
+                .where(LeaseRow.holder == self.holder, LeaseRow.name.in_(names))
+                .values(until=self._until())
             )
         return int(cast(CursorResult[Any], result).rowcount or 0)
 

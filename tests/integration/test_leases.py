@@ -7,7 +7,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from bots.bootstrap import Parley, build
 from core.messages import Author, ConversationKey, FinalText, Inbound
@@ -240,3 +240,27 @@ async def test_a_question_received_but_not_taken_on_yet_is_not_overtaken(postgre
     finally:
         await first.close()
         await second.close()
+
+
+async def test_a_lease_left_by_a_failed_give_back_runs_out_while_held_ones_are_renewed(
+    database_url,
+):
+    store = await _store(database_url)
+    try:
+        await store.leases.start()
+        left = "slack:T1:C-left:"
+        async with store.engine.begin() as conn:  # a give-back that never reached the database
+            await conn.execute(
+                LeaseRow.__table__.insert().values(name=left, holder=store.leases.holder, until=1)
+            )
+        async with store.leases.hold("slack:T1:C-held:"):
+            async with store.engine.begin() as conn:
+                await conn.execute(update(LeaseRow).values(until=1))
+            await store.leases.renew()
+            async with store.engine.connect() as conn:
+                until = dict((await conn.execute(select(LeaseRow.name, LeaseRow.until))).all())
+        assert until[left] == 1
+        assert until["slack:T1:C-held:"] > 1
+        assert until[f"worker:{store.leases.holder}"] > 1
+    finally:
+        await store.close()
