@@ -143,18 +143,25 @@ async def on_record(store: SqlStore, check: Any) -> dict[str, Any]:
     raise AssertionError("the answer's record never got there")
 
 
+async def cut_answer(fake: FakeDiscord, store: SqlStore) -> str:
+    """``/ask`` on a worker whose model stream is cut, until the cut answer shows in the
+    reply and a follow-up and its record names them; the interaction's token."""
+    await fake.wait_for(lambda: fake.commands)
+    asked = await fake.send_command("ask", {"prompt": "what is a lease?"})
+    token = str(asked["token"])
+    await fake.wait_for(lambda: len(fake.interaction_messages(token)) == 2)
+    await on_record(store, lambda r: r["followups"])
+    return token
+
+
 async def test_a_slash_command_cut_by_a_dead_worker_is_finished_in_its_reply(
     database_url: str, places: tuple[FakeDiscord, Any]
 ) -> None:
     fake, standin = places
     async with worker(database_url, fake, standin, Cut()) as dying:
-        await fake.wait_for(lambda: fake.commands)
-        asked = await fake.send_command("ask", {"prompt": "what is a lease?"})
-        token = asked["token"]
         # The cut answer shows in the reply and a follow-up.
-        await fake.wait_for(lambda: len(fake.interaction_messages(token)) == 2)
+        token = await cut_answer(fake, dying.store)
         assert "".join(fake.interaction_messages(token)).startswith("The answer is very")
-        await on_record(dying.store, lambda r: r["followups"])
         async with worker(database_url, fake, standin) as survivor:
             assert await survivor.sweep() == 0  # its worker still lives
             await dying.die()
@@ -229,11 +236,7 @@ async def test_past_the_token_the_answer_moves_to_the_channel(
 ) -> None:
     fake, standin = places
     async with worker(database_url, fake, standin, Cut()) as dying:
-        await fake.wait_for(lambda: fake.commands)
-        asked = await fake.send_command("ask", {"prompt": "what is a lease?"})
-        token = asked["token"]
-        await fake.wait_for(lambda: len(fake.interaction_messages(token)) == 2)
-        await on_record(dying.store, lambda r: r["followups"])
+        token = await cut_answer(fake, dying.store)
         # Time passes: the token's safe end is behind us (the token itself still works).
         async with dying.store.engine.begin() as conn:
             [row] = (await conn.execute(text("SELECT id, delivery FROM processed_events"))).all()
@@ -306,11 +309,7 @@ async def test_a_resume_refused_by_discord_leaves_no_token_behind(
 ) -> None:
     fake, standin = places
     async with worker(database_url, fake, standin, Cut()) as dying:
-        await fake.wait_for(lambda: fake.commands)
-        asked = await fake.send_command("ask", {"prompt": "what is a lease?"})
-        token = asked["token"]
-        await fake.wait_for(lambda: len(fake.interaction_messages(token)) == 2)
-        await on_record(dying.store, lambda r: r["followups"])
+        token = await cut_answer(fake, dying.store)
         async with worker(database_url, fake, standin) as survivor:
             await dying.die()
             # Every write to the reply is refused (403) while the survivor finishes it.
