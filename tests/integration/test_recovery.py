@@ -250,3 +250,52 @@ async def test_an_answer_taken_over_while_its_worker_stalled_is_given_up_by_it(p
             await stalled
         await stalling.close()
         await survivor.close()
+
+
+class Split(Screen):
+    """Its final write posts the end of a long answer as a second message."""
+
+    def record(self) -> dict[str, Any]:
+        return {"messages": ["ts-1", "ts-2"] if self.final else ["ts-1"]}
+
+
+async def _refuse_settling(store: SqlStore) -> None:
+    """The database refuses to mark a claim answered (any error a settle may meet)."""
+    sqlite = [
+        "CREATE TRIGGER refuse_settling BEFORE UPDATE OF state ON processed_events "
+        "WHEN NEW.state = 'answered' BEGIN SELECT RAISE(ABORT, 'settling refused'); END"
+    ]
+    postgresql = [
+        "CREATE FUNCTION refuse_settling() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN RAISE EXCEPTION 'settling refused'; END $$",
+        "CREATE TRIGGER refuse_settling BEFORE UPDATE OF state ON processed_events "
+        "FOR EACH ROW WHEN (NEW.state = 'answered') EXECUTE FUNCTION refuse_settling()",
+    ]
+    async with store.engine.begin() as conn:
+        for sql in postgresql if store.engine.dialect.name == "postgresql" else sqlite:
+            await conn.exec_driver_sql(sql)
+
+
+async def test_what_an_answer_showed_in_the_end_outlives_a_failed_settle(database_url):
+    """The settle that would keep the final record fails: the record is kept on its own, so
+    the worker finishing the claim after a crash edits both messages (none posted anew)."""
+    parley = await _worker(database_url, ScriptedModel(reply=lambda r: "a long answer"))
+    survivor = await _worker(database_url, ScriptedModel(reply=lambda r: "asked twice!"))
+    try:
+        assert isinstance(parley.store, SqlStore)
+        await _refuse_settling(parley.store)
+        question, screen = _question("tell me all", "Ev-split"), Split()
+        service = parley.service
+        await deliver(
+            service.answer(question), screen, Interval(0), journal=service.journal(question)
+        )
+        assert screen.final == "a long answer"
+        await _die(parley)  # the worker dies with its claim unsettled
+        resumed: list[Resumed] = []
+        assert await _sweep_into(survivor, resumed, Screen()) == 1
+        assert resumed[0].shown == {"messages": ["ts-1", "ts-2"]}
+        assert resumed[0].answer == "a long answer"
+        assert survivor.llm.requests == []
+    finally:
+        await parley.close()
+        await survivor.close()
