@@ -297,6 +297,7 @@ async def _given_back(url: str, name: str, holder: str) -> object:
 async def _waited_for(store: SqlStore, name: str) -> None:
     """Return once a turn of ``store``'s worker waits for another of its turns holding (or
     taking) ``name``."""
+    assert name in store.leases._held, "the turn taking the lease reserved it"
     mine = store.leases._held[name]
     while not mine._waiters:  # type: ignore[attr-defined]  # noqa: ASYNC110 (no event says so)
         await asyncio.sleep(0)
