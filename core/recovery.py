@@ -108,12 +108,8 @@ class Journal:
     async def shown(self, record: Mapping[str, Any]) -> None:
         """The renderer's record now (written only when it changed; best effort)."""
         text = self._changed(record)
-        if text is None:
-            return
-        try:
-            await self.store.record_delivery(*self.event, text)
-        except Exception as exc:
-            log.warning("recording what an answer showed failed (%s)", type(exc).__name__)
+        if text is not None:
+            await self._record(text)
 
     async def delivered(self, record: Mapping[str, Any] | None = None) -> bool:
         """The answer is shown in full: nothing is left to finish. False when another worker
@@ -124,7 +120,17 @@ class Journal:
             return await self.store.settle_event(*self.event, "answered", delivery=delivery)
         except Exception as exc:
             log.warning("recording a shown answer failed (%s)", type(exc).__name__)
-            return True
+        if delivery is not None:  # kept on its own: a sweeper finishing the claim edits it
+            await self._record(delivery)
+        return True
+
+    async def _record(self, text: str) -> None:
+        """``text`` kept as what the answer showed (best effort)."""
+        try:
+            await self.store.record_delivery(*self.event, text)
+        except Exception as exc:
+            log.warning("recording what an answer showed failed (%s)", type(exc).__name__)
+            self._last = None  # not kept: the next record is written whatever it is
 
 
 def _resumed(orphan: Orphan) -> Resumed:

@@ -65,6 +65,25 @@ def postgres_url(postgres_admin_url: str) -> Iterator[str]:
         asyncio.run(_admin(postgres_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+async def upgraded(url: str) -> str:
+    """The database at ``url`` on the newest schema, as `parley db upgrade` leaves it."""
+    from core.store import schema
+    from core.store.sql import make_engine
+
+    engine = make_engine(url)
+    try:
+        await schema.upgrade(engine)
+    finally:
+        await engine.dispose()
+    return url
+
+
+@pytest.fixture
+async def upgraded_postgres_url(postgres_url: str) -> str:
+    """A fresh PostgreSQL database on the newest schema (``upgraded``)."""
+    return await upgraded(postgres_url)
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path) -> str:
     """Each storage test runs on SQLite and on PostgreSQL."""

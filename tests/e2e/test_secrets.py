@@ -15,8 +15,8 @@ from sqlalchemy.engine import make_url
 from bots.logs import redact, secrets_of
 from bots.shared import RedisSettings
 from core.settings import Settings
-from core.store import schema
 from core.store.sql import make_engine
+from tests.conftest import upgraded
 from tests.e2e.test_run_workers import (
     PARLEY,
     answered,
@@ -86,9 +86,7 @@ async def test_secrets_everywhere_reach_no_log_output_or_row(
     """A worker on Slack and Discord, `parley ask`, model errors and bad settings, with a
     recognisable secret in every secret setting and logging at DEBUG: none of them is in any
     output, nor in any row of any table."""
-    engine = make_engine(postgres_url)
-    await schema.upgrade(engine)
-    await engine.dispose()
+    await upgraded(postgres_url)
     database = make_url(postgres_url).set(password=DB_PASSWORD)
     base = standin.base_url.replace("http://", f"http://{URL_USER}:{URL_PASSWORD}@")
     env = {

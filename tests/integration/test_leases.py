@@ -264,3 +264,75 @@ async def test_a_lease_left_by_a_failed_give_back_runs_out_while_held_ones_are_r
         assert until[f"worker:{store.leases.holder}"] > 1
     finally:
         await store.close()
+
+
+async def _on_own_connection(url: str, sql: str, *args: object) -> object:
+    """``sql``'s first value, on a connection of the test's own (not through the proxy)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        return await conn.fetchval(sql, *args)
+    finally:
+        await conn.close()
+
+
+async def _count_give_backs(url: str) -> None:
+    """From now on, every lease row deleted (given back) is noted in ``given_back``."""
+    for sql in (
+        "CREATE TABLE given_back (name text, holder text)",
+        "CREATE FUNCTION note_give_back() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN INSERT INTO given_back VALUES (OLD.name, OLD.holder); RETURN OLD; END $$",
+        "CREATE TRIGGER note_give_back AFTER DELETE ON leases FOR EACH ROW "
+        "EXECUTE FUNCTION note_give_back()",
+    ):
+        await _on_own_connection(url, sql)
+
+
+async def _given_back(url: str, name: str, holder: str) -> object:
+    sql = "SELECT count(*) FROM given_back WHERE name = $1 AND holder = $2"
+    return await _on_own_connection(url, sql, name, holder)
+
+
+async def _waited_for(store: SqlStore, name: str) -> None:
+    """Return once a turn of ``store``'s worker waits for another of its turns holding (or
+    taking) ``name``."""
+    assert name in store.leases._held, "the turn taking the lease reserved it"
+    mine = store.leases._held[name]
+    while not mine._waiters:  # type: ignore[attr-defined]  # noqa: ASYNC110 (no event says so)
+        await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize("known", [False, True], ids=["first-turn", "facts-known"])
+async def test_a_take_cut_short_once_it_took_the_lease_gives_it_back_and_lets_waiters_on(
+    postgres_url, proxy, known
+):
+    """A turn is cancelled while the statement taking its conversation's lease is in flight:
+    done in the database, its answer not back yet. The lease is given back at once (not left
+    to run out) and the worker's next turn of the conversation, waiting for it, goes on.
+    ``known``: the worker knows the conversation's facts (the lease is taken by the statement
+    storing the question) or not (by the statement reading them)."""
+    url = postgres_url.replace(f":{PG_PORT}/", f":{proxy.port}/")
+    store = await _store(url)
+    await _count_give_backs(postgres_url)
+    model = ScriptedModel(reply=lambda r: f"answer to {r.messages[-1].text}")
+    parley = await build(Settings(_env_file=None, database_url=url), store=store, llm=model)
+    name, holder = str(KEY), store.leases.holder
+    try:
+        if known:
+            assert await _ask(parley, KEY, "q1") == "answer to q1"
+        given_back = await _given_back(postgres_url, name, holder)
+        proxy.hold_reply(holder.encode())  # the take's answer names its holder
+        cut = asyncio.create_task(_ask(parley, KEY, "q2"))
+        await asyncio.wait_for(proxy.holding.wait(), 20)
+        taken = "SELECT holder FROM leases WHERE name = $1"
+        assert await _on_own_connection(postgres_url, taken, name) == holder  # the take is done
+        waiting = asyncio.create_task(_ask(parley, KEY, "q3"))
+        await asyncio.wait_for(_waited_for(store, name), 20)
+        cut.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cut
+        assert await _given_back(postgres_url, name, holder) > given_back  # at once
+        assert await asyncio.wait_for(waiting, 20) == "answer to q3"
+    finally:
+        await parley.close()

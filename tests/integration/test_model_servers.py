@@ -24,9 +24,8 @@ from core.llm import ChatRequest, Completion, OpenAIChat, ServerModels
 from core.messages import Author, ConversationKey, FinalText, Inbound, UsageReport, UserError
 from core.ports import PromptMessage
 from core.settings import Settings
-from core.store import schema
-from core.store.sql import make_engine
 from core.tokens import count_prompt
+from tests.conftest import upgraded
 
 KEY = ConversationKey("test", "w", "c")
 LONG = "Tell me about the history of the harbour, the ships and the people there. " * 12
@@ -61,6 +60,21 @@ async def failure(model: OpenAIChat, chat_request: ChatRequest) -> LLMError:
         async for _ in model.stream(chat_request):
             pass
     return caught.value
+
+
+@asynccontextmanager
+async def serving(*routes: web.RouteDef, **options: Any) -> AsyncIterator[str]:
+    """``routes`` served on a free local port (``options`` for the runner); yields its URL."""
+    app = web.Application()
+    app.add_routes(routes)
+    runner = web.AppRunner(app, **options)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    host, port = runner.addresses[0][:2]
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        await runner.cleanup()
 
 
 async def test_a_one_model_server_names_the_model_that_answered() -> None:
@@ -137,20 +151,13 @@ async def test_errors_inside_a_stream_get_their_own_sentence() -> None:
         await response.write_eof()
         return response
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", broken)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    chat = chat_on(f"http://{host}:{port}/v1")
-    try:
-        too_long = await failure(chat, request("a long one"))
-        missing = await failure(chat, request("anything"))
-    finally:
-        await chat.close()
-        await runner.cleanup()
+    async with serving(web.post("/v1/chat/completions", broken)) as url:
+        chat = chat_on(f"{url}/v1")
+        try:
+            too_long = await failure(chat, request("a long one"))
+            missing = await failure(chat, request("anything"))
+        finally:
+            await chat.close()
     assert isinstance(too_long, ContextTooLong) and too_long.window == 512
     assert isinstance(missing, ModelNotFound)
 
@@ -196,19 +203,10 @@ async def raw_server(
     async def models(request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": []})
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", answer)
-    app.router.add_get("/v1/models", models)
+    routes = web.post("/v1/chat/completions", answer), web.get("/v1/models", models)
     # handler_cancellation: a hanging answer ends when the client goes
-    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    try:
-        yield f"http://{host}:{port}/v1"
-    finally:
-        await runner.cleanup()
+    async with serving(*routes, handler_cancellation=True, shutdown_timeout=0.5) as url:
+        yield f"{url}/v1"
 
 
 TRANSPORTS = pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
@@ -302,26 +300,19 @@ async def test_the_client_parley_runs_reads_gzip_and_sends_a_cookie_back_once() 
         response.set_cookie("affinity", "a1")
         return response
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", answer)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        openai_api_key="k",
-        openai_base_url=f"http://{host}:{port}/v1",
-        openai_max_retries=0,
-    )
-    chat = OpenAIChat.from_settings(settings, http_client=model_http_client)
-    try:
-        first = await complete(chat, request())
-        second = await complete(chat, request())
-    finally:
-        await chat.close()
-        await runner.cleanup()
+    async with serving(web.post("/v1/chat/completions", answer)) as url:
+        settings = Settings(
+            _env_file=None,  # type: ignore[call-arg]
+            openai_api_key="k",
+            openai_base_url=f"{url}/v1",
+            openai_max_retries=0,
+        )
+        chat = OpenAIChat.from_settings(settings, http_client=model_http_client)
+        try:
+            first = await complete(chat, request())
+            second = await complete(chat, request())
+        finally:
+            await chat.close()
     assert first.text == second.text == "Hi"
     assert all("gzip" in accepted for accepted, _ in seen)
     assert [cookies for _, cookies in seen] == [[], ["affinity=a1"]]
@@ -414,9 +405,7 @@ async def small_server() -> AsyncIterator[StandinServer]:
 
 
 async def parley_on(base_url: str, database_url: str, **settings: object):
-    engine = make_engine(database_url)
-    await schema.upgrade(engine)
-    await engine.dispose()
+    await upgraded(database_url)
     options: dict[str, object] = {"parley_max_output_tokens": 200, **settings}
     return await build(
         Settings(_env_file=None, database_url=database_url, openai_base_url=base_url, **options)
@@ -520,20 +509,17 @@ async def test_ollama_window_from_its_model_info() -> None:
             return web.json_response({"parameters": "num_ctx 8192\nstop <|eot_id|>"})
         return web.json_response({"model_info": {"qwen2.context_length": 32768}})
 
-    app = web.Application()
-    app.router.add_get("/v1/models", models)
-    app.router.add_post("/api/show", show)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    host, port = runner.addresses[0][:2]
-    client = openai.AsyncOpenAI(base_url=f"http://{host}:{port}/v1", api_key="k")
-    server = ServerModels(client)
-    try:
-        tuned = await server.identify(Completion("x", "llama3.1:8b", 1, 1, "stop"), "llama3.1:8b")
-        trained = await server.identify(Completion("x", "qwen2:0.5b", 1, 1, "stop"), "qwen2:0.5b")
-    finally:
-        await client.close()
-        await runner.cleanup()
+    async with serving(web.get("/v1/models", models), web.post("/api/show", show)) as url:
+        client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="k")
+        server = ServerModels(client)
+        try:
+            tuned = await server.identify(
+                Completion("x", "llama3.1:8b", 1, 1, "stop"), "llama3.1:8b"
+            )
+            trained = await server.identify(
+                Completion("x", "qwen2:0.5b", 1, 1, "stop"), "qwen2:0.5b"
+            )
+        finally:
+            await client.close()
     assert tuned.window == 8192 and tuned.model == "llama3.1:8b"
     assert trained.window == 32768

@@ -29,8 +29,7 @@ from core.llm import ChatRequest, Completion, OpenAIChat
 from core.messages import Author, ConversationKey, FinalText, Inbound, UsageReport, UserError
 from core.ports import PromptMessage
 from core.settings import Settings
-from core.store import schema
-from core.store.sql import make_engine
+from tests.conftest import upgraded
 
 pytestmark = pytest.mark.real_model
 
@@ -216,9 +215,7 @@ async def test_server_stopped_mid_answer_is_a_broken_stream() -> None:
 
 async def parley_on(llama: LlamaServer, tmp_path: Path, **settings: object):
     database_url = f"sqlite+aiosqlite:///{tmp_path}/parley.db"
-    engine = make_engine(database_url)
-    await schema.upgrade(engine)
-    await engine.dispose()
+    await upgraded(database_url)
     return await build(
         Settings(
             _env_file=None, database_url=database_url, openai_base_url=llama.base_url, **settings

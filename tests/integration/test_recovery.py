@@ -250,3 +250,78 @@ async def test_an_answer_taken_over_while_its_worker_stalled_is_given_up_by_it(p
             await stalled
         await stalling.close()
         await survivor.close()
+
+
+class Split(Screen):
+    """Its final write posts the end of a long answer as a second message."""
+
+    def record(self) -> dict[str, Any]:
+        return {"messages": ["ts-1", "ts-2"] if self.final else ["ts-1"]}
+
+
+async def _refuse(store: SqlStore, name: str, column: str, state: str) -> None:
+    """The database refuses every update of ``column`` of a claim to (or in) ``state``."""
+    sqlite = [
+        f"CREATE TRIGGER {name} BEFORE UPDATE OF {column} ON processed_events "
+        f"WHEN NEW.state = '{state}' BEGIN SELECT RAISE(ABORT, 'refused'); END"
+    ]
+    postgresql = [
+        f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN RAISE EXCEPTION 'refused'; END $$",
+        f"CREATE TRIGGER {name} BEFORE UPDATE OF {column} ON processed_events "
+        f"FOR EACH ROW WHEN (NEW.state = '{state}') EXECUTE FUNCTION {name}()",
+    ]
+    async with store.engine.begin() as conn:
+        for sql in postgresql if store.engine.dialect.name == "postgresql" else sqlite:
+            await conn.exec_driver_sql(sql)
+
+
+SETTLING = ("refuse_settling", "state", "answered")  # no claim marked answered
+
+
+async def _finished_after_a_crash(url: str, screen: Screen, *refused: tuple[str, ...]) -> Resumed:
+    """``screen`` shows an answer while the database refuses what ``refused`` says (each the
+    arguments of ``_refuse``); its worker dies, and another finishes the claim: what it is
+    given to finish (the stored answer, so the model is not asked again)."""
+    parley = await _worker(url, ScriptedModel(reply=lambda r: "the answer"))
+    survivor = await _worker(url, ScriptedModel(reply=lambda r: "asked twice!"))
+    try:
+        assert isinstance(parley.store, SqlStore)
+        for refusal in refused:
+            await _refuse(parley.store, *refusal)
+        question, service = _question("tell me", "Ev-refused"), parley.service
+        await deliver(
+            service.answer(question), screen, Interval(0), journal=service.journal(question)
+        )
+        assert screen.final == "the answer"
+        await _die(parley)  # the worker dies with its claim unsettled
+        resumed: list[Resumed] = []
+        assert await _sweep_into(survivor, resumed, Screen()) == 1
+        assert resumed[0].answer == "the answer" and survivor.llm.requests == []
+        return resumed[0]
+    finally:
+        await parley.close()
+        await survivor.close()
+
+
+async def test_what_an_answer_showed_in_the_end_outlives_a_failed_settle(database_url):
+    """The settle that would keep the final record fails: the record is kept on its own, so
+    the worker finishing the claim after a crash edits both messages (none posted anew)."""
+    resumed = await _finished_after_a_crash(database_url, Split(), SETTLING)
+    assert resumed.shown == {"messages": ["ts-1", "ts-2"]}
+
+
+class Still(Screen):
+    """Shows its answer in one message from the first write to the last."""
+
+    def record(self) -> dict[str, Any]:
+        return {"messages": ["ts-1"]}
+
+
+async def test_a_record_whose_write_failed_is_written_again_at_the_end(database_url):
+    """Keeping what the answer showed fails while it streams (the record stays the same to
+    the end), and so does the settle: the record is still kept, and the worker finishing the
+    claim after a crash edits that message instead of posting the answer again."""
+    records = ("refuse_records", "delivery", "answering")  # none kept while it streams
+    resumed = await _finished_after_a_crash(database_url, Still(), records, SETTLING)
+    assert resumed.shown == {"messages": ["ts-1"]}

@@ -14,8 +14,7 @@ from bots.bootstrap import Parley, build
 from core.delivery import Interval, deliver
 from core.messages import Author, ConversationKey, FinalText, Inbound
 from core.settings import Settings
-from core.store import schema
-from core.store.sql import make_engine
+from tests.conftest import upgraded
 from tests.fakes.counting import Counting
 
 KEY = ConversationKey("slack", "T1", "C1", "1700000000.000100")
@@ -37,9 +36,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Any) -> tuple[str, str]:
 
 @pytest.fixture
 async def parley(backend: tuple[str, str], standin: Any) -> Any:
-    engine = make_engine(backend[1])
-    await schema.upgrade(engine)
-    await engine.dispose()
+    await upgraded(backend[1])
     settings = Settings(
         _env_file=None,
         database_url=backend[1],

@@ -20,20 +20,13 @@ from core.messages import (
 )
 from core.pricing import cost_usd
 from core.settings import DEFAULT_PRICES, Settings
-from core.store import schema
 from core.store.models import MessageRow
-from core.store.sql import make_engine
-
-
-async def migrate(database_url):
-    engine = make_engine(database_url)
-    await schema.upgrade(engine)
-    await engine.dispose()
+from tests.conftest import upgraded
 
 
 @pytest.fixture
 async def parley(database_url, standin):
-    await migrate(database_url)
+    await upgraded(database_url)
     settings = Settings(
         _env_file=None,
         database_url=database_url,
@@ -131,7 +124,7 @@ async def test_json_mode_round_trip_and_repair(parley, standin):
 
 
 async def test_history_persists_across_restart(database_url, standin):
-    await migrate(database_url)
+    await upgraded(database_url)
     settings = Settings(
         _env_file=None,
         database_url=database_url,

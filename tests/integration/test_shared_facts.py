@@ -12,8 +12,7 @@ from bots.bootstrap import Parley, build
 from core.messages import Attachment, Author, ConversationKey, FinalText, Inbound
 from core.ports import ChatRequest
 from core.settings import Settings
-from core.store import schema
-from core.store.sql import make_engine
+from tests.conftest import upgraded
 from tests.fakes.memory import ScriptedModel
 
 KEY = ConversationKey("test", "w", "c", "thread")
@@ -30,11 +29,7 @@ def url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
 
 @pytest.fixture
 async def workers(url: str) -> Any:
-    engine = make_engine(url)
-    try:
-        await schema.upgrade(engine)
-    finally:
-        await engine.dispose()
+    await upgraded(url)
     model = ScriptedModel(reply=lambda r: f"answer to {r.messages[-1].text}")
     settings = Settings(_env_file=None, database_url=url)
     parleys = [await build(settings, llm=model) for _ in range(2)]

@@ -20,8 +20,7 @@ from bots.platforms import slack_adapter
 from bots.shared import RedisSettings
 from core.messages import ConversationKey
 from core.settings import Settings
-from core.store import schema
-from core.store.sql import make_engine
+from tests.conftest import upgraded
 from tests.fakes.memory import ScriptedModel
 from tests.fakes.slack_tiers import TieredSlack
 
@@ -87,9 +86,7 @@ async def test_threads_started_at_the_same_moment_show_their_answers_in_the_orde
 async def _three_workers(
     postgres_url: str, redis_prefix: str, *, threads: int, asked: int, spread: float
 ) -> None:
-    engine = make_engine(postgres_url)
-    await schema.upgrade(engine)
-    await engine.dispose()
+    await upgraded(postgres_url)
     slack = await TieredSlack().start()
     rng = random.Random(11)
     async with AsyncExitStack() as stack:

@@ -14,6 +14,7 @@ from core.messages import Author, ConversationKey, FinalText, Inbound
 from core.settings import Settings
 from core.store import schema
 from core.store.sql import SqlStore, make_engine
+from tests.conftest import upgraded
 from tests.fakes.memory import ScriptedModel
 
 SENT = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
@@ -29,9 +30,7 @@ class Echo(ScriptedModel):
 
 
 async def test_two_workers_store_a_thread_in_platform_order(postgres_url):
-    engine = make_engine(postgres_url)
-    await schema.upgrade(engine)
-    await engine.dispose()
+    await upgraded(postgres_url)
     echo = Echo(reply=lambda r: f"answer to {r.messages[-1].text}")
     settings = Settings(_env_file=None, database_url=postgres_url)
     parleys = [await build(settings, llm=echo) for _ in range(2)]

@@ -6,9 +6,8 @@ from __future__ import annotations
 from bots.bootstrap import build
 from core.messages import Author, ConversationKey, FinalText, Inbound
 from core.settings import Settings
-from core.store import schema
 from core.store.models import storable
-from core.store.sql import make_engine
+from tests.conftest import upgraded
 from tests.fakes.memory import ScriptedModel
 
 HOSTILE = "nul\x00here \ud800 and\x00\x00 done"
@@ -20,9 +19,7 @@ def test_storable_drops_nul_and_replaces_lone_surrogates():
 
 
 async def test_a_message_full_of_nul_bytes_is_answered_and_stored(database_url):
-    engine = make_engine(database_url)
-    await schema.upgrade(engine)
-    await engine.dispose()
+    await upgraded(database_url)
     model = ScriptedModel(reply=lambda r: f"echo {r.messages[-1].text} \x00end")
     parley = await build(Settings(_env_file=None, database_url=database_url), llm=model)
     key = ConversationKey("test", "w\x00", "c\x00", "t\x00")

@@ -5,14 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-import pytest
-
 from bots.bootstrap import Parley, build
 from core.delivery import Interval, deliver
 from core.messages import Author, ConversationKey, FinalText, Inbound
 from core.settings import Settings
-from core.store import schema
-from core.store.sql import SqlStore, make_engine
+from core.store.sql import SqlStore
 from tests.fakes.memory import ScriptedModel
 
 
@@ -31,17 +28,6 @@ class SlowEcho(ScriptedModel):
             yield item
 
 
-@pytest.fixture
-async def database(postgres_url: str) -> str:
-    """A PostgreSQL database on the newest schema, as `parley db upgrade` leaves it."""
-    engine = make_engine(postgres_url)
-    try:
-        await schema.upgrade(engine)
-    finally:
-        await engine.dispose()
-    return postgres_url
-
-
 async def worker(url: str, llm: ScriptedModel) -> Parley:
     """One worker process's core on the database at ``url``."""
     return await build(Settings(_env_file=None, database_url=url), llm=llm)
@@ -52,9 +38,9 @@ def sql_store(parley: Parley) -> SqlStore:
     return parley.store
 
 
-async def test_two_workers_answer_one_conversation_in_turn(database):
+async def test_two_workers_answer_one_conversation_in_turn(upgraded_postgres_url):
     echo = SlowEcho(reply=lambda r: f"answer to {r.messages[-1].text}")
-    parleys = [await worker(database, echo) for _ in range(2)]
+    parleys = [await worker(upgraded_postgres_url, echo) for _ in range(2)]
     workers = [parley.service for parley in parleys]
     stores = [parley.store for parley in parleys]
     key = ConversationKey("test", "w", "shared")
@@ -86,7 +72,7 @@ async def _lock_is_free(store: SqlStore, name: str) -> bool:
     return True
 
 
-async def test_a_cancelled_answer_frees_its_conversation_at_once(database):
+async def test_a_cancelled_answer_frees_its_conversation_at_once(upgraded_postgres_url):
     """An adapter delivers answers through deliver(); cancelling it must free the conversation."""
     started = asyncio.Event()
 
@@ -96,8 +82,8 @@ async def test_a_cancelled_answer_frees_its_conversation_at_once(database):
             await asyncio.sleep(60)
             yield "never"
 
-    parley = await worker(database, Hanging())
-    other_worker = await worker(database, ScriptedModel())
+    parley = await worker(upgraded_postgres_url, Hanging())
+    other_worker = await worker(upgraded_postgres_url, ScriptedModel())
     service = parley.service
     key = ConversationKey("test", "w", "cancelled")
 
@@ -125,7 +111,7 @@ async def test_a_cancelled_answer_frees_its_conversation_at_once(database):
         await other_worker.close()
 
 
-async def test_a_turn_waiting_for_its_conversation_holds_no_answer_slot(database):
+async def test_a_turn_waiting_for_its_conversation_holds_no_answer_slot(upgraded_postgres_url):
     """A worker that knows a conversation's facts takes its lease with the turn's first
     statement; waiting for it meanwhile must not keep another conversation from a slot."""
     slow_started, go_on = asyncio.Event(), asyncio.Event()
@@ -139,7 +125,10 @@ async def test_a_turn_waiting_for_its_conversation_holds_no_answer_slot(database
                 yield item
 
     model = Gated()
-    first, second = await worker(database, model), await worker(database, model)
+    first, second = (
+        await worker(upgraded_postgres_url, model),
+        await worker(upgraded_postgres_url, model),
+    )
     busy, other = ConversationKey("test", "w", "busy"), ConversationKey("test", "w", "other")
     slots = {id(first): asyncio.Semaphore(1), id(second): asyncio.Semaphore(1)}
 
