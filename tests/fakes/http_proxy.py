@@ -1,7 +1,7 @@
 """A plain-HTTP forward proxy a test points ``HTTP_PROXY`` at: it takes requests in absolute
 form (``POST http://127.0.0.1:8000/v1/chat/completions HTTP/1.1``), sends each on to its server
 in origin form on a connection of its own (one request per connection: ``Connection: close``
-both ways), and notes every request's URL and ``Proxy-Authorization`` header."""
+both ways), and notes every request's URL and headers."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ class ForwardProxy:
         self.port = 0
         self.urls: list[str] = []  # the absolute URL of every request, in order of arrival
         self.authorizations: list[str | None] = []  # each one's Proxy-Authorization
+        self.headers: list[dict[str, str]] = []  # each one's headers, by lower-case name
         self._server: asyncio.Server | None = None
 
     @property
@@ -42,15 +43,15 @@ class ForwardProxy:
         request_line, *header_lines = head.decode("latin-1").split("\r\n")
         method, url, version = request_line.split(" ", 2)
         headers = []
-        authorization = None
+        received = {}
         for line in filter(None, header_lines):
             name, _, value = line.partition(":")
-            if name.strip().lower() == "proxy-authorization":
-                authorization = value.strip()
+            received[name.strip().lower()] = value.strip()
             if name.strip().lower() not in _HOP_BY_HOP:
                 headers.append(line)
         self.urls.append(url)
-        self.authorizations.append(authorization)
+        self.authorizations.append(received.get("proxy-authorization"))
+        self.headers.append(received)
         target = urlsplit(url)
         path = target.path + (f"?{target.query}" if target.query else "")
         up_reader, up_writer = await asyncio.open_connection(target.hostname, target.port or 80)

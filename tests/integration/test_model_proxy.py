@@ -1,6 +1,7 @@
 """Parley's model client (the openai client on ``adapters.model_http``, as ``parley run`` builds
 it) sends through the proxy the environment names, with the proxy's credentials, and not
-when ``NO_PROXY`` names the server."""
+when ``NO_PROXY`` names the server; and what the proxy sees of a request: the key and the
+client's own headers, not the platform it runs on."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from core.settings import Settings
 from tests.fakes.http_proxy import ForwardProxy
 
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
+API_KEY = "sk-parley-proxy-test"
 
 
 @pytest.fixture
@@ -40,7 +42,7 @@ async def answer(server: StandinServer) -> Completion:
     """One answer from the model client ``parley run`` builds, on ``server``."""
     settings = Settings(
         _env_file=None,  # type: ignore[call-arg]
-        openai_api_key=SecretStr("sk-parley-proxy-test"),
+        openai_api_key=SecretStr(API_KEY),
         openai_base_url=server.base_url,
         openai_max_retries=0,
     )
@@ -85,3 +87,23 @@ async def test_no_proxy_sends_straight_to_the_server(
     await answer(server)
     assert proxy.urls == []
     assert len(server.requests) == 2
+
+
+async def test_a_request_carries_the_key_and_the_clients_headers_not_its_platform(
+    server: StandinServer, proxy: ForwardProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    await answer(server)
+    chat_url = f"{server.base_url}/chat/completions"
+    sent = [h for url, h in zip(proxy.urls, proxy.headers, strict=True) if url == chat_url]
+    assert len(sent) == 2
+    per_request = {"x-stainless-retry-count", "x-stainless-read-timeout"}
+    for headers in sent:
+        assert headers["authorization"] == f"Bearer {API_KEY}"
+        assert headers["content-type"] == "application/json"
+        assert headers["accept"] == "application/json"
+        assert headers["user-agent"].startswith("AsyncOpenAI/Python")
+        assert headers["x-stainless-retry-count"] == "0"
+        assert "accept-encoding" in headers
+        platform = [n for n in headers if n.startswith("x-stainless-") and n not in per_request]
+        assert platform == []
