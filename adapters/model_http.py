@@ -5,28 +5,51 @@ connection pool serves 1,000 requests at once without the per-request checks of 
 connection that ``httpx2``'s own pool makes. The transport hands each request to aiohttp and
 its answer back as it streams, and does as little per request as that takes: the session keeps
 no cookies (``httpx2`` keeps them, as with any transport), timeouts are built once per value,
-and headers are handed over once decoded. aiohttp's errors become ``httpx2``'s, which the
+the environment's proxy is looked up once per server, and headers are handed over once
+decoded. aiohttp's errors become ``httpx2``'s, which the
 openai client retries and reports: a refused connection is a connect error, a timeout a
 timeout, a cut stream a read error.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ssl
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 import httpx2
+from aiohttp.helpers import get_env_proxy_for_url
+from yarl import URL
 
 # As many connections as the openai client's own default (its aiohttp transport's too).
 CONNECTION_LIMITS = httpx2.Limits(max_connections=1000, max_keepalive_connections=100)
+
+# A server the transport sends to (scheme, host, port), the route to which is kept.
+_Server = tuple[str, str, int | None]
+_ROUTES_KEPT = 64
+
+
+class _Route(NamedTuple):
+    """How requests reach a server: straight, or through a proxy. The proxy's credentials go
+    on the tunnel's CONNECT to an HTTPS server (``connect_headers``), and on each request
+    itself to a plain-HTTP one (``request_headers``), which the proxy forwards."""
+
+    proxy: URL | None = None
+    connect_headers: dict[str, str] | None = None
+    request_headers: tuple[tuple[str, str], ...] = ()
+
+
+_DIRECT = _Route()
 
 
 def model_http_client(timeout: float) -> httpx2.AsyncClient:
     """An ``httpx2`` client on ``AiohttpTransport``, set up as the openai client sets up its
     own (redirects followed, its connection limits). A proxy set in the environment
-    (``HTTPS_PROXY``, ``NO_PROXY``) is used by the aiohttp session."""
+    (``HTTPS_PROXY``, ``HTTP_PROXY``, ``NO_PROXY``) is used, as the openai client's own
+    transport uses it."""
     return httpx2.AsyncClient(
         timeout=timeout,
         limits=CONNECTION_LIMITS,
@@ -44,6 +67,7 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
         self._ssl = httpx2.create_ssl_context(verify=verify)
         self._session: aiohttp.ClientSession | None = None
         self._timeouts: dict[tuple[Any, Any, Any], aiohttp.ClientTimeout] = {}
+        self._routes: dict[_Server, _Route] = {}
 
     def _open(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
@@ -54,7 +78,9 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
         self._session = aiohttp.ClientSession(
             connector=connector,
             cookie_jar=aiohttp.DummyCookieJar(),
-            trust_env=True,  # proxies from the environment, as the openai client's own
+            # No per-request look-up of the environment (a thread each for the proxy and for
+            # ~/.netrc): the transport gives each request the proxy it looked up once.
+            trust_env=False,
             auto_decompress=False,  # httpx2 decodes the body, as Content-Encoding says
         )
         return self._session
@@ -71,8 +97,31 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
             self._timeouts[key] = timeout
         return timeout
 
+    async def _look_up_route(self, url: httpx2.URL, server: _Server) -> _Route:
+        """The route to ``url``'s server: through the proxy the environment names for it
+        (``HTTPS_PROXY``, or ``HTTP_PROXY`` for plain HTTP, with the credentials in its URL or
+        in ``~/.netrc``), straight if ``NO_PROXY`` excludes the server or none is set. Looked
+        up as aiohttp's ``trust_env`` does (in a thread: it reads files), once per server."""
+        route = _DIRECT
+        with contextlib.suppress(LookupError):
+            proxy, auth = await asyncio.to_thread(get_env_proxy_for_url, URL(str(url)))
+            route = _Route(proxy)
+            if auth is not None:
+                credentials = ("Proxy-Authorization", auth.encode())
+                if url.scheme == "https":
+                    route = _Route(proxy, connect_headers=dict([credentials]))
+                else:
+                    route = _Route(proxy, request_headers=(credentials,))
+        if len(self._routes) >= _ROUTES_KEPT:
+            self._routes.clear()
+        self._routes[server] = route
+        return route
+
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         session = self._session or self._open()
+        url = request.url
+        server = (url.scheme, url.host, url.port)
+        route = self._routes.get(server) or await self._look_up_route(url, server)
         data: Any
         try:
             data = request.content or None
@@ -81,15 +130,19 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
             request.headers.pop("transfer-encoding", None)
         encoding = request.headers.encoding
         headers = [(k.decode(encoding), v.decode(encoding)) for k, v in request.headers.raw]
+        if route.request_headers:
+            headers += route.request_headers
         try:
             response = await session.request(
                 request.method,
-                str(request.url),
+                str(url),
                 headers=headers,
                 data=data,
                 allow_redirects=False,
                 timeout=self._timeout(request),
                 server_hostname=request.extensions.get("sni_hostname"),
+                proxy=route.proxy,
+                proxy_headers=route.connect_headers,
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _httpx_error(exc) from exc
