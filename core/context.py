@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 from core import sentences
@@ -214,11 +214,11 @@ async def build_context(
     remaining -= names.tokens
     if names.several:
         system_prompt = f"{system_prompt}\n\n{SPEAKERS_NOTE}"
-        user = replace(user, text=named(user.text, speaker_name))
+        user = user._replace(text=named(user.text, speaker_name))
     messages = [PromptMessage("system", system_prompt)]
     if summary:
         messages.append(PromptMessage("system", summary))
-    messages.extend(names.prompt(m) for m in names.history)
+    messages.extend(names.prompts())
     messages.append(user)
     tokens = budget - remaining
     return Context(messages, tokens, names.cut_at, names.history)
@@ -260,10 +260,16 @@ class _Speakers:
         several = len(+people) > 1
         return cls(kept[start:], cut_at, several, cost if several else 0)
 
-    def prompt(self, message: StoredMessage) -> PromptMessage:
-        if self.several and message.role == "user":
-            return PromptMessage("user", named(message.content, message.author_name))
-        return PromptMessage(message.role, message.content)
+    def prompts(self) -> list[PromptMessage]:
+        """The history as sent: user turns named when several people speak."""
+        if not self.several:
+            return [PromptMessage(m.role, m.content) for m in self.history]
+        return [
+            PromptMessage("user", named(m.content, m.author_name))
+            if m.role == "user"
+            else PromptMessage(m.role, m.content)
+            for m in self.history
+        ]
 
 
 def fold_point(context: Context) -> int:

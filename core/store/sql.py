@@ -664,7 +664,7 @@ class SqlStore:
         sql = self._texts.recent(through=through, fitting=tokens is not None)
         params = prepared.recent_params(conversation_id, after_id, before_id, limit, tokens)
         if self._links is not None:
-            return _history(await self._links.fetch(sql, params))
+            return turns.pg_history(await self._links.fetch(sql, params))
         return _history(await self._hot(turns.fitting, params, through, single=True))
 
     async def set_summary(

@@ -73,7 +73,14 @@ def message_params(conversation_id: int, turn: NewTurn) -> dict[str, Any]:
 
 
 def history(rows: Sequence[Any]) -> list[StoredMessage]:
-    return [StoredMessage(r[0], cast(Role, r[1]), r[2], r[3], r[4]) for r in rows]
+    """SQLite's history rows (``prepared.STORED_COLUMNS``, ``StoredMessage``'s fields in its
+    order) as turns: each made from its row as it is, a row per turn of the history."""
+    return list(map(StoredMessage._make, rows))
+
+
+def pg_history(rows: Sequence[Any]) -> list[StoredMessage]:
+    """PostgreSQL's history rows (``prepared.TURN_COLUMNS``: the turn, then its time)."""
+    return [StoredMessage(r[0], r[1], r[2], r[3], r[4]) for r in rows]
 
 
 def claim_lost(event: tuple[str, str]) -> ClaimLost:
@@ -182,7 +189,7 @@ def _begin(link: Link, c: Compiled, facts: TurnFacts, plan: TurnPlan, holder: st
         state.id, state.context_start, question_id, plan.history_rows, plan.history_tokens
     )
     found = fitting(link, c, params, False)
-    return replace(facts, question_id=question_id, history=tuple(history(found)))
+    return replace(facts, question_id=question_id, history=tuple(map(StoredMessage._make, found)))
 
 
 def finish(link: Link, c: Compiled, answer: NewTurn, turn: Finish) -> int:
@@ -327,7 +334,7 @@ async def pg_again(
         state.id, state.context_start, question_id, again.history_rows, again.history_tokens
     )
     found = await links.fetch(c.recent(through=False, fitting=True), params)
-    return replace(facts, question_id=question_id, history=tuple(history(found)))
+    return replace(facts, question_id=question_id, history=tuple(pg_history(found)))
 
 
 async def pg_finish(
