@@ -217,25 +217,58 @@ class ConversationLocks:
     """One asyncio lock per conversation, dropped when nobody holds or waits for it."""
 
     def __init__(self) -> None:
-        self._locks: dict[ConversationKey, tuple[asyncio.Lock, int]] = {}
+        self._locks: dict[ConversationKey, _Shared] = {}
 
-    @asynccontextmanager
-    async def hold(self, key: ConversationKey) -> AsyncIterator[None]:
-        held = self._locks.get(key)
-        lock, users = held if held is not None else (asyncio.Lock(), 0)
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users <= 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
+    def hold(self, key: ConversationKey) -> _Holding:
+        """``async with``: ``key``'s lock held for the block."""
+        return _Holding(self._locks, key)
 
     def __len__(self) -> int:
         return len(self._locks)
+
+
+class _Shared:
+    """A conversation's lock and how many hold or wait for it."""
+
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
+
+
+class _Holding:
+    """Holding one conversation's lock (``ConversationLocks.hold``): a plain context manager
+    rather than a generator's, as every turn takes one."""
+
+    __slots__ = ("_key", "_locks", "_shared")
+
+    def __init__(self, locks: dict[ConversationKey, _Shared], key: ConversationKey) -> None:
+        self._locks, self._key = locks, key
+        self._shared: _Shared | None = None
+
+    async def __aenter__(self) -> None:
+        shared = self._locks.get(self._key)
+        if shared is None:
+            shared = self._locks[self._key] = _Shared()
+        shared.users += 1
+        self._shared = shared
+        try:
+            await shared.lock.acquire()
+        except BaseException:
+            self._left(shared)
+            raise
+
+    async def __aexit__(self, *_exc: object) -> None:
+        shared = self._shared
+        assert shared is not None
+        shared.lock.release()
+        self._left(shared)
+
+    def _left(self, shared: _Shared) -> None:
+        shared.users -= 1
+        if shared.users <= 0:
+            del self._locks[self._key]
 
 
 class ConversationService:

@@ -189,7 +189,10 @@ def _begin(link: Link, c: Compiled, facts: TurnFacts, plan: TurnPlan, holder: st
         state.id, state.context_start, question_id, plan.history_rows, plan.history_tokens
     )
     found = fitting(link, c, params, False)
-    return replace(facts, question_id=question_id, history=tuple(map(StoredMessage._make, found)))
+    turns = tuple(map(StoredMessage._make, found))
+    return TurnFacts(
+        facts.state, facts.overrides, facts.memory, facts.spent_usd, question_id, turns
+    )
 
 
 def finish(link: Link, c: Compiled, answer: NewTurn, turn: Finish) -> int:
