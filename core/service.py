@@ -130,6 +130,9 @@ class CommandCall:
 
 
 Assemble = Callable[[ConversationState, int], Awaitable[Context]]
+# A turn's question and conversation until its plan and ``open_turn`` give them.
+_NO_QUESTION = PromptMessage("user", "")
+_NO_STATE = ConversationState(0, "", 0, 0)
 
 
 @dataclass(slots=True)
@@ -151,10 +154,10 @@ class _Turn:
         self.notes: list[str] = []
         self.config: ChannelConfig
         self.system_prompt = ""
-        self.user = PromptMessage("user", "")
+        self.user = _NO_QUESTION
         self.user_tokens = 0
         self.budget = 0
-        self.state = ConversationState(0, "", 0, 0)
+        self.state = _NO_STATE
         self.question_id = 0
         self.first_page: Sequence[StoredMessage] | None = None
 
