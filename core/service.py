@@ -10,10 +10,11 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
+from types import TracebackType
 from typing import Any
 
 from core import commands, permissions, recovery, sentences, speech
@@ -274,6 +275,43 @@ class _Holding:
             del self._locks[self._key]
 
 
+class _Exclusive:
+    """``ConversationService.exclusive``: the store's lock, then (unless the store's gave
+    something for ``open_turn``) this process's; a plain context manager, as every turn
+    takes one."""
+
+    __slots__ = ("_holding", "_key", "_local", "_lock")
+
+    def __init__(
+        self,
+        lock: AbstractAsyncContextManager[object | None],
+        local: ConversationLocks,
+        key: ConversationKey,
+    ) -> None:
+        self._lock, self._local, self._key = lock, local, key
+        self._holding: _Holding | None = None
+
+    async def __aenter__(self) -> object | None:
+        held = await self._lock.__aenter__()
+        if held is not None:
+            return held
+        holding = self._local.hold(self._key)
+        try:
+            await holding.__aenter__()
+        except BaseException as exc:
+            await self._lock.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        self._holding = holding
+        return None
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        if self._holding is not None:  # released first, as nested blocks would
+            await self._holding.__aexit__(kind, exc, tb)
+        return await self._lock.__aexit__(kind, exc, tb)
+
+
 class ConversationService:
     """Answers messages and runs commands for every adapter."""
 
@@ -300,14 +338,13 @@ class ConversationService:
         # Shared by every worker when given (Redis); else counted in this process.
         self.rate: UserRate | None = rate or (MessageRate(per_minute) if per_minute else None)
 
-    @asynccontextmanager
-    async def exclusive(
+    def exclusive(
         self,
         key: ConversationKey,
         sent_at: datetime | None = None,
         *,
         turn: bool = False,
-    ) -> AsyncIterator[object | None]:
+    ) -> AbstractAsyncContextManager[object | None]:
         """Hold ``key``'s conversation: one turn at a time, in this process and across workers
         (questions sent earlier first, given ``sent_at``).
 
@@ -320,12 +357,7 @@ class ConversationService:
         this process's turns apart too.
         """
         lock = self.store.conversation_lock(str(key), sent_at=sent_at, key=key if turn else None)
-        async with lock as held:
-            if held is not None:
-                yield held
-                return
-            async with self.locks.hold(key):
-                yield None
+        return _Exclusive(lock, self.locks, key)
 
     # --- settings -----------------------------------------------------------------------
 
