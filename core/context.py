@@ -8,10 +8,14 @@ budget, not on how long the conversation has grown.
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from functools import lru_cache
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache, partial
+from itertools import accumulate, repeat
+from operator import attrgetter
+from typing import Any, cast
 
 from core import sentences
 from core.errors import InputTooLong
@@ -19,6 +23,11 @@ from core.ports import ConversationState, PromptMessage, Store, StoredMessage
 from core.tokens import TOKENS_PER_MESSAGE, TOKENS_REPLY_PRIMER, count_message, count_text
 
 PAGE = 64
+# A stored turn's tokens, role and text; a (role, text, images) tuple made a ``PromptMessage``.
+_TOKENS = attrgetter("token_count")
+_ROLE = attrgetter("role")
+_TEXT = attrgetter("content")
+_prompt = cast(Callable[[tuple[Any, ...]], PromptMessage], partial(tuple.__new__, PromptMessage))
 # Said to the model when several people share a conversation (their turns carry their names).
 SPEAKERS_NOTE = (
     "Several people take part in this conversation. Each of their messages begins with the "
@@ -133,19 +142,23 @@ async def newest_turns(
     remaining = token_limit
     while True:
         rows = page_rows(remaining)
+        page: Sequence[StoredMessage]
         if first_page is not None:
-            page, first_page = list(first_page), None
+            page, first_page = first_page, None
         else:
             page = await store.recent_messages(
                 conversation_id, after_id, before_id, rows, through=through, tokens=remaining
             )
         through = False
-        for message in page:
-            if message.token_count > remaining:
-                picked.reverse()
-                return picked, message.id
-            remaining -= message.token_count
-            picked.append(message)
+        # The page's newest turns whose tokens add up to at most ``remaining`` (counts are
+        # never negative: the running sums only grow).
+        sums = list(accumulate(map(_TOKENS, page)))
+        fits = bisect_right(sums, remaining)
+        picked += page[:fits]
+        if fits < len(page):
+            picked.reverse()
+            return picked, page[fits].id
+        remaining -= sums[-1] if sums else 0
         if len(page) < rows:
             picked.reverse()
             return picked, None
@@ -209,16 +222,16 @@ async def build_context(
     history, cut_at = await newest_turns(
         store, state.id, state.context_start, user_turn_id, remaining, first_page=first_page
     )
-    remaining -= sum(m.token_count for m in history)
+    remaining -= sum(map(_TOKENS, history))
     names = _Speakers.fit(history, cut_at, speaker_name, remaining)
     remaining -= names.tokens
     if names.several:
         system_prompt = f"{system_prompt}\n\n{SPEAKERS_NOTE}"
-        user = replace(user, text=named(user.text, speaker_name))
+        user = user._replace(text=named(user.text, speaker_name))
     messages = [PromptMessage("system", system_prompt)]
     if summary:
         messages.append(PromptMessage("system", summary))
-    messages.extend(names.prompt(m) for m in names.history)
+    messages.extend(names.prompts())
     messages.append(user)
     tokens = budget - remaining
     return Context(messages, tokens, names.cut_at, names.history)
@@ -260,10 +273,17 @@ class _Speakers:
         several = len(+people) > 1
         return cls(kept[start:], cut_at, several, cost if several else 0)
 
-    def prompt(self, message: StoredMessage) -> PromptMessage:
-        if self.several and message.role == "user":
-            return PromptMessage("user", named(message.content, message.author_name))
-        return PromptMessage(message.role, message.content)
+    def prompts(self) -> list[PromptMessage]:
+        """The history as sent: user turns named when several people speak."""
+        if not self.several:  # each turn's role and text, without a Python frame per turn
+            turns = self.history
+            return list(map(_prompt, zip(map(_ROLE, turns), map(_TEXT, turns), repeat(()))))
+        return [
+            PromptMessage("user", named(m.content, m.author_name))
+            if m.role == "user"
+            else PromptMessage(m.role, m.content)
+            for m in self.history
+        ]
 
 
 def fold_point(context: Context) -> int:

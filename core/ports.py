@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, NamedTuple, Protocol, runtime_checkable
 
 from core.messages import ChannelKey, ConversationKey
 
@@ -29,9 +29,11 @@ class ImageInput:
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class PromptMessage:
-    """One message of a prompt: who says it, its text, and the images that come with it."""
+class PromptMessage(NamedTuple):
+    """One message of a prompt: who says it, its text, and the images that come with it.
+
+    A named tuple rather than a frozen dataclass: a turn makes one per turn of its history,
+    and a tuple is made several times faster."""
 
     role: Role
     text: str
@@ -132,9 +134,9 @@ class MemoryFact:
     text: str
 
 
-@dataclass(frozen=True, slots=True)
-class StoredMessage:
-    """A turn as context assembly needs it."""
+class StoredMessage(NamedTuple):
+    """A turn as context assembly needs it: a row of the history read, made straight from the
+    database's row (a named tuple: a turn reads its whole history, one of these per turn)."""
 
     id: int
     role: Role

@@ -10,6 +10,7 @@ figure. ``PARLEY_PRICES`` adds or overrides entries.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -130,8 +131,10 @@ def speech_cost_usd(
     return cost_usd(model, tokens[0], tokens[1], prices)
 
 
+@lru_cache(maxsize=256)
 def window_for(model: str, default: int) -> int:
-    """Tokens ``model`` accepts for input and output together (by name; prefixes match)."""
+    """Tokens ``model`` accepts for input and output together (by name; prefixes match).
+    Asked several times a turn: the prefix search is made once per model."""
     return lookup(model, MODEL_WINDOWS) or default
 
 

@@ -10,10 +10,11 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
+from types import TracebackType
 from typing import Any
 
 from core import commands, permissions, recovery, sentences, speech
@@ -130,6 +131,9 @@ class CommandCall:
 
 
 Assemble = Callable[[ConversationState, int], Awaitable[Context]]
+# A turn's question and conversation until its plan and ``open_turn`` give them.
+_NO_QUESTION = PromptMessage("user", "")
+_NO_STATE = ConversationState(0, "", 0, 0)
 
 
 @dataclass(slots=True)
@@ -151,10 +155,10 @@ class _Turn:
         self.notes: list[str] = []
         self.config: ChannelConfig
         self.system_prompt = ""
-        self.user = PromptMessage("user", "")
+        self.user = _NO_QUESTION
         self.user_tokens = 0
         self.budget = 0
-        self.state = ConversationState(0, "", 0, 0)
+        self.state = _NO_STATE
         self.question_id = 0
         self.first_page: Sequence[StoredMessage] | None = None
 
@@ -217,25 +221,95 @@ class ConversationLocks:
     """One asyncio lock per conversation, dropped when nobody holds or waits for it."""
 
     def __init__(self) -> None:
-        self._locks: dict[ConversationKey, tuple[asyncio.Lock, int]] = {}
+        self._locks: dict[ConversationKey, _Shared] = {}
 
-    @asynccontextmanager
-    async def hold(self, key: ConversationKey) -> AsyncIterator[None]:
-        held = self._locks.get(key)
-        lock, users = held if held is not None else (asyncio.Lock(), 0)
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users <= 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
+    def hold(self, key: ConversationKey) -> _Holding:
+        """``async with``: ``key``'s lock held for the block."""
+        return _Holding(self._locks, key)
 
     def __len__(self) -> int:
         return len(self._locks)
+
+
+class _Shared:
+    """A conversation's lock and how many hold or wait for it."""
+
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
+
+
+class _Holding:
+    """Holding one conversation's lock (``ConversationLocks.hold``): a plain context manager
+    rather than a generator's, as every turn takes one."""
+
+    __slots__ = ("_key", "_locks", "_shared")
+
+    def __init__(self, locks: dict[ConversationKey, _Shared], key: ConversationKey) -> None:
+        self._locks, self._key = locks, key
+        self._shared: _Shared | None = None
+
+    async def __aenter__(self) -> None:
+        shared = self._locks.get(self._key)
+        if shared is None:
+            shared = self._locks[self._key] = _Shared()
+        shared.users += 1
+        self._shared = shared
+        try:
+            await shared.lock.acquire()
+        except BaseException:
+            self._left(shared)
+            raise
+
+    async def __aexit__(self, *_exc: object) -> None:
+        shared = self._shared
+        assert shared is not None
+        shared.lock.release()
+        self._left(shared)
+
+    def _left(self, shared: _Shared) -> None:
+        shared.users -= 1
+        if shared.users <= 0:
+            del self._locks[self._key]
+
+
+class _Exclusive:
+    """``ConversationService.exclusive``: the store's lock, then (unless the store's gave
+    something for ``open_turn``) this process's; a plain context manager, as every turn
+    takes one."""
+
+    __slots__ = ("_holding", "_key", "_local", "_lock")
+
+    def __init__(
+        self,
+        lock: AbstractAsyncContextManager[object | None],
+        local: ConversationLocks,
+        key: ConversationKey,
+    ) -> None:
+        self._lock, self._local, self._key = lock, local, key
+        self._holding: _Holding | None = None
+
+    async def __aenter__(self) -> object | None:
+        held = await self._lock.__aenter__()
+        if held is not None:
+            return held
+        holding = self._local.hold(self._key)
+        try:
+            await holding.__aenter__()
+        except BaseException as exc:
+            await self._lock.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        self._holding = holding
+        return None
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        if self._holding is not None:  # released first, as nested blocks would
+            await self._holding.__aexit__(kind, exc, tb)
+        return await self._lock.__aexit__(kind, exc, tb)
 
 
 class ConversationService:
@@ -264,14 +338,13 @@ class ConversationService:
         # Shared by every worker when given (Redis); else counted in this process.
         self.rate: UserRate | None = rate or (MessageRate(per_minute) if per_minute else None)
 
-    @asynccontextmanager
-    async def exclusive(
+    def exclusive(
         self,
         key: ConversationKey,
         sent_at: datetime | None = None,
         *,
         turn: bool = False,
-    ) -> AsyncIterator[object | None]:
+    ) -> AbstractAsyncContextManager[object | None]:
         """Hold ``key``'s conversation: one turn at a time, in this process and across workers
         (questions sent earlier first, given ``sent_at``).
 
@@ -284,12 +357,7 @@ class ConversationService:
         this process's turns apart too.
         """
         lock = self.store.conversation_lock(str(key), sent_at=sent_at, key=key if turn else None)
-        async with lock as held:
-            if held is not None:
-                yield held
-                return
-            async with self.locks.hold(key):
-                yield None
+        return _Exclusive(lock, self.locks, key)
 
     # --- settings -----------------------------------------------------------------------
 

@@ -110,7 +110,11 @@ class Sql:
         """The positional values for ``params`` (text made storable, as the columns do)."""
         values = self._values({**self.fixed, **params} if self.fixed else params)
         for value in values:
-            if value.__class__ is str and unstorable(value):
+            # ``unstorable``'s search only where it can find something: NUL is found by
+            # ``in`` (memchr), and a lone surrogate is never ASCII (``isascii`` reads a flag).
+            if value.__class__ is str and (
+                "\x00" in value or not value.isascii() and unstorable(value)
+            ):
                 return tuple(storable(v) if v.__class__ is str else v for v in values)
         return values
 

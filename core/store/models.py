@@ -110,10 +110,8 @@ class MessageRow(Base):
     """One turn of a conversation with its token count, counted once when stored."""
 
     __tablename__ = "messages"
-    __table_args__ = (
-        Index("ix_messages_conversation_id_id", "conversation_id", "id"),
-        Index("ix_messages_conversation_order", "conversation_id", "sent_at", "id"),
-    )
+    # Every read of a conversation's turns walks it in conversation order.
+    __table_args__ = (Index("ix_messages_conversation_order", "conversation_id", "sent_at", "id"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     conversation_id: Mapped[int] = mapped_column(

@@ -438,14 +438,16 @@ def beyond(
     return or_(sent_at.is_(None), ordered)
 
 
-TURN_COLUMNS = (
+# A stored turn's columns in ``StoredMessage``'s order: SQLite's history rows are made into
+# turns as they come (``turns.history``).
+STORED_COLUMNS = (
     MessageRow.id,
     MessageRow.role,
     MessageRow.content,
     MessageRow.token_count,
     MessageRow.author_name,
-    MessageRow.sent_at,
 )
+TURN_COLUMNS = (*STORED_COLUMNS, MessageRow.sent_at)
 
 
 def _recent(before: Any, *columns: Any) -> Any:
@@ -554,7 +556,7 @@ def newest_first(*, through: bool) -> Any:
     its cost follows the turns that fit, not the length of the conversation."""
     conversation: Any = bindparam("r_conversation")
     return (
-        select(*TURN_COLUMNS)
+        select(*STORED_COLUMNS)
         .where(
             MessageRow.conversation_id == conversation,
             _edge(conversation, bindparam("r_after"), later=True, inclusive=False),

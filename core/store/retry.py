@@ -75,18 +75,32 @@ def _disconnected(exc: BaseException) -> bool:
 async def retrying(call: Callable[[], Awaitable[T]], *, patience: float = PATIENCE) -> T:
     """``await call()``, tried again while the database is unreachable (see ``transient``),
     for at most ``patience`` seconds of waiting."""
+    since = asyncio.get_running_loop().time()
+    try:
+        return await call()
+    except Exception as exc:
+        return await again(call, exc, since, patience)
+
+
+async def again(
+    call: Callable[[], Awaitable[T]], failed: Exception, since: float, patience: float
+) -> T:
+    """``call`` (first tried at loop time ``since``, failing with ``failed``) tried again as
+    ``retrying`` does; ``failed`` raised at once unless it is ``transient``."""
     loop = asyncio.get_running_loop()
-    give_up = loop.time() + patience
+    give_up = since + patience
     wait = FIRST_WAIT
+    exc = failed
     while True:
-        try:
-            return await call()
-        except Exception as exc:
-            if not transient(exc) or loop.time() + wait > give_up:
-                raise
-            log.warning("database unreachable (%s); trying again in %.1f s", _kind(exc), wait)
+        if not transient(exc) or loop.time() + wait > give_up:
+            raise exc
+        log.warning("database unreachable (%s); trying again in %.1f s", _kind(exc), wait)
         await asyncio.sleep(wait * (0.5 + random.random()))  # noqa: S311 (jitter, not crypto)
         wait = min(LONGEST_WAIT, wait * 2)
+        try:
+            return await call()
+        except Exception as error:  # noqa: PERF203 (tried again)
+            exc = error
 
 
 def _kind(exc: BaseException) -> str:

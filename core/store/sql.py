@@ -7,7 +7,7 @@ import functools
 import inspect
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -54,7 +54,7 @@ from core.store.models import (
     ProcessedEventRow,
     UsageRow,
 )
-from core.store.retry import PATIENCE, retrying
+from core.store.retry import PATIENCE, again
 from core.store.thread import Stop, StoreThread
 from core.store.turns import conversation_params as _conversation
 from core.store.turns import event_params as _event
@@ -69,6 +69,8 @@ RESUMABLE = ("received", "answering", "stored")
 # of one of them is planned with them, its lease taken by the statement that stores its
 # question). About 0.8 KB each; more than a worker answers at once.
 FACTS_KEPT = 1024
+# What a conversation's lock holds on a database only one worker uses: nothing.
+_UNLOCKED: AbstractAsyncContextManager[object | None] = nullcontext(None)
 
 
 def make_engine(url: str, *, log_parameters: bool = False, **kwargs: Any) -> AsyncEngine:
@@ -664,7 +666,7 @@ class SqlStore:
         sql = self._texts.recent(through=through, fitting=tokens is not None)
         params = prepared.recent_params(conversation_id, after_id, before_id, limit, tokens)
         if self._links is not None:
-            return _history(await self._links.fetch(sql, params))
+            return turns.pg_history(await self._links.fetch(sql, params))
         return _history(await self._hot(turns.fitting, params, through, single=True))
 
     async def set_summary(
@@ -680,26 +682,35 @@ class SqlStore:
             .values(summary=summary, summary_tokens=summary_tokens, context_start=context_start)
         )
 
+    def conversation_lock(
+        self,
+        name: str,
+        *,
+        sent_at: datetime | None = None,
+        key: ConversationKey | None = None,
+    ) -> AbstractAsyncContextManager[object | None]:
+        """The lease on ``name`` (PostgreSQL, several workers): see ``_lease_held``. SQLite serves
+        a single worker: the service's in-process lock is enough there (nothing is held)."""
+        if self._dialect != "postgresql":
+            return _UNLOCKED
+        return self._lease_held(name, sent_at=sent_at, key=key)
+
     @asynccontextmanager
-    async def conversation_lock(
+    async def _lease_held(
         self,
         name: str,
         *,
         sent_at: datetime | None = None,
         key: ConversationKey | None = None,
     ) -> AsyncIterator[object | None]:
-        """The lease on ``name`` (PostgreSQL, several workers): held without a connection,
-        renewed by this worker's heartbeat, expired when it dies. SQLite serves a single
-        worker: the service's in-process lock is enough there.
+        """The lease on ``name`` (PostgreSQL): held without a connection, renewed by this
+        worker's heartbeat, expired when it dies.
 
         For a turn (``sent_at`` and the conversation's ``key`` given), the lease is taken
         in the statement that reads the turn's facts (``open_turn`` uses them), and given
         back by the statement that finishes the turn (no event) or settles its event. When
         this worker knows the facts already, it is taken later, by the statement that stores
         the turn's question (``open_turn``, given what this yields)."""
-        if self._dialect != "postgresql":
-            yield None
-            return
         if sent_at is None:
             async with self.leases.hold(name):
                 yield None
@@ -891,7 +902,14 @@ NOT_RETRIED = frozenset({"close", "conversation_lock"})
 def _retry(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     @functools.wraps(method)
     async def retried(self: SqlStore, *args: Any, **kwargs: Any) -> Any:
-        return await retrying(partial(method, self, *args, **kwargs), patience=self.patience)
+        # ``retrying`` inlined: the first try is every call's, the wrapper made only after
+        # it failed.
+        since = asyncio.get_running_loop().time()
+        try:
+            return await method(self, *args, **kwargs)
+        except Exception as exc:
+            call = partial(method, self, *args, **kwargs)
+            return await again(call, exc, since, self.patience)
 
     return retried
 

@@ -9,9 +9,10 @@ itself (no BEGIN or COMMIT: one round trip each) on a connection of ``PgLinks``.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, cast
 
 from core.errors import ClaimLost
@@ -32,6 +33,8 @@ from core.store.prepared import Compiled, recent_params
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MICROSECOND = timedelta(microseconds=1)
+# A channel's memory as ``turn_facts`` reads it when it remembers nothing.
+NO_MEMORY = frozenset({None, "", "[]"})
 
 
 def micros(moment: datetime | None) -> int:
@@ -72,8 +75,20 @@ def message_params(conversation_id: int, turn: NewTurn) -> dict[str, Any]:
     }
 
 
+# A row of ``prepared.STORED_COLUMNS`` made a ``StoredMessage`` as it is (no Python frame per
+# row: a turn reads its whole history).
+_stored = cast(Callable[[Sequence[Any]], StoredMessage], partial(tuple.__new__, StoredMessage))
+
+
 def history(rows: Sequence[Any]) -> list[StoredMessage]:
-    return [StoredMessage(r[0], cast(Role, r[1]), r[2], r[3], r[4]) for r in rows]
+    """SQLite's history rows (``prepared.STORED_COLUMNS``: ``StoredMessage``'s fields in its
+    order) as turns."""
+    return list(map(_stored, rows))
+
+
+def pg_history(rows: Sequence[Any]) -> list[StoredMessage]:
+    """PostgreSQL's history rows (``prepared.TURN_COLUMNS``: the turn, then its time)."""
+    return [StoredMessage(r[0], r[1], r[2], r[3], r[4]) for r in rows]
 
 
 def claim_lost(event: tuple[str, str]) -> ClaimLost:
@@ -87,7 +102,8 @@ def facts_of(row: Sequence[Any]) -> TurnFacts:
     overrides = ChannelOverrides(
         row[4], row[5], row[6], row[7], None if json_mode is None else bool(json_mode)
     )
-    memory = tuple(str(text) for text in json.loads(row[9] or "[]"))
+    found = row[9]
+    memory = () if found in NO_MEMORY else tuple(str(text) for text in json.loads(found))
     return TurnFacts(state, overrides, memory, None)
 
 
@@ -182,7 +198,10 @@ def _begin(link: Link, c: Compiled, facts: TurnFacts, plan: TurnPlan, holder: st
         state.id, state.context_start, question_id, plan.history_rows, plan.history_tokens
     )
     found = fitting(link, c, params, False)
-    return replace(facts, question_id=question_id, history=tuple(history(found)))
+    turns = tuple(map(_stored, found))
+    return TurnFacts(
+        facts.state, facts.overrides, facts.memory, facts.spent_usd, question_id, turns
+    )
 
 
 def finish(link: Link, c: Compiled, answer: NewTurn, turn: Finish) -> int:
@@ -327,7 +346,7 @@ async def pg_again(
         state.id, state.context_start, question_id, again.history_rows, again.history_tokens
     )
     found = await links.fetch(c.recent(through=False, fitting=True), params)
-    return replace(facts, question_id=question_id, history=tuple(history(found)))
+    return replace(facts, question_id=question_id, history=tuple(pg_history(found)))
 
 
 async def pg_finish(
