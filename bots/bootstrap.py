@@ -151,6 +151,7 @@ async def build(
     """
     collect_less_often()
     fewer_malloc_arenas()
+    fixed_malloc_thresholds()
     opened = AsyncExitStack()
     offline_server = None
     try:
@@ -192,18 +193,44 @@ def collect_less_often() -> None:
 # 4.5 MB more RSS that way after 10,000 conversations (bench/core_overhead.py --known). The
 # event loop holds the GIL for nearly every allocation, so two arenas lose nothing to locking.
 MALLOC_ARENAS = 2
-_M_ARENA_MAX = -8  # mallopt's parameter number in glibc's malloc.h
+# glibc's malloc also raises its mmap threshold to the size of the largest block it has freed
+# (and its trim threshold to twice that): once the tokenizer's build freed its table of ranks
+# (about 10 MB), every block up to that size came from the heap, where what was freed next
+# stayed as holes among what was kept, about 4 MB more RSS on PostgreSQL after 10,000
+# conversations (bench/core_overhead.py --known). Fixed thresholds keep blocks of 1 MiB and
+# more in mappings of their own, given back when freed, and up to 2 MiB free at the top of a
+# heap before it is trimmed.
+MALLOC_MMAP_THRESHOLD = 1 << 20
+MALLOC_TRIM_THRESHOLD = 2 << 20
+# mallopt's parameter numbers in glibc's malloc.h
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
+
+
+def _mallopt(param: int, value: int) -> bool:
+    """glibc's ``mallopt(param, value)``: True when the C library took the setting (elsewhere
+    nothing changes)."""
+    import ctypes
+
+    try:
+        return bool(ctypes.CDLL(None).mallopt(param, value))
+    except (AttributeError, OSError, TypeError):
+        return False
 
 
 def fewer_malloc_arenas() -> bool:
     """At most ``MALLOC_ARENAS`` malloc arenas for the threads started from now on (glibc;
     elsewhere nothing changes): True when the C library took the setting."""
-    import ctypes
+    return _mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
 
-    try:
-        return bool(ctypes.CDLL(None).mallopt(_M_ARENA_MAX, MALLOC_ARENAS))
-    except (AttributeError, OSError, TypeError):
-        return False
+
+def fixed_malloc_thresholds() -> bool:
+    """glibc's mmap and trim thresholds fixed at ``MALLOC_MMAP_THRESHOLD`` and
+    ``MALLOC_TRIM_THRESHOLD`` instead of following the largest block freed: True when the C
+    library took both."""
+    mmap = _mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD)
+    return _mallopt(_M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD) and mmap
 
 
 def new_service(

@@ -43,7 +43,7 @@ from core.ports import (
     UsageTotals,
 )
 from core.store import prepared, turns
-from core.store.driver import AlchemyLink, PgLinks, SqliteLink
+from core.store.driver import SQLITE_PRAGMAS, AlchemyLink, PgLinks, SqliteLink
 from core.store.leases import FIRST_WAIT, LEASE_SECONDS, LONGEST_WAIT, Leases, now_micros
 from core.store.models import (
     ChannelMemoryRow,
@@ -102,9 +102,8 @@ def make_engine(url: str, *, log_parameters: bool = False, **kwargs: Any) -> Asy
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor = dbapi_conn.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
+    for pragma in SQLITE_PRAGMAS:
+        cursor.execute(pragma)
     cursor.close()
 
 

@@ -230,3 +230,22 @@ async def test_a_question_or_answer_whose_claim_was_taken_over_stores_nothing(st
     async with store.engine.connect() as conn:
         count = await conn.execute(text("SELECT count(*) FROM messages"))
         assert count.scalar_one() == 1  # the first question alone
+
+
+async def test_every_sqlite_connection_of_the_store_keeps_a_small_page_cache(tmp_path):
+    from core.store.driver import SQLITE_CACHE_KIB
+
+    store = SqlStore(make_engine(f"sqlite+aiosqlite:///{tmp_path}/parley.db"))
+    try:
+        await schema.upgrade(store.engine)
+        await store.conversation(KEY)  # a turn's statements: the store thread's own connection
+        async with store.engine.connect() as conn:
+            assert (await conn.exec_driver_sql("PRAGMA cache_size")).scalar() == -SQLITE_CACHE_KIB
+        local = store._local
+        assert local is not None and store._link is not None
+        with local.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA cache_size").scalar() == -SQLITE_CACHE_KIB
+        link = store._link.db.execute("PRAGMA cache_size").fetchone()
+        assert link == (-SQLITE_CACHE_KIB,)
+    finally:
+        await store.close()

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import platform
 import socket
 
 import pytest
 
-from bots.bootstrap import GC_YOUNG_THRESHOLD, build, fewer_malloc_arenas
+from bots.bootstrap import (
+    GC_YOUNG_THRESHOLD,
+    MALLOC_MMAP_THRESHOLD,
+    build,
+    fewer_malloc_arenas,
+    fixed_malloc_thresholds,
+)
 from core.messages import Author, ConversationKey, FinalText, Inbound
 from core.settings import Settings
 from core.store import schema
@@ -104,3 +111,40 @@ async def test_build_collects_cycles_less_often_and_never_more_often(tmp_path):
 )
 def test_glibc_takes_the_malloc_arena_limit():
     assert fewer_malloc_arenas()
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()
+        )
+    ]
+
+
+def _mapped_blocks(libc: ctypes.CDLL) -> int:
+    """How many blocks malloc holds in mappings of their own."""
+    return int(libc.mallinfo2().hblks)
+
+
+@pytest.mark.skipif(
+    platform.libc_ver()[0] != "glibc", reason="the thresholds are glibc's malloc settings"
+)
+def test_a_large_block_freed_does_not_raise_the_mmap_threshold():
+    libc = ctypes.CDLL(None)
+    if not hasattr(libc, "mallinfo2"):
+        pytest.skip("glibc before 2.33 has no mallinfo2")
+    libc.mallinfo2.restype = _MallInfo2
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    assert fixed_malloc_thresholds()
+    # glibc on its own would serve the next block from the heap after freeing a larger one
+    large = libc.malloc(8 * MALLOC_MMAP_THRESHOLD)
+    libc.free(large)
+    before = _mapped_blocks(libc)
+    block = libc.malloc(2 * MALLOC_MMAP_THRESHOLD)
+    try:
+        assert _mapped_blocks(libc) == before + 1
+    finally:
+        libc.free(block)
