@@ -28,6 +28,11 @@ class ClaimLost(ParleyError):
     while it still lived, as when it stalls): that worker finishes it, this one gives it up."""
 
 
+class Redelivered(ParleyError):
+    """The event a turn was to claim is not this worker's to answer (handled before, or
+    being answered by a live worker): nothing was stored, and nothing is said."""
+
+
 class UserFacingError(ParleyError):
     """An error whose sentence is shown to the person who sent the message."""
 

@@ -213,6 +213,18 @@ Planner = Callable[[TurnFacts], TurnPlan]
 
 
 @dataclass(frozen=True, slots=True)
+class EventClaim:
+    """A turn's event, to be claimed as being answered by the turn's first transaction
+    (``Store.claim_turn``; ``claim_event(settled=False)``'s arguments)."""
+
+    platform: str
+    event_id: str
+    request: str | None = None
+    conversation: str | None = None
+    sent_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class UsageEntry:
     """Tokens and cost of one model call; ``cost_usd`` is None when the model has no known
     price, ``estimated`` when Parley counted the tokens because the server did not say."""
@@ -303,6 +315,29 @@ class Store(Protocol):
         question it returns is stored and the history before it read, in the same transaction.
         ``held``: what ``conversation_lock`` gave the turn (its lock is taken here, then).
         """
+        ...
+
+    def claims_at_once(self, key: ConversationKey, *, spender: bool) -> bool:
+        """Whether ``claim_turn`` in ``key`` (``spender``: with a budget to read) claims its
+        event before waiting for anything (the service's own lock of ``key`` aside)."""
+        ...
+
+    async def claim_turn(
+        self,
+        key: ConversationKey,
+        claim: EventClaim,
+        *,
+        spender: str | None = None,
+        plan: Planner,
+        held: object | None = None,
+    ) -> TurnFacts | None:
+        """``claim_event(settled=False)`` and ``open_turn`` in one transaction: the turn's
+        facts, its question stored and the history before it read.
+
+        ``Redelivered`` when the event is not this worker's to answer: nothing is stored.
+        None when the event was claimed on its own but its turn must wait for its
+        conversation: ``open_turn`` then. An error of ``plan`` is raised with the event
+        claimed."""
         ...
 
     async def finish_turn(

@@ -40,6 +40,7 @@ from core.errors import (
     InvalidJSONReply,
     ModelTimeout,
     OverBudget,
+    Redelivered,
     UserFacingError,
 )
 from core.messages import (
@@ -63,6 +64,7 @@ from core.ports import (
     ChatRequest,
     Completion,
     ConversationState,
+    EventClaim,
     ImageInput,
     NewTurn,
     PromptMessage,
@@ -226,6 +228,10 @@ class ConversationLocks:
     def hold(self, key: ConversationKey) -> _Holding:
         """``async with``: ``key``'s lock held for the block."""
         return _Holding(self._locks, key)
+
+    def busy(self, key: ConversationKey) -> bool:
+        """Whether a turn holds ``key`` or waits for it."""
+        return key in self._locks
 
     def __len__(self) -> int:
         return len(self._locks)
@@ -399,10 +405,14 @@ class ConversationService:
     async def claim_event(self, platform: str, event_id: str, **claim: Any) -> bool:
         """True the first time ``event_id`` is seen on ``platform`` (persisted); see
         ``Store.claim_event`` for the rest."""
+        await self._claiming()
+        return await self.store.claim_event(platform, event_id, **claim)
+
+    async def _claiming(self) -> None:
+        """Count a claim; old event ids are forgotten now and then."""
         self._claims += 1
         if self._claims % PRUNE_EVERY == 0:
             await self._prune_events()
-        return await self.store.claim_event(platform, event_id, **claim)
 
     async def _prune_events(self) -> None:
         """Forget old event ids (platforms redeliver within minutes; a week is plenty).
@@ -429,26 +439,31 @@ class ConversationService:
         """
         if inbound.sent_at is None:  # ordered by when it reached the core, then
             inbound = replace(inbound, sent_at=datetime.now(UTC))
-        try:
-            if not await self._claimed(inbound, resumed):
-                log.info("dropping redelivered event %s on %s", inbound.event_id, inbound.key)
-                return
-        except Exception:
-            log.exception("checking event %s in %s failed", inbound.event_id, inbound.key)
-            yield UserError(GENERIC_ERROR, "internal")
+        claim = self._claim_with_turn(inbound, resumed)
+        admitted = True if claim is not None else await self._admitted(inbound, resumed)
+        if admitted is not True:
+            if admitted is not False:
+                yield admitted
             return
-        answered = False
-        try:  # taken on: from here on, an event that gets no answer is settled as failed
-            refused = await self._over_rate(inbound)
-            if refused is not None:
-                yield refused
-                return
-            yield Accepted()
+        # Taken on once accepted: from then on, an event that gets no answer is settled as
+        # failed. With ``claim``, the turn claims it (``_answer`` says when).
+        accepted = answered = False
+        try:
+            if claim is None:
+                refused = await self._over_rate(inbound)
+                if refused is not None:
+                    yield refused
+                    return
+                accepted = True
+                yield Accepted()
             try:
                 async with self.exclusive(inbound.key, inbound.sent_at, turn=True) as held:
-                    async for event in self._answer(inbound, held, slot or nullcontext()):
+                    async for event in self._answer(inbound, held, slot or nullcontext(), claim):
+                        accepted = accepted or isinstance(event, Accepted)
                         answered = answered or isinstance(event, FinalText)
                         yield event
+            except Redelivered:
+                log.info("dropping redelivered event %s on %s", inbound.event_id, inbound.key)
             except ClaimLost:
                 log.warning(
                     "answer in %s was taken over by another worker; giving it up", inbound.key
@@ -461,21 +476,57 @@ class ConversationService:
                 log.exception("answer in %s failed", inbound.key)
                 yield UserError(GENERIC_ERROR, "internal")
         finally:
-            if inbound.event_id and not answered:
+            if inbound.event_id and accepted and not answered:
                 await self._settle_failed(inbound)
+
+    async def _admitted(self, inbound: Inbound, resumed: bool) -> bool | UserError:
+        """Whether ``inbound`` is this worker's to answer (its event claimed on its own):
+        False for a redelivered event (nothing is said), or the sentence if the check failed."""
+        try:
+            if await self._claimed(inbound, resumed):
+                return True
+        except Exception:
+            log.exception("checking event %s in %s failed", inbound.event_id, inbound.key)
+            return UserError(GENERIC_ERROR, "internal")
+        log.info("dropping redelivered event %s on %s", inbound.event_id, inbound.key)
+        return False
+
+    def _claim_with_turn(self, inbound: Inbound, resumed: bool) -> EventClaim | None:
+        """``inbound``'s event, when its turn's first transaction claims it
+        (``Store.claim_turn``): when neither the conversation nor anything else is waited for
+        before (a message waiting its turn shows it is accepted, so its event is claimed
+        first), and no message rate is counted (a redelivery is not)."""
+        if not inbound.event_id or resumed or self.rate is not None:
+            return None
+        key = inbound.key
+        spender = self.settings.parley_user_budget_usd is not None
+        if self.locks.busy(key) or not self.store.claims_at_once(key, spender=spender):
+            return None
+        return self._event_claim(inbound)
+
+    def _event_claim(self, inbound: Inbound) -> EventClaim:
+        assert inbound.event_id is not None
+        return EventClaim(
+            inbound.key.platform,
+            inbound.event_id,
+            request=recovery.request_of(inbound),
+            conversation=str(inbound.key),
+            sent_at=inbound.sent_at,
+        )
 
     async def _claimed(self, inbound: Inbound, resumed: bool) -> bool:
         """Whether this worker answers ``inbound``: False for an event claimed before (a
         redelivery), True without an event id or when ``resumed``."""
         if not inbound.event_id or resumed:
             return True
+        claim = self._event_claim(inbound)
         return await self.claim_event(
-            inbound.key.platform,
-            inbound.event_id,
+            claim.platform,
+            claim.event_id,
             settled=False,
-            request=recovery.request_of(inbound),
-            conversation=str(inbound.key),
-            sent_at=inbound.sent_at,
+            request=claim.request,
+            conversation=claim.conversation,
+            sent_at=claim.sent_at,
         )
 
     async def _over_rate(self, inbound: Inbound) -> UserError | None:
@@ -549,27 +600,25 @@ class ConversationService:
             raise OverBudget(sentences.over_budget(spent.cost_usd, limit))
 
     async def _answer(
-        self, inbound: Inbound, held: object | None, slot: AbstractAsyncContextManager[Any]
+        self,
+        inbound: Inbound,
+        held: object | None,
+        slot: AbstractAsyncContextManager[Any],
+        claim: EventClaim | None = None,
     ) -> AsyncIterator[ReplyEvent]:
         """Store the question (its conversation ``held`` from then on), then, once ``slot``
         (this worker's answers at once) is free, stream the answer and store it with its usage.
+        With ``claim``, the event is claimed first (``Accepted`` once it is).
 
         One generator from the question to the answer: every event and every wait of the
         turn passes through each generator above the model."""
         turn = _Turn(self, inbound)
-        spender = inbound.author.id if self.settings.parley_user_budget_usd is not None else None
-        try:
-            facts = await self.store.open_turn(
-                inbound.key, spender=spender, plan=turn.plan, held=held
-            )
-        except UserFacingError:
-            for note in turn.notes:  # e.g. "that file is not read", then why nothing is
-                yield Notice(note)
-            raise
-        question_id = turn.opened(facts)
+        async for event in self._opened(inbound, held, turn, claim):
+            yield event
+        question_id = turn.question_id
         if self.settings.parley_log_content:
             log.info("user turn in %s: %s", inbound.key, turn.user.text)
-        state, config = facts.state, turn.config
+        state, config = turn.state, turn.config
         try:
             async with slot:
                 for note in turn.notes:
@@ -608,6 +657,34 @@ class ConversationService:
             cut = isinstance(exc, asyncio.CancelledError)
             await self.store.set_message_status(question_id, "cut" if cut else "failed")
             raise
+
+    async def _opened(
+        self, inbound: Inbound, held: object | None, turn: _Turn, claim: EventClaim | None
+    ) -> AsyncIterator[ReplyEvent]:
+        """The turn opened (``Store.open_turn``, with ``claim`` ``Store.claim_turn``); its
+        notes said if it is refused. ``Accepted`` once ``claim`` is this worker's."""
+        spender = inbound.author.id if self.settings.parley_user_budget_usd is not None else None
+        accepted = claim is None
+        try:
+            facts = None
+            if claim is not None:
+                await self._claiming()
+                facts = await self.store.claim_turn(
+                    inbound.key, claim, spender=spender, plan=turn.plan, held=held
+                )
+                accepted = True  # the event is this worker's: an answer or a sentence follows
+                yield Accepted()
+            if facts is None:
+                facts = await self.store.open_turn(
+                    inbound.key, spender=spender, plan=turn.plan, held=held
+                )
+        except UserFacingError:
+            if not accepted:  # refused with its event claimed
+                yield Accepted()
+            for note in turn.notes:  # e.g. "that file is not read", then why nothing is
+                yield Notice(note)
+            raise
+        turn.opened(facts)
 
     async def _fitted(
         self,

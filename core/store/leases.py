@@ -210,6 +210,10 @@ class Leases:
         finally:
             await self.let_go(name)
 
+    def busy(self, name: str) -> bool:
+        """Whether a turn of this worker holds ``name`` or is taking it (``reserve`` waits)."""
+        return name in self._held
+
     def taken(self, name: str) -> None:
         """``name`` was taken (by ``hold``, or by a statement of the store) by the turn that
         ``reserve``d it: this worker's own waiters for it wait for ``let_go``."""

@@ -24,6 +24,7 @@ from sqlalchemy import (
     select,
     true,
     tuple_,
+    union_all,
 )
 from sqlalchemy import delete as _delete
 from sqlalchemy import update as _update
@@ -176,6 +177,28 @@ TAKE_OVER = _taking().where(
 TAKE_OVER_RECEIVED = _taking().where(ProcessedEventRow.state == "received", _DEAD)
 
 
+# ``TAKE_OVER`` knowing the claim's question (``e_question``), stored just before it.
+TAKE_OVER_ASKED = TAKE_OVER.values(question_id=bindparam("e_question"))
+
+CLAIM_FIELDS = (
+    ("platform", "e_platform"),
+    ("event_id", "e_event"),
+    ("state", "e_state"),
+    ("holder", "e_holder"),
+    ("request", "e_request"),
+    ("conversation", "e_conversation"),
+    ("sent_at", "e_sent_at"),
+)
+
+
+def _claim_values() -> dict[str, Any]:
+    """A new claim's columns: its parameters (``claim_event``'s)."""
+    return {
+        column: bindparam(name, type_=ProcessedEventRow.__table__.c[column].type)
+        for column, name in CLAIM_FIELDS
+    }
+
+
 def _mine_locked() -> Any:
     """PostgreSQL: the claim of (``e_platform``, ``e_event``) if this worker (``e_holder``)
     still holds it, locked until the statement's end (a take-over waits for it)."""
@@ -204,14 +227,16 @@ MESSAGE_FIELDS = (
 )
 
 
-def _add_message_if(mine: Any) -> Any:
+def _add_message_if(mine: Any, message_id: Any = None) -> Any:
     """``ADD_MESSAGE`` only if ``mine`` has a row (the claim is still this worker's, the
-    lease taken)."""
+    lease taken); with the id ``message_id`` if given."""
     columns = [column for column, _ in MESSAGE_FIELDS]
     values = [
         bindparam(name, type_=MessageRow.__table__.c[column].type)
         for column, name in MESSAGE_FIELDS
     ]
+    if message_id is not None:
+        columns, values = ["id", *columns], [message_id, *values]
     chosen = select(*values).select_from(mine)
     return insert(MessageRow).from_select(columns, chosen).returning(MessageRow.id)
 
@@ -385,15 +410,13 @@ class Dialect:
         self.turn_facts = _turn_facts(name)
         self.claim = (
             insert_(ProcessedEventRow)
-            .values(
-                platform=bindparam("e_platform"),
-                event_id=bindparam("e_event"),
-                state=bindparam("e_state"),
-                holder=bindparam("e_holder"),
-                request=bindparam("e_request"),
-                conversation=bindparam("e_conversation"),
-                sent_at=bindparam("e_sent_at"),
-            )
+            .values(**_claim_values())
+            .on_conflict_do_nothing(index_elements=["platform", "event_id"])
+        )
+        # The claim made knowing its question (``e_question``), stored just before it.
+        self.claim_asked = (
+            insert_(ProcessedEventRow)
+            .values(**_claim_values(), question_id=bindparam("e_question"))
             .on_conflict_do_nothing(index_elements=["platform", "event_id"])
         )
         self.new_conversation = (
@@ -635,6 +658,56 @@ def ask_taking(event: bool) -> Any:
     return stmt if mine is None else _claim_told(stmt, mine, question)
 
 
+def _claimed_now(lease: Any, question_id: Any) -> Any:
+    """PostgreSQL: the claim of (``e_platform``, ``e_event``) made this worker's, knowing its
+    question ``question_id``, once ``lease`` (a CTE) has a row: made (``claim_event``'s
+    parameters), or taken on or over (``TAKE_OVER``'s, ``e_now``). A CTE with the claim's
+    id; no row if the event is not this worker's to answer."""
+    row = ProcessedEventRow
+    values = select(*_claim_values().values(), question_id).select_from(lease)
+    columns = [column for column, _ in CLAIM_FIELDS] + ["question_id"]
+    made = (
+        postgresql.insert(row)
+        .from_select(columns, values)
+        .on_conflict_do_nothing(index_elements=["platform", "event_id"])
+        .returning(row.id)
+        .cte("made")
+    )
+    taken = (
+        TAKE_OVER.values(question_id=question_id)
+        .where(select(lease.c.holder).exists())
+        .returning(row.id)
+        .cte("taken")
+    )
+    return union_all(select(made.c.id), select(taken.c.id)).cte("mine")
+
+
+@lru_cache(maxsize=1)
+def claim_ask_taking() -> Any:
+    """PostgreSQL: ``ask_taking`` with the turn's event claimed by the same statement, once
+    the lease is taken (``claim_event(settled=False)``'s parameters, ``e_now``): its rows as
+    ``ask_taking``'s, the question's id NULL when the event is not this worker's to answer
+    (nothing stored then, but the lease is taken). The question's id is drawn first, so
+    the claim knows it as it is made."""
+    lease = lease_taking(EARLIER_WAITING).cte("lease")
+    drawn = select(func.nextval(f"{MessageRow.__tablename__}_id_seq").label("id")).cte("drawn")
+    question_id = select(drawn.c.id).scalar_subquery()
+    mine = _claimed_now(lease, question_id)
+    question = _add_message_if(mine, question_id).cte("question")
+    fit = _fitting(MessageRow.sent_at <= bindparam("r_sent_at"), numbered=True).subquery("fit")
+    facts = _turn_facts("postgresql").subquery("facts")
+    was = select(LeaseRow.holder).where(LeaseRow.name == bindparam("l_name")).scalar_subquery()
+    turn = (fit.c.id, fit.c.role, fit.c.content, fit.c.token_count, fit.c.author_name)
+    return (
+        select(lease.c.holder, was, question.c.id, *facts.c, *turn)
+        .select_from(lease)
+        .outerjoin(question, true())
+        .outerjoin(fit, question.c.id.is_not(None))
+        .outerjoin(facts, or_(fit.c.n.is_(None), fit.c.n == 1))
+        .order_by(fit.c.sent_at.desc(), fit.c.id.desc())
+    )
+
+
 # A question stored before its turn was planned anew: its text and tokens as planned now.
 QUESTION_FIXED = (
     _update(MessageRow)
@@ -675,6 +748,8 @@ class Compiled:
         self.claim = compile_sql(statements.claim, name)
         self.take_over = compile_sql(TAKE_OVER, name)
         self.take_over_received = compile_sql(TAKE_OVER_RECEIVED, name)
+        self.claim_asked = compile_sql(statements.claim_asked, name)
+        self.take_over_asked = compile_sql(TAKE_OVER_ASKED, name)
         self.settle = compile_sql(SETTLE, name)
         self.settle_shown = compile_sql(SETTLE_SHOWN, name)
         self.delivery = compile_sql(DELIVERY, name)
@@ -704,6 +779,7 @@ class Compiled:
             self.facts_select = statements.turn_facts
         self._ask: dict[bool, Sql] = {}
         self._ask_taking: dict[bool, Sql] = {}
+        self._claim_ask_taking: Sql | None = None
         self.question_fixed = compile_sql(QUESTION_FIXED, name)
 
     def recent(self, *, through: bool, fitting: bool) -> Sql:
@@ -722,6 +798,13 @@ class Compiled:
         if found is None:
             found = self._ask_taking[event] = compile_sql(ask_taking(event), self.name)
         return found
+
+    @property
+    def claim_ask_taking(self) -> Sql:
+        """``claim_ask_taking`` (PostgreSQL)."""
+        if self._claim_ask_taking is None:
+            self._claim_ask_taking = compile_sql(claim_ask_taking(), self.name)
+        return self._claim_ask_taking
 
     def finish(self, question: bool, event: bool, usage: int, release: bool = False) -> Sql:
         """``finish_in_one`` (PostgreSQL)."""

@@ -28,10 +28,12 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from core.errors import Redelivered
 from core.messages import ChannelKey, ConversationKey
 from core.ports import (
     ChannelOverrides,
     ConversationState,
+    EventClaim,
     MemoryFact,
     NewTurn,
     Orphan,
@@ -398,17 +400,100 @@ class SqlStore:
         arrived; its handler takes it on with a second claim."""
         if not settled or received:
             await self._announce()
-        params = _event(
-            (platform, event_id),
-            e_state="received" if received else "answered" if settled else "answering",
+        state = "received" if received else "answered" if settled else "answering"
+        params = self._claim_params(EventClaim(platform, event_id, request, conversation, sent_at))
+        params["e_state"] = state
+        return await self._claim(params, received)
+
+    def _claim_params(self, claim: EventClaim) -> dict[str, Any]:
+        """``claim``'s parameters, claimed "answering" by this worker."""
+        sent_at = claim.sent_at
+        return _event(
+            (claim.platform, claim.event_id),
+            e_state="answering",
             e_holder=self.leases.holder,
-            e_request=request,
-            e_conversation=conversation,
+            e_request=claim.request,
+            e_conversation=claim.conversation,
             e_sent_at=micros(sent_at) if sent_at is not None else None,
         )
+
+    async def _claim(self, params: dict[str, Any], received: bool = False) -> bool:
         if self._links is not None:
             return await turns.pg_claim(self._links, self._texts, params, received)
         return await self._hot(turns.claim, params, received, single=True)
+
+    def claims_at_once(self, key: ConversationKey, *, spender: bool) -> bool:
+        """SQLite: always (one transaction on the store's thread). PostgreSQL: when this
+        worker knows the conversation's facts (its lease then taken by the statement that
+        stores the question), no turn of it holds or takes its lease, and no budget is read
+        (that takes the lease on its own first)."""
+        if self._links is None:
+            return True
+        name = str(key)
+        return not spender and name in self._known and not self.leases.busy(name)
+
+    async def claim_turn(
+        self,
+        key: ConversationKey,
+        claim: EventClaim,
+        *,
+        spender: str | None = None,
+        plan: Planner,
+        held: object | None = None,
+    ) -> TurnFacts | None:
+        """SQLite: one transaction. PostgreSQL: one statement when the lease is free (the
+        claim made with the lease taken); else the event is claimed on its own and the turn
+        waits (``open_turn``)."""
+        await self._announce()
+        params = self._claim_params(claim)
+        if self._links is None:
+            holder = self.leases.holder
+            opened = await self._hot(turns.claim_and_open, key, spender, plan, holder, params)
+            if isinstance(opened, Exception):
+                raise opened
+            return opened
+        later = held if isinstance(held, _Later) and not held.taken else None
+        if later is None or spender is not None or self.leases.busy(later.name):
+            await self._claimed_alone(params)
+            return None
+        return await self._claim_take_and_ask(key, later, plan, params)
+
+    async def _claimed_alone(self, params: dict[str, Any]) -> None:
+        """The event claimed on its own; ``Redelivered`` if it is not this worker's."""
+        if not await self._claim(params):
+            raise Redelivered(params["e_event"])
+
+    async def _claim_take_and_ask(
+        self, key: ConversationKey, later: _Later, planner: Planner, claim: dict[str, Any]
+    ) -> TurnFacts | None:
+        """PostgreSQL: ``_take_and_ask``'s first try with the event claimed by the same
+        statement; None (the event claimed on its own) when the lease was not free."""
+        assert self._links is not None
+        facts, name = later.facts, later.name
+        try:
+            plan = planner(facts)
+        except Exception:
+            await self._claimed_alone(claim)  # refused: said with the event claimed
+            raise
+        params = turns.ask_params(facts, plan, self.leases.holder)
+        params.update(_conversation(key), **later.waiting, **claim, e_now=now_micros())
+        await self.leases.reserve(name)
+        taking = self._links.fetch(
+            self._texts.claim_ask_taking, params | self.leases.taking_params(name)
+        )
+        found = await self._taking(later, taking)
+        if not found:
+            await self._claimed_alone(claim)
+            return None
+        self._taken(later)  # given back when the turn ends, also by a redelivery
+        if found[0][2] is None:
+            raise Redelivered(claim["e_event"])
+        asked, again = turns.taken_and_asked(found, facts, plan)
+        self._leased[asked.state.id] = name
+        if again:
+            asked = await turns.pg_again(self._links, self._texts, key, planner, asked, plan)
+        self._keep(name, key.channel_key, asked)
+        return asked
 
     async def _count(self, sql: Any, params: dict[str, Any]) -> int:
         """One statement of a turn that commits itself; its row count."""

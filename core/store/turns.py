@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, cast
 
-from core.errors import ClaimLost
+from core.errors import ClaimLost, Redelivered
 from core.messages import ConversationKey
 from core.ports import (
     ChannelOverrides,
@@ -173,6 +173,36 @@ def open_turn(
 ) -> TurnFacts:
     """The facts of a turn in ``key`` (the conversation made if new), what ``spender`` has
     spent, and (given a ``plan``) its question stored with the history before it."""
+    facts = _facts(link, c, key, spender)
+    if plan is None:
+        return facts
+    return _begin(link, c, facts, plan(facts), holder)
+
+
+def claim_and_open(
+    link: Link,
+    c: Compiled,
+    key: ConversationKey,
+    spender: str | None,
+    plan: Planner,
+    holder: str,
+    claim_params: dict[str, Any],
+) -> TurnFacts | Exception:
+    """``open_turn`` with the turn's event claimed (``claim_event``'s parameters) knowing its
+    question, in the same transaction: ``Redelivered`` (all rolled back) when the event is
+    not this worker's to answer. An error of ``plan`` is returned, not raised, once the
+    event is claimed (the claim is committed; the store raises it)."""
+    facts = _facts(link, c, key, spender)
+    try:
+        planned = plan(facts)
+    except Exception as exc:
+        if not claim(link, c, claim_params, False):
+            raise Redelivered(claim_params["e_event"]) from None
+        return exc
+    return _begin(link, c, facts, planned, holder, claim_params)
+
+
+def _facts(link: Link, c: Compiled, key: ConversationKey, spender: str | None) -> TurnFacts:
     params = conversation_params(key)
     row = link.execute(c.facts, params).fetchone()
     if row is None:
@@ -182,16 +212,24 @@ def open_turn(
     if spender is not None:
         spent = link.execute(c.spent, {"s_platform": key.platform, "s_user": spender})
         facts = replace(facts, spent_usd=float(spent.fetchone()[0] or 0.0))
-    if plan is None:
-        return facts
-    return _begin(link, c, facts, plan(facts), holder)
+    return facts
 
 
-def _begin(link: Link, c: Compiled, facts: TurnFacts, plan: TurnPlan, holder: str) -> TurnFacts:
-    """Store the plan's question and read the history before it (same transaction)."""
+def _begin(
+    link: Link,
+    c: Compiled,
+    facts: TurnFacts,
+    plan: TurnPlan,
+    holder: str,
+    claim_params: dict[str, Any] | None = None,
+) -> TurnFacts:
+    """Store the plan's question and read the history before it (same transaction); with
+    ``claim_params``, its event claimed knowing it."""
     state, question = facts.state, plan.question
     question_id = _inserted(link, c.add_message, message_params(state.id, question))
-    if question.event is not None:  # the claim knows its question, to mark it if it dies
+    if claim_params is not None:
+        _claim_asked(link, c, {**claim_params, "e_question": question_id})
+    elif question.event is not None:  # the claim knows its question, to mark it if it dies
         args = {"e_message": question_id, "e_holder": holder}
         _claimed(link, c.question_claimed, question.event, **args)
     params = recent_params(
@@ -202,6 +240,15 @@ def _begin(link: Link, c: Compiled, facts: TurnFacts, plan: TurnPlan, holder: st
     return TurnFacts(
         facts.state, facts.overrides, facts.memory, facts.spent_usd, question_id, turns
     )
+
+
+def _claim_asked(link: Link, c: Compiled, params: dict[str, Any]) -> None:
+    """``claim`` knowing the question ``e_question``; ``Redelivered`` (the transaction is
+    rolled back) when the event is not this worker's to answer."""
+    if link.execute(c.claim_asked, params).rowcount:
+        return
+    if not link.execute(c.take_over_asked, {**params, "e_now": now_micros()}).rowcount:
+        raise Redelivered(params["e_event"])
 
 
 def finish(link: Link, c: Compiled, answer: NewTurn, turn: Finish) -> int:

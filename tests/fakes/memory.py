@@ -8,13 +8,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
-from core.errors import LLMError
+from core.errors import LLMError, Redelivered
 from core.messages import ChannelKey, ConversationKey
 from core.ports import (
     ChannelOverrides,
     ChatRequest,
     Completion,
     ConversationState,
+    EventClaim,
     MemoryFact,
     Orphan,
     Planner,
@@ -153,6 +154,31 @@ class MemoryStore:
             tokens=planned.history_tokens,
         )
         return replace(facts, question_id=question_id, history=tuple(history))
+
+    def claims_at_once(self, key: ConversationKey, *, spender: bool) -> bool:
+        return True
+
+    async def claim_turn(
+        self,
+        key: ConversationKey,
+        claim: EventClaim,
+        *,
+        spender: str | None = None,
+        plan: Planner,
+        held: object | None = None,
+    ) -> TurnFacts | None:
+        """The event claimed, then the turn opened (one process: nothing waits between)."""
+        sent_at = claim.sent_at
+        if not await self.claim_event(
+            claim.platform,
+            claim.event_id,
+            settled=False,
+            request=claim.request,
+            conversation=claim.conversation,
+            sent_at=sent_at,
+        ):
+            raise Redelivered(claim.event_id)
+        return await self.open_turn(key, spender=spender, plan=plan, held=held)
 
     async def finish_turn(
         self,

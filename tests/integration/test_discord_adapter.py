@@ -361,10 +361,11 @@ async def test_command_claimed_after_deferring_withdraws_its_reply(stack: Stack)
 
 
 async def test_a_database_failure_when_claiming_still_gets_a_sentence(stack: Stack) -> None:
-    async def broken(platform: str, event_id: str) -> bool:
+    async def broken(*args: Any, **kwargs: Any) -> bool:
         raise OSError("database unreachable")
 
     stack.parley.service.claim_event = broken  # type: ignore[method-assign]
+    stack.parley.store.claim_turn = broken  # type: ignore[method-assign]  # a turn's own claim
     interaction = await stack.discord.send_command("ask", {"prompt": "hello?"})
     await stack.discord.wait_for(lambda: stack.visible(interaction) == [GENERIC_FAILURE])
     mention = await stack.discord.send_message("anyone there?", mention_bot=True)
@@ -402,16 +403,20 @@ async def test_interaction_is_deferred_before_the_database_is_touched(
 ) -> None:
     fake = stack.discord
     service = stack.parley.service
+    store = stack.parley.store
     deferred_at_claim: list[int] = []
-    claim = service.claim_event
 
-    async def slow_claim(platform: str, event_id: str, **options: Any) -> bool:
-        deferred_at_claim.append(len(fake.calls_to("POST", r"/callback$")))
-        await asyncio.sleep(0.5)  # a slow database: longer than the (shortened) deadline
-        return await claim(platform, event_id, **options)
+    def slow(claim: Any) -> Any:
+        async def slow_claim(*args: Any, **options: Any) -> Any:
+            deferred_at_claim.append(len(fake.calls_to("POST", r"/callback$")))
+            await asyncio.sleep(0.5)  # a slow database: longer than the (shortened) deadline
+            return await claim(*args, **options)
+
+        return slow_claim
 
     fake.interaction_deadline = 0.3  # Discord's 3 seconds, shortened
-    service.claim_event = slow_claim  # type: ignore[method-assign]
+    service.claim_event = slow(service.claim_event)  # type: ignore[method-assign]
+    store.claim_turn = slow(store.claim_turn)  # type: ignore[method-assign]  # a turn's claim
     interaction = await fake.send_command(command, options, user=fake.moderator)
     await fake.wait_for(lambda: stack.shown(interaction))
     assert deferred_at_claim == [1]

@@ -726,6 +726,7 @@ async def test_database_error_while_claiming_gets_an_apology(
         raise RuntimeError("database is locked")
 
     monkeypatch.setattr(stack.parley.service, "claim_event", broken)
+    monkeypatch.setattr(stack.parley.store, "claim_turn", broken)  # the claim a turn makes
     event = stack.mention("a confidential question")
     with caplog.at_level(logging.INFO, logger="parley.slack"):
         assert await stack.deliver(event) == 200
@@ -733,7 +734,7 @@ async def test_database_error_while_claiming_gets_an_apology(
     assert len(replies) == 1 and replies[0].text == failure_text(GENERIC_ERROR)
     assert stack.standin.requests == []
     # The core claims the message, and says why it could not.
-    assert "checking event" in caplog.text and "RuntimeError" in caplog.text
+    assert "failed" in caplog.text and "RuntimeError" in caplog.text
     assert "confidential" not in caplog.text
     # A command typed in a mention gets the same apology, once.
     command = stack.mention("usage", thread_ts=event["ts"])
