@@ -445,24 +445,25 @@ class ConversationService:
             if admitted is not False:
                 yield admitted
             return
-        # Taken on once accepted: from then on, an event that gets no answer is settled as
-        # failed. With ``claim``, the turn claims it (``_answer`` says when).
-        accepted = answered = False
+        # An event claimed (on its own above, or by the turn's first transaction) that gets
+        # no answer is settled as failed, whatever ended it (refused, an error, cancelled);
+        # settling touches only this worker's claim, so one the turn never made is left alone.
+        # A redelivery is not: its claim is another turn's.
+        owed, answered = True, False
         try:
             if claim is None:
                 refused = await self._over_rate(inbound)
                 if refused is not None:
                     yield refused
                     return
-                accepted = True
                 yield Accepted()
             try:
                 async with self.exclusive(inbound.key, inbound.sent_at, turn=True) as held:
                     async for event in self._answer(inbound, held, slot or nullcontext(), claim):
-                        accepted = accepted or isinstance(event, Accepted)
                         answered = answered or isinstance(event, FinalText)
                         yield event
             except Redelivered:
+                owed = False
                 log.info("dropping redelivered event %s on %s", inbound.event_id, inbound.key)
             except ClaimLost:
                 log.warning(
@@ -476,7 +477,7 @@ class ConversationService:
                 log.exception("answer in %s failed", inbound.key)
                 yield UserError(GENERIC_ERROR, "internal")
         finally:
-            if inbound.event_id and accepted and not answered:
+            if inbound.event_id and owed and not answered:
                 await self._settle_failed(inbound)
 
     async def _admitted(self, inbound: Inbound, resumed: bool) -> bool | UserError:

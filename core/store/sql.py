@@ -56,7 +56,7 @@ from core.store.models import (
     ProcessedEventRow,
     UsageRow,
 )
-from core.store.retry import PATIENCE, again
+from core.store.retry import PATIENCE, again, retrying
 from core.store.thread import Stop, StoreThread
 from core.store.turns import conversation_params as _conversation
 from core.store.turns import event_params as _event
@@ -490,8 +490,9 @@ class SqlStore:
             raise Redelivered(claim["e_event"])
         asked, again = turns.taken_and_asked(found, facts, plan)
         self._leased[asked.state.id] = name
-        if again:
-            asked = await turns.pg_again(self._links, self._texts, key, planner, asked, plan)
+        if again:  # the claim is made: only this read is tried again, never the claim
+            read = partial(turns.pg_again, self._links, self._texts, key, planner, asked, plan)
+            asked = await retrying(read, patience=self.patience)
         self._keep(name, key.channel_key, asked)
         return asked
 

@@ -371,6 +371,32 @@ async def test_user_rate_limit_answers_with_the_wait():
     assert len(model.requests) == 3 and "three" not in [m.content for m in store.messages]
 
 
+async def test_a_message_refused_by_the_rate_limit_settles_its_event_as_failed():
+    # Claimed "answering" before the rate is counted: left so, a restart's sweep would take
+    # the claim over and answer a message its sender was told was refused.
+    service, store, _ = make(parley_user_messages_per_minute=1)
+    assert isinstance((await collect(service, "one", event_id="Ev1"))[-1], UsageReport)
+    events = await collect(service, "two", event_id="Ev2")
+    assert [e.code for e in events] == ["user_rate_limited"]
+    assert store.event_states[("test", "Ev2")] == "failed"
+
+
+async def test_an_event_its_turn_claimed_is_settled_failed_when_the_turn_fails_after():
+    # The claim is made by the turn's first transaction; what fails after it (here, reading
+    # the facts again) must not leave it "answering" for a restart's sweep to answer.
+    service, store, _ = make()
+    claim_turn = store.claim_turn
+
+    async def claimed_then_broken(*args, **kwargs):
+        await claim_turn(*args, **kwargs)
+        raise OSError("database went away")
+
+    store.claim_turn = claimed_then_broken
+    events = await collect(service, "hi", event_id="Ev3")
+    assert [e.code for e in events] == ["internal"]
+    assert store.event_states[("test", "Ev3")] == "failed"
+
+
 async def test_event_ids_are_pruned_now_and_then():
     service, store, _ = make()
     for i in range(2000):
