@@ -643,11 +643,19 @@ def ask_taking(event: bool) -> Any:
     mine = _mine_locked() if event else None
     source = lease if mine is None else lease.join(mine, true())
     question = _add_message_if(source).cte("question")
+    stmt = _taken_and_asked(lease, question)
+    return stmt if mine is None else _claim_told(stmt, mine, question)
+
+
+def _taken_and_asked(lease: Any, question: Any) -> Any:
+    """PostgreSQL: the rows of ``ask_taking`` and ``claim_ask_taking`` once ``lease`` and
+    ``question`` (CTEs) are made: the lease's holder, its holder before, the question's id,
+    the turn's facts (with the newest turn only), a turn of the history before it."""
     fit = _fitting(MessageRow.sent_at <= bindparam("r_sent_at"), numbered=True).subquery("fit")
     facts = _turn_facts("postgresql").subquery("facts")
     was = select(LeaseRow.holder).where(LeaseRow.name == bindparam("l_name")).scalar_subquery()
     turn = (fit.c.id, fit.c.role, fit.c.content, fit.c.token_count, fit.c.author_name)
-    stmt = (
+    return (
         select(lease.c.holder, was, question.c.id, *facts.c, *turn)
         .select_from(lease)
         .outerjoin(question, true())
@@ -655,7 +663,6 @@ def ask_taking(event: bool) -> Any:
         .outerjoin(facts, or_(fit.c.n.is_(None), fit.c.n == 1))
         .order_by(fit.c.sent_at.desc(), fit.c.id.desc())
     )
-    return stmt if mine is None else _claim_told(stmt, mine, question)
 
 
 def _claimed_now(lease: Any, question_id: Any) -> Any:
@@ -694,18 +701,7 @@ def claim_ask_taking() -> Any:
     question_id = select(drawn.c.id).scalar_subquery()
     mine = _claimed_now(lease, question_id)
     question = _add_message_if(mine, question_id).cte("question")
-    fit = _fitting(MessageRow.sent_at <= bindparam("r_sent_at"), numbered=True).subquery("fit")
-    facts = _turn_facts("postgresql").subquery("facts")
-    was = select(LeaseRow.holder).where(LeaseRow.name == bindparam("l_name")).scalar_subquery()
-    turn = (fit.c.id, fit.c.role, fit.c.content, fit.c.token_count, fit.c.author_name)
-    return (
-        select(lease.c.holder, was, question.c.id, *facts.c, *turn)
-        .select_from(lease)
-        .outerjoin(question, true())
-        .outerjoin(fit, question.c.id.is_not(None))
-        .outerjoin(facts, or_(fit.c.n.is_(None), fit.c.n == 1))
-        .order_by(fit.c.sent_at.desc(), fit.c.id.desc())
-    )
+    return _taken_and_asked(lease, question)
 
 
 # A question stored before its turn was planned anew: its text and tokens as planned now.

@@ -23,12 +23,6 @@ API_KEY = "sk-parley-proxy-test"
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[StandinServer]:
-    async with StandinServer() as standin:
-        yield standin
-
-
-@pytest.fixture
 async def proxy(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[ForwardProxy]:
     """The proxy, with no other proxy setting left in the environment."""
     for name in PROXY_VARIABLES:
@@ -59,42 +53,42 @@ async def answer(server: StandinServer) -> Completion:
 
 
 async def test_requests_go_through_the_proxy_in_the_environment(
-    server: StandinServer, proxy: ForwardProxy, monkeypatch: pytest.MonkeyPatch
+    standin: StandinServer, proxy: ForwardProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HTTP_PROXY", proxy.url)
-    await answer(server)
-    chat_url = f"{server.base_url}/chat/completions"
+    await answer(standin)
+    chat_url = f"{standin.base_url}/chat/completions"
     assert proxy.urls.count(chat_url) == 2
-    assert len(server.requests) == 2
+    assert len(standin.requests) == 2
     assert proxy.authorizations == [None] * len(proxy.urls)
 
 
 async def test_credentials_in_the_proxy_url_authenticate_to_the_proxy(
-    server: StandinServer, proxy: ForwardProxy, monkeypatch: pytest.MonkeyPatch
+    standin: StandinServer, proxy: ForwardProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HTTP_PROXY", proxy.url.replace("http://", "http://parley:pr%40xy@"))
-    await answer(server)
+    await answer(standin)
     expected = "Basic " + base64.b64encode(b"parley:pr@xy").decode()
-    assert proxy.urls.count(f"{server.base_url}/chat/completions") == 2
+    assert proxy.urls.count(f"{standin.base_url}/chat/completions") == 2
     assert proxy.authorizations == [expected] * len(proxy.urls)
 
 
 async def test_no_proxy_sends_straight_to_the_server(
-    server: StandinServer, proxy: ForwardProxy, monkeypatch: pytest.MonkeyPatch
+    standin: StandinServer, proxy: ForwardProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HTTP_PROXY", proxy.url)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    await answer(server)
+    await answer(standin)
     assert proxy.urls == []
-    assert len(server.requests) == 2
+    assert len(standin.requests) == 2
 
 
 async def test_a_request_carries_the_key_and_the_clients_headers_not_its_platform(
-    server: StandinServer, proxy: ForwardProxy, monkeypatch: pytest.MonkeyPatch
+    standin: StandinServer, proxy: ForwardProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HTTP_PROXY", proxy.url)
-    await answer(server)
-    chat_url = f"{server.base_url}/chat/completions"
+    await answer(standin)
+    chat_url = f"{standin.base_url}/chat/completions"
     sent = [h for url, h in zip(proxy.urls, proxy.headers, strict=True) if url == chat_url]
     assert len(sent) == 2
     per_request = {"x-stainless-retry-count", "x-stainless-read-timeout"}
